@@ -1,0 +1,42 @@
+# MentaLLaMA serving: `make run` sets up and serves a sample analysis; `make test` runs the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+MODEL  ?= tiny
+PYTEST_ARGS ?=
+
+.PHONY: setup run serve test lint checkpoints bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Installs the project (editable) with its pinned dependencies; re-runs when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -c "import sysconfig, sys; sys.exit(0 if sysconfig.get_config_var('Py_ENABLE_SHARED') else 'this Python has no shared libpython, which the Triton Python-backend stub needs (see README)')"
+	touch $@
+
+setup: $(VENV)/.installed
+
+checkpoints: setup
+	$(BIN)/mentallama-build tiny --output artifacts/checkpoints/tiny
+	$(BIN)/mentallama-build tiny --size bench --output artifacts/checkpoints/bench
+
+run: setup
+	$(BIN)/mentallama-serve --profile cpu --model $(MODEL) --demo
+
+serve: setup
+	$(BIN)/mentallama-serve --profile cpu --model $(MODEL)
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python benchmarks/serving_overhead.py --model bench
+
+clean:
+	rm -rf artifacts/runs .pytest_cache

@@ -1,0 +1,327 @@
+"""Artefacts of a benchmark: per-run JSON/CSV, session tables, PNG plots and a Markdown report.
+
+Layout under the output folder:
+    <run label>/requests.json   every request (with per-chunk offsets)
+    <run label>/requests.csv    every request, scalar columns
+    <run label>/summary.json    metrics at top level (`ttft`, `itl`, `e2e_latency`, ...), `run`, `server`
+    <run label>/summary.csv     the same summary, one flat row
+    sweep.json, sweep.csv       one flat row per run
+    plots/*.png                 throughput vs TTFT/ITL, latency percentiles vs load
+    report.md                   tables and links to all of the above
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.compare import compare_summaries, format_comparison
+from benchmarks.metrics import flatten_summary
+from benchmarks.records import RequestRecord
+
+if TYPE_CHECKING:
+    from benchmarks.runner import RunResult
+
+__all__ = [
+    "PLOT_FILES",
+    "fixed_width",
+    "format_table",
+    "plot_session",
+    "summary_row",
+    "write_run",
+    "write_session",
+]
+
+PLOT_FILES = {
+    "throughput_vs_ttft": "plots/throughput_vs_ttft.png",
+    "throughput_vs_itl": "plots/throughput_vs_itl.png",
+    "latency_vs_load": "plots/latency_vs_load.png",
+}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def summary_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """One flat row: run identity, every metric, per-model server averages (not the raw diff)."""
+    run = summary.get("run", {})
+    load = run.get("load", {})
+    row: dict[str, Any] = {
+        "label": run.get("label"),
+        "backend": run.get("backend"),
+        "concurrency": load.get("concurrency"),
+        "rate": load.get("rate"),
+        "burstiness": load.get("burstiness"),
+        "max_concurrency": load.get("max_concurrency"),
+    }
+    metrics = {k: v for k, v in summary.items() if k not in ("run", "server")}
+    row.update(flatten_summary(metrics))
+    for url, section in summary.get("server", {}).items():
+        for model, stats in section.get("models", {}).items():
+            for key, value in stats.items():
+                row[f"server_{model}_{key}"] = value
+        if "error" in section:
+            row[f"server_error_{url}"] = section["error"]
+    return row
+
+
+def write_run(folder: Path, records: Sequence[RequestRecord], summary: dict[str, Any]) -> Path:
+    """Write one run's four files; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "requests.json", [r.to_dict() for r in records])
+    _write_csv(folder / "requests.csv", [r.to_row() for r in records])
+    _write_json(folder / "summary.json", summary)
+    _write_csv(folder / "summary.csv", [summary_row(summary)])
+    return folder
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+_TABLE = (
+    ("run", lambda s: s["run"]["label"]),
+    ("ok", lambda s: s["requests"]["completed"]),
+    ("fail", lambda s: s["requests"]["failed"]),
+    ("req/s", lambda s: _fmt(s["request_throughput"], 2)),
+    ("out tok/s", lambda s: _fmt(s["output_token_throughput"])),
+    ("goodput", lambda s: _fmt(s["goodput"], 2)),
+    ("TTFT p50", lambda s: _fmt(s["ttft"]["p50"])),
+    ("TTFT p99", lambda s: _fmt(s["ttft"]["p99"])),
+    ("ITL p50", lambda s: _fmt(s["itl"]["p50"])),
+    ("ITL p99", lambda s: _fmt(s["itl"]["p99"])),
+    ("E2E p50", lambda s: _fmt(s["e2e_latency"]["p50"])),
+    ("E2E p99", lambda s: _fmt(s["e2e_latency"]["p99"])),
+    ("tokens", lambda s: ",".join(s["token_count_source"]) or "-"),
+)
+
+
+def _table_rows(summaries: Iterable[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    header = [name for name, _ in _TABLE]
+    return header, [[str(get(s)) for _, get in _TABLE] for s in summaries]
+
+
+def format_table(summaries: Iterable[dict[str, Any]]) -> str:
+    """Fixed-width terminal table (latencies in ms, goodput in good requests/s)."""
+    header, rows = _table_rows(summaries)
+    return fixed_width(header, rows)
+
+
+def fixed_width(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Right-aligned columns for the terminal."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _x_axis(summaries: Sequence[dict[str, Any]]) -> tuple[str, list[float]]:
+    loads = [s["run"]["load"] for s in summaries]
+    if all(load.get("concurrency") for load in loads):
+        return "concurrency (clients)", [float(load["concurrency"]) for load in loads]
+    if all(load.get("rate") is not None for load in loads):
+        return "request rate (req/s)", [float(load["rate"]) for load in loads]
+    return "run", [float(i) for i in range(len(loads))]
+
+
+def _by_backend(summaries: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for s in summaries:
+        groups.setdefault(s["run"]["backend"], []).append(s)
+    return groups
+
+
+def plot_session(folder: Path, summaries: Sequence[dict[str, Any]]) -> dict[str, Path]:
+    """Write the PNG plots; returns name -> path. Needs matplotlib (headless Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (folder / "plots").mkdir(parents=True, exist_ok=True)
+    groups = _by_backend(summaries)
+    written: dict[str, Path] = {}
+
+    for name, metric, title in (
+        ("throughput_vs_ttft", "ttft", "Time to first token"),
+        ("throughput_vs_itl", "itl", "Inter-token latency"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for color, (backend, runs) in enumerate(groups.items()):
+            x = [s["output_token_throughput"] or 0.0 for s in runs]
+            for pct, style in (("p50", "o-"), ("p99", "s--")):
+                y = [s[metric][pct] if s[metric][pct] is not None else math.nan for s in runs]
+                ax.plot(x, y, style, color=f"C{color}", label=f"{backend} {pct}")
+            for s, xi in zip(runs, x, strict=True):
+                yi = s[metric]["p50"]
+                if yi is not None:
+                    ax.annotate(
+                        s["run"]["load"]["label"],
+                        (xi, yi),
+                        textcoords="offset points",
+                        xytext=(4, 4),
+                        fontsize=7,
+                    )
+        ax.set_xlabel("output token throughput (tok/s)")
+        ax.set_ylabel(f"{title} (ms)")
+        ax.set_title(f"Throughput vs {title.lower()}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written[name] = folder / PLOT_FILES[name]
+        fig.savefig(written[name], dpi=100)
+        plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, (metric, title) in zip(
+        axes, (("ttft", "TTFT"), ("itl", "ITL"), ("e2e_latency", "E2E latency")), strict=True
+    ):
+        for color, (backend, runs) in enumerate(groups.items()):
+            xlabel, x = _x_axis(runs)
+            for pct, style in (("p50", "o-"), ("p90", "^:"), ("p99", "s--")):
+                y = [s[metric][pct] if s[metric][pct] is not None else math.nan for s in runs]
+                ax.plot(x, y, style, color=f"C{color}", label=f"{backend} {pct}")
+            ax.set_xlabel(xlabel)
+            if xlabel.startswith("concurrency") and len(set(x)) > 1:
+                ax.set_xscale("log", base=2)
+        ax.set_ylabel(f"{title} (ms)")
+        ax.set_title(f"{title} percentiles")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    written["latency_vs_load"] = folder / PLOT_FILES["latency_vs_load"]
+    fig.savefig(written["latency_vs_load"], dpi=100)
+    plt.close(fig)
+    return written
+
+
+def _server_lines(results: Sequence[RunResult]) -> list[str]:
+    header = ["run", "model", "success", "failure", "avg queue ms", "avg compute infer ms", "avg request ms"]
+    rows, changed, errors = [], [], []
+    for r in results:
+        for url, section in r.summary.get("server", {}).items():
+            if "error" in section:
+                errors.append(f"- {r.label}: could not scrape {url}: {section['error']}")
+                continue
+            for model, st in section["models"].items():
+                rows.append(
+                    [
+                        r.label,
+                        model,
+                        str(st["request_success"]),
+                        str(st["request_failure"]),
+                        _fmt(st["avg_queue_ms"], 2),
+                        _fmt(st["avg_compute_infer_ms"], 1),
+                        _fmt(st["avg_request_ms"], 1),
+                    ]
+                )
+            changed.append(f"- {r.label} ({url}): " + ", ".join(f"`{f}`" for f in section["changed"]))
+    lines = ["## Server side (Prometheus, after - before each run)", ""]
+    lines += [_markdown_table(header, rows), ""] if rows else ["No per-model Triton counters changed.", ""]
+    if changed:
+        lines += [
+            "Metric families that changed (full deltas in each run's `summary.json`, key `server`):",
+            "",
+        ]
+        lines += changed + [""]
+    return lines + errors + ([""] if errors else [])
+
+
+def write_session(folder: Path, results: Sequence[RunResult]) -> dict[str, Path]:
+    """sweep.json/csv, plots and report.md for a list of runs; returns the paths written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    summaries = [r.summary for r in results]
+    rows = [summary_row(s) for s in summaries]
+    paths = {
+        "sweep_json": folder / "sweep.json",
+        "sweep_csv": folder / "sweep.csv",
+        "report": folder / "report.md",
+    }
+    _write_json(paths["sweep_json"], rows)
+    _write_csv(paths["sweep_csv"], rows)
+    plot_note = ""
+    try:
+        paths.update(plot_session(folder, summaries) if summaries else {})
+    except ImportError:
+        plot_note = "Plots skipped: matplotlib is not installed."
+
+    first = summaries[0]["run"] if summaries else {}
+    sources = sorted({src for s in summaries for src in s["token_count_source"]})
+    lines = [
+        "# MentaLLaMA serving benchmark",
+        "",
+        f"- model: `{first.get('model')}`; dataset: `{json.dumps(first.get('dataset'))}`",
+        f"- sampling: `{json.dumps(first.get('sampling'))}`",
+        f"- warm-up requests per run (not measured): {first.get('warmup_requests')}",
+        f"- stop: `{json.dumps(first.get('stop'))}`; seed: {first.get('seed')}",
+        f"- output tokens counted by: {', '.join(sources) or '-'} (mode `{first.get('token_counting')}`)",
+        f"- SLO (ms): `{json.dumps(summaries[0]['slo']) if summaries else '-'}`",
+        "",
+        "Latencies in ms; throughput in requests/s and output tokens/s; goodput in good requests/s.",
+        "Definitions: see `benchmarks/README.md`.",
+        "",
+        "## Results",
+        "",
+    ]
+    header, table = _table_rows(summaries)
+    for row, r in zip(table, results, strict=True):
+        if r.folder is not None:
+            row[0] = f"[{row[0]}]({r.folder.relative_to(folder).as_posix()}/summary.json)"
+    lines += [_markdown_table(header, table), ""]
+    errors = [
+        f"- {r.label}: " + ", ".join(f"{k} x{v}" for k, v in r.summary["errors"].items())
+        for r in results
+        if r.summary["errors"]
+    ]
+    if errors:
+        lines += ["## Errors (by gRPC status or client code)", "", *errors, ""]
+    lines += ["## Plots", ""]
+    if plot_note:
+        lines += [plot_note, ""]
+    for name in PLOT_FILES:
+        if name in paths:
+            lines += [f"![{name}]({PLOT_FILES[name]})", ""]
+    comparison = compare_summaries(summaries)
+    if comparison:
+        paths["comparison"] = folder / "comparison.json"
+        _write_json(paths["comparison"], comparison)
+        table = format_comparison(comparison)
+        lines += [
+            "## Served stack vs bare engine (served / engine)",
+            "",
+            "Same load, same prompts and seed; the engine ran in-process (no Triton, no gRPC). Latency",
+            "ratios above 1 and throughput ratios below 1 are the cost of serving.",
+            "Values: `comparison.json`.",
+            "",
+            _markdown_table(table[0], table[1:]),
+            "",
+        ]
+    lines += _server_lines(results)
+    paths["report"].write_text("\n".join(lines), encoding="utf-8")
+    return paths

@@ -1,0 +1,530 @@
+"""gRPC transport: request building, one ``ModelStreamInfer`` call per generation, error mapping.
+
+The served models are decoupled, so Triton refuses unary inference: every generation, even one
+that answers once, opens its own bidirectional stream on a channel shared per endpoint. One stream
+per generation is what makes cancellation per request: cancelling the call cancels that request
+on the server (and the ``mentallama`` model stops the engine for it).
+
+Requests are encoded straight into Triton's protobuf (``raw_input_contents``) with the generated
+stubs that ship with ``tritonclient``; no numpy round trip. Every gRPC failure goes through
+:func:`error_from_status`, the single place where status codes become SDK exceptions.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from ._constants import ENDPOINT_COOLDOWN
+from ._exceptions import (
+    APIConnectionError,
+    APITimeoutError,
+    AuthenticationError,
+    InvalidRequestError,
+    MentaLLaMAError,
+    ServerError,
+    ServerOverloadedError,
+)
+
+__all__ = [
+    "INPUT_TYPES",
+    "AsyncTransport",
+    "EndpointPool",
+    "StreamEvent",
+    "SyncTransport",
+    "TLSConfig",
+    "build_request",
+    "error_from_rpc",
+    "error_from_status",
+    "normalize_endpoint",
+    "parse_stream_response",
+]
+
+# Ensemble input -> (Triton datatype, struct format of one element; "" for BYTES).
+INPUT_TYPES: dict[str, tuple[str, str]] = {
+    "text_input": ("BYTES", ""),
+    "max_tokens": ("INT32", "<i"),
+    "stream": ("BOOL", "<?"),
+    "end_id": ("INT32", "<i"),
+    "pad_id": ("INT32", "<i"),
+    "top_k": ("INT32", "<i"),
+    "top_p": ("FP32", "<f"),
+    "temperature": ("FP32", "<f"),
+    "repetition_penalty": ("FP32", "<f"),
+    "presence_penalty": ("FP32", "<f"),
+    "frequency_penalty": ("FP32", "<f"),
+    "min_tokens": ("INT32", "<i"),
+    "seed": ("UINT64", "<Q"),
+    "stop_words": ("BYTES", ""),
+    "bad_words": ("BYTES", ""),
+    "exclude_input_in_output": ("BOOL", "<?"),
+    "beam_width": ("INT32", "<i"),
+    "return_log_probs": ("BOOL", "<?"),
+    "return_num_input_tokens": ("BOOL", "<?"),
+    "return_num_output_tokens": ("BOOL", "<?"),
+}
+
+# Triton 2.51 reports a stream's errors in-band (``error_message``, no code) unless the client asks
+# with this header for the stream to end with the real gRPC status instead.
+_GRPC_ERROR_HEADER = ("triton_grpc_error", "true")
+_MAX_MESSAGE_CHARS = 500
+_HEALTH_TIMEOUT = 5.0
+# UNAVAILABLE from grpc itself (nothing answered) vs. from a reachable Triton (queue full, model
+# not ready): only the first marks the endpoint down; both are retried.
+_SERVER_UNAVAILABLE_HINTS = ("queue", "not ready", "unknown model", "exceeds", "unavailable: model")
+
+
+# --- endpoints ------------------------------------------------------------------------------------
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """``host:port`` of an endpoint written as ``host:port`` or ``grpc://host:port``."""
+    value = endpoint.strip()
+    if value.startswith("grpc://"):
+        value = value[len("grpc://") :]
+    if "://" in value:
+        raise ValueError(f"endpoint {endpoint!r}: give the gRPC endpoint as host:port (no http:// URL)")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"endpoint {endpoint!r} is not host:port")
+    return value
+
+
+class EndpointPool:
+    """Round robin over endpoints; an endpoint that could not be reached is skipped for a while.
+
+    Thread-safe and never awaits, so the sync and async clients share it.
+    """
+
+    def __init__(self, endpoints: Sequence[str], cooldown: float = ENDPOINT_COOLDOWN) -> None:
+        if not endpoints:
+            raise ValueError("at least one endpoint is needed")
+        self.endpoints = tuple(endpoints)
+        self.cooldown = cooldown
+        self._down_until: dict[str, float] = {}
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def pick(self, exclude: Sequence[str] = ()) -> str:
+        """Next endpoint in turn: an up one not in ``exclude`` if any, else any not excluded, else any."""
+        now = time.monotonic()
+        with self._lock:
+            n = len(self.endpoints)
+            order = [self.endpoints[(self._next + i) % n] for i in range(n)]
+            self._next = (self._next + 1) % n
+            candidates = [e for e in order if e not in exclude] or order
+            for endpoint in candidates:
+                if self._down_until.get(endpoint, 0.0) <= now:
+                    return endpoint
+            return candidates[0]
+
+    def is_up(self, endpoint: str) -> bool:
+        with self._lock:
+            return self._down_until.get(endpoint, 0.0) <= time.monotonic()
+
+    def mark_down(self, endpoint: str) -> None:
+        with self._lock:
+            self._down_until[endpoint] = time.monotonic() + self.cooldown
+
+    def mark_up(self, endpoint: str) -> None:
+        with self._lock:
+            self._down_until.pop(endpoint, None)
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+
+
+def _read_pem(value: bytes | str | Path | None, what: str) -> bytes | None:
+    """PEM bytes as given, or read from a path (a ``str`` is a path unless it holds a PEM block)."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str) and "-----BEGIN" in value:
+        return value.encode()
+    path = Path(value).expanduser()
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} from {str(path)!r}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS settings of a channel: server verification, and a client certificate for mutual TLS."""
+
+    root_certificates: bytes | None = None
+    """PEM CA bundle that signs the server's certificate; ``None`` uses the system roots."""
+    certificate_chain: bytes | None = None
+    """PEM client certificate (mutual TLS)."""
+    private_key: bytes | None = None
+    """PEM key of the client certificate."""
+    server_name: str | None = None
+    """Name to verify the server certificate against when it differs from the endpoint's host."""
+
+    @classmethod
+    def from_options(
+        cls,
+        root_certificates: bytes | str | Path | None,
+        certificate_chain: bytes | str | Path | None,
+        private_key: bytes | str | Path | None,
+        server_name: str | None,
+    ) -> TLSConfig:
+        chain = _read_pem(certificate_chain, "certificate_chain")
+        key = _read_pem(private_key, "private_key")
+        if (chain is None) != (key is None):
+            raise ValueError("mutual TLS needs both certificate_chain and private_key")
+        return cls(_read_pem(root_certificates, "root_certificates"), chain, key, server_name)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
+
+    def options(self) -> list[tuple[str, Any]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+# --- requests and responses -----------------------------------------------------------------------
+
+
+def _encode_bytes(items: Sequence[str | bytes]) -> bytes:
+    parts = []
+    for item in items:
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def build_request(model: str, request_id: str, inputs: Mapping[str, Any]) -> service_pb2.ModelInferRequest:
+    """Triton request for ``inputs`` (ensemble input name -> value; ``None`` values are left out).
+
+    Scalars go as shape ``[1, 1]`` (the models batch), word lists as ``[1, N]``. Values that do
+    not fit their type raise :class:`InvalidRequestError` naming the input.
+    """
+    request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        if name not in INPUT_TYPES:
+            raise InvalidRequestError(f"unknown input {name!r}", request_id=request_id)
+        datatype, fmt = INPUT_TYPES[name]
+        try:
+            if datatype == "BYTES":
+                items = [value] if isinstance(value, str | bytes) else list(value)
+                if name != "text_input" and not items:
+                    continue  # an empty word list means "none": sending [1, 0] would be refused
+                raw, shape = _encode_bytes(items), [1, len(items)]
+            else:
+                raw, shape = struct.pack(fmt, value), [1, 1]
+        except (struct.error, TypeError, UnicodeEncodeError) as exc:
+            raise InvalidRequestError(f"{name}: {exc}", request_id=request_id) from None
+        tensor = request.inputs.add()
+        tensor.name, tensor.datatype = name, datatype
+        tensor.shape.extend(shape)
+        request.raw_input_contents.append(raw)
+    return request
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One response of a generation stream, decoded."""
+
+    text: str
+    """Text this response adds (``""`` for a bare final response)."""
+    final: bool
+    """True for the request's last response (``triton_final_response``)."""
+    num_input_tokens: int | None = None
+    num_output_tokens: int | None = None
+
+
+def _decode_bytes(raw: bytes) -> str:
+    parts, offset = [], 0
+    while offset + 4 <= len(raw):
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        parts.append(raw[offset : offset + size].decode("utf-8", "replace"))
+        offset += size
+    return "".join(parts)
+
+
+def _first_int(raw: bytes | None, contents: Any) -> int | None:
+    if raw:
+        return struct.unpack_from("<i", raw)[0]
+    return int(contents.int_contents[0]) if contents.int_contents else None
+
+
+def parse_stream_response(message: service_pb2.ModelStreamInferResponse, request_id: str) -> StreamEvent:
+    """Decode one stream response; an in-band error raises the mapped :class:`MentaLLaMAError`."""
+    if message.error_message:
+        raise error_from_status(None, message.error_message, request_id)
+    response = message.infer_response
+    final_param = response.parameters.get("triton_final_response")
+    final = bool(final_param.bool_param) if final_param is not None else False
+    text, n_in, n_out = "", None, None
+    raws = response.raw_output_contents
+    for i, output in enumerate(response.outputs):
+        raw = raws[i] if i < len(raws) else None
+        if output.name == "text_output":
+            if raw is not None:
+                text = _decode_bytes(raw)
+            else:
+                text = "".join(b.decode("utf-8", "replace") for b in output.contents.bytes_contents)
+        elif output.name == "num_input_tokens":
+            n_in = _first_int(raw, output.contents)
+        elif output.name == "num_output_tokens":
+            n_out = _first_int(raw, output.contents)
+    return StreamEvent(text, final, n_in, n_out)
+
+
+# --- errors (the one place where gRPC statuses become SDK exceptions) ------------------------------
+
+_STATUS_ERRORS: dict[grpc.StatusCode, type[MentaLLaMAError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
+    grpc.StatusCode.NOT_FOUND: InvalidRequestError,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidRequestError,
+    grpc.StatusCode.FAILED_PRECONDITION: InvalidRequestError,
+    grpc.StatusCode.ALREADY_EXISTS: InvalidRequestError,
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: AuthenticationError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: APITimeoutError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ServerOverloadedError,
+    grpc.StatusCode.UNAVAILABLE: APIConnectionError,
+}
+
+
+def _in_band_status(message: str) -> grpc.StatusCode:
+    """Best guess of the status of an in-band stream error (older servers send no code)."""
+    lowered = message.lower()
+    if "unknown model" in lowered or "not found" in lowered:
+        return grpc.StatusCode.NOT_FOUND
+    if "queue" in lowered or "exceeds maximum" in lowered:
+        return grpc.StatusCode.UNAVAILABLE
+    if lowered.startswith("generation failed") or "internal" in lowered:
+        return grpc.StatusCode.INTERNAL
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
+def error_from_status(
+    status: grpc.StatusCode | None, details: str, request_id: str | None
+) -> MentaLLaMAError:
+    """The SDK exception for a gRPC ``status`` (``None``: an in-band error message, status guessed)."""
+    message = " ".join((details or "").split())[:_MAX_MESSAGE_CHARS] or "no details"
+    if status is None:
+        status = _in_band_status(message)
+    cls = _STATUS_ERRORS.get(status, ServerError)
+    if status is grpc.StatusCode.UNAVAILABLE and any(h in message.lower() for h in _SERVER_UNAVAILABLE_HINTS):
+        cls = ServerOverloadedError
+    return cls(message, request_id=request_id, status=status)
+
+
+def error_from_rpc(exc: grpc.RpcError, request_id: str | None) -> MentaLLaMAError:
+    """The SDK exception for a failed gRPC call (sync or asyncio)."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return error_from_status(code, details or "", request_id)
+
+
+def is_endpoint_failure(error: MentaLLaMAError) -> bool:
+    """True when the endpoint itself could not be used (skip it for a while), not just this request."""
+    return type(error) is APIConnectionError and error.status is grpc.StatusCode.UNAVAILABLE
+
+
+# --- channels and calls ---------------------------------------------------------------------------
+
+
+def _channel_options(tls: TLSConfig | None) -> list[tuple[str, Any]]:
+    # Fail fast and come back quickly: a dead endpoint is skipped by the pool, not waited on.
+    options: list[tuple[str, Any]] = [
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ]
+    return options + (tls.options() if tls else [])
+
+
+def _metadata(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    # gRPC metadata keys must be lower case.
+    return (*((k.lower(), str(v)) for k, v in headers.items()), _GRPC_ERROR_HEADER)
+
+
+def _health_checks(stub: service_pb2_grpc.GRPCInferenceServiceStub, model: str) -> list[tuple[Any, Any, str]]:
+    """(rpc, request, answer field) of a health probe: server live, server ready, model ready."""
+    return [
+        (stub.ServerLive, service_pb2.ServerLiveRequest(), "live"),
+        (stub.ServerReady, service_pb2.ServerReadyRequest(), "ready"),
+        (stub.ModelReady, service_pb2.ModelReadyRequest(name=model), "ready"),
+    ]
+
+
+def _drain(call: Any) -> None:
+    """Wait for the server to close a stream whose final response arrived.
+
+    Cancelling instead would be cheaper, but tritonserver 2.51 logs an internal error for every
+    stream cancelled after completion and has crashed under that pattern.
+    """
+    try:
+        for _ in call:
+            pass
+    except grpc.RpcError:
+        pass  # the answer is complete; a late status changes nothing
+
+
+async def _drain_async(call: Any) -> None:
+    """See :func:`_drain`."""
+    try:
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    except grpc.RpcError:
+        pass
+
+
+class _TransportBase:
+    def __init__(self, tls: TLSConfig | None) -> None:
+        self.tls = tls
+        self._channels: dict[str, Any] = {}
+        self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _new_channel(self, target: str) -> Any:
+        raise NotImplementedError
+
+    def stub(self, endpoint: str) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        stub = self._stubs.get(endpoint)
+        if stub is not None:
+            return stub
+        with self._lock:
+            if self._closed:
+                raise APIConnectionError("the client is closed")
+            if endpoint not in self._stubs:
+                channel = self._new_channel(endpoint)
+                self._channels[endpoint] = channel
+                self._stubs[endpoint] = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            return self._stubs[endpoint]
+
+    def _take_channels(self) -> list[Any]:
+        with self._lock:
+            self._closed = True
+            channels = list(self._channels.values())
+            self._channels.clear()
+            self._stubs.clear()
+        return channels
+
+
+class SyncTransport(_TransportBase):
+    """Blocking gRPC: one channel per endpoint, one ``ModelStreamInfer`` call per generation."""
+
+    def _new_channel(self, target: str) -> grpc.Channel:
+        options = _channel_options(self.tls)
+        if self.tls is None:
+            return grpc.insecure_channel(target, options=options)
+        return grpc.secure_channel(target, self.tls.credentials(), options=options)
+
+    def stream(
+        self,
+        endpoint: str,
+        request: service_pb2.ModelInferRequest,
+        *,
+        timeout: float | None,
+        headers: Mapping[str, str],
+    ) -> Iterator[StreamEvent]:
+        """Events of one generation up to its final response; closing the iterator cancels the call."""
+        stub = self.stub(endpoint)
+        call = stub.ModelStreamInfer(iter((request,)), timeout=timeout, metadata=_metadata(headers))
+        final_seen = ended = False
+        try:
+            for message in call:
+                event = parse_stream_response(message, request.id)
+                final_seen = event.final
+                yield event
+                if final_seen:
+                    break
+            else:
+                ended = True
+                raise APIConnectionError("stream closed before the final response", request_id=request.id)
+        except grpc.RpcError as exc:
+            ended = True
+            raise error_from_rpc(exc, request.id) from None
+        finally:
+            if final_seen:
+                _drain(call)
+            elif not ended:
+                call.cancel()  # stopped early: the server cancels the request
+
+    def health(self, endpoint: str, model: str, *, timeout: float, headers: Mapping[str, str]) -> bool:
+        md, t = _metadata(headers), min(timeout, _HEALTH_TIMEOUT)
+        try:
+            return all(getattr(rpc(request, timeout=t, metadata=md), field)
+                       for rpc, request, field in _health_checks(self.stub(endpoint), model))  # fmt: skip
+        except grpc.RpcError:
+            return False
+
+    def close(self) -> None:
+        for channel in self._take_channels():
+            channel.close()
+
+
+class AsyncTransport(_TransportBase):
+    """asyncio gRPC; channels are created in (and belong to) the event loop of their first call."""
+
+    def _new_channel(self, target: str) -> grpc.aio.Channel:
+        options = _channel_options(self.tls)
+        if self.tls is None:
+            return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.secure_channel(target, self.tls.credentials(), options=options)
+
+    async def stream(
+        self,
+        endpoint: str,
+        request: service_pb2.ModelInferRequest,
+        *,
+        timeout: float | None,
+        headers: Mapping[str, str],
+    ) -> AsyncIterator[StreamEvent]:
+        """Events of one generation up to its final response; closing the iterator cancels the call."""
+        # A request iterable (not call.write) so that a failed connection surfaces in read() as a status.
+        stub = self.stub(endpoint)
+        call = stub.ModelStreamInfer(iter((request,)), timeout=timeout, metadata=_metadata(headers))
+        final_seen = ended = False
+        try:
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    ended = True
+                    raise APIConnectionError("stream closed before the final response", request_id=request.id)
+                event = parse_stream_response(message, request.id)
+                final_seen = event.final
+                yield event
+                if final_seen:
+                    break
+        except grpc.RpcError as exc:
+            ended = True
+            raise error_from_rpc(exc, request.id) from None
+        finally:
+            if final_seen:
+                await _drain_async(call)
+            elif not ended:
+                call.cancel()  # stopped early (or the task was cancelled): the server cancels the request
+
+    async def health(self, endpoint: str, model: str, *, timeout: float, headers: Mapping[str, str]) -> bool:
+        md, t = _metadata(headers), min(timeout, _HEALTH_TIMEOUT)
+        try:
+            for rpc, request, field in _health_checks(self.stub(endpoint), model):
+                if not getattr(await rpc(request, timeout=t, metadata=md), field):
+                    return False
+            return True
+        except grpc.RpcError:
+            return False
+
+    async def close(self) -> None:
+        for channel in self._take_channels():
+            await channel.close()

@@ -1,0 +1,392 @@
+"""Read the label and the explanation out of a MentaLLaMA answer.
+
+MentaLLaMA was trained on answers of the form ``<verdict sentence> Reasoning: <explanation>``
+(``Yes, the poster suffers from depression. Reasoning: ...``; ``This post shows the stress cause
+related to work. Reasoning: ...``), but real generations drift: an ``Answer:`` prefix, leading
+blank lines, ``Reasoning:`` first with the verdict somewhere in the explanation, the label only
+in a later sentence, negations, several labels, text cut by ``max_tokens``. The rules, in order:
+
+1. **Verdict region.** The text before ``Reasoning:`` (or, without that marker, its first
+   sentence), minus an ``Answer:``/``Label:``/``Response:`` prefix. Binary tasks: a leading
+   ``Yes``/``No``, else a clause naming the task's topic (depression, stress, risk, wellness
+   dimension...) with a verdict verb (suffers, shows, exhibits, exists...), negated when a
+   negation (``not``, ``no``, ``n't``, ``without``...) precedes it in the clause (an even count
+   cancels). Multi-class tasks: the labels the region names (synonyms allowed: ``emotion
+   turmoil``, ``no causes of depression``, ``PTSD``...), dropping negated ones (``..., not
+   school``); if several remain, **the first stated wins** (IMHI is single-label and the model
+   states its choice first).
+2. **Explanation.** Only if the verdict region decides nothing: each sentence that makes a
+   verdict-like statement (binary: as above; multi-class: a label named after a cue such as
+   ``cause``, ``related to``, ``label``, ``shows``, ``indicates``) votes. One distinct vote wins;
+   conflicting votes are settled by the **last** sentence that opens with a concluding marker
+   (``Therefore``, ``Overall``, ``In conclusion``, ``Based on ...,``); without one: ``None``
+   (ambiguous). In a sentence, a clause opened by ``while``/``although``/... only decides when
+   no main clause does ("While X is not stated, the poster suffers from Y" is "yes").
+3. Otherwise ``label=None``. Parsing never raises on a ``str``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass
+
+from .tasks import TASKS, TaskInfo, get_task
+from .types import Analysis
+
+__all__ = ["parse_response", "LABEL_PATTERNS"]
+
+_F = re.IGNORECASE
+
+# One-to-one character replacements only, so offsets in the normalized text are offsets in the raw text.
+_NORMALIZE = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u00a0": " "})
+
+_PREFIX_RE = re.compile(
+    r"^\s*(?:\[/INST\]\s*)?(?:(?:final\s+)?(?:answer|response|output|label|prediction|result)\s*:\s*)?", _F
+)
+_MARKER_RE = re.compile(r"\b(?:reasoning|explanation)\s*:", _F)
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*")
+# Not "yet": "has not yet shown signs" is one clause.
+_CLAUSE_SPLIT_RE = re.compile(
+    r"[,;:()]|\s[-\u2013\u2014]\s|\b(?:but|however|except"
+    r"|(?P<concessive>although|though|while|whereas|despite))\b",
+    _F,
+)
+# Phrases that contain a negation word but do not negate the verdict.
+_NOT_NEGATION_RE = re.compile(r"\b(?:no doubt|not only|nothing but|no matter)\b", _F)
+_NEGATION_RE = re.compile(
+    r"\b(?:not|no|never|without|lacks?|lacking|absence|absent|neither|nor|none|cannot|unlikely|unclear"
+    r"|rather than|instead of|(?:difficult|hard) to (?:conclude|determine|say|tell|infer|establish))\b"
+    r"|n't\b|\b(?:does|do|did|is|are|was|were|has|have)nt\b",
+    _F,
+)
+# A sentence that opens with one of these states the conclusion ("overall" mid-sentence is an adjective).
+_CONCLUSION_RE = re.compile(
+    r"^[\W_]*(?:reasoning\s*:\s*)?(?:therefore|thus|hence|overall|in conclusion|in summary|to conclude"
+    r"|to sum up|consequently|as a result|all in all|ultimately|in short|so|based on\b[^,.]*,)",
+    _F,
+)
+_LIST_GLUE_RE = re.compile(r"\s*,?\s*(?:(?:and|or|nor|as well as)\s+)?", _F)
+_LIST_INTRO_RE = re.compile(r"\s*(?:(?:such as|like|including|for example|for instance|namely)\b|e\.g\.)", _F)
+_YES_NO_START_RE = re.compile(r"^[\W_]*(yes|no)\b(?!\s+(?:one|doubt|matter|longer)\b)", _F)
+_YES_NO_ANSWER_RE = re.compile(r"\b(?:answer|label|verdict)\s+(?:is|would be)\s*:?\s*[\"']?(yes|no)\b", _F)
+
+_BINARY_PREDICATE = (
+    r"suffer\w*|show\w*|exhibit\w*|display\w*|exist\w*|present\w*|experienc\w*|indicat\w*|demonstrat\w*"
+    r"|struggl\w*|reflect\w*|express\w*|reveal\w*|suggest\w*|has|have|having|had|there (?:is|are|was|were)"
+    r"|at risk|evident|evidence|signs?|symptoms?|affected|deal\w* with|battl\w*|go(?:es|ing)? through"
+)
+# Topic of each binary task (the adjectives double as predicates: "the poster is not depressed").
+_BINARY_TOPIC: dict[str, tuple[str, str]] = {
+    "DR": (r"depress\w*", r"depressed"),
+    "CLP": (r"depress\w*", r"depressed"),
+    "dreaddit": (r"stress\w*", r"stressed"),
+    "loneliness": (r"lonel\w*|lonesome", r"lonely|lonesome"),
+    # Not bare "belongingness": "no lack of belongingness" is the opposite of the risk.
+    "Irf": (r"risk|thwarted belongingness|perceived burdensomeness|burdensomeness", r"(?!)"),
+    "MultiWD": (r"wellness|dimension", r"(?!)"),
+}
+
+_NONE_CAUSE = (
+    r"no (?:specific |particular |clear |obvious |identifiable |apparent |direct |evident )?causes?"
+    r"(?: of depression)?|none"
+    r"|(?:does not|doesn't|do not|cannot|can't) (?:show|indicate|suggest|reveal|identify|exhibit|display)"
+    r" any (?:specific |particular |clear |obvious |identifiable |apparent )?causes?"
+)
+_NO_DISORDER = (
+    r"no mental (?:disorders?|illness(?:es)?|health (?:disorders?|conditions?|issues?))(?: symptoms)?"
+    r"|no (?:signs|symptoms|indications?) of (?:any )?mental (?:disorders?|illness(?:es)?)"
+    r"|(?:does not|doesn't) (?:show|indicate|suggest|exhibit|display) (?:any )?(?:signs of |symptoms of )?"
+    r"(?:a |any )?mental (?:disorders?|illness(?:es)?)(?: symptoms)?"
+)
+
+LABEL_PATTERNS: dict[str, dict[str, str]] = {
+    "SAD": {
+        "school": r"school\w*|academics?|academic (?:pressure|stress|work|performance)|studies|exams?"
+        r"|homework|college|university|classes",
+        "financial problem": r"financial (?:problems?|issues?|difficult(?:y|ies)|stress|troubles?|strain"
+        r"|concerns?|hardship)|financ\w*|money|debts?|economic\w*",
+        "family issues": r"family (?:issues?|problems?|conflicts?|matters?)|family|families",
+        "social relationships": r"social relationships?|relationships?|friendships?|social (?:life|issues?)",
+        "work": r"work|work-related|jobs?|careers?|workplace|employment|occupation\w*",
+        "health issues": r"health (?:issues?|problems?|concerns?)|(?<!mental )(?<!emotional )health|illness",
+        "emotional turmoil": r"emotion(?:al)? turmoil|emotional (?:distress|issues?|struggles?)",
+        "everyday decision making": r"everyday decision[- ]making|decision[- ]making"
+        r"|(?:everyday|daily) decisions?",
+        "other causes": r"other (?:stress |kinds of |types of )?causes?(?: of stress)?|other stressors?",
+    },
+    "CAMS": {
+        "none": _NONE_CAUSE,
+        "bias or abuse": r"bias or abuse|bias(?:es|ed)?|abuse|abused|abusive|bullying|bullied|discrimination",
+        "jobs and career": r"jobs? and careers?|jobs?|careers?|unemploy\w*|employment",
+        "medication": r"medications?|medicines?|drugs?|prescriptions?",
+        "relationship": r"relationships?|break-?ups?",
+        "alienation": r"alienation|alienated|alienating",
+    },
+    "T-SID": {
+        "no mental disorders": _NO_DISORDER,
+        "suicide or self-harm tendency": r"suicide or self-harm tendenc(?:y|ies)|suicide or self-harm"
+        r"|suicid\w*|self-harm\w*|self harm\w*",
+        "depression": r"depression|depressive|depressed",
+        "ptsd": r"ptsd|post-?\s?traumatic stress(?: disorder)?",
+    },
+    "SWMH": {
+        "no mental disorders": _NO_DISORDER,
+        "suicide": r"suicid\w*|self-harm\w*|self harm\w*",
+        "depression": r"depression|depressive|depressed",
+        "anxiety": r"anxiety|anxious",
+        "bipolar disorder": r"bipolar(?: disorder)?",
+    },
+}
+"""Regex (case-insensitive, whole words) for each multi-class label; the first alternative is the
+reference phrasing, the others are synonyms MentaLLaMA uses."""
+
+# A whole verdict region that is only one of these words names the label.
+_BARE_LABELS: dict[str, dict[str, str]] = {
+    "SAD": {"other": "other causes", "emotional": "emotional turmoil", "financial": "financial problem"},
+    "CAMS": {"bias": "bias or abuse", "abuse": "bias or abuse", "jobs": "jobs and career"},
+    "T-SID": {
+        "none": "no mental disorders",
+        "control": "no mental disorders",
+        "suicide": "suicide or self-harm tendency",
+    },
+    "SWMH": {"none": "no mental disorders", "control": "no mental disorders", "bipolar": "bipolar disorder"},
+}
+
+# Cues that make a sentence in the explanation a statement of the label, not just a mention.
+_GENERIC_CUE = (
+    r"label\w*|categor\w*|classif\w*|falls? (?:under|into)|this post shows|the post shows|answer is|would be"
+    r"|most likely|primary|main"
+)
+_CUES: dict[str, str] = {
+    "SAD": r"cause\w*|source|stressors?|triggers?|related to|due to|attributed to|stem\w* from|caused by",
+    "CAMS": r"cause\w*|reasons?|related to|due to|attributed to|stem\w* from|caused by|triggers?",
+    "T-SID": r"shows?|indicat\w*|suggest\w*|exhibit\w*|display\w*|signs? of|symptoms? of|suffer\w* from"
+    r"|tendenc\w*|diagnos\w*",
+    "SWMH": r"shows?|indicat\w*|suggest\w*|exhibit\w*|display\w*|signs? of|symptoms? of|suffer\w* from"
+    r"|diagnos\w*",
+}
+
+
+def _words(pattern: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<!\w)(?:{pattern})(?!\w)", _F)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """Compiled matching rules of one task."""
+
+    task: TaskInfo
+    topic: re.Pattern[str] | None = None
+    predicate: re.Pattern[str] | None = None
+    labels: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    none_labels: frozenset[str] = frozenset()
+    bare: dict[str, str] | None = None
+    cue: re.Pattern[str] | None = None
+
+
+def _build_specs() -> dict[str, _Spec]:
+    specs: dict[str, _Spec] = {}
+    for name, task in TASKS.items():
+        if task.is_binary:
+            topic, adjective = _BINARY_TOPIC[name]
+            specs[name] = _Spec(
+                task, topic=_words(topic), predicate=_words(f"{_BINARY_PREDICATE}|{adjective}")
+            )
+            continue
+        patterns = LABEL_PATTERNS[name]
+        if set(patterns) != set(task.labels):  # the catalog and this table must not drift apart
+            raise RuntimeError(f"label patterns of {name} do not match the catalog")
+        specs[name] = _Spec(
+            task,
+            labels=tuple((label, _words(patterns[label])) for label in task.labels),
+            none_labels=frozenset(label for label in task.labels if label in ("none", "no mental disorders")),
+            bare={label: label for label in task.labels} | _BARE_LABELS.get(name, {}),
+            cue=_words(f"{_CUES[name]}|{_GENERIC_CUE}"),
+        )
+    return specs
+
+
+_SPECS = _build_specs()
+
+
+@dataclass(frozen=True)
+class _Mention:
+    start: int
+    end: int
+    label: str
+
+
+def _negated(scope: str) -> bool:
+    """Odd number of negations in ``scope`` (an even count cancels: "not without signs of")."""
+    scope = _NOT_NEGATION_RE.sub(" ", scope)
+    return len(_NEGATION_RE.findall(scope)) % 2 == 1
+
+
+def _clauses(sentence: str) -> list[tuple[str, bool]]:
+    """``(clause, opened by although/while/...)`` pairs of ``sentence``."""
+    out: list[tuple[str, bool]] = []
+    start, concessive = 0, False
+    for m in _CLAUSE_SPLIT_RE.finditer(sentence):
+        out.append((sentence[start : m.start()], concessive))
+        start, concessive = m.end(), m.group("concessive") is not None
+    out.append((sentence[start:], concessive))
+    return out
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in (part.strip() for part in _SENTENCE_END_RE.split(text)) if s]
+
+
+# ---------------------------------------------------------------- binary tasks
+
+
+def _binary_sentence(spec: _Spec, sentence: str) -> str | None:
+    """``"yes"``/``"no"`` when ``sentence`` states the verdict, else ``None``."""
+    assert spec.topic is not None and spec.predicate is not None
+    m = _YES_NO_START_RE.match(sentence) or _YES_NO_ANSWER_RE.search(sentence)
+    if m:
+        return m.group(1).lower()
+    concessive_verdict = None
+    for clause, concessive in _clauses(sentence):
+        topic = spec.topic.search(clause)
+        predicate = spec.predicate.search(clause)
+        if topic and predicate:
+            # Negation counts up to the topic or the verb, whichever comes later:
+            # "does not exhibit signs of depression" and "depression is not evident" are both "no".
+            scope_end = max(topic.start(), predicate.start())
+            verdict = "no" if _negated(clause[:scope_end]) else "yes"
+            if not concessive:
+                return verdict
+            # "While X is not stated, the poster suffers from Y": the main clause has the verdict.
+            concessive_verdict = concessive_verdict or verdict
+    return concessive_verdict
+
+
+# ---------------------------------------------------------------- multi-class tasks
+
+
+def _mentions(spec: _Spec, text: str) -> list[_Mention]:
+    """Non-overlapping label mentions in ``text``, left to right, longest first on overlap."""
+    found = [
+        _Mention(m.start(), m.end(), label) for label, pattern in spec.labels for m in pattern.finditer(text)
+    ]
+    found.sort(key=lambda x: (x.start, -(x.end - x.start)))
+    kept: list[_Mention] = []
+    for mention in found:
+        if not kept or mention.start >= kept[-1].end:
+            kept.append(mention)
+    return kept
+
+
+def _first_affirmed(spec: _Spec, text: str, mentions: list[_Mention]) -> str | None:
+    """Label of the first mention not negated in its clause; the none-labels are negative phrases
+    by themselves and are never dropped.
+
+    Negation reaches over an example list: in "does not mention causes such as work, school or
+    family issues" every label is negated, and so is "..., not school".
+    """
+    clause_starts = [0] + [m.end() for m in _CLAUSE_SPLIT_RE.finditer(text)]
+    prev_end, prev_negated = -1, False
+    for m in mentions:
+        if m.label in spec.none_labels:
+            return m.label
+        if prev_end >= 0 and _LIST_GLUE_RE.fullmatch(text, prev_end, m.start):
+            negated = prev_negated
+        else:
+            i = bisect.bisect_right(clause_starts, m.start) - 1
+            while i > 0 and _LIST_INTRO_RE.match(text, clause_starts[i]):
+                i -= 1
+            negated = _negated(text[clause_starts[i] : m.start])
+        if not negated:
+            return m.label
+        prev_end, prev_negated = m.end, negated
+    return None
+
+
+def _multiclass_region(spec: _Spec, region: str) -> str | None:
+    assert spec.bare is not None
+    bare = re.sub(r"[\W_]+", " ", region).strip().lower()
+    if bare in spec.bare:
+        return spec.bare[bare]
+    return _first_affirmed(spec, region, _mentions(spec, region))
+
+
+def _multiclass_sentence(spec: _Spec, sentence: str) -> str | None:
+    """Label stated by an explanation sentence: the first affirmed mention after a cue."""
+    assert spec.cue is not None
+    cue = spec.cue.search(sentence)
+    if cue is None:
+        return None
+    after_cue = [m for m in _mentions(spec, sentence) if m.start >= cue.start()]
+    return _first_affirmed(spec, sentence, after_cue)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _decide_region(spec: _Spec, region: str) -> str | None:
+    if spec.task.is_binary:
+        for sentence in _sentences(region):
+            label = _binary_sentence(spec, sentence)
+            if label is not None:
+                return label
+        return None
+    return _multiclass_region(spec, region)
+
+
+def _decide_explanation(spec: _Spec, text: str) -> str | None:
+    votes: list[tuple[str, bool]] = []
+    for sentence in _sentences(text):
+        if spec.task.is_binary:
+            label = _binary_sentence(spec, sentence)
+        else:
+            label = _multiclass_sentence(spec, sentence)
+        if label is not None:
+            votes.append((label, _CONCLUSION_RE.search(sentence) is not None))
+    distinct = {label for label, _ in votes}
+    if len(distinct) == 1:
+        return distinct.pop()
+    concluding = [label for label, final in votes if final]
+    return concluding[-1] if concluding else None
+
+
+def parse_response(task: str | TaskInfo, text: str) -> Analysis:
+    """Parse MentaLLaMA's answer ``text`` for ``task`` into an :class:`Analysis`.
+
+    ``label`` is one of the task's canonical labels or ``None`` when the text does not say
+    (see the module docstring for the rules and the "first stated label wins" choice).
+    Raises ``ValueError`` for an unknown task and ``TypeError`` when ``text`` is not a ``str``;
+    never raises for any string.
+    """
+    info = get_task(task)
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, not {type(text).__name__}")
+    spec = _SPECS[info.name]
+    norm = text.translate(_NORMALIZE)
+    prefix = _PREFIX_RE.match(norm)
+    body_start = prefix.end() if prefix else 0
+    marker = _MARKER_RE.search(norm, body_start)
+
+    if marker is not None and norm[body_start : marker.start()].strip():
+        region = norm[body_start : marker.start()]
+        reasoning = text[marker.end() :].strip()
+        label = _decide_region(spec, region)
+        if label is not None:
+            return Analysis(info.name, label, reasoning, text, matched_by="verdict")
+        label = _decide_explanation(spec, norm[body_start:])
+    elif marker is not None:
+        reasoning = text[marker.end() :].strip()
+        label = _decide_explanation(spec, norm[marker.end() :])
+    else:
+        body = norm[body_start:].lstrip()
+        offset = len(norm) - len(body)
+        split = _SENTENCE_END_RE.search(body)
+        first_end = split.start() if split else len(body)
+        label = _decide_region(spec, body[:first_end])
+        if label is not None:
+            rest = text[offset + (split.end() if split else len(body)) :]
+            return Analysis(info.name, label, rest.strip(), text, matched_by="verdict")
+        reasoning = text[offset:].strip()
+        label = _decide_explanation(spec, body)
+    return Analysis(info.name, label, reasoning, text, matched_by="explanation" if label else None)

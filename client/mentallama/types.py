@@ -1,0 +1,105 @@
+"""Result types returned by the SDK; each has ``to_dict()`` for JSONL output."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Analysis", "Generation"]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The raw text a request produced plus its serving metadata (no interpretation)."""
+
+    text: str
+    """Generated text (the prompt is not included)."""
+
+    request_id: str | None = None
+    """Id the request was sent with, for matching server logs."""
+
+    num_input_tokens: int | None = None
+    """Prompt length in tokens, as the server counted it."""
+
+    num_output_tokens: int | None = None
+    """Number of generated tokens."""
+
+    latency_s: float | None = None
+    """Seconds from sending the request to the last token."""
+
+    ttft_s: float | None = None
+    """Seconds from sending the request to the first token (streaming only)."""
+
+    finish_reason: str | None = None
+    """Why generation stopped: ``"stop"`` (end token or stop word), ``"length"`` (max_tokens),
+    ``"cancelled"``; ``None`` when unknown."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON view."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """MentaLLaMA's answer for one post and task: the label it gave and its explanation.
+
+    :func:`mentallama.parsing.parse_response` fills ``task``, ``label``, ``reasoning``, ``raw`` and
+    ``matched_by``; the client adds the serving fields with :meth:`with_generation`.
+    """
+
+    task: str
+    """Canonical task name (``"DR"``, ``"SAD"``, ...)."""
+
+    label: str | None
+    """One of the task's canonical labels, or ``None`` when the text does not say which."""
+
+    reasoning: str
+    """The explanation, without the label sentence and without the ``Reasoning:`` marker."""
+
+    raw: str
+    """The generated text exactly as received."""
+
+    matched_by: str | None = None
+    """Where the label was read: ``"verdict"`` (the answer sentence before ``Reasoning:`` or the
+    first sentence), ``"explanation"`` (a concluding statement inside the explanation), or
+    ``None`` when no label was found."""
+
+    request_id: str | None = None
+    """Id the request was sent with."""
+
+    num_input_tokens: int | None = None
+    """Prompt length in tokens."""
+
+    num_output_tokens: int | None = None
+    """Number of generated tokens."""
+
+    latency_s: float | None = None
+    """Seconds from sending the request to the last token."""
+
+    ttft_s: float | None = None
+    """Seconds to the first token (streaming only)."""
+
+    finish_reason: str | None = None
+    """Why generation stopped (``"stop"``, ``"length"``, ...); ``"length"`` means the text may be cut."""
+
+    @property
+    def parsed(self) -> bool:
+        """True when a label was found."""
+        return self.label is not None
+
+    def with_generation(self, generation: Generation) -> Analysis:
+        """A copy carrying ``generation``'s serving metadata (its text is not re-parsed)."""
+        return dataclasses.replace(
+            self,
+            request_id=generation.request_id,
+            num_input_tokens=generation.num_input_tokens,
+            num_output_tokens=generation.num_output_tokens,
+            latency_s=generation.latency_s,
+            ttft_s=generation.ttft_s,
+            finish_reason=generation.finish_reason,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON view."""
+        return dataclasses.asdict(self)

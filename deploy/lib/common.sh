@@ -1,0 +1,94 @@
+# shellcheck shell=bash
+# Helpers shared by the deploy scripts (sourced, not run): logging, readiness wait on Triton's
+# /v2/health/ready, tracking of the processes a script starts, and a teardown that stops them on exit,
+# SIGTERM (Slurm's --signal=B:TERM, scancel, pod shutdown) or Ctrl-C.
+
+ML_CHILD_PIDS=()
+ML_STOP_GRACE_S=${ML_STOP_GRACE_S:-45}  # Triton drains in-flight requests for --exit-timeout-secs (30)
+ML_POLL_S=${ML_POLL_S:-5}
+ML_CLEANED=0
+
+ml_log() {
+  printf '[%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2
+}
+
+ml_die() {
+  ml_log "error: $*"
+  exit 1
+}
+
+# ml_http_ok URL: true when URL answers 2xx (curl, else python3's urllib).
+ml_http_ok() {
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS -o /dev/null --max-time 5 "$1" 2>/dev/null
+  else
+    python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$1" \
+      >/dev/null 2>&1
+  fi
+}
+
+# ml_wait_ready BASE_URL TIMEOUT_S [PID]: wait until BASE_URL/v2/health/ready answers 200.
+# Returns 0 when ready, 1 on timeout, 2 when PID (the server) exited first.
+ml_wait_ready() {
+  local url="$1/v2/health/ready" timeout_s=$2 pid=${3:-} start=$SECONDS
+  while ((SECONDS - start < timeout_s)); do
+    if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+      ml_log "process $pid exited before $url was ready"
+      return 2
+    fi
+    if ml_http_ok "$url"; then
+      return 0
+    fi
+    sleep "$ML_POLL_S"
+  done
+  ml_log "timed out after ${timeout_s}s waiting for $url"
+  return 1
+}
+
+# ml_track PID: stop PID in ml_cleanup.
+ml_track() {
+  ML_CHILD_PIDS+=("$1")
+}
+
+# ml_cleanup: SIGTERM every tracked process, give them ML_STOP_GRACE_S to drain, then SIGKILL. Idempotent.
+ml_cleanup() {
+  local pid alive deadline
+  if ((ML_CLEANED)); then
+    return 0
+  fi
+  ML_CLEANED=1
+  if ((${#ML_CHILD_PIDS[@]} == 0)); then
+    return 0
+  fi
+  ml_log "stopping ${#ML_CHILD_PIDS[@]} process(es): ${ML_CHILD_PIDS[*]}"
+  for pid in "${ML_CHILD_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  deadline=$((SECONDS + ML_STOP_GRACE_S))
+  while ((SECONDS < deadline)); do
+    alive=0
+    for pid in "${ML_CHILD_PIDS[@]}"; do
+      if kill -0 "$pid" 2>/dev/null; then
+        alive=1
+      fi
+    done
+    if ((alive == 0)); then
+      break
+    fi
+    sleep 1
+  done
+  for pid in "${ML_CHILD_PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      ml_log "process $pid ignored SIGTERM for ${ML_STOP_GRACE_S}s: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  wait 2>/dev/null || true
+}
+
+# ml_install_traps: clean up on normal exit, SIGTERM (exit 143) and SIGINT (exit 130).
+ml_install_traps() {
+  trap 'ml_cleanup' EXIT
+  trap 'ml_log "SIGTERM received"; ml_cleanup; exit 143' TERM
+  trap 'ml_log "SIGINT received"; ml_cleanup; exit 130' INT
+}

@@ -1,0 +1,161 @@
+"""CPU engine step: the `tensorrt_llm` tensor interface over transformers continuous batching.
+
+Thin adapter: parsing/assembly live in `mentallama_server.engine_step`, generation in
+`mentallama_server.cpu_engine`. Requests are decoupled: `execute` only submits them; the engine's
+dispatcher thread sends responses as tokens are produced. A watcher thread forwards client
+cancellations to the engine and publishes the engine's counters as Prometheus metrics.
+"""
+
+import _bootstrap  # noqa: F401  (sets sys.path; must come first)
+
+import threading
+import uuid
+
+import triton_python_backend_utils as pb_utils
+from transformers import AutoTokenizer
+
+from mentallama_server.cpu_engine import CpuEngine
+from mentallama_server.engine_step import ResponseAssembler, Utf8Boundary, parse_request, parse_stop
+from mentallama_server.preprocess import Limits, RequestError
+from mentallama_server.triton_params import get_parameter, parse_model_config
+
+INPUT_NAMES = (
+    "input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "streaming", "runtime_top_k",
+    "runtime_top_p", "temperature", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_tokens",
+    "seed", "stop_words_list", "bad_words_list", "beam_width", "return_log_probs", "exclude_input_in_output",
+    "stop", "return_num_input_tokens", "return_num_output_tokens",
+)
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+WATCH_INTERVAL_S = 0.05
+
+
+class _Active:
+    """Per-request state; `done` guards the sender, which must not be touched after the final flag."""
+
+    def __init__(self, sender, assembler: ResponseAssembler, client_id: str) -> None:
+        self.sender = sender
+        self.assembler = assembler
+        self.client_id = client_id
+        self.done = False
+        self.lock = threading.Lock()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = parse_model_config(args)
+        checkpoint = get_parameter(config, "checkpoint_dir", str)
+        self.limits = Limits(get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int))
+        self.boundary = Utf8Boundary(AutoTokenizer.from_pretrained(checkpoint))
+        self.engine = CpuEngine(
+            checkpoint,
+            max_batch_size=get_parameter(config, "engine_max_batch_size", int),
+            num_blocks=get_parameter(config, "cache_num_blocks", int),
+            block_size=get_parameter(config, "cache_block_size", int),
+            max_batch_tokens=get_parameter(config, "max_batch_tokens", int),
+            dtype=get_parameter(config, "dtype", str, "auto"),
+            num_threads=get_parameter(config, "num_threads", int, 0) or None,
+        )
+        self.engine.start()
+        self.active: dict[str, _Active] = {}
+        self.active_lock = threading.Lock()
+        self._init_metrics()
+        self.stopping = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, name="cancel-watcher", daemon=True)
+        self.watcher.start()
+
+    def _init_metrics(self):
+        family = pb_utils.MetricFamily(
+            name="mentallama_engine_requests",
+            description="CPU engine requests by state (active: in the running batch; waiting: queued)",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self.metric_active = family.Metric(labels={"state": "active"})
+        self.metric_waiting = family.Metric(labels={"state": "waiting"})
+        blocks = pb_utils.MetricFamily(
+            name="mentallama_engine_kv_cache_blocks",
+            description="CPU engine KV-cache blocks by state",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self.metric_blocks_used = blocks.Metric(labels={"state": "used"})
+        self.metric_blocks_total = blocks.Metric(labels={"state": "total"})
+        self.metric_tracked = pb_utils.MetricFamily(
+            name="mentallama_engine_tracked_requests",
+            description="Requests the CPU engine step holds a response sender for",
+            kind=pb_utils.MetricFamily.GAUGE,
+        ).Metric(labels={})
+
+    def execute(self, requests):
+        for request in requests:
+            self._submit(request)
+        return None
+
+    def _submit(self, request):
+        sender = request.get_response_sender()
+        inputs = {}
+        for name in INPUT_NAMES:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            inputs[name] = None if tensor is None else tensor.as_numpy()
+        client_id = request.request_id()
+        try:
+            if parse_stop(inputs):
+                self._stop(client_id)
+                sender.send(flags=FINAL)
+                return
+            step = parse_request(inputs, f"{client_id}#{uuid.uuid4().hex}", self.limits)
+            state = _Active(sender, ResponseAssembler(step, self.boundary), client_id)
+            with self.active_lock:
+                self.active[step.generation.request_id] = state
+            self.engine.submit(step.generation, lambda event, s=state: self._on_event(s, event))
+        except (RequestError, ValueError) as exc:
+            with self.active_lock:
+                self.active = {k: v for k, v in self.active.items() if v.sender is not sender}
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)), flags=FINAL)
+
+    def _stop(self, client_id: str):
+        """TensorRT-LLM semantics: a request with `stop` set ends the running request with the same id."""
+        if not client_id:
+            raise RequestError("a stop request needs the request id of the request to stop")
+        with self.active_lock:
+            targets = [rid for rid, s in self.active.items() if s.client_id == client_id]
+        for rid in targets:
+            self.engine.cancel(rid)
+
+    def _on_event(self, state: _Active, event):
+        with state.lock:
+            if state.done:
+                return
+            if event.error:
+                state.done = True
+                state.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(event.error)), flags=FINAL)
+            else:
+                tensors = state.assembler.add(list(event.new_token_ids), event.log_probs, event.finished)
+                flags = FINAL if event.finished else 0
+                if tensors is not None:
+                    response = pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in tensors.items()])
+                    state.sender.send(response, flags=flags)
+                elif event.finished:
+                    state.sender.send(flags=FINAL)
+                state.done = event.finished
+        if event.finished:
+            with self.active_lock:
+                self.active.pop(event.request_id, None)
+
+    def _watch(self):
+        while not self.stopping.wait(WATCH_INTERVAL_S):
+            with self.active_lock:
+                items = list(self.active.items())
+            for rid, state in items:
+                with state.lock:
+                    cancelled = not state.done and state.sender.is_cancelled()
+                if cancelled:
+                    self.engine.cancel(rid)
+            stats = self.engine.stats()
+            self.metric_active.set(stats.active_requests)
+            self.metric_waiting.set(stats.waiting_requests)
+            self.metric_blocks_used.set(stats.cache_blocks_used)
+            self.metric_blocks_total.set(stats.cache_blocks_total)
+            self.metric_tracked.set(len(items))
+
+    def finalize(self):
+        self.stopping.set()
+        self.engine.shutdown()

@@ -1,0 +1,191 @@
+"""Front model with the ensemble's interface: tokenise -> `tensorrt_llm` (BLS, streaming) -> text.
+
+Each request runs in a worker thread that streams the engine's chunks; chunks end on UTF-8
+boundaries (the engine step guarantees it) and are decoded behind an anchor, so streamed text
+concatenates to exactly the non-streamed text. A watcher thread notices cancelled clients and sends
+the engine a `stop` request for them, which Triton 2.51 would not forward by itself.
+"""
+
+import _bootstrap  # noqa: F401  (sets sys.path; must come first)
+
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from transformers import AutoTokenizer
+
+from mentallama_server.front import INPUT_NAMES, FrontRequest, engine_inputs, parse_front_request
+from mentallama_server.postprocess import ChunkDecoder
+from mentallama_server.preprocess import Limits, Preprocessor, RequestError
+from mentallama_server.triton_params import get_parameter, parse_model_config
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+ENGINE_OUTPUTS = ["output_ids", "sequence_length", "cum_log_probs", "output_log_probs"]
+WATCH_INTERVAL_S = 0.05
+
+
+def _error(message: str, code=None):
+    code = pb_utils.TritonError.INVALID_ARG if code is None else code
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+class _Call:
+    def __init__(self, sender, engine_id: str) -> None:
+        self.sender = sender
+        self.engine_id = engine_id
+        self.cancelled = False
+        self.done = False
+        self.lock = threading.Lock()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = parse_model_config(args)
+        tokenizer = AutoTokenizer.from_pretrained(get_parameter(config, "tokenizer_dir", str))
+        limits = Limits(get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int))
+        self.preprocessor = Preprocessor(tokenizer, limits)
+        self.decoder = ChunkDecoder(tokenizer)
+        self.pool = ThreadPoolExecutor(get_parameter(config, "max_concurrent_requests", int), "front")
+        self.calls: dict[str, _Call] = {}
+        self.calls_lock = threading.Lock()
+        self.stopping = threading.Event()
+        threading.Thread(target=self._watch, name="cancel-watcher", daemon=True).start()
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                inputs = {}
+                for name in INPUT_NAMES:
+                    tensor = pb_utils.get_input_tensor_by_name(request, name)
+                    inputs[name] = None if tensor is None else tensor.as_numpy()
+                front = parse_front_request(inputs, self.preprocessor)
+            except RequestError as exc:
+                sender.send(_error(str(exc)), flags=FINAL)
+                continue
+            call = _Call(sender, f"{request.request_id()}#{uuid.uuid4().hex}")
+            with self.calls_lock:
+                self.calls[call.engine_id] = call
+            self.pool.submit(self._run, call, front)
+        return None
+
+    def _run(self, call: _Call, front: FrontRequest):
+        try:
+            self._generate(call, front)
+        except Exception as exc:  # the client must always get a final response
+            self._finish(call, _error(f"generation failed: {exc}", pb_utils.TritonError.INTERNAL))
+        finally:
+            with self.calls_lock:
+                self.calls.pop(call.engine_id, None)
+
+    def _generate(self, call: _Call, front: FrontRequest):
+        tensors = [pb_utils.Tensor(k, v) for k, v in engine_inputs(front).items()]
+        infer = pb_utils.InferenceRequest(
+            model_name="tensorrt_llm",
+            inputs=tensors,
+            requested_output_names=ENGINE_OUTPUTS,
+            request_id=call.engine_id,
+        )
+        texts: list[str] = []
+        log_probs: list[float] = []
+        cum_log_prob = 0.0
+        num_output = 0
+        for response in infer.exec(decoupled=True):
+            if response.has_error():
+                error = response.error()
+                self._finish(call, _error(error.message(), error.code()))
+                return
+            ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
+            if ids_tensor is None:  # the engine's bare final flag
+                continue
+            lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy()
+            ids = ids_tensor.as_numpy()[0, 0, : int(lengths.reshape(-1)[0])]
+            num_output += len(ids)
+            text = self.decoder.decode(ids)
+            chunk_lp = None
+            if front.return_log_probs:
+                cum_log_prob = float(pb_utils.get_output_tensor_by_name(response, "cum_log_probs").as_numpy().reshape(-1)[0])
+                chunk_lp = pb_utils.get_output_tensor_by_name(response, "output_log_probs").as_numpy().reshape(-1)
+                log_probs.extend(chunk_lp.tolist())
+            if front.stream and text and not call.cancelled:
+                self._send(call, self._response(front, text, chunk_lp, cum_log_prob, None), 0)
+            else:
+                texts.append(text)
+        if call.cancelled:
+            self._finish(call, None)
+            return
+        if front.stream:
+            final = self._response(front, "", [] if front.return_log_probs else None, cum_log_prob, num_output)
+        else:
+            text = "".join(texts)
+            if not front.exclude_input_in_output:
+                text = self.decoder.decode([self.preprocessor.tokenizer.bos_token_id, *front.input_ids]) + text
+            final = self._response(front, text, log_probs if front.return_log_probs else None, cum_log_prob, num_output)
+        self._finish(call, final)
+
+    def _response(self, front: FrontRequest, text: str, log_probs, cum_log_prob: float, num_output: int | None):
+        tensors = [
+            pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=object)),
+            pb_utils.Tensor("batch_index", np.array([[0]], dtype=np.int32)),
+        ]
+        if log_probs is not None:
+            lp = np.asarray(log_probs, dtype=np.float32).reshape(1, 1, -1)
+            tensors.append(pb_utils.Tensor("output_log_probs", lp))
+            tensors.append(pb_utils.Tensor("cum_log_probs", np.array([[cum_log_prob]], dtype=np.float32)))
+        if num_output is not None and front.return_num_input_tokens:
+            tensors.append(pb_utils.Tensor("num_input_tokens", np.array([[len(front.input_ids)]], dtype=np.int32)))
+        if num_output is not None and front.return_num_output_tokens:
+            tensors.append(pb_utils.Tensor("num_output_tokens", np.array([[num_output]], dtype=np.int32)))
+        return pb_utils.InferenceResponse(tensors)
+
+    def _send(self, call: _Call, response, flags: int):
+        with call.lock:
+            if not call.done:
+                call.sender.send(response, flags=flags)
+
+    def _finish(self, call: _Call, response):
+        with call.lock:
+            if call.done:
+                return
+            call.done = True
+            if response is None:
+                call.sender.send(flags=FINAL)
+            else:
+                call.sender.send(response, flags=FINAL)
+
+    def _watch(self):
+        while not self.stopping.wait(WATCH_INTERVAL_S):
+            with self.calls_lock:
+                calls = list(self.calls.values())
+            for call in calls:
+                with call.lock:
+                    newly = not call.done and not call.cancelled and call.sender.is_cancelled()
+                    if newly:
+                        call.cancelled = True
+                if newly:
+                    self._stop_engine(call.engine_id)
+
+    def _stop_engine(self, engine_id: str):
+        stop = pb_utils.InferenceRequest(
+            model_name="tensorrt_llm",
+            inputs=[
+                pb_utils.Tensor("input_ids", np.zeros((1, 1), dtype=np.int32)),
+                pb_utils.Tensor("input_lengths", np.ones((1, 1), dtype=np.int32)),
+                pb_utils.Tensor("request_output_len", np.ones((1, 1), dtype=np.int32)),
+                pb_utils.Tensor("stop", np.ones((1, 1), dtype=bool)),
+            ],
+            requested_output_names=["output_ids"],
+            request_id=engine_id,
+        )
+        for _ in stop.exec(decoupled=True):
+            pass
+
+    def finalize(self):
+        self.stopping.set()
+        deadline = time.monotonic() + 5
+        while self.calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,197 @@
+"""Request parsing and response assembly of the CPU `tensorrt_llm` model, without Triton.
+
+Inputs and outputs follow the TensorRT-LLM backend's tensor interface, so the shared ensemble and
+the `mentallama` front model talk to the CPU and GPU profiles the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mentallama_server.engine_types import GenerationRequest
+from mentallama_server.preprocess import Limits, RequestError, from_word_list, scalar
+
+Inputs = Mapping[str, "np.ndarray | None"]
+
+
+@dataclass
+class StepRequest:
+    """One parsed `tensorrt_llm` request."""
+
+    generation: GenerationRequest
+    streaming: bool
+    exclude_input_in_output: bool
+    return_log_probs: bool
+    return_num_input_tokens: bool
+    return_num_output_tokens: bool
+
+
+def _value(inputs: Inputs, name: str, cast: type, default):
+    value = scalar(inputs.get(name), name)
+    return default if value is None else cast(value)
+
+
+def parse_stop(inputs: Inputs) -> bool:
+    return bool(_value(inputs, "stop", bool, False))
+
+
+def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepRequest:
+    """Validate the engine inputs of one request; a `RequestError` names the bad field."""
+    ids = inputs.get("input_ids")
+    if ids is None:
+        raise RequestError("input_ids is required")
+    ids = np.asarray(ids)
+    if ids.ndim == 2 and ids.shape[0] != 1:
+        raise RequestError(f"one sequence per request is supported, got a batch of {ids.shape[0]}")
+    input_ids = [int(i) for i in ids.reshape(-1)]
+    length = _value(inputs, "input_lengths", int, len(input_ids))
+    if not 0 < length <= len(input_ids):
+        raise RequestError(f"input_lengths is {length}, but input_ids holds {len(input_ids)} tokens")
+    input_ids = input_ids[:length]
+    if length > limits.max_input_len:
+        raise RequestError(f"input is {length} tokens, above the limit of {limits.max_input_len}")
+    max_new = _value(inputs, "request_output_len", int, None)
+    if max_new is None:
+        raise RequestError("request_output_len (max_tokens) is required")
+    if not 0 < max_new <= limits.max_output_len:
+        raise RequestError(f"max_tokens must be in [1, {limits.max_output_len}], got {max_new}")
+    beam_width = _value(inputs, "beam_width", int, 1)
+    if beam_width != 1:
+        raise RequestError(f"beam_width must be 1 on the CPU profile (no beam search), got {beam_width}")
+    top_k = _value(inputs, "runtime_top_k", int, 0)
+    if top_k < 0:
+        raise RequestError(f"top_k must be >= 0, got {top_k}")
+    # Absent top_k and top_p mean greedy decoding, as in TensorRT-LLM; an explicit top_p must be usable.
+    top_p = _value(inputs, "runtime_top_p", float, 0.0)
+    if inputs.get("runtime_top_p") is not None and not 0.0 < top_p <= 1.0:
+        raise RequestError(f"top_p must be in (0, 1], got {top_p}")
+    temperature = _value(inputs, "temperature", float, 1.0)
+    if temperature < 0.0:
+        raise RequestError(f"temperature must be >= 0, got {temperature}")
+    min_tokens = _value(inputs, "min_tokens", int, 0)
+    if min_tokens < 0:
+        raise RequestError(f"min_tokens must be >= 0, got {min_tokens}")
+    seed = scalar(inputs.get("seed"), "seed")
+    generation = GenerationRequest(
+        request_id=request_id,
+        input_ids=input_ids,
+        max_new_tokens=max_new,
+        end_id=_value(inputs, "end_id", int, None),
+        pad_id=_value(inputs, "pad_id", int, None),
+        min_new_tokens=min(min_tokens, max_new),
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=_value(inputs, "repetition_penalty", float, 1.0),
+        presence_penalty=_value(inputs, "presence_penalty", float, 0.0),
+        frequency_penalty=_value(inputs, "frequency_penalty", float, 0.0),
+        seed=None if seed is None else int(seed),
+        stop_words=from_word_list(inputs.get("stop_words_list")),
+        bad_words=from_word_list(inputs.get("bad_words_list")),
+        return_log_probs=bool(_value(inputs, "return_log_probs", bool, False)),
+        streaming=bool(_value(inputs, "streaming", bool, False)),
+    )
+    return StepRequest(
+        generation=generation,
+        streaming=generation.streaming,
+        exclude_input_in_output=bool(_value(inputs, "exclude_input_in_output", bool, False)),
+        return_log_probs=generation.return_log_probs,
+        return_num_input_tokens=bool(_value(inputs, "return_num_input_tokens", bool, False)),
+        return_num_output_tokens=bool(_value(inputs, "return_num_output_tokens", bool, False)),
+    )
+
+
+class Utf8Boundary:
+    """Finds how many tokens can be emitted without splitting a UTF-8 character.
+
+    Byte-fallback pieces (`<0xE2>`) carry one byte each; a character's bytes may arrive over several
+    decode steps. A streamed response must stop before an unfinished character.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.byte_of: dict[int, int] = {}
+        for piece, token_id in tokenizer.get_vocab().items():
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                self.byte_of[int(token_id)] = int(piece[3:5], 16)
+
+    def safe_length(self, ids: list[int]) -> int:
+        """Length of the longest prefix of `ids` that ends on a character boundary."""
+        end = len(ids)
+        start = end
+        while start > 0 and ids[start - 1] in self.byte_of:
+            start -= 1
+        pending = 0  # bytes still owed by the last lead byte seen
+        boundary = start
+        for i in range(start, end):
+            byte = self.byte_of[ids[i]]
+            if pending and byte & 0xC0 == 0x80:
+                pending -= 1
+            else:
+                pending = _utf8_continuations(byte)
+            if pending == 0:
+                boundary = i + 1
+        return boundary if pending else end
+
+
+def _utf8_continuations(lead: int) -> int:
+    if lead >= 0xF0:
+        return 3
+    if lead >= 0xE0:
+        return 2
+    if lead >= 0xC0:
+        return 1
+    return 0  # ASCII or a stray continuation byte: nothing to wait for
+
+
+@dataclass
+class ResponseAssembler:
+    """Turns engine token events into `tensorrt_llm` output tensors for one request."""
+
+    request: StepRequest
+    boundary: Utf8Boundary
+    pending: list[int] = field(default_factory=list)
+    pending_log_probs: list[float] = field(default_factory=list)
+    all_output: list[int] = field(default_factory=list)
+    all_log_probs: list[float] = field(default_factory=list)
+    cum_log_prob: float = 0.0
+
+    def add(self, new_ids: list[int], log_probs: list[float] | None, final: bool) -> dict[str, np.ndarray] | None:
+        """Tensors to send now, or None when nothing is ready (streaming hold-back or non-streaming)."""
+        self.all_output.extend(new_ids)
+        if log_probs:
+            self.all_log_probs.extend(log_probs)
+            self.cum_log_prob += float(sum(log_probs))
+        if self.request.streaming:
+            self.pending.extend(new_ids)
+            self.pending_log_probs.extend(log_probs or [])
+            cut = len(self.pending) if final else self.boundary.safe_length(self.pending)
+            if cut == 0 and not final:
+                return None
+            chunk, self.pending = self.pending[:cut], self.pending[cut:]
+            chunk_lp, self.pending_log_probs = self.pending_log_probs[:cut], self.pending_log_probs[cut:]
+            return self._tensors(chunk, chunk_lp, final)
+        if not final:
+            return None
+        tokens = self.all_output
+        if not self.request.exclude_input_in_output:
+            tokens = self.request.generation.input_ids + tokens
+        return self._tensors(tokens, self.all_log_probs, final)
+
+    def _tensors(self, tokens: list[int], chunk_log_probs: list[float] | None, final: bool) -> dict[str, np.ndarray]:
+        out = {
+            "output_ids": np.array([[tokens]], dtype=np.int32).reshape(1, 1, len(tokens)),
+            "sequence_length": np.array([[len(tokens)]], dtype=np.int32),
+            "batch_index": np.array([[0]], dtype=np.int32),
+        }
+        if self.request.return_log_probs:
+            lp = chunk_log_probs if chunk_log_probs is not None else []
+            out["cum_log_probs"] = np.array([[self.cum_log_prob]], dtype=np.float32)
+            out["output_log_probs"] = np.array([[lp]], dtype=np.float32).reshape(1, 1, len(lp))
+        if final and self.request.return_num_input_tokens:
+            out["num_input_tokens"] = np.array([[len(self.request.generation.input_ids)]], dtype=np.int32)
+        if final and self.request.return_num_output_tokens:
+            out["num_output_tokens"] = np.array([[len(self.all_output)]], dtype=np.int32)
+        return out

@@ -1,0 +1,95 @@
+"""Request handling of the `mentallama` front model, without Triton: ensemble inputs -> engine inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mentallama_server.interface import ENGINE_INPUT_NAMES, ENSEMBLE_INPUTS
+from mentallama_server.preprocess import Preprocessor, RequestError, scalar, to_word_list
+
+INPUT_NAMES = tuple(spec.name for spec in ENSEMBLE_INPUTS)
+# The front model always streams from the engine (to watch for cancellation between chunks) and
+# adds the prompt text itself, so these two ensemble inputs are not passed through.
+_NOT_PASSED = {"stream", "exclude_input_in_output"}
+
+
+@dataclass
+class FrontRequest:
+    input_ids: list[int]
+    max_tokens: int
+    end_id: int
+    pad_id: int
+    stop_words: list[list[int]]
+    bad_words: list[list[int]]
+    stream: bool
+    exclude_input_in_output: bool
+    return_log_probs: bool
+    return_num_input_tokens: bool
+    return_num_output_tokens: bool
+    passthrough: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _flag(inputs: Mapping[str, np.ndarray | None], name: str) -> bool:
+    value = scalar(inputs.get(name), name)
+    return bool(value) if value is not None else False
+
+
+def parse_front_request(inputs: Mapping[str, np.ndarray | None], preprocessor: Preprocessor) -> FrontRequest:
+    """Validate and tokenise; raises `RequestError` naming the bad field."""
+    for name, array in inputs.items():
+        if array is not None and np.asarray(array).ndim >= 1 and np.asarray(array).shape[0] != 1:
+            raise RequestError(f"{name}: one text per request is supported, got a batch of {np.asarray(array).shape[0]}")
+
+    def words(name: str):
+        array = inputs.get(name)
+        return None if array is None else np.asarray(array).reshape(-1).tolist()
+
+    prepared = preprocessor.prepare(
+        scalar(inputs.get("text_input"), "text_input") if inputs.get("text_input") is not None else None,
+        scalar(inputs.get("max_tokens"), "max_tokens"),
+        stop_words=words("stop_words"),
+        bad_words=words("bad_words"),
+        end_id=scalar(inputs.get("end_id"), "end_id"),
+        pad_id=scalar(inputs.get("pad_id"), "pad_id"),
+    )
+    passthrough = {
+        ENGINE_INPUT_NAMES[name]: np.asarray(inputs[name]).reshape(1, 1)
+        for name in ENGINE_INPUT_NAMES
+        if name not in _NOT_PASSED and inputs.get(name) is not None
+    }
+    return FrontRequest(
+        input_ids=prepared.input_ids,
+        max_tokens=prepared.max_tokens,
+        end_id=prepared.end_id,
+        pad_id=prepared.pad_id,
+        stop_words=prepared.stop_words,
+        bad_words=prepared.bad_words,
+        stream=_flag(inputs, "stream"),
+        exclude_input_in_output=_flag(inputs, "exclude_input_in_output"),
+        return_log_probs=_flag(inputs, "return_log_probs"),
+        return_num_input_tokens=_flag(inputs, "return_num_input_tokens"),
+        return_num_output_tokens=_flag(inputs, "return_num_output_tokens"),
+        passthrough=passthrough,
+    )
+
+
+def engine_inputs(front: FrontRequest) -> dict[str, np.ndarray]:
+    """The `tensorrt_llm` request for a front request (always streaming, output without the prompt)."""
+    tensors = {
+        "input_ids": np.array([front.input_ids], dtype=np.int32),
+        "input_lengths": np.array([[len(front.input_ids)]], dtype=np.int32),
+        "request_output_len": np.array([[front.max_tokens]], dtype=np.int32),
+        "end_id": np.array([[front.end_id]], dtype=np.int32),
+        "pad_id": np.array([[front.pad_id]], dtype=np.int32),
+        "streaming": np.array([[True]]),
+        "exclude_input_in_output": np.array([[True]]),
+        **front.passthrough,
+    }
+    if front.stop_words:
+        tensors["stop_words_list"] = to_word_list(front.stop_words)[None]
+    if front.bad_words:
+        tensors["bad_words_list"] = to_word_list(front.bad_words)[None]
+    return tensors

@@ -1,0 +1,156 @@
+"""Start, watch and stop a tritonserver process with hard deadlines.
+
+The Python-backend stub can hang in shutdown while a request is stuck, so stopping escalates:
+SIGTERM (Triton drains for `exit_timeout_s`), then SIGKILL of the whole process group (server and
+stubs) once the deadline passes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mentallama_server.paths import TritonInstall
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+@dataclass
+class ServerOptions:
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    http: bool = True
+    exit_timeout_s: int = 10
+    log_verbose: int = 0
+    extra_args: tuple[str, ...] = ()
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def triton_args(install: TritonInstall, repository: Path, backend_dir: Path, opts: ServerOptions) -> list[str]:
+    args = [
+        str(install.binary),
+        f"--model-repository={repository}",
+        f"--backend-directory={backend_dir}",
+        "--model-control-mode=none",
+        "--strict-readiness=true",
+        "--disable-auto-complete-config",
+        f"--exit-timeout-secs={opts.exit_timeout_s}",
+        f"--log-verbose={opts.log_verbose}",
+        f"--grpc-address={opts.host}",
+        f"--grpc-port={opts.grpc_port}",
+        f"--allow-http={'true' if opts.http else 'false'}",
+        f"--http-address={opts.host}",
+        f"--http-port={opts.http_port}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        f"--metrics-address={opts.host}",
+        f"--metrics-port={opts.metrics_port}",
+    ]
+    return args + list(opts.extra_args)
+
+
+class TritonProcess:
+    """One running tritonserver; use as a context manager or call `stop()`."""
+
+    def __init__(self, repository: Path, run_dir: Path, opts: ServerOptions) -> None:
+        self.opts = opts
+        self.run_dir = Path(run_dir)
+        self.install = TritonInstall()
+        self.log_path = self.run_dir / "tritonserver.log"
+        for name, port in (("gRPC", opts.grpc_port), ("HTTP", opts.http_port if opts.http else None),
+                           ("metrics", opts.metrics_port)):
+            if port is not None and not port_free(opts.host, port):
+                raise LaunchError(f"{name} port {port} on {opts.host} is already in use; pick another with --{name.lower()}-port")
+        backend_dir = self.install.make_backend_dir(self.run_dir / "backends")
+        self.args = triton_args(self.install, Path(repository), backend_dir, opts)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
+        self.proc = subprocess.Popen(
+            self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.install.env(),
+            start_new_session=True,  # own process group: stop() can kill the stubs with the server
+        )
+
+    @property
+    def ready_url(self) -> str:
+        return f"http://{self.opts.host}:{self.opts.http_port}/v2/health/ready"
+
+    def is_ready(self) -> bool:
+        if self.opts.http:
+            try:
+                with urllib.request.urlopen(self.ready_url, timeout=2) as resp:
+                    return resp.status == 200
+            except OSError:
+                return False
+        import tritonclient.grpc as grpcclient
+
+        try:
+            with grpcclient.InferenceServerClient(f"{self.opts.host}:{self.opts.grpc_port}") as client:
+                return client.is_server_ready(client_timeout=2)
+        except Exception:
+            return False
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout_s: float = 300) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LaunchError(f"tritonserver exited with code {self.proc.returncode}; log {self.log_path}:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise LaunchError(f"tritonserver not ready after {timeout_s:.0f} s; log {self.log_path}:\n{self.log_tail()}")
+
+    def stop(self, grace_s: float | None = None) -> int:
+        """Stop the server; returns its exit code (negative: killed by that signal)."""
+        grace = self.opts.exit_timeout_s + 5 if grace_s is None else grace_s
+        if self.proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self.proc.wait(10)
+        self._signal(signal.SIGKILL)  # leftover stubs of a server that exited on its own
+        self._log.close()
+        return self.proc.returncode
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> TritonProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,59 @@
+"""Shared fixtures: one real tritonserver (CPU profile, tiny checkpoint) per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    host: str
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+    checkpoint: Path
+    run_dir: Path
+    log_path: Path
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Path:
+    from engine_build.tiny import ensure_checkpoint
+
+    return ensure_checkpoint("tiny")
+
+
+@pytest.fixture(scope="session")
+def cpu_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real tritonserver on loopback, free ports, CPU profile with the tiny checkpoint."""
+    from mentallama_server.launcher import ServerOptions, free_port
+    from mentallama_server.serve import start_cpu_server
+    from mentallama_server.settings import CpuSettings
+
+    host = "127.0.0.1"
+    opts = ServerOptions(host=host, grpc_port=free_port(host), http_port=free_port(host), metrics_port=free_port(host))
+    run_dir = tmp_path_factory.mktemp("triton-run")
+    # A small cache and short limits keep the suite fast and make limit errors easy to reach.
+    settings = CpuSettings(max_input_len=1024, max_output_len=256, cache_num_blocks=256, cache_block_size=32)
+    server = start_cpu_server(str(tiny_checkpoint), settings, opts, run_dir)
+    try:
+        yield RunningServer(host, opts.grpc_port, opts.http_port, opts.metrics_port, tiny_checkpoint, run_dir,
+                            server.log_path)
+    finally:
+        server.stop()

@@ -1,0 +1,400 @@
+"""CpuEngine on the tiny checkpoint: continuous batching, TensorRT-LLM request semantics, lifecycle."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from mentallama_server.cpu_engine import CpuEngine, GenerationRequest, TokenEvent
+
+EOS = 2
+TIMEOUT_S = 60.0
+
+
+class Collector:
+    """Records the events of one request; `wait()` returns once its final event arrived."""
+
+    def __init__(self, on_event: Any = None) -> None:
+        self.events: list[TokenEvent] = []
+        self.times: list[float] = []
+        self.finished = threading.Event()
+        self._extra = on_event
+
+    def __call__(self, event: TokenEvent) -> None:
+        self.events.append(event)
+        self.times.append(time.monotonic())
+        if self._extra is not None:
+            self._extra(event)
+        if event.finished:
+            self.finished.set()
+
+    def wait(self) -> Collector:
+        assert self.finished.wait(TIMEOUT_S), "no final event"
+        return self
+
+    @property
+    def tokens(self) -> list[int]:
+        return [t for e in self.events for t in e.new_token_ids]
+
+    @property
+    def log_probs(self) -> list[float]:
+        return [lp for e in self.events for lp in (e.log_probs or [])]
+
+    @property
+    def final(self) -> TokenEvent:
+        finals = [e for e in self.events if e.finished]
+        assert len(finals) == 1 and self.events[-1].finished, "exactly one final event, last"
+        return finals[0]
+
+
+_ids = iter(range(10**9))
+
+
+def request(input_ids: list[int], max_new_tokens: int, **kwargs: Any) -> GenerationRequest:
+    return GenerationRequest(f"req-{next(_ids)}", list(input_ids), max_new_tokens, **kwargs)
+
+
+def run(engine: CpuEngine, req: GenerationRequest) -> Collector:
+    collector = Collector()
+    engine.submit(req, collector)
+    return collector.wait()
+
+
+def prompt(length: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [1] + [rng.randrange(3, 4000) for _ in range(length - 1)]
+
+
+def reference(model: Any, ids: list[int], max_new_tokens: int) -> list[int]:
+    """Solo `generate()`, greedy, with the trailing eos removed (the engine never outputs end ids)."""
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=EOS, pad_token_id=0,
+        )
+    tokens = out[0, len(ids) :].tolist()
+    return tokens[: tokens.index(EOS)] if EOS in tokens else tokens
+
+
+def next_logits(model: Any, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0, -1].float()
+
+
+def wait_idle(engine: CpuEngine) -> Any:
+    """Cancellation reaches the batch at the next step: poll until the engine shows nothing held."""
+    deadline = time.monotonic() + 10
+    while True:
+        stats = engine.stats()
+        if stats.active_requests == 0 and stats.cache_blocks_used == 0 and stats.unfinished_requests == 0:
+            return stats
+        assert time.monotonic() < deadline, f"engine not idle: {stats}"
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------------------------- greedy
+
+
+def test_concurrent_greedy_matches_solo_generate(cpu_engine: CpuEngine, reference_model: Any) -> None:
+    prompts = [prompt(n, seed=n) for n in (3, 17, 40, 90, 130)]
+    collectors = [Collector() for _ in prompts]
+    for ids, collector in zip(prompts, collectors, strict=True):
+        cpu_engine.submit(request(ids, 24), collector)
+    for ids, collector in zip(prompts, collectors, strict=True):
+        expected = reference(reference_model, ids, 24)
+        assert collector.wait().tokens == expected
+        assert collector.final.finish_reason == ("length" if len(expected) == 24 else "stop")
+
+
+def test_requests_beyond_cache_capacity_all_complete(cpu_engine: CpuEngine, reference_model: Any) -> None:
+    """10 x (50 + 400) tokens do not fit the 4096-token cache at once: CB queues/re-prefills, still exact."""
+    prompts = [prompt(50, seed=200 + i) for i in range(10)]
+    collectors = [Collector() for _ in prompts]
+    for ids, collector in zip(prompts, collectors, strict=True):
+        cpu_engine.submit(request(ids, 400, end_id=-1), collector)
+    for collector in collectors:
+        assert len(collector.wait().tokens) == 400
+    with torch.no_grad():
+        for ids, collector in list(zip(prompts, collectors, strict=True))[:3]:
+            out = reference_model.generate(
+                torch.tensor([ids]), do_sample=False, max_new_tokens=400, eos_token_id=None, pad_token_id=0
+            )
+            assert collector.tokens == out[0, len(ids) :].tolist()
+    wait_idle(cpu_engine)
+
+
+def test_short_request_gets_tokens_while_long_ones_run(cpu_engine: CpuEngine) -> None:
+    longs = [Collector() for _ in range(3)]
+    for i, collector in enumerate(longs):
+        cpu_engine.submit(request(prompt(20, seed=i), 300, end_id=-1), collector)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not all(c.events for c in longs):  # all long requests are decoding
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    short = run(cpu_engine, request(prompt(5, seed=9), 4, end_id=-1))
+    for collector in longs:
+        collector.wait()
+        assert len(collector.tokens) == 300
+        assert short.times[0] < collector.times[-1]  # first token of the short one before the long ones end
+        assert short.times[-1] < collector.times[-1]
+    assert len(short.tokens) == 4
+
+
+def test_non_streaming_request_gets_one_final_event(cpu_engine: CpuEngine, reference_model: Any) -> None:
+    ids = prompt(12, seed=3)
+    collector = run(cpu_engine, request(ids, 16, streaming=False))
+    assert len(collector.events) == 1
+    assert collector.tokens == reference(reference_model, ids, 16)
+
+
+def test_slow_consumer_gets_tokens_coalesced(cpu_engine: CpuEngine) -> None:
+    ids = prompt(8, seed=4)
+    expected = run(cpu_engine, request(ids, 40, end_id=-1)).tokens
+    collector = Collector(on_event=lambda event: time.sleep(0.05))
+    cpu_engine.submit(request(ids, 40, end_id=-1), collector)
+    collector.wait()
+    assert len(collector.events) < 40
+    assert max(len(e.new_token_ids) for e in collector.events) > 1
+    assert collector.tokens == expected
+
+
+# --------------------------------------------------------------------------------------- cancellation
+
+
+def test_cancel_many_running_requests_frees_slots_and_cache(cpu_engine: CpuEngine) -> None:
+    collectors = {}
+    for i in range(16):
+        req = request(prompt(10 + i, seed=100 + i), 200, end_id=-1)
+        collectors[req.request_id] = Collector()
+        cpu_engine.submit(req, collectors[req.request_id])
+    deadline = time.monotonic() + TIMEOUT_S
+    while not all(c.events for c in collectors.values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    busy = cpu_engine.stats()
+    assert busy.active_requests > 0 and busy.cache_blocks_used > 0
+
+    assert all(cpu_engine.cancel(request_id) for request_id in collectors)
+
+    for collector in collectors.values():
+        assert collector.wait().final.finish_reason == "cancelled"
+        assert len(collector.tokens) < 200
+    stats = wait_idle(cpu_engine)
+    assert stats.waiting_requests == 0
+    assert not any(cpu_engine.cancel(request_id) for request_id in collectors)  # finished: False
+    assert len(run(cpu_engine, request(prompt(6, seed=7), 5, end_id=-1)).tokens) == 5  # slots reusable
+
+
+def test_cancel_unknown_or_finished_request_returns_false(cpu_engine: CpuEngine) -> None:
+    assert cpu_engine.cancel("no-such-request") is False
+    req = request(prompt(5, seed=1), 3)
+    collector = run(cpu_engine, req)
+    assert cpu_engine.cancel(req.request_id) is False
+    assert len([e for e in collector.events if e.finished]) == 1
+
+
+def test_cancel_right_after_submit(cpu_engine: CpuEngine) -> None:
+    req = request(prompt(5, seed=2), 100, end_id=-1)
+    collector = Collector()
+    cpu_engine.submit(req, collector)
+    assert cpu_engine.cancel(req.request_id) is True
+    assert cpu_engine.cancel(req.request_id) is False  # already cancelled
+    assert collector.wait().final.finish_reason == "cancelled"
+    wait_idle(cpu_engine)
+
+
+# ------------------------------------------------------------------------------ stop words and end_id
+
+
+def test_stop_word_ends_generation_and_stays_in_output(cpu_engine: CpuEngine) -> None:
+    ids = prompt(10, seed=11)
+    free = run(cpu_engine, request(ids, 30, end_id=-1)).tokens
+    stop = free[5:7]
+    first = next(i for i in range(len(free) - 1) if free[i : i + 2] == stop)
+    stopped = run(cpu_engine, request(ids, 30, end_id=-1, stop_words=[[7, 7, 7, 7], stop]))
+    assert stopped.tokens == free[: first + 2]
+    assert stopped.final.finish_reason == "stop"
+    wait_idle(cpu_engine)  # the CB request was cancelled behind the scenes
+
+
+def test_stop_word_does_not_end_generation_before_min_new_tokens(cpu_engine: CpuEngine) -> None:
+    ids = prompt(10, seed=12)
+    free = run(cpu_engine, request(ids, 20, end_id=-1)).tokens
+    stop = [free[1]]
+    later = [i for i in range(2, 20) if free[i] == stop[0]]  # i + 1 tokens >= 3
+    result = run(cpu_engine, request(ids, 20, end_id=-1, stop_words=[stop], min_new_tokens=3))
+    assert result.tokens == (free[: later[0] + 1] if later else free)
+
+
+def test_end_id_ends_generation_and_is_not_emitted(cpu_engine: CpuEngine) -> None:
+    ids = prompt(10, seed=13)
+    free = run(cpu_engine, request(ids, 20, end_id=-1)).tokens
+    end = free[4]
+    first = free.index(end)
+    result = run(cpu_engine, request(ids, 20, end_id=end))
+    assert result.tokens == free[:first]
+    assert result.final.finish_reason == "stop"
+
+
+def test_min_new_tokens_bans_end_id_until_reached(cpu_engine: CpuEngine) -> None:
+    ids = prompt(10, seed=14)
+    free = run(cpu_engine, request(ids, 20, end_id=-1)).tokens
+    end = free[0]
+    result = run(cpu_engine, request(ids, 20, end_id=end, min_new_tokens=5))
+    assert len(result.tokens) >= 5 and end not in result.tokens[:5]
+
+
+# --------------------------------------------------------------------------- sampling and log probs
+
+
+def test_seeded_sampling_is_reproducible_and_stays_in_top_k(
+    cpu_engine: CpuEngine, reference_model: Any
+) -> None:
+    ids = prompt(10, seed=15)
+    kwargs = dict(end_id=-1, temperature=1.0, top_k=3, seed=1234, return_log_probs=True)
+    first = run(cpu_engine, request(ids, 12, **kwargs))
+    again = run(cpu_engine, request(ids, 12, **kwargs))
+    assert first.tokens == again.tokens
+    other_seeds = [run(cpu_engine, request(ids, 12, **{**kwargs, "seed": s})).tokens for s in range(5)]
+    assert any(tokens != first.tokens for tokens in other_seeds)
+    sequence = list(ids)
+    for token, log_prob in zip(first.tokens, first.log_probs, strict=True):
+        top = torch.topk(next_logits(reference_model, sequence), 3)
+        assert token in top.indices.tolist()
+        expected = torch.log_softmax(top.values, dim=-1)[top.indices.tolist().index(token)]
+        assert log_prob == pytest.approx(float(expected), abs=1e-4)
+        sequence.append(token)
+
+
+def test_greedy_log_probs_match_the_model(cpu_engine: CpuEngine, reference_model: Any) -> None:
+    ids = prompt(9, seed=16)
+    result = run(cpu_engine, request(ids, 8, end_id=-1, return_log_probs=True))
+    assert len(result.log_probs) == 8
+    sequence = list(ids)
+    for token, log_prob in zip(result.tokens, result.log_probs, strict=True):
+        logits = next_logits(reference_model, sequence)
+        assert token == int(torch.argmax(logits))
+        assert log_prob == pytest.approx(float(torch.log_softmax(logits, -1)[token]), abs=1e-4)
+        sequence.append(token)
+
+
+@pytest.mark.parametrize(
+    "penalty", [dict(repetition_penalty=1e6), dict(presence_penalty=1e4), dict(frequency_penalty=1e4)]
+)
+def test_penalties_keep_every_seen_token_out(cpu_engine: CpuEngine, penalty: dict[str, float]) -> None:
+    ids = prompt(10, seed=17)
+    free = run(cpu_engine, request(ids, 30, end_id=-1)).tokens
+    assert len(set(free)) < len(free)  # the unpenalised output repeats itself
+    tokens = run(cpu_engine, request(ids, 30, end_id=-1, **penalty)).tokens
+    assert len(set(tokens)) == len(tokens) and not set(tokens) & set(ids)
+
+
+def test_bad_words_are_never_completed(cpu_engine: CpuEngine) -> None:
+    ids = prompt(10, seed=18)
+    free = run(cpu_engine, request(ids, 20, end_id=-1)).tokens
+    single = run(cpu_engine, request(ids, 20, end_id=-1, bad_words=[[free[0]]])).tokens
+    assert free[0] not in single
+    pair = free[2:4]
+    at = next(i for i in range(len(free) - 1) if free[i : i + 2] == pair)
+    banned = run(cpu_engine, request(ids, 20, end_id=-1, bad_words=[pair])).tokens
+    assert banned[: at + 1] == free[: at + 1] and banned[at + 1] != free[at + 1]
+    assert not any(banned[i : i + 2] == pair for i in range(len(banned) - 1))
+
+
+# --------------------------------------------------------------------------------- errors and validation
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("input_ids", dict(input_ids=[])),
+        ("input_ids", dict(input_ids=[1, 4000])),
+        ("max_new_tokens", dict(max_new_tokens=0)),
+        ("max_new_tokens", dict(max_new_tokens=5000)),
+        ("top_p", dict(top_p=1.5)),
+        ("top_k", dict(top_k=-1)),
+        ("temperature", dict(temperature=-0.5)),
+        ("repetition_penalty", dict(repetition_penalty=0.0)),
+        ("min_new_tokens", dict(min_new_tokens=-1)),
+        ("stop_words", dict(stop_words=[[]])),
+        ("bad_words", dict(bad_words=[[5, 99999]])),
+        ("end_id", dict(end_id=4000)),
+        ("seed", dict(seed=-1)),
+    ],
+)
+def test_invalid_request_raises_value_error_naming_the_field(
+    cpu_engine: CpuEngine, field: str, change: dict[str, Any]
+) -> None:
+    req = request([1, 5, 6], 10)
+    for key, value in change.items():
+        setattr(req, key, value)
+    with pytest.raises(ValueError, match=field):
+        cpu_engine.submit(req, Collector())
+    assert cpu_engine.stats().unfinished_requests == 0
+
+
+def test_duplicate_request_id_in_flight_is_rejected(cpu_engine: CpuEngine) -> None:
+    req = request(prompt(5, seed=19), 100, end_id=-1)
+    collector = Collector()
+    cpu_engine.submit(req, collector)
+    with pytest.raises(ValueError, match="request_id"):
+        cpu_engine.submit(GenerationRequest(req.request_id, [1, 2, 3], 5), Collector())
+    cpu_engine.cancel(req.request_id)
+    collector.wait()
+
+
+def test_sampling_failure_fails_only_that_request(cpu_engine: CpuEngine) -> None:
+    everything = [[token] for token in range(cpu_engine.vocab_size)]
+    failed = run(cpu_engine, request([1, 5, 6], 5, bad_words=everything))
+    assert failed.final.finish_reason == "error" and "banned" in (failed.final.error or "")
+    assert len(run(cpu_engine, request([1, 5, 6], 5, end_id=-1)).tokens) == 5
+    wait_idle(cpu_engine)
+
+
+def test_callback_failure_fails_the_request_with_one_final_event(cpu_engine: CpuEngine) -> None:
+    def explode(event: TokenEvent) -> None:
+        if not event.finished:
+            raise RuntimeError("client went away")
+
+    collector = Collector(on_event=explode)
+    cpu_engine.submit(request(prompt(5, seed=20), 50, end_id=-1), collector)
+    final = collector.wait().final
+    assert final.finish_reason == "error" and "client went away" in (final.error or "")
+    wait_idle(cpu_engine)
+
+
+# ------------------------------------------------------------------------------------------ lifecycle
+
+
+def test_engine_starts_fast_and_shutdown_finishes_every_request(
+    tiny_checkpoint: Path, engine_kwargs: dict[str, Any]
+) -> None:
+    started = time.monotonic()
+    engine = CpuEngine(tiny_checkpoint, **engine_kwargs)
+    engine.start()
+    assert time.monotonic() - started < 30
+    collectors = [Collector() for _ in range(6)]
+    for i, collector in enumerate(collectors):
+        engine.submit(request(prompt(8, seed=i), 500, end_id=-1), collector)
+    engine.shutdown(timeout=10)
+    for collector in collectors:
+        final = collector.wait().final
+        assert final.finish_reason == "error" and final.error
+    with pytest.raises(RuntimeError, match="not running"):
+        engine.submit(request([1, 2], 2), Collector())
+    assert engine.cancel("anything") is False
+    engine.shutdown()  # idempotent
+
+
+def test_stats_report_the_cache_and_counters(cpu_engine: CpuEngine, engine_kwargs: dict[str, Any]) -> None:
+    before = cpu_engine.stats()
+    run(cpu_engine, request(prompt(5, seed=21), 7, end_id=-1))
+    after = wait_idle(cpu_engine)
+    assert after.cache_blocks_total == engine_kwargs["num_blocks"]
+    assert after.tokens_generated == before.tokens_generated + 7
+    assert after.requests_finished.get("length", 0) == before.requests_finished.get("length", 0) + 1
