@@ -69,6 +69,7 @@ class Backend(ABC):
 
     kind: str = "backend"
     count_label: str = "server"  # what `RequestRecord.token_source` says when this backend reports counts
+    uses_server: bool = True  # False: nothing to scrape (the in-process engine)
 
     def __init__(self, endpoint: str, model: str = DEFAULT_MODEL, request_timeout_s: float = 600.0) -> None:
         self.endpoint = endpoint

@@ -57,6 +57,7 @@ class EngineBackend(Backend):
 
     kind = "engine"
     count_label = "engine"
+    uses_server = False
 
     def __init__(
         self,

@@ -134,8 +134,9 @@ def triton_model_stats(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[
     """Per `model/version`: request counts and average per-request times over the run (ms).
 
     Triton's duration counters are cumulative microseconds over requests, so the average of a run is
-    delta(duration) / delta(requests). For a decoupled model the request and compute-infer durations
-    span the whole generation, not one step.
+    delta(duration) / delta(requests). A decoupled Python model's `execute()` returns before its
+    responses are all sent, so for `mentallama` and the CPU `tensorrt_llm` these averages measure the
+    hand-off (queueing, input handling), not the generation; client-side latencies measure the rest.
     """
     models = {
         (dict(lab).get("model", ""), dict(lab).get("version", ""))

@@ -275,7 +275,8 @@ async def run_load(
             warm_load,
             StopSpec(requests=config.warmup),
         )
-    before = await _scrape_all(config.metrics_urls)
+    metrics_urls = config.metrics_urls if backends[0].uses_server else []
+    before = await _scrape_all(metrics_urls)
     bar = _progress(config, label)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
@@ -291,7 +292,7 @@ async def run_load(
     finally:
         if bar is not None:
             bar.close()
-    after = await _scrape_all(config.metrics_urls)
+    after = await _scrape_all(metrics_urls)
     records = sorted(
         (make_record(s, t0, tokenizer, config.count_tokens) for s in sent), key=lambda r: r.start_s
     )

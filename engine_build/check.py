@@ -194,6 +194,7 @@ class _TokenizerFacts:
     bos_id: int | None = None
     eos_id: int | None = None
     pad_id: int | None = None
+    base_vocab_size: int | None = None  # before added tokens (a pad token appended by a fine-tune, say)
 
     @classmethod
     def read(cls, folder: Path, report: CheckReport) -> _TokenizerFacts:
@@ -218,22 +219,24 @@ class _TokenizerFacts:
                 "no chat_template: prompts must be formatted in LLaMA-2 chat style by the caller"
             )
         special_map = _read_json(folder / "special_tokens_map.json", report) or {}
+        # LlamaTokenizer's defaults apply when neither file names the token.
         names = {
             role: _token_content(tokenizer_config.get(f"{role}_token", special_map.get(f"{role}_token")))
-            for role in ("bos", "eos", "pad")
+            or default
+            for role, default in (("bos", "<s>"), ("eos", "</s>"), ("pad", None))
         }
         spm_facts = _spm_facts(folder / "tokenizer.model", report) if has_model else None
         json_facts = _tokenizer_json_facts(folder / "tokenizer.json", names, report) if has_json else None
-        if spm_facts and json_facts and spm_facts.vocab_size != json_facts.vocab_size:
+        if spm_facts and json_facts and spm_facts.vocab_size != json_facts.base_vocab_size:
             report.problems.append(
-                f"tokenizer.json has {json_facts.vocab_size} tokens but tokenizer.model has "
+                f"tokenizer.json has {json_facts.base_vocab_size} base tokens but tokenizer.model has "
                 f"{spm_facts.vocab_size}: the two tokenizer files disagree"
             )
-        # transformers reads tokenizer.json when present, so its view wins.
-        primary = json_facts or spm_facts or facts
-        facts.vocab_size = primary.vocab_size
-        facts.bos_id, facts.eos_id = primary.bos_id, primary.eos_id
-        facts.pad_id = json_facts.pad_id if json_facts else None
+        # transformers reads tokenizer.json when present, so its view wins where it has one.
+        sources = [source for source in (json_facts, spm_facts) if source is not None]
+        for name in ("vocab_size", "bos_id", "eos_id", "pad_id"):
+            found = [getattr(source, name) for source in sources if getattr(source, name) is not None]
+            setattr(facts, name, found[0] if found else None)
         return facts
 
 
@@ -255,7 +258,8 @@ def _spm_facts(path: Path, report: CheckReport) -> _TokenizerFacts | None:
     def _id(value: int) -> int | None:
         return value if value >= 0 else None
 
-    return _TokenizerFacts(processor.get_piece_size(), _id(processor.bos_id()), _id(processor.eos_id()))
+    size = processor.get_piece_size()
+    return _TokenizerFacts(size, _id(processor.bos_id()), _id(processor.eos_id()), None, size)
 
 
 def _tokenizer_json_facts(
@@ -271,6 +275,7 @@ def _tokenizer_json_facts(
         ids.update({token: idx for token, idx in vocab.items() if isinstance(idx, int)})
     elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
         ids.update({item[0]: idx for idx, item in enumerate(vocab) if isinstance(item, list) and item})
+    base_size = max(ids.values()) + 1 if ids else 0
     for added in data.get("added_tokens") or []:
         if isinstance(added, dict) and isinstance(added.get("id"), int):
             ids[str(added.get("content"))] = added["id"]
@@ -283,7 +288,7 @@ def _tokenizer_json_facts(
         return ids.get(name) if name is not None else None
 
     # len(tokenizer) in transformers: every id up to the largest one used.
-    return _TokenizerFacts(max(ids.values()) + 1, _lookup("bos"), _lookup("eos"), _lookup("pad"))
+    return _TokenizerFacts(max(ids.values()) + 1, _lookup("bos"), _lookup("eos"), _lookup("pad"), base_size)
 
 
 def _config_ids(value: Any) -> list[int]:
@@ -312,7 +317,7 @@ def _check_special_ids(
                     f"{role}_token_id mismatch: {source} says {ids if len(ids) > 1 else ids[0]}, "
                     f"the tokenizer's {role} token has id {tokenizer_id}"
                 )
-        if not config_ids and not generation_ids:
+        if not config_ids and not generation_ids and tokenizer_id is not None:
             report.notes.append(
                 f"config.json sets no {role}_token_id; the tokenizer's ({tokenizer_id}) is used"
             )

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from engine_build.check import check_checkpoint
+from engine_build.engine_cli import engine
 from engine_build.tiny import build_checkpoint, default_checkpoint_dir, describe
 
 app = typer.Typer(
@@ -61,12 +62,7 @@ def check(
         raise typer.Exit(code=1)
 
 
-try:  # `engine` lives in its own module, owned and landed separately.
-    from engine_build.engine_cli import engine
-except ImportError:
-    engine = None
-if engine is not None:
-    app.command("engine")(engine)
+app.command("engine")(engine)
 
 
 def main() -> None:

@@ -412,6 +412,11 @@ def validate(cfg: BuildConfig, shape: ModelShape, gpu: GpuInfo | None) -> Valida
             f"this machine shows {gpu.count} GPU(s) but tp*pp={cfg.world_size}: building works, "
             f"serving needs {cfg.world_size} GPUs"
         )
+    if cfg.uses_modelopt and not cfg.calib_dataset:
+        w.append(
+            "ModelOpt calibration downloads the cnn_dailymail dataset from the Hugging Face hub; on a node "
+            "without internet pass --calib-dataset with a local copy"
+        )
     if cfg.calib_size is not None and not cfg.uses_modelopt:
         w.append("--calib-size only applies to fp8 and int4_awq (ModelOpt calibration); ignored")
     return v

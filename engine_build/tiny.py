@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine_build.corpus import DEFAULT_SEED
 from engine_build.safetensors_io import read_header, write_safetensors
@@ -33,6 +33,9 @@ from engine_build.tokenizer import (
     write_json,
     write_tokenizer,
 )
+
+if TYPE_CHECKING:  # torch, sentencepiece and transformers load lazily: `check` and the CLI start fast
+    import torch
 
 __all__ = [
     "CHECKPOINT_FILES",
@@ -56,8 +59,6 @@ RECIPE_VERSION = 1
 RECIPE_KEY = "mentallama_recipe"  # safetensors header metadata key; loaders ignore unknown metadata
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors", *TOKENIZER_FILES)
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-_TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 @dataclass(frozen=True)
@@ -150,10 +151,10 @@ def _size(size: str) -> ModelSize:
         raise ValueError(f"unknown checkpoint size {size!r}; choose one of {', '.join(SIZES)}") from None
 
 
-def _random_weights(config: dict[str, Any], seed: int) -> dict[str, Any]:
+def _random_weights(config: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
     import torch
 
-    dtype = getattr(torch, _TORCH_DTYPES[config["torch_dtype"]])
+    dtype = getattr(torch, config["torch_dtype"])  # "float32" / "bfloat16" name torch dtypes directly
     tensors: dict[str, torch.Tensor] = {}
     for name, shape in llama_tensor_shapes(config).items():
         if name.endswith("norm.weight"):

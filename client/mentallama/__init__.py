@@ -9,8 +9,6 @@ Everything public is importable from here; the underscore modules are private::
         print(result.label, result.reasoning, result.num_output_tokens)
 """
 
-from __future__ import annotations
-
 from ._client import AnalysisResult, AsyncMentaLLaMAClient, BaseClient, GenerationResult, MentaLLaMAClient
 from ._constants import (
     DEFAULT_CONCURRENCY,

@@ -37,6 +37,10 @@ class GenerationBuilder:
         self.num_output_tokens: int | None = None
         self.finished = False
 
+    def restart_clock(self) -> None:
+        """Start timing now (a stream is timed from its first read, when the request is sent)."""
+        self.started = time.perf_counter()
+
     def add(self, event: StreamEvent) -> str:
         """Record ``event``; returns the text it adds."""
         now = time.perf_counter()
@@ -86,6 +90,7 @@ class _StreamState(Generic[ResultT]):
         self._convert = convert
         self._strip_leading = strip_leading  # analyses drop the first token's leading space
         self._started = False
+        self._sent = False
         self._done = False
         self._closed = False
         self._error: BaseException | None = None
@@ -95,6 +100,11 @@ class _StreamState(Generic[ResultT]):
     def request_id(self) -> str:
         """Id the request was sent with."""
         return self._builder.request_id
+
+    def _begin(self) -> None:
+        if not self._sent:
+            self._sent = True
+            self._builder.restart_clock()
 
     def _delta(self, event: StreamEvent) -> str:
         delta = self._builder.add(event)
@@ -139,6 +149,7 @@ class Stream(_StreamState[ResultT]):
         return self
 
     def __next__(self) -> str:
+        self._begin()
         while not (self._done or self._closed):
             try:
                 event = next(self._events)
@@ -214,6 +225,7 @@ class AsyncStream(_StreamState[ResultT]):
         return self
 
     async def __anext__(self) -> str:
+        self._begin()
         while not (self._done or self._closed):
             try:
                 event = await self._events.__anext__()

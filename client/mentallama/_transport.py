@@ -12,6 +12,7 @@ stubs that ship with ``tritonclient``; no numpy round trip. Every gRPC failure g
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import threading
 import time
@@ -474,7 +475,23 @@ class SyncTransport(_TransportBase):
 
 
 class AsyncTransport(_TransportBase):
-    """asyncio gRPC; channels are created in (and belong to) the event loop of their first call."""
+    """asyncio gRPC; channels belong to the event loop that created them.
+
+    A client used from a new event loop (e.g. a second ``asyncio.run``) gets new channels instead
+    of failing on the old loop's; the old ones died with their loop.
+    """
+
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def stub(self, endpoint: str) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            with self._lock:
+                if loop is not self._loop:
+                    self._channels.clear()
+                    self._stubs.clear()
+                    self._loop = loop
+        return super().stub(endpoint)
 
     def _new_channel(self, target: str) -> grpc.aio.Channel:
         options = _channel_options(self.tls)

@@ -27,6 +27,8 @@ Request contents are never logged.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -56,7 +58,6 @@ logger = logging.getLogger(__name__)
 EventCallback = Callable[[TokenEvent], None]
 
 _DTYPES: dict[str, torch.dtype] = {
-    "auto": torch.float32,  # CPU matmuls are fastest (and match generate() best) in fp32
     "float32": torch.float32,
     "fp32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -108,7 +109,8 @@ class CpuEngine:
         num_blocks, block_size: KV cache size, in blocks of `block_size` tokens (all layers). Together they
             cap the tokens held by all running requests (prompt + output).
         max_batch_tokens: token budget of one forward pass (long prompts are prefilled in chunks of it).
-        dtype: "auto" (float32), "float32", "bfloat16" or "float16".
+        dtype: "float32", "bfloat16", "float16" or "auto": the checkpoint's own dtype, except float16
+            which loads as bfloat16 (same memory, much faster CPU kernels); float32 if undeclared.
         num_threads: torch intra-op threads (process-wide); None keeps torch's default.
         attn_implementation: "sdpa" or "eager" (CB turns it into its paged variant).
         prefix_caching: let requests share the cache blocks of identical prompt prefixes.
@@ -130,8 +132,8 @@ class CpuEngine:
         path = Path(checkpoint_dir)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no checkpoint (config.json) in {path}")
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
         for name, value in (("max_batch_size", max_batch_size), ("num_blocks", num_blocks),
                             ("max_batch_tokens", max_batch_tokens)):
             if value < 1:
@@ -141,8 +143,9 @@ class CpuEngine:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
 
+        self.dtype: torch.dtype = _auto_dtype(path) if dtype == "auto" else _DTYPES[dtype]
         self._model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=_DTYPES[dtype], attn_implementation=attn_implementation
+            path, dtype=self.dtype, attn_implementation=attn_implementation
         ).eval()
         config = self._model.config
         self.vocab_size: int = config.vocab_size
@@ -184,7 +187,11 @@ class CpuEngine:
                 target=self._loop.run_forever, name="cpu-engine-dispatcher", daemon=True
             )
             self._thread.start()
-            self._manager.start()
+            # Threads inherit daemon-ness from their creator: starting CB from the (daemon) dispatcher
+            # makes its generation thread a daemon too, so a forgotten engine never blocks process exit.
+            started: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._loop.call_soon_threadsafe(_run_into, started, self._manager.start)
+            started.result(timeout=60)
             self._state = "running"
             self._loop.call_soon_threadsafe(self._watchdog)
         if warmup:
@@ -434,6 +441,22 @@ class CpuEngine:
             logger.warning("warmup request did not finish within 120 s")
         self._tokens_generated = 0
         self._finished = {}
+
+
+def _run_into(future: concurrent.futures.Future[None], function: Callable[[], object]) -> None:
+    try:
+        function()
+        future.set_result(None)
+    except BaseException as exc:
+        future.set_exception(exc)
+
+
+def _auto_dtype(path: Path) -> torch.dtype:
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    declared = config.get("torch_dtype") or config.get("dtype") or "float32"
+    if declared == "float16":
+        return torch.bfloat16
+    return _DTYPES.get(str(declared), torch.float32)
 
 
 def _eos_ids(model: torch.nn.Module) -> tuple[int, ...]:

@@ -42,6 +42,18 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+class _DropPsutilNotices(logging.Filter):
+    """CB probes system RAM even when the cache is sized explicitly (as here); without psutil that probe logs
+    an ERROR and a WARNING that do not apply to us. Drop exactly those two records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "without psutil" not in message and "psutil is not available" not in message
+
+
+_PSUTIL_FILTER = _DropPsutilNotices()
+
+
 class SamplingProcessor(ContinuousBatchingLogitsProcessor):
     """Routes each logits row to the `RequestSampler` registered under the row's CB request id.
 
@@ -107,6 +119,7 @@ def create_manager(
     prefix_caching: bool,
 ) -> ContinuousBatchingManager:
     """Build (not start) a CB manager with explicit sizes, greedy CB sampling and our processor installed."""
+    logging.getLogger("ContinuousBatchingLogger").addFilter(_PSUTIL_FILTER)  # idempotent
     generation_config = GenerationConfig(do_sample=False, eos_token_id=list(eos_token_ids) or -1)
     cb_config = ContinuousBatchingConfig(
         page_size=block_size,

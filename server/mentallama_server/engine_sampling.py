@@ -1,7 +1,13 @@
 """Per-request token choice for the CPU engine, with TensorRT-LLM's semantics.
 
-Continuous batching in transformers 5.24 only varies temperature / top-k / top-p per request, and only
-when they were enabled at creation; `do_sample`, the random generator and everything else are global.
+What continuous batching (CB, transformers 5.24) offers per request, and what is global:
+- per request: `max_new_tokens`, `eos_token_id`, and temperature / top-k / top-p through
+  `logit_processor_kwargs`, but only with `per_request_processors=True` and only for warpers the
+  generation config enabled at creation (non-default value);
+- global: `do_sample` (one argmax-or-multinomial for the whole batch), the random generator (one seed in
+  `ContinuousBatchingConfig`), `return_logprobs`; min-length, min-new-tokens and repetition-penalty
+  processors are marked unsupported and dropped; any other `generate()` processor would be applied to the
+  whole batch and sees only each row's last token as `input_ids` (no history: no penalties, no bad words).
 So the engine does all per-request work here instead: for each row of logits, `RequestSampler.choose`
 applies, in TensorRT-LLM's order (its `batchApplyPenalty` kernel, then the ban and sampling layers):
 

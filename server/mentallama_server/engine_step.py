@@ -105,45 +105,27 @@ def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepReques
 
 
 class Utf8Boundary:
-    """Finds how many tokens can be emitted without splitting a UTF-8 character.
+    """Finds how many tokens can be emitted without splitting a run of byte-fallback tokens.
 
-    Byte-fallback pieces (`<0xE2>`) carry one byte each; a character's bytes may arrive over several
-    decode steps. A streamed response must stop before an unfinished character.
+    Byte-fallback pieces (`<0xE2>`) carry one byte each, and a character's bytes may arrive over
+    several decode steps. The LLaMA decoder turns a whole run of consecutive byte pieces into text at
+    once (a run that is not valid UTF-8 becomes one U+FFFD per byte), so a chunk may only end where
+    the run ends: then every chunk decodes to exactly its share of the whole text.
     """
 
     def __init__(self, tokenizer) -> None:
-        self.byte_of: dict[int, int] = {}
-        for piece, token_id in tokenizer.get_vocab().items():
-            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-                self.byte_of[int(token_id)] = int(piece[3:5], 16)
+        self.byte_ids: frozenset[int] = frozenset(
+            int(token_id)
+            for piece, token_id in tokenizer.get_vocab().items()
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
+        )
 
     def safe_length(self, ids: list[int]) -> int:
-        """Length of the longest prefix of `ids` that ends on a character boundary."""
+        """Length of the longest prefix of `ids` that does not end inside a byte run still growing."""
         end = len(ids)
-        start = end
-        while start > 0 and ids[start - 1] in self.byte_of:
-            start -= 1
-        pending = 0  # bytes still owed by the last lead byte seen
-        boundary = start
-        for i in range(start, end):
-            byte = self.byte_of[ids[i]]
-            if pending and byte & 0xC0 == 0x80:
-                pending -= 1
-            else:
-                pending = _utf8_continuations(byte)
-            if pending == 0:
-                boundary = i + 1
-        return boundary if pending else end
-
-
-def _utf8_continuations(lead: int) -> int:
-    if lead >= 0xF0:
-        return 3
-    if lead >= 0xE0:
-        return 2
-    if lead >= 0xC0:
-        return 1
-    return 0  # ASCII or a stray continuation byte: nothing to wait for
+        while end > 0 and ids[end - 1] in self.byte_ids:
+            end -= 1
+        return end
 
 
 @dataclass

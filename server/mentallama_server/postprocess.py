@@ -15,8 +15,7 @@ class ChunkDecoder:
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
         self.bos_id = tokenizer.bos_token_id
-        # Any ordinary single-character piece works as anchor; "A" exists in every byte-fallback vocab.
-        self.anchor = tokenizer.encode("A", add_special_tokens=False)[-1:]
+        self.anchor = [_anchor_id(tokenizer)]
         self.anchor_text = tokenizer.decode(self.anchor, skip_special_tokens=True)
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -27,3 +26,14 @@ class ChunkDecoder:
             return self.tokenizer.decode(ids, skip_special_tokens=True)
         text = self.tokenizer.decode(self.anchor + ids, skip_special_tokens=True)
         return text[len(self.anchor_text) :]
+
+
+def _anchor_id(tokenizer) -> int:
+    """An ordinary (not special, not byte-fallback) token: a byte piece would fuse with the chunk's bytes."""
+    special = set(tokenizer.all_special_ids)
+    for word in ("A", "a", "I", "the", "and"):
+        for token_id in tokenizer.encode(word, add_special_tokens=False):
+            piece = tokenizer.convert_ids_to_tokens(token_id)
+            if token_id not in special and not (piece.startswith("<0x") and piece.endswith(">")):
+                return int(token_id)
+    raise ValueError("no ordinary token found to anchor chunk decoding")

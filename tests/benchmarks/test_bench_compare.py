@@ -59,6 +59,7 @@ def test_engine_backend_runs_the_same_load_in_process(tiny_checkpoint: Path, tmp
         warmup=1,
         progress=False,
         params=SamplingParams(force_output_len=True),
+        metrics_urls=["http://127.0.0.1:1/metrics"],
     )
     [result] = asyncio.run(run_session([[backend]], dataset, config, tmp_path))
     assert result.label == "engine-c2"
@@ -66,3 +67,4 @@ def test_engine_backend_runs_the_same_load_in_process(tiny_checkpoint: Path, tmp
     assert all(r.output_tokens == 6 and r.token_source == "engine" for r in result.records)
     assert all(r.input_tokens == 17 for r in result.records)  # 16 prompt tokens + BOS
     assert result.summary["ttft"]["count"] == 6 and result.summary["itl"]["count"] == 6
+    assert result.summary["server"] == {}  # no server in this path: nothing scraped

@@ -258,16 +258,21 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("ignores_term", [False, True])
 def test_sigterm_stops_tracked_children(tmp_path: Path, ignores_term: bool) -> None:
-    child = "bash -c 'trap \"\" TERM; sleep 60 & wait' " if ignores_term else "sleep 60"
-    code = (
-        f"ml_install_traps; {child} & ml_track $!; echo $! > {tmp_path}/child; touch {tmp_path}/ready; wait"
+    ready = tmp_path / "ready"
+    # The stubborn child says it is ready only once it ignores SIGTERM.
+    ignoring = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"open({str(ready)!r}, 'w').close(); time.sleep(60)"
     )
+    child = f"{shlex.quote(sys.executable)} -c {shlex.quote(ignoring)}" if ignores_term else "sleep 60"
+    touch = "" if ignores_term else f"touch {ready};"
+    code = f"ml_install_traps; {child} & ml_track $!; echo $! > {tmp_path}/child; {touch} wait"
     proc = subprocess.Popen(
         ["bash", "-c", f"source {shlex.quote(str(COMMON))}; {code}"],
         env=script_env(ML_STOP_GRACE_S="1"), stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for(lambda: (tmp_path / "ready").exists())
+        wait_for(ready.exists)
         child_pid = int((tmp_path / "child").read_text())
         assert alive(child_pid)
         proc.send_signal(signal.SIGTERM)
@@ -277,7 +282,16 @@ def test_sigterm_stops_tracked_children(tmp_path: Path, ignores_term: bool) -> N
         assert "SIGTERM received" in stderr
         assert ("SIGKILL" in stderr) == ignores_term
     finally:
-        if proc.poll() is None:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """End a script under test the way Slurm would (SIGTERM runs its teardown), SIGKILL as a last resort."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
 
@@ -289,7 +303,7 @@ import http.server, json, os, signal, sys
 argv = sys.argv[1:]
 port = next(int(a.split("=", 1)[1]) for a in argv if a.startswith("--http-port="))
 with open(os.path.join({record!r}, f"server-{{port}}.json"), "w") as f:
-    json.dump({{"argv": argv, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}}, f)
+    json.dump({{"argv": argv, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}}, f)
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200 if self.path in ("/v2/health/ready", "/v2/health/live") else 404)
@@ -334,6 +348,7 @@ def free_base_port(stride: int, count: int) -> int:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free; a listener is not
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -371,11 +386,10 @@ def test_node_replicas_start_publish_and_tear_down(tmp_path: Path, fake_runtime:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 143
         assert list(endpoints.glob("*")) == []
-        wait_for(lambda: _port_free(base) and _port_free(base + 10), timeout=10)
+        wait_for(lambda: not any(alive(s["pid"]) for s in servers.values()), timeout=10)
+        assert _port_free(base) and _port_free(base + 10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
 
 
 def test_tp_sbatch_runs_world_size_ranks_and_stops_on_sigterm(
@@ -405,7 +419,8 @@ def test_tp_sbatch_runs_world_size_ranks_and_stops_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 143
         assert not (run_dir / "endpoints").exists()
+        wait_for(
+            lambda: not alive(json.loads((record / f"server-{base}.json").read_text())["pid"]), timeout=10
+        )
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)

@@ -15,6 +15,7 @@ from engine_build.check import check_checkpoint
 from engine_build.cli import app
 from engine_build.safetensors_io import write_safetensors
 from engine_build.shapes import llama_tensor_shapes
+from engine_build.tokenizer import train_sentencepiece
 
 LLAMA2_7B_PARAMETERS = 6_738_415_616
 LLAMA2_7B_CONFIG = {
@@ -173,6 +174,40 @@ def test_padded_embedding_is_a_note_not_a_problem(tiny_checkpoint: Path, tmp_pat
     report = check_checkpoint(folder)
     assert report.ok, report.problems
     assert any("32 more rows than the tokenizer has tokens" in note for note in report.notes)
+
+
+def test_pad_token_added_by_a_fine_tune_is_accepted(folder: Path) -> None:
+    # Common in fine-tunes: "<pad>" appended to the tokenizer and one more embedding row.
+    tokenizer_json = json.loads((folder / "tokenizer.json").read_text())
+    pad = {"id": 4000, "content": "<pad>", "single_word": False, "lstrip": False, "rstrip": False,
+           "normalized": False, "special": True}  # fmt: skip
+    tokenizer_json["added_tokens"].append(pad)
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    _edit_json(folder / "tokenizer_config.json", pad_token="<pad>")
+    _edit_json(folder / "generation_config.json", pad_token_id=4000)
+    _edit_json(folder / "config.json", vocab_size=4001, pad_token_id=4000)
+    config = json.loads((folder / "config.json").read_text())
+    tensors = {name: torch.zeros(shape) for name, shape in llama_tensor_shapes(config).items()}
+    write_safetensors(folder / "model.safetensors", tensors, {"format": "pt"})
+    report = check_checkpoint(folder)
+    assert report.ok, report.problems
+    assert (report.vocab_size, report.embedding_rows, report.pad_token_id) == (4001, 4001, 4000)
+
+
+def test_tokenizer_files_that_disagree(folder: Path) -> None:
+    (folder / "tokenizer.model").write_bytes(train_sentencepiece(vocab_size=3000))
+    problems = check_checkpoint(folder).problems
+    assert problems == [
+        "tokenizer.json has 4000 base tokens but tokenizer.model has 3000: the two tokenizer files disagree"
+    ]
+
+
+def test_pytorch_bin_weights_pass_without_being_unpickled(folder: Path) -> None:
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")  # not a pickle: never opened
+    report = check_checkpoint(folder)
+    assert report.ok, report.problems
+    assert report.weight_files == ["pytorch_model.bin"]
+    assert any("shapes are not checked" in note for note in report.notes)
 
 
 def test_missing_pad_is_fine_and_explained(folder: Path) -> None:

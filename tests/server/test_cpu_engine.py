@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from mentallama_server.cpu_engine import CpuEngine, GenerationRequest, TokenEvent
+from mentallama_server.engine_sampling import RequestSampler, filter_top_k_top_p
 
 EOS = 2
 TIMEOUT_S = 60.0
@@ -378,6 +379,7 @@ def test_engine_starts_fast_and_shutdown_finishes_every_request(
     engine = CpuEngine(tiny_checkpoint, **engine_kwargs)
     engine.start()
     assert time.monotonic() - started < 30
+    assert engine.dtype == torch.float32  # "auto": the checkpoint's dtype
     collectors = [Collector() for _ in range(6)]
     for i, collector in enumerate(collectors):
         engine.submit(request(prompt(8, seed=i), 500, end_id=-1), collector)
@@ -398,3 +400,44 @@ def test_stats_report_the_cache_and_counters(cpu_engine: CpuEngine, engine_kwarg
     assert after.cache_blocks_total == engine_kwargs["num_blocks"]
     assert after.tokens_generated == before.tokens_generated + 7
     assert after.requests_finished.get("length", 0) == before.requests_finished.get("length", 0) + 1
+
+
+def test_prefix_cache_reuse_keeps_greedy_exact(cpu_engine: CpuEngine, reference_model: Any) -> None:
+    ids = prompt(70, seed=22)  # 4 full blocks of 16 tokens that a second request can reuse
+    first = run(cpu_engine, request(ids, 12)).tokens
+    assert wait_idle(cpu_engine).cache_blocks_cached >= 4
+    second = run(cpu_engine, request(ids, 12)).tokens
+    assert first == second == reference(reference_model, ids, 12)
+
+
+# --------------------------------------------------------------------------- sampler, without the engine
+
+
+def test_filter_top_k_then_top_p() -> None:
+    logits = torch.log(torch.tensor([0.05, 0.1, 0.15, 0.3, 0.4]))
+    assert torch.isfinite(filter_top_k_top_p(logits, 2, 0.0)).tolist() == [False, False, False, True, True]
+    # top-p 0.5 of the whole distribution: 0.4 alone is short of 0.5, 0.4 + 0.3 reaches it
+    assert torch.isfinite(filter_top_k_top_p(logits, 0, 0.5)).tolist() == [False, False, False, True, True]
+    # top-k 3 renormalises to (0.17, 0.35, 0.47): top-p 0.4 keeps only the largest
+    assert torch.isfinite(filter_top_k_top_p(logits, 3, 0.4)).tolist() == [False, False, False, False, True]
+    assert torch.isfinite(filter_top_k_top_p(logits, 0, 1.0)).all()
+
+
+def test_penalties_follow_tensorrt_llm_formulas() -> None:
+    req = GenerationRequest(
+        "p", [0, 1, 1], 4, temperature=2.0, top_k=5, repetition_penalty=2.0, presence_penalty=0.5,
+        frequency_penalty=0.25, return_log_probs=True, seed=0,
+    )
+    sampler = RequestSampler(req, end_ids=[])
+    scores = sampler._apply_penalties(torch.tensor([4.0, -4.0, 4.0]) / 2.0, [0, 1, 1])
+    # temperature first; then for seen tokens: CTRL repetition, minus presence, minus frequency x count
+    assert scores.tolist() == pytest.approx([2.0 / 2 - 0.5 - 0.25, -2.0 * 2 - 0.5 - 0.5, 2.0])
+
+
+def test_greedy_request_ignores_temperature_and_needs_no_work() -> None:
+    for req in (GenerationRequest("g", [1], 4), GenerationRequest("g", [1], 4, temperature=0.0, top_k=50),
+                GenerationRequest("g", [1], 4, top_k=1, top_p=0.9)):
+        sampler = RequestSampler(req, end_ids=[2])
+        assert sampler.greedy and not sampler.needs_processing
+    sampling = RequestSampler(GenerationRequest("s", [1], 4, top_p=0.9), end_ids=[2])
+    assert not sampling.greedy and sampling.needs_processing

@@ -64,25 +64,22 @@ class TritonPythonModel:
         self.watcher.start()
 
     def _init_metrics(self):
-        family = pb_utils.MetricFamily(
-            name="mentallama_engine_requests",
-            description="CPU engine requests by state (active: in the running batch; waiting: queued)",
-            kind=pb_utils.MetricFamily.GAUGE,
-        )
-        self.metric_active = family.Metric(labels={"state": "active"})
-        self.metric_waiting = family.Metric(labels={"state": "waiting"})
-        blocks = pb_utils.MetricFamily(
-            name="mentallama_engine_kv_cache_blocks",
-            description="CPU engine KV-cache blocks by state",
-            kind=pb_utils.MetricFamily.GAUGE,
-        )
+        # The families must outlive their metrics: Triton refuses to set a metric whose family is gone.
+        self.metric_families = {
+            name: pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.GAUGE)
+            for name, description in (
+                ("mentallama_engine_requests", "CPU engine requests by state (active: in the running batch)"),
+                ("mentallama_engine_kv_cache_blocks", "CPU engine KV-cache blocks by state"),
+                ("mentallama_engine_tracked_requests", "Requests the CPU engine step holds a response sender for"),
+            )
+        }
+        requests = self.metric_families["mentallama_engine_requests"]
+        blocks = self.metric_families["mentallama_engine_kv_cache_blocks"]
+        self.metric_active = requests.Metric(labels={"state": "active"})
+        self.metric_waiting = requests.Metric(labels={"state": "waiting"})
         self.metric_blocks_used = blocks.Metric(labels={"state": "used"})
         self.metric_blocks_total = blocks.Metric(labels={"state": "total"})
-        self.metric_tracked = pb_utils.MetricFamily(
-            name="mentallama_engine_tracked_requests",
-            description="Requests the CPU engine step holds a response sender for",
-            kind=pb_utils.MetricFamily.GAUGE,
-        ).Metric(labels={})
+        self.metric_tracked = self.metric_families["mentallama_engine_tracked_requests"].Metric(labels={})
 
     def execute(self, requests):
         for request in requests:
@@ -142,19 +139,25 @@ class TritonPythonModel:
 
     def _watch(self):
         while not self.stopping.wait(WATCH_INTERVAL_S):
-            with self.active_lock:
-                items = list(self.active.items())
-            for rid, state in items:
-                with state.lock:
-                    cancelled = not state.done and state.sender.is_cancelled()
-                if cancelled:
-                    self.engine.cancel(rid)
-            stats = self.engine.stats()
-            self.metric_active.set(stats.active_requests)
-            self.metric_waiting.set(stats.waiting_requests)
-            self.metric_blocks_used.set(stats.cache_blocks_used)
-            self.metric_blocks_total.set(stats.cache_blocks_total)
-            self.metric_tracked.set(len(items))
+            try:
+                self._watch_once()
+            except Exception as exc:  # the watcher must survive: it is what frees cancelled requests
+                pb_utils.Logger.log_error(f"cancel watcher: {type(exc).__name__}: {exc}")
+
+    def _watch_once(self):
+        with self.active_lock:
+            items = list(self.active.items())
+        for rid, state in items:
+            with state.lock:
+                cancelled = not state.done and state.sender.is_cancelled()
+            if cancelled:
+                self.engine.cancel(rid)
+        stats = self.engine.stats()
+        self.metric_active.set(stats.active_requests)
+        self.metric_waiting.set(stats.waiting_requests)
+        self.metric_blocks_used.set(stats.cache_blocks_used)
+        self.metric_blocks_total.set(stats.cache_blocks_total)
+        self.metric_tracked.set(len(items))
 
     def finalize(self):
         self.stopping.set()

@@ -1,0 +1,254 @@
+"""SDK overhead: ``analyze`` vs. the same requests sent with raw ``tritonclient`` streams.
+
+Both sides send identical ensemble inputs (the IMHI prompt, ``max_tokens`` = ``min_tokens`` so every
+answer has the same length, ``stream``, ``exclude_input_in_output``, the two token counts) over one
+gRPC stream per request, to the same server, with the same prompts and concurrency. The raw side is
+``tritonclient.grpc.aio`` as its docs show it (numpy inputs, ``stream_infer``, read to the final
+response, then let the stream close); the SDK side is ``AsyncMentaLLaMAClient.analyze`` (prompt
+building, request encoding, retries bookkeeping, parsing into an ``Analysis``) and, for
+reference, the blocking ``MentaLLaMAClient.analyze`` on a thread pool. Rounds of the modes are
+interleaved so that server drift hits every mode alike; the table gives p50/p90 of per-request
+latency and the ratio to the raw baseline (goal: SDK p50 at most 5% above raw).
+
+    python benchmarks/sdk_overhead.py                       # starts a tiny CPU server on free ports
+    python benchmarks/sdk_overhead.py --endpoint host:8001  # an already running server
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from mentallama import AsyncMentaLLaMAClient, MentaLLaMAClient, build_prompt
+
+POSTS = [
+    "I haven't slept properly in weeks and I keep crying for no reason.",
+    "Started a new job this month, the team is friendly and I like the commute.",
+    "Exams start Monday and I can't focus on anything, my chest feels tight all the time.",
+    "My partner left last spring and since then the apartment feels empty and so do I.",
+    "Went hiking with friends on Saturday, best weekend in a long time.",
+    "Rent went up again and my paycheck didn't; I lie awake doing the math.",
+    "Nobody at school talks to me and I eat lunch alone every day.",
+    "I feel like everyone would be better off without me around.",
+]
+TASK = "depression"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+# --- the raw baseline -------------------------------------------------------------------------
+
+
+def _raw_inputs(prompt: str, max_tokens: int) -> list:
+    import tritonclient.grpc.aio as grpcclient
+
+    fields = [
+        ("text_input", np.array([[prompt.encode()]], dtype=np.object_), "BYTES"),
+        ("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
+        ("min_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
+        ("stream", np.array([[True]], dtype=bool), "BOOL"),
+        ("exclude_input_in_output", np.array([[True]], dtype=bool), "BOOL"),
+        ("return_num_input_tokens", np.array([[True]], dtype=bool), "BOOL"),
+        ("return_num_output_tokens", np.array([[True]], dtype=bool), "BOOL"),
+    ]
+    inputs = []
+    for name, data, datatype in fields:
+        tensor = grpcclient.InferInput(name, list(data.shape), datatype)
+        tensor.set_data_from_numpy(data)
+        inputs.append(tensor)
+    return inputs
+
+
+async def raw_request(client, model: str, prompt: str, max_tokens: int, request_id: str) -> tuple[float, str]:
+    """One request with tritonclient's own stream API; returns its latency in seconds and the text."""
+    start = time.perf_counter()
+    request = {"model_name": model, "inputs": _raw_inputs(prompt, max_tokens), "request_id": request_id,
+               "parameters": {"triton_enable_empty_final_response": True}}  # fmt: skip
+
+    async def one():
+        yield request
+
+    parts, final = [], False
+    async for result, error in client.stream_infer(one(), stream_timeout=120):
+        if error is not None:
+            raise RuntimeError(f"raw request failed: {error}")
+        text = result.as_numpy("text_output")
+        if text is not None:
+            parts.extend(t.decode() for t in text.reshape(-1))
+        param = result.get_response().parameters.get("triton_final_response")
+        if param is not None and param.bool_param:
+            final = True
+            # Keep reading: the server closes the stream right after, as with the SDK.
+    if not final:
+        raise RuntimeError("raw stream ended without its final response")
+    text = "".join(parts)
+    return time.perf_counter() - start, text
+
+
+# --- rounds -----------------------------------------------------------------------------------
+
+
+async def run_async_round(call: Callable[[int], Awaitable[float]], n: int, concurrency: int) -> list[float]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> float:
+        async with gate:
+            return await call(i)
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def run_sync_round(call: Callable[[int], float], n: int, concurrency: int) -> list[float]:
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(call, range(n)))
+
+
+async def measure(endpoint: str, model: str, concurrency: int, rounds: int, per_round: int,
+                  max_tokens: int) -> dict[str, list[float]]:  # fmt: skip
+    import tritonclient.grpc.aio as grpcclient
+
+    prompts = [build_prompt(TASK, p) for p in POSTS]
+    raw_client = grpcclient.InferenceServerClient(url=endpoint)
+    sdk = AsyncMentaLLaMAClient(endpoint, model=model, max_retries=0)
+    sync_sdk = MentaLLaMAClient(endpoint, model=model, max_retries=0)
+    counter = iter(range(10**9))
+
+    async def raw(i: int) -> float:
+        prompt = prompts[i % len(prompts)]
+        return (await raw_request(raw_client, model, prompt, max_tokens, f"raw-{next(counter)}"))[0]
+
+    async def sdk_async(i: int) -> float:
+        start = time.perf_counter()
+        await sdk.analyze(POSTS[i % len(POSTS)], TASK, max_tokens=max_tokens, min_tokens=max_tokens)
+        return time.perf_counter() - start
+
+    def sdk_sync(i: int) -> float:
+        start = time.perf_counter()
+        sync_sdk.analyze(POSTS[i % len(POSTS)], TASK, max_tokens=max_tokens, min_tokens=max_tokens)
+        return time.perf_counter() - start
+
+    samples: dict[str, list[float]] = {"raw tritonclient.aio": [], "sdk async": [], "sdk sync": []}
+    cpu: dict[str, float] = dict.fromkeys(samples, 0.0)
+
+    async def timed(mode: str, round_: Awaitable[list[float]]) -> None:
+        # Client CPU per request: the process holds only the client (the server is another process),
+        # so this is the SDK's cost without the noise of a shared machine.
+        start = time.process_time()
+        samples[mode] += await round_
+        cpu[mode] += time.process_time() - start
+
+    try:
+        # Same request, same answer: the two sides really do the same work.
+        _, raw_text = await raw_request(raw_client, model, prompts[0], max_tokens, "raw-check")
+        sdk_text = (await sdk.analyze(POSTS[0], TASK, max_tokens=max_tokens, min_tokens=max_tokens)).raw
+        if raw_text.lstrip() != sdk_text:
+            raise RuntimeError("the SDK and the raw client got different answers to the same greedy request")
+        # Warm-up: connections, server caches, code paths.
+        await run_async_round(raw, concurrency, concurrency)
+        await run_async_round(sdk_async, concurrency, concurrency)
+        await asyncio.to_thread(run_sync_round, sdk_sync, concurrency, concurrency)
+        for _ in range(rounds):
+            await timed("raw tritonclient.aio", run_async_round(raw, per_round, concurrency))
+            await timed("sdk async", run_async_round(sdk_async, per_round, concurrency))
+            await timed("sdk sync", asyncio.to_thread(run_sync_round, sdk_sync, per_round, concurrency))
+    finally:
+        await raw_client.close()
+        await sdk.close()
+        sync_sdk.close()
+    samples.update({f"cpu:{mode}": [seconds / max(1, len(samples[mode]))] for mode, seconds in cpu.items()})
+    return samples
+
+
+# --- server and report ------------------------------------------------------------------------
+
+
+@contextmanager
+def tiny_server() -> Iterator[str]:
+    """A CPU-profile server with the tiny checkpoint on free loopback ports (like the test fixture)."""
+    import tempfile
+
+    from mentallama_server.launcher import ServerOptions, free_port
+    from mentallama_server.serve import start_cpu_server
+    from mentallama_server.settings import CpuSettings
+
+    from engine_build.tiny import ensure_checkpoint
+
+    host = "127.0.0.1"
+    ports = {name: free_port(host) for name in ("grpc_port", "http_port", "metrics_port")}
+    opts = ServerOptions(host=host, **ports)
+    with tempfile.TemporaryDirectory(prefix="sdk-overhead-") as run_dir:
+        server = start_cpu_server(str(ensure_checkpoint("tiny")), CpuSettings(), opts, Path(run_dir))
+        try:
+            yield f"{host}:{opts.grpc_port}"
+        finally:
+            server.stop()
+
+
+def report(results: dict[int, dict[str, list[float]]]) -> list[dict[str, float | int | str]]:
+    rows = []
+    for concurrency, samples in results.items():
+        base = statistics.median(samples["raw tritonclient.aio"])
+        for mode, values in samples.items():
+            if mode.startswith("cpu:"):
+                continue
+            p50, p90 = percentile(values, 0.5), percentile(values, 0.9)
+            rows.append({"concurrency": concurrency, "mode": mode, "n": len(values), "p50_ms": p50 * 1e3,
+                         "p90_ms": p90 * 1e3, "p50_ratio": p50 / base,
+                         "client_cpu_ms": samples[f"cpu:{mode}"][0] * 1e3})  # fmt: skip
+    header = (f"{'conc':>4}  {'mode':<22}{'n':>5}  {'p50 ms':>8}  {'p90 ms':>8}  {'p50 vs raw':>10}"
+              f"  {'client CPU ms/req':>17}")  # fmt: skip
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['concurrency']:>4}  {r['mode']:<22}{r['n']:>5}  {r['p50_ms']:>8.1f}  {r['p90_ms']:>8.1f}  "
+              f"{(r['p50_ratio'] - 1) * 100:>+9.1f}%  {r['client_cpu_ms']:>17.2f}")  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--endpoint", help="gRPC host:port of a running server (default: start a tiny one)")
+    parser.add_argument("--model", default="mentallama")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per mode")
+    parser.add_argument("--per-round", type=int, default=32, help="requests per round")
+    parser.add_argument("--max-tokens", type=int, default=32, help="tokens per answer (min_tokens forces it)")
+    parser.add_argument("--output", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+
+    def run(endpoint: str) -> dict[int, dict[str, list[float]]]:
+        per_round = {c: max(args.per_round, c) for c in args.concurrency}
+        return {c: asyncio.run(measure(endpoint, args.model, c, args.rounds, per_round[c], args.max_tokens))
+                for c in args.concurrency}  # fmt: skip
+
+    if args.endpoint:
+        results = run(args.endpoint)
+    else:
+        with tiny_server() as endpoint:
+            results = run(endpoint)
+    rows = report(results)
+    if args.output:
+        args.output.write_text(json.dumps(rows, indent=2))
+    worst = max(r["p50_ratio"] for r in rows if r["mode"] == "sdk async")
+    print(f"\nSDK (async) p50 overhead at its worst concurrency: {(worst - 1) * 100:+.1f}% (goal <= +5%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""``mentallama``: command line over the SDK (wiring only; each command lives in its own module)."""
+
+from __future__ import annotations
+
+from ._cli_utils import DISCLAIMER, typer_factory
+from .analyze import analyze
+from .catalog import tasks
+from .evaluate import evaluate
+
+__all__ = ["app", "main"]
+
+app = typer_factory(help=f"MentaLLaMA: interpretable mental-health analysis over Triton. {DISCLAIMER}")
+app.command("tasks")(tasks)
+app.command("analyze")(analyze)
+app.command("eval")(evaluate)
+
+
+def main() -> None:
+    """Console script entry point."""
+    app()

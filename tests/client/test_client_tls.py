@@ -1,0 +1,245 @@
+"""TLS and mutual TLS of the SDK, against a stub gRPC server started in the test.
+
+``mentallama-serve`` has no TLS flags yet, so the server here is a minimal stand-in for Triton's
+gRPC service (``ServerLive``/``ServerReady``/``ModelReady`` and a ``ModelStreamInfer`` that streams
+a fixed answer), started with TLS or mTLS credentials. Certificates are made at test time with
+``cryptography``: a CA, a server certificate and a client certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import struct
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from mentallama import APIConnectionError, AsyncMentaLLaMAClient, MentaLLaMAClient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+x509 = pytest.importorskip("cryptography.x509", reason="the TLS tests need the dev dependency cryptography")
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+STUB_CHUNKS = ("Yes, the poster suffers from depression.", " Reasoning: stub.")
+
+
+# --- certificates -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    cert: bytes
+    key: bytes
+
+
+def _issue(subject: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+           *, ca: bool = False, names: tuple[str, ...] = (), ips: tuple[str, ...] = ()
+           ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer[0].subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    sans = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+    return cert, key
+
+
+def _pem(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> KeyPair:
+    return KeyPair(
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption()),  # fmt: skip
+    )
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: bytes
+    server: KeyPair  # valid for 127.0.0.1 and localhost
+    named_server: KeyPair  # valid for mentallama.test only
+    client: KeyPair
+    other_ca: bytes  # signs nothing we serve
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    ca = _issue("test CA", None, ca=True)
+    other = _issue("other CA", None, ca=True)
+    return Pki(
+        ca=_pem(*ca).cert,
+        server=_pem(*_issue("stub server", ca, names=("localhost",), ips=("127.0.0.1",))),
+        named_server=_pem(*_issue("named stub", ca, names=("mentallama.test",))),
+        client=_pem(*_issue("sdk client", ca)),
+        other_ca=_pem(*other).cert,
+    )
+
+
+# --- stub server ------------------------------------------------------------------------------
+
+
+def _bytes_tensor(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("<I", len(data)) + data
+
+
+def _response(request_id: str, text: str, final: bool, counts: tuple[int, int] | None = None):
+    response = service_pb2.ModelInferResponse(model_name="mentallama", id=request_id)
+    out = response.outputs.add()
+    out.name, out.datatype = "text_output", "BYTES"
+    out.shape.extend([1, 1])
+    response.raw_output_contents.append(_bytes_tensor(text))
+    if counts is not None:
+        for name, value in zip(("num_input_tokens", "num_output_tokens"), counts, strict=True):
+            tensor = response.outputs.add()
+            tensor.name, tensor.datatype = name, "INT32"
+            tensor.shape.extend([1, 1])
+            response.raw_output_contents.append(struct.pack("<i", value))
+    response.parameters["triton_final_response"].bool_param = final
+    return service_pb2.ModelStreamInferResponse(infer_response=response)
+
+
+@dataclass
+class StubInferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Just enough of Triton's gRPC service for the SDK: health and a streamed fixed answer."""
+
+    metadata: list[dict[str, str]] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
+
+    def ServerLive(self, request, context):  # noqa: N802 - gRPC method names
+        return service_pb2.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):  # noqa: N802
+        return service_pb2.ServerReadyResponse(ready=True)
+
+    def ModelReady(self, request, context):  # noqa: N802
+        return service_pb2.ModelReadyResponse(ready=request.name == "mentallama")
+
+    def ModelStreamInfer(self, request_iterator, context):  # noqa: N802
+        self.metadata.append(dict(context.invocation_metadata()))
+        for request in request_iterator:
+            self.request_ids.append(request.id)
+            for chunk in STUB_CHUNKS:
+                yield _response(request.id, chunk, final=False)
+            yield _response(request.id, "", final=True, counts=(7, len(STUB_CHUNKS)))
+
+
+@dataclass
+class StubServer:
+    endpoint: str
+    service: StubInferenceService
+
+
+def _start(pair: KeyPair, client_ca: bytes | None) -> Iterator[StubServer]:
+    service = StubInferenceService()
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
+    credentials = grpc.ssl_server_credentials([(pair.key, pair.cert)], root_certificates=client_ca,
+                                              require_client_auth=client_ca is not None)  # fmt: skip
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        yield StubServer(f"127.0.0.1:{port}", service)
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def tls_stub(pki: Pki) -> Iterator[StubServer]:
+    yield from _start(pki.server, client_ca=None)
+
+
+@pytest.fixture(scope="module")
+def mtls_stub(pki: Pki) -> Iterator[StubServer]:
+    yield from _start(pki.server, client_ca=pki.ca)
+
+
+@pytest.fixture(scope="module")
+def named_stub(pki: Pki) -> Iterator[StubServer]:
+    yield from _start(pki.named_server, client_ca=None)
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+def test_tls_to_stub_server_analyze_health_and_headers(pki, tls_stub):
+    with MentaLLaMAClient(tls_stub.endpoint, root_certificates=pki.ca, headers={"X-Tenant": "lab-1"},
+                          max_retries=0, timeout=10) as client:  # fmt: skip
+        assert client.tls and client.health()
+        result = client.analyze("a post", "depression", request_id="tls-req-1")
+    assert result.raw == "".join(STUB_CHUNKS)
+    assert result.label == "yes"  # the stub's fixed answer parses
+    assert (result.num_input_tokens, result.num_output_tokens) == (7, len(STUB_CHUNKS))
+    assert tls_stub.service.request_ids[-1] == "tls-req-1"  # sent as the Triton request id
+    sent = tls_stub.service.metadata[-1]
+    assert sent["x-tenant"] == "lab-1"
+    assert sent["triton_grpc_error"] == "true"  # asks Triton for real status codes on stream errors
+
+
+def test_tls_to_stub_server_rejects_untrusted_or_plaintext_clients(pki, tls_stub):
+    untrusted = MentaLLaMAClient(tls_stub.endpoint, root_certificates=pki.other_ca, max_retries=0, timeout=10)
+    with untrusted as client:
+        with pytest.raises(APIConnectionError) as info:
+            client.generate("Hello", request_id="untrusted")
+        assert info.value.status is grpc.StatusCode.UNAVAILABLE and info.value.request_id == "untrusted"
+        assert not client.health()
+    with MentaLLaMAClient(tls_stub.endpoint, max_retries=0, timeout=10) as client, \
+            pytest.raises(APIConnectionError):  # fmt: skip
+        client.generate("Hello")
+
+
+def test_mtls_to_stub_server_needs_the_client_certificate(pki, mtls_stub, tmp_path: Path):
+    (tmp_path / "ca.pem").write_bytes(pki.ca)
+    (tmp_path / "client.pem").write_bytes(pki.client.cert)
+    (tmp_path / "client.key").write_bytes(pki.client.key)
+    # Paths (str and Path) are read like bytes.
+    with MentaLLaMAClient(mtls_stub.endpoint, root_certificates=str(tmp_path / "ca.pem"),
+                          certificate_chain=tmp_path / "client.pem", private_key=tmp_path / "client.key",
+                          max_retries=0, timeout=10) as client:  # fmt: skip
+        assert client.generate("Hello").text == "".join(STUB_CHUNKS)
+    with MentaLLaMAClient(mtls_stub.endpoint, root_certificates=pki.ca, max_retries=0, timeout=10) as client:
+        with pytest.raises(APIConnectionError):
+            client.generate("Hello")
+        assert not client.health()
+    with pytest.raises(ValueError, match="cannot read"):
+        MentaLLaMAClient(mtls_stub.endpoint, root_certificates=tmp_path / "missing.pem")
+
+
+def test_mtls_to_stub_server_async_client_streams(pki, mtls_stub):
+    async def main():
+        async with AsyncMentaLLaMAClient(mtls_stub.endpoint, root_certificates=pki.ca,
+                                         certificate_chain=pki.client.cert, private_key=pki.client.key,
+                                         max_retries=0, timeout=10) as client:  # fmt: skip
+            assert await client.health()
+            async with client.analyze_stream("a post", "depression") as stream:
+                deltas = [d async for d in stream]
+            return deltas, stream.analysis
+
+    deltas, analysis = asyncio.run(main())
+    assert deltas == list(STUB_CHUNKS) and analysis.label == "yes"
+
+
+def test_tls_server_name_override_with_stub_server(pki, named_stub):
+    with MentaLLaMAClient(named_stub.endpoint, root_certificates=pki.ca, tls_server_name="mentallama.test",
+                          max_retries=0, timeout=10) as client:  # fmt: skip
+        assert client.generate("Hello").num_output_tokens == len(STUB_CHUNKS)
+    unnamed = MentaLLaMAClient(named_stub.endpoint, root_certificates=pki.ca, max_retries=0, timeout=10)
+    with unnamed as client, pytest.raises(APIConnectionError):
+        client.generate("Hello")  # the certificate does not name 127.0.0.1
