@@ -47,13 +47,16 @@ def cpu_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
     from mentallama_server.settings import CpuSettings
 
     host = "127.0.0.1"
-    opts = ServerOptions(host=host, grpc_port=free_port(host), http_port=free_port(host), metrics_port=free_port(host))
+    opts = ServerOptions(
+        host=host, grpc_port=free_port(host), http_port=free_port(host), metrics_port=free_port(host)
+    )
     run_dir = tmp_path_factory.mktemp("triton-run")
     # A small cache and short limits keep the suite fast and make limit errors easy to reach.
     settings = CpuSettings(max_input_len=1024, max_output_len=256, cache_num_blocks=256, cache_block_size=32)
     server = start_cpu_server(str(tiny_checkpoint), settings, opts, run_dir)
     try:
-        yield RunningServer(host, opts.grpc_port, opts.http_port, opts.metrics_port, tiny_checkpoint, run_dir,
-                            server.log_path)
+        yield RunningServer(
+            host, opts.grpc_port, opts.http_port, opts.metrics_port, tiny_checkpoint, run_dir, server.log_path
+        )
     finally:
         server.stop()

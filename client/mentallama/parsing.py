@@ -338,10 +338,7 @@ def _decide_region(spec: _Spec, region: str) -> str | None:
 def _decide_explanation(spec: _Spec, text: str) -> str | None:
     votes: list[tuple[str, bool]] = []
     for sentence in _sentences(text):
-        if spec.task.is_binary:
-            label = _binary_sentence(spec, sentence)
-        else:
-            label = _multiclass_sentence(spec, sentence)
+        label = _binary_sentence(spec, sentence) if spec.task.is_binary else _multiclass_sentence(spec, sentence)
         if label is not None:
             votes.append((label, _CONCLUSION_RE.search(sentence) is not None))
     distinct = {label for label, _ in votes}

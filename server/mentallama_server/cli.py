@@ -21,16 +21,24 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def serve(
-    profile: Annotated[str, typer.Option(help="cpu (transformers engine step) or trtllm (TensorRT-LLM engine)")] = "cpu",
-    model: Annotated[str, typer.Option(help="tiny, bench (built if missing) or a LLaMA-2 HF checkpoint folder")] = "tiny",
-    host: Annotated[str, typer.Option(help="address to bind; keep 127.0.0.1 unless a proxy or TLS fronts it")] = "127.0.0.1",
+    profile: Annotated[
+        str, typer.Option(help="cpu (transformers engine step) or trtllm (TensorRT-LLM engine)")
+    ] = "cpu",
+    model: Annotated[
+        str, typer.Option(help="tiny, bench (built if missing) or a LLaMA-2 HF checkpoint folder")
+    ] = "tiny",
+    host: Annotated[
+        str, typer.Option(help="address to bind; keep 127.0.0.1 unless a proxy or TLS fronts it")
+    ] = "127.0.0.1",
     grpc_port: int = 8001,
     http_port: int = 8000,
     metrics_port: int = 8002,
     http: Annotated[bool, typer.Option(help="serve the HTTP/REST endpoint too")] = True,
     render: Annotated[Path | None, typer.Option(help="write the rendered repository here and exit")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="folder for the rendered repository and logs")] = None,
-    demo: Annotated[bool, typer.Option(help="send one sample analysis (gRPC streaming), print it, stop")] = False,
+    demo: Annotated[
+        bool, typer.Option(help="send one sample analysis (gRPC streaming), print it, stop")
+    ] = False,
     ready_timeout: float = 300.0,
     engine_max_batch_size: int = CpuSettings.engine_max_batch_size,
     cache_num_blocks: int = CpuSettings.cache_num_blocks,
@@ -47,7 +55,9 @@ def serve(
         raise typer.Exit(2)
     given = locals()
     settings = CpuSettings(**{f.name: given[f.name] for f in fields(CpuSettings) if f.name in given})
-    opts = ServerOptions(host=host, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, http=http)
+    opts = ServerOptions(
+        host=host, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, http=http
+    )
     try:
         if render is not None:
             out = render_cpu(resolve_checkpoint(model), settings, render)
@@ -80,7 +90,10 @@ def _wait_for_signal(server) -> None:
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
         if server.proc.poll() is not None:
-            typer.echo(f"tritonserver exited unexpectedly (code {server.proc.returncode}); log tail:\n{server.log_tail()}", err=True)
+            typer.echo(
+                f"tritonserver exited unexpectedly (code {server.proc.returncode}); log tail:\n{server.log_tail()}",
+                err=True,
+            )
             sys.exit(1)
 
 

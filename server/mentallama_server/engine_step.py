@@ -140,7 +140,9 @@ class ResponseAssembler:
     all_log_probs: list[float] = field(default_factory=list)
     cum_log_prob: float = 0.0
 
-    def add(self, new_ids: list[int], log_probs: list[float] | None, final: bool) -> dict[str, np.ndarray] | None:
+    def add(
+        self, new_ids: list[int], log_probs: list[float] | None, final: bool
+    ) -> dict[str, np.ndarray] | None:
         """Tensors to send now, or None when nothing is ready (streaming hold-back or non-streaming)."""
         self.all_output.extend(new_ids)
         if log_probs:
@@ -162,7 +164,9 @@ class ResponseAssembler:
             tokens = self.request.generation.input_ids + tokens
         return self._tensors(tokens, self.all_log_probs, final)
 
-    def _tensors(self, tokens: list[int], chunk_log_probs: list[float] | None, final: bool) -> dict[str, np.ndarray]:
+    def _tensors(
+        self, tokens: list[int], chunk_log_probs: list[float] | None, final: bool
+    ) -> dict[str, np.ndarray]:
         out = {
             "output_ids": np.array([[tokens]], dtype=np.int32).reshape(1, 1, len(tokens)),
             "sequence_length": np.array([[len(tokens)]], dtype=np.int32),

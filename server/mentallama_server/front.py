@@ -41,7 +41,9 @@ def parse_front_request(inputs: Mapping[str, np.ndarray | None], preprocessor: P
     """Validate and tokenise; raises `RequestError` naming the bad field."""
     for name, array in inputs.items():
         if array is not None and np.asarray(array).ndim >= 1 and np.asarray(array).shape[0] != 1:
-            raise RequestError(f"{name}: one text per request is supported, got a batch of {np.asarray(array).shape[0]}")
+            raise RequestError(
+                f"{name}: one text per request is supported, got a batch of {np.asarray(array).shape[0]}"
+            )
 
     def words(name: str):
         array = inputs.get(name)

@@ -7,6 +7,7 @@ stubs) once the deadline passes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -50,7 +51,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def triton_args(install: TritonInstall, repository: Path, backend_dir: Path, opts: ServerOptions) -> list[str]:
+def triton_args(
+    install: TritonInstall, repository: Path, backend_dir: Path, opts: ServerOptions
+) -> list[str]:
     args = [
         str(install.binary),
         f"--model-repository={repository}",
@@ -81,15 +84,23 @@ class TritonProcess:
         self.run_dir = Path(run_dir)
         self.install = TritonInstall()
         self.log_path = self.run_dir / "tritonserver.log"
-        for name, port in (("gRPC", opts.grpc_port), ("HTTP", opts.http_port if opts.http else None),
-                           ("metrics", opts.metrics_port)):
+        for name, port in (
+            ("gRPC", opts.grpc_port),
+            ("HTTP", opts.http_port if opts.http else None),
+            ("metrics", opts.metrics_port),
+        ):
             if port is not None and not port_free(opts.host, port):
-                raise LaunchError(f"{name} port {port} on {opts.host} is already in use; pick another with --{name.lower()}-port")
+                raise LaunchError(
+                    f"{name} port {port} on {opts.host} is already in use; pick another with --{name.lower()}-port"
+                )
         backend_dir = self.install.make_backend_dir(self.run_dir / "backends")
         self.args = triton_args(self.install, Path(repository), backend_dir, opts)
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
-            self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.install.env(),
+            self.args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.install.env(),
             start_new_session=True,  # own process group: stop() can kill the stubs with the server
         )
 
@@ -122,12 +133,16 @@ class TritonProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise LaunchError(f"tritonserver exited with code {self.proc.returncode}; log {self.log_path}:\n{self.log_tail()}")
+                raise LaunchError(
+                    f"tritonserver exited with code {self.proc.returncode}; log {self.log_path}:\n{self.log_tail()}"
+                )
             if self.is_ready():
                 return
             time.sleep(0.5)
         self.stop()
-        raise LaunchError(f"tritonserver not ready after {timeout_s:.0f} s; log {self.log_path}:\n{self.log_tail()}")
+        raise LaunchError(
+            f"tritonserver not ready after {timeout_s:.0f} s; log {self.log_path}:\n{self.log_tail()}"
+        )
 
     def stop(self, grace_s: float | None = None) -> int:
         """Stop the server; returns its exit code (negative: killed by that signal)."""
@@ -144,10 +159,8 @@ class TritonProcess:
         return self.proc.returncode
 
     def _signal(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def __enter__(self) -> TritonProcess:
         return self

@@ -48,7 +48,9 @@ class TritonInstall:
         self.libs = pkg.parent / "nvidia_pytriton.libs"
         for path in (self.binary, self.python_backend / "libtriton_python.so", self.stub):
             if not path.exists():
-                raise FileNotFoundError(f"{path} is missing from the nvidia-pytriton wheel (Python {version})")
+                raise FileNotFoundError(
+                    f"{path} is missing from the nvidia-pytriton wheel (Python {version})"
+                )
 
     def env(self) -> dict[str, str]:
         """Environment for tritonserver: bundled libs first, then this Python's shared libpython."""

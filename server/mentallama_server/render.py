@@ -27,7 +27,8 @@ class RenderError(ValueError):
 def interface_values() -> dict[str, str]:
     """Placeholders filled from the one declaration of the ensemble interface."""
     passthrough = "\n".join(
-        f'      input_map {{ key: "{engine}" value: "{name}" }}' for name, engine in ENGINE_INPUT_NAMES.items()
+        f'      input_map {{ key: "{engine}" value: "{name}" }}'
+        for name, engine in ENGINE_INPUT_NAMES.items()
     )
     return {
         "ensemble_inputs": pbtxt_tensors(ENSEMBLE_INPUTS),
@@ -49,7 +50,9 @@ def fill(template: str, values: Mapping[str, str], source: Path) -> str:
 def _copy_model(src: Path, dst: Path, values: Mapping[str, str]) -> None:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     config = dst / "config.pbtxt"
-    config.write_text(fill(config.read_text(encoding="utf-8"), values, src / "config.pbtxt"), encoding="utf-8")
+    config.write_text(
+        fill(config.read_text(encoding="utf-8"), values, src / "config.pbtxt"), encoding="utf-8"
+    )
     model_py = dst / "1" / "model.py"
     if model_py.exists():
         shutil.copy2(TEMPLATES / "_bootstrap.py", model_py.parent / "_bootstrap.py")

@@ -25,10 +25,14 @@ def resolve_checkpoint(model: str) -> Path:
 
     path = ensure_checkpoint(model) if model in BUILTIN_MODELS else Path(model).expanduser().resolve()
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint folder {path} does not exist (use tiny, bench or a LLaMA-2 HF folder)")
+        raise CheckpointError(
+            f"checkpoint folder {path} does not exist (use tiny, bench or a LLaMA-2 HF folder)"
+        )
     report = check_checkpoint(path)
     if report.problems:
-        raise CheckpointError(f"checkpoint {path} is not servable:\n" + "\n".join(f"  - {p}" for p in report.problems))
+        raise CheckpointError(
+            f"checkpoint {path} is not servable:\n" + "\n".join(f"  - {p}" for p in report.problems)
+        )
     return path
 
 
@@ -67,7 +71,11 @@ def new_run_dir() -> Path:
 
 
 def start_cpu_server(
-    model: str, settings: CpuSettings, opts: ServerOptions, run_dir: Path | None = None, ready_timeout_s: float = 300
+    model: str,
+    settings: CpuSettings,
+    opts: ServerOptions,
+    run_dir: Path | None = None,
+    ready_timeout_s: float = 300,
 ) -> TritonProcess:
     """Render and start the CPU profile; returns once the server reports ready."""
     checkpoint = resolve_checkpoint(model)

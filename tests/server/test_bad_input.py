@@ -51,9 +51,11 @@ def test_bad_values_are_refused_with_the_field_named(cpu_server, model, text, ma
 
 @pytest.mark.parametrize("model", MODELS)
 def test_http_generate_refuses_bad_values_with_400(cpu_server, model):
-    for payload, field in (({"text_input": "Hello", "max_tokens": 0}, "max_tokens"),
-                           ({"text_input": " ", "max_tokens": 4}, "text_input"),
-                           ({"text_input": "Hello", "max_tokens": 4, "top_p": 2.0}, "top_p")):
+    for payload, field in (
+        ({"text_input": "Hello", "max_tokens": 0}, "max_tokens"),
+        ({"text_input": " ", "max_tokens": 4}, "text_input"),
+        ({"text_input": "Hello", "max_tokens": 4, "top_p": 2.0}, "top_p"),
+    ):
         status, body = http_generate(cpu_server.http_url, model, payload)
         assert status == 400 and field in body[0]["error"]
     status, body = http_generate(cpu_server.http_url, model, {"text_input": "Hello", "max_tokens": 4})

@@ -14,9 +14,11 @@ from tests.server.triton_io import StreamCall, http_generate, infer, make_inputs
 pytestmark = pytest.mark.server
 MODELS = ("mentallama", "ensemble")
 PROMPTS = [
-    'Consider this post: "I can\'t sleep and nothing feels worth doing anymore." Question: Does the poster suffer from depression?',
+    'Consider this post: "I can\'t sleep and nothing feels worth doing anymore." '
+    "Question: Does the poster suffer from depression?",
     "Hello world",
-    'Consider this post: "Exams next week, café shifts every night, no money left 😞" Question: What is the stress cause of this post?',
+    'Consider this post: "Exams next week, café shifts every night, no money left 😞" '
+    "Question: What is the stress cause of this post?",
 ]
 
 
@@ -24,24 +26,38 @@ def reference_continuation(model, tokenizer, prompt: str, max_tokens: int) -> tu
     """transformers generate() (greedy) and the text its tokens add after the prompt."""
     prompt_ids = tokenizer.encode(prompt)
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_tokens, do_sample=False,
-                             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long))
-    generated = out[0, len(prompt_ids):].tolist()
+        out = model.generate(
+            torch.tensor([prompt_ids]),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+        )
+    generated = out[0, len(prompt_ids) :].tolist()
     if tokenizer.eos_token_id in generated:  # the server ends at end_id and leaves it out
         generated = generated[: generated.index(tokenizer.eos_token_id)]
     full = tokenizer.decode(prompt_ids + generated, skip_special_tokens=True)
     head = tokenizer.decode(prompt_ids, skip_special_tokens=True)
     assert full.startswith(head)
-    return full[len(head):], len(generated)
+    return full[len(head) :], len(generated)
 
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("stream", [False, True])
-def test_greedy_grpc_matches_transformers_generate(cpu_server, reference_model, tiny_tokenizer, model, stream):
+def test_greedy_grpc_matches_transformers_generate(
+    cpu_server, reference_model, tiny_tokenizer, model, stream
+):
     for prompt in PROMPTS:
         expected, n = reference_continuation(reference_model, tiny_tokenizer, prompt, 24)
-        result = infer(cpu_server.grpc_url, model, prompt, 24, stream=stream, exclude_input_in_output=True,
-                       return_num_output_tokens=True, return_num_input_tokens=True)
+        result = infer(
+            cpu_server.grpc_url,
+            model,
+            prompt,
+            24,
+            stream=stream,
+            exclude_input_in_output=True,
+            return_num_output_tokens=True,
+            return_num_input_tokens=True,
+        )
         assert result.error is None
         assert result.text == expected
         assert int(result.outputs["num_output_tokens"].reshape(-1)[0]) == n
@@ -71,7 +87,9 @@ def test_streamed_chunks_never_split_a_character(cpu_server):
         payload = {"text_input": prompt, "max_tokens": 48, "exclude_input_in_output": True}
         _, whole = http_generate(cpu_server.http_url, "mentallama", payload)
         for model in ("mentallama", "ensemble"):
-            status, events = http_generate(cpu_server.http_url, model, {**payload, "stream": True}, stream=True)
+            status, events = http_generate(
+                cpu_server.http_url, model, {**payload, "stream": True}, stream=True
+            )
             assert status == 200
             assert "".join(e.get("text_output", "") for e in events) == whole[0]["text_output"]
 
@@ -93,8 +111,12 @@ def test_concurrent_requests_return_what_each_returns_alone(cpu_server):
 
 
 def test_short_request_gets_first_token_while_long_ones_run(cpu_server):
-    long_calls = [StreamCall(cpu_server.grpc_url, "mentallama",
-                             make_inputs(PROMPTS[0], 256, stream=True, min_tokens=256)) for _ in range(3)]
+    long_calls = [
+        StreamCall(
+            cpu_server.grpc_url, "mentallama", make_inputs(PROMPTS[0], 256, stream=True, min_tokens=256)
+        )
+        for _ in range(3)
+    ]
     try:
         for call in long_calls:  # all three are generating
             call.next(60)
@@ -115,24 +137,40 @@ def test_short_request_gets_first_token_while_long_ones_run(cpu_server):
 @pytest.mark.parametrize("model", MODELS)
 def test_max_tokens_end_id_and_exclude_input(cpu_server, tiny_tokenizer, model):
     prompt = PROMPTS[1]
-    full = infer(cpu_server.grpc_url, model, prompt, 12, exclude_input_in_output=True, return_num_output_tokens=True)
+    full = infer(
+        cpu_server.grpc_url, model, prompt, 12, exclude_input_in_output=True, return_num_output_tokens=True
+    )
     assert int(full.outputs["num_output_tokens"].reshape(-1)[0]) == 12
     with_input = infer(cpu_server.grpc_url, model, prompt, 12)
     assert with_input.text == prompt + full.text
     # Ending at the 4th generated token: the output stops before it.
-    ids = tiny_tokenizer.encode(prompt + full.text, add_special_tokens=True)[len(tiny_tokenizer.encode(prompt)):]
-    cut = infer(cpu_server.grpc_url, model, prompt, 12, end_id=ids[3], exclude_input_in_output=True,
-                return_num_output_tokens=True)
+    ids = tiny_tokenizer.encode(prompt + full.text, add_special_tokens=True)[
+        len(tiny_tokenizer.encode(prompt)) :
+    ]
+    cut = infer(
+        cpu_server.grpc_url,
+        model,
+        prompt,
+        12,
+        end_id=ids[3],
+        exclude_input_in_output=True,
+        return_num_output_tokens=True,
+    )
     n = int(cut.outputs["num_output_tokens"].reshape(-1)[0])
     assert n < 12 and full.text.startswith(cut.text) and len(cut.text) < len(full.text)
 
 
 def engine_output_ids(url: str, prompt_ids: list[int], max_tokens: int, **extra) -> list[int]:
     """Call the `tensorrt_llm` engine step directly (TensorRT-LLM's tensor interface)."""
-    inputs = make_inputs(None, None, input_ids=np.array([prompt_ids], dtype=np.int32),
-                         input_lengths=np.array([[len(prompt_ids)]], dtype=np.int32),
-                         request_output_len=np.array([[max_tokens]], dtype=np.int32),
-                         exclude_input_in_output=True, **extra)
+    inputs = make_inputs(
+        None,
+        None,
+        input_ids=np.array([prompt_ids], dtype=np.int32),
+        input_lengths=np.array([[len(prompt_ids)]], dtype=np.int32),
+        request_output_len=np.array([[max_tokens]], dtype=np.int32),
+        exclude_input_in_output=True,
+        **extra,
+    )
     result = StreamCall(url, "tensorrt_llm", inputs).result()
     assert result.error is None, result.error
     length = int(result.outputs["sequence_length"].reshape(-1)[0])
@@ -156,19 +194,30 @@ def test_stop_words_end_generation(cpu_server, tiny_tokenizer, model):
     position, word = next(
         (i, tiny_tokenizer.decode([t]).strip())
         for i, t in enumerate(full_ids)
-        if i >= 2 and tiny_tokenizer.convert_ids_to_tokens(t).startswith("\u2581")
+        if i >= 2
+        and tiny_tokenizer.convert_ids_to_tokens(t).startswith("\u2581")
         and tiny_tokenizer.encode(tiny_tokenizer.decode([t]).strip(), add_special_tokens=False) == [t]
     )
     full = infer(cpu_server.grpc_url, model, PROMPTS[0], 32, exclude_input_in_output=True).text
-    cut = infer(cpu_server.grpc_url, model, PROMPTS[0], 32, exclude_input_in_output=True, stop_words=[word]).text
+    cut = infer(
+        cpu_server.grpc_url, model, PROMPTS[0], 32, exclude_input_in_output=True, stop_words=[word]
+    ).text
     assert cut.endswith(word) and full.startswith(cut) and len(cut) < len(full)
-    assert cut == tiny_tokenizer.decode(prompt_ids + full_ids[: position + 1], skip_special_tokens=True)[
-        len(tiny_tokenizer.decode(prompt_ids, skip_special_tokens=True)):]
+    assert (
+        cut
+        == tiny_tokenizer.decode(prompt_ids + full_ids[: position + 1], skip_special_tokens=True)[
+            len(tiny_tokenizer.decode(prompt_ids, skip_special_tokens=True)) :
+        ]
+    )
 
 
 def test_cancelled_stream_frees_its_slot(cpu_server):
-    calls = [StreamCall(cpu_server.grpc_url, "mentallama", make_inputs(PROMPTS[0], 256, stream=True, min_tokens=256))
-             for _ in range(6)]
+    calls = [
+        StreamCall(
+            cpu_server.grpc_url, "mentallama", make_inputs(PROMPTS[0], 256, stream=True, min_tokens=256)
+        )
+        for _ in range(6)
+    ]
     for call in calls:
         call.next(60)
     active = scrape_metric(cpu_server.metrics_url, "mentallama_engine_requests", 'state="active"')

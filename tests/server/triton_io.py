@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-_TYPES = {np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32", np.dtype(np.uint64): "UINT64",
-          np.dtype(bool): "BOOL", np.dtype(object): "BYTES"}
+_TYPES = {
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.uint64): "UINT64",
+    np.dtype(bool): "BOOL",
+    np.dtype(object): "BYTES",
+}
 
 
 @dataclass
@@ -57,7 +62,9 @@ def _as_array(value) -> np.ndarray:
 class StreamCall:
     """One request on its own gRPC stream; `result()` collects responses until the final one."""
 
-    def __init__(self, url: str, model: str, inputs: list[grpcclient.InferInput], request_id: str = "") -> None:
+    def __init__(
+        self, url: str, model: str, inputs: list[grpcclient.InferInput], request_id: str = ""
+    ) -> None:
         self.queue: queue.Queue = queue.Queue()
         self.client = grpcclient.InferenceServerClient(url)
         self.client.start_stream(callback=lambda result, error: self.queue.put((result, error)))
@@ -102,8 +109,10 @@ def http_generate(base_url: str, model: str, payload: dict, stream: bool = False
     """POST to Triton's generate / generate_stream endpoint; returns the status and the JSON events."""
     endpoint = "generate_stream" if stream else "generate"
     request = urllib.request.Request(
-        f"{base_url}/v2/models/{model}/{endpoint}", data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
+        f"{base_url}/v2/models/{model}/{endpoint}",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=120) as resp:
@@ -113,7 +122,7 @@ def http_generate(base_url: str, model: str, payload: dict, stream: bool = False
         return exc.code, [json.loads(exc.read().decode() or "{}")]
     if not stream:
         return status, [json.loads(body)]
-    events = [json.loads(line[len("data: "):]) for line in body.splitlines() if line.startswith("data: ")]
+    events = [json.loads(line[len("data: ") :]) for line in body.splitlines() if line.startswith("data: ")]
     return status, events
 
 

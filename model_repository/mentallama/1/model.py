@@ -6,21 +6,19 @@ concatenates to exactly the non-streamed text. A watcher thread notices cancelle
 the engine a `stop` request for them, which Triton 2.51 would not forward by itself.
 """
 
-import _bootstrap  # noqa: F401  (sets sys.path; must come first)
-
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from transformers import AutoTokenizer
-
 from mentallama_server.front import INPUT_NAMES, FrontRequest, engine_inputs, parse_front_request
 from mentallama_server.postprocess import ChunkDecoder
 from mentallama_server.preprocess import Limits, Preprocessor, RequestError
 from mentallama_server.triton_params import get_parameter, parse_model_config
+from transformers import AutoTokenizer
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 ENGINE_OUTPUTS = ["output_ids", "sequence_length", "cum_log_probs", "output_log_probs"]
@@ -45,7 +43,9 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_model_config(args)
         tokenizer = AutoTokenizer.from_pretrained(get_parameter(config, "tokenizer_dir", str))
-        limits = Limits(get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int))
+        limits = Limits(
+            get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int)
+        )
         self.preprocessor = Preprocessor(tokenizer, limits)
         self.decoder = ChunkDecoder(tokenizer)
         self.pool = ThreadPoolExecutor(get_parameter(config, "max_concurrent_requests", int), "front")
@@ -107,8 +107,12 @@ class TritonPythonModel:
             text = self.decoder.decode(ids)
             chunk_lp = None
             if front.return_log_probs:
-                cum_log_prob = float(pb_utils.get_output_tensor_by_name(response, "cum_log_probs").as_numpy().reshape(-1)[0])
-                chunk_lp = pb_utils.get_output_tensor_by_name(response, "output_log_probs").as_numpy().reshape(-1)
+                cum_log_prob = float(
+                    pb_utils.get_output_tensor_by_name(response, "cum_log_probs").as_numpy().reshape(-1)[0]
+                )
+                chunk_lp = (
+                    pb_utils.get_output_tensor_by_name(response, "output_log_probs").as_numpy().reshape(-1)
+                )
                 log_probs.extend(chunk_lp.tolist())
             if front.stream and text and not call.cancelled:
                 self._send(call, self._response(front, text, chunk_lp, cum_log_prob, None), 0)
@@ -118,15 +122,23 @@ class TritonPythonModel:
             self._finish(call, None)
             return
         if front.stream:
-            final = self._response(front, "", [] if front.return_log_probs else None, cum_log_prob, num_output)
+            final = self._response(
+                front, "", [] if front.return_log_probs else None, cum_log_prob, num_output
+            )
         else:
             text = "".join(texts)
             if not front.exclude_input_in_output:
-                text = self.decoder.decode([self.preprocessor.tokenizer.bos_token_id, *front.input_ids]) + text
-            final = self._response(front, text, log_probs if front.return_log_probs else None, cum_log_prob, num_output)
+                text = (
+                    self.decoder.decode([self.preprocessor.tokenizer.bos_token_id, *front.input_ids]) + text
+                )
+            final = self._response(
+                front, text, log_probs if front.return_log_probs else None, cum_log_prob, num_output
+            )
         self._finish(call, final)
 
-    def _response(self, front: FrontRequest, text: str, log_probs, cum_log_prob: float, num_output: int | None):
+    def _response(
+        self, front: FrontRequest, text: str, log_probs, cum_log_prob: float, num_output: int | None
+    ):
         tensors = [
             pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=object)),
             pb_utils.Tensor("batch_index", np.array([[0]], dtype=np.int32)),
@@ -136,7 +148,9 @@ class TritonPythonModel:
             tensors.append(pb_utils.Tensor("output_log_probs", lp))
             tensors.append(pb_utils.Tensor("cum_log_probs", np.array([[cum_log_prob]], dtype=np.float32)))
         if num_output is not None and front.return_num_input_tokens:
-            tensors.append(pb_utils.Tensor("num_input_tokens", np.array([[len(front.input_ids)]], dtype=np.int32)))
+            tensors.append(
+                pb_utils.Tensor("num_input_tokens", np.array([[len(front.input_ids)]], dtype=np.int32))
+            )
         if num_output is not None and front.return_num_output_tokens:
             tensors.append(pb_utils.Tensor("num_output_tokens", np.array([[num_output]], dtype=np.int32)))
         return pb_utils.InferenceResponse(tensors)

@@ -3,10 +3,9 @@
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from transformers import AutoTokenizer
-
 from mentallama_server.preprocess import Limits, Preprocessor, RequestError, scalar, to_word_list
 from mentallama_server.triton_params import get_parameter, parse_model_config
+from transformers import AutoTokenizer
 
 
 def _input(request, name: str):
@@ -42,7 +41,9 @@ class TritonPythonModel:
                 pad_id=scalar(_input(request, "PAD_ID"), "pad_id"),
             )
         except RequestError as exc:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+            )
         ids = np.array([prepared.input_ids], dtype=np.int32)
         outputs = {
             "INPUT_ID": ids,

@@ -6,24 +6,40 @@ dispatcher thread sends responses as tokens are produced. A watcher thread forwa
 cancellations to the engine and publishes the engine's counters as Prometheus metrics.
 """
 
-import _bootstrap  # noqa: F401  (sets sys.path; must come first)
-
 import threading
 import uuid
 
+import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import triton_python_backend_utils as pb_utils
-from transformers import AutoTokenizer
-
 from mentallama_server.cpu_engine import CpuEngine
 from mentallama_server.engine_step import ResponseAssembler, Utf8Boundary, parse_request, parse_stop
 from mentallama_server.preprocess import Limits, RequestError
 from mentallama_server.triton_params import get_parameter, parse_model_config
+from transformers import AutoTokenizer
 
 INPUT_NAMES = (
-    "input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "streaming", "runtime_top_k",
-    "runtime_top_p", "temperature", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_tokens",
-    "seed", "stop_words_list", "bad_words_list", "beam_width", "return_log_probs", "exclude_input_in_output",
-    "stop", "return_num_input_tokens", "return_num_output_tokens",
+    "input_ids",
+    "input_lengths",
+    "request_output_len",
+    "end_id",
+    "pad_id",
+    "streaming",
+    "runtime_top_k",
+    "runtime_top_p",
+    "temperature",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "min_tokens",
+    "seed",
+    "stop_words_list",
+    "bad_words_list",
+    "beam_width",
+    "return_log_probs",
+    "exclude_input_in_output",
+    "stop",
+    "return_num_input_tokens",
+    "return_num_output_tokens",
 )
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 WATCH_INTERVAL_S = 0.05
@@ -44,7 +60,9 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_model_config(args)
         checkpoint = get_parameter(config, "checkpoint_dir", str)
-        self.limits = Limits(get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int))
+        self.limits = Limits(
+            get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int)
+        )
         self.boundary = Utf8Boundary(AutoTokenizer.from_pretrained(checkpoint))
         self.engine = CpuEngine(
             checkpoint,
@@ -70,7 +88,10 @@ class TritonPythonModel:
             for name, description in (
                 ("mentallama_engine_requests", "CPU engine requests by state (active: in the running batch)"),
                 ("mentallama_engine_kv_cache_blocks", "CPU engine KV-cache blocks by state"),
-                ("mentallama_engine_tracked_requests", "Requests the CPU engine step holds a response sender for"),
+                (
+                    "mentallama_engine_tracked_requests",
+                    "Requests the CPU engine step holds a response sender for",
+                ),
             )
         }
         requests = self.metric_families["mentallama_engine_requests"]
@@ -106,7 +127,12 @@ class TritonPythonModel:
         except (RequestError, ValueError) as exc:
             with self.active_lock:
                 self.active = {k: v for k, v in self.active.items() if v.sender is not sender}
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)), flags=FINAL)
+            sender.send(
+                pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                ),
+                flags=FINAL,
+            )
 
     def _stop(self, client_id: str):
         """TensorRT-LLM semantics: a request with `stop` set ends the running request with the same id."""
@@ -123,7 +149,9 @@ class TritonPythonModel:
                 return
             if event.error:
                 state.done = True
-                state.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(event.error)), flags=FINAL)
+                state.sender.send(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(event.error)), flags=FINAL
+                )
             else:
                 tensors = state.assembler.add(list(event.new_token_ids), event.log_probs, event.finished)
                 flags = FINAL if event.finished else 0
