@@ -26,7 +26,7 @@ from benchmarks.tokens import load_tokenizer
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=False)
+app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=False, pretty_exceptions_show_locals=False)
 
 DEFAULT_GRPC = "127.0.0.1:8001"
 HTTP_PORT, METRICS_PORT = 8000, 8002

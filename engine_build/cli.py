@@ -18,6 +18,7 @@ app = typer.Typer(
     help="Checkpoint tooling for MentaLLaMA serving: generated test checkpoints, checks, engine builds.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,
 )
 
 

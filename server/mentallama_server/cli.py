@@ -11,34 +11,33 @@ from typing import Annotated
 
 import typer
 
-from mentallama_server.launcher import LaunchError, ServerOptions
+from mentallama_server.launcher import LaunchError, ServerOptions, TritonProcess
 from mentallama_server.render import RenderError
-from mentallama_server.serve import CheckpointError, render_cpu, resolve_checkpoint, start_cpu_server
+from mentallama_server.serve import CheckpointError, new_run_dir, render_cpu, resolve_checkpoint, start_cpu_server
 from mentallama_server.settings import CpuSettings
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_show_locals=False)
 
 
 @app.command()
 def serve(
-    profile: Annotated[
-        str, typer.Option(help="cpu (transformers engine step) or trtllm (TensorRT-LLM engine)")
-    ] = "cpu",
-    model: Annotated[
-        str, typer.Option(help="tiny, bench (built if missing) or a LLaMA-2 HF checkpoint folder")
-    ] = "tiny",
-    host: Annotated[
-        str, typer.Option(help="address to bind; keep 127.0.0.1 unless a proxy or TLS fronts it")
-    ] = "127.0.0.1",
+    profile: Annotated[str, typer.Option(help="cpu (transformers engine) or trtllm (TensorRT-LLM)")] = "cpu",
+    model: Annotated[str, typer.Option(help="cpu: tiny, bench (built if missing) or a LLaMA-2 HF folder")] = "tiny",
+    engine: Annotated[Path | None, typer.Option(help="trtllm: engine folder from `mentallama-build engine`")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="trtllm: the engine's HF checkpoint (tokenizer)")] = None,
+    profile_file: Annotated[Path | None, typer.Option(help="trtllm: settings file (.toml or .json)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="trtllm: override a setting, key=value")] = None,
+    tritonserver: Annotated[str, typer.Option(help="trtllm: the container's tritonserver")] = (
+        "/opt/tritonserver/bin/tritonserver"
+    ),
+    host: Annotated[str, typer.Option(help="address to bind; keep 127.0.0.1 unless a proxy fronts it")] = "127.0.0.1",
     grpc_port: int = 8001,
     http_port: int = 8000,
     metrics_port: int = 8002,
     http: Annotated[bool, typer.Option(help="serve the HTTP/REST endpoint too")] = True,
     render: Annotated[Path | None, typer.Option(help="write the rendered repository here and exit")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="folder for the rendered repository and logs")] = None,
-    demo: Annotated[
-        bool, typer.Option(help="send one sample analysis (gRPC streaming), print it, stop")
-    ] = False,
+    demo: Annotated[bool, typer.Option(help="send one sample analysis (gRPC streaming), print it, stop")] = False,
     ready_timeout: float = 300.0,
     engine_max_batch_size: int = CpuSettings.engine_max_batch_size,
     cache_num_blocks: int = CpuSettings.cache_num_blocks,
@@ -50,33 +49,49 @@ def serve(
     max_queue_size: int = CpuSettings.max_queue_size,
 ) -> None:
     """Serve MentaLLaMA on Triton. Predictions are for non-clinical research only."""
-    if profile != "cpu":
-        typer.echo(f"profile {profile!r} is not available in this command yet", err=True)
-        raise typer.Exit(2)
+    opts = ServerOptions(host=host, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, http=http)
     given = locals()
-    settings = CpuSettings(**{f.name: given[f.name] for f in fields(CpuSettings) if f.name in given})
-    opts = ServerOptions(
-        host=host, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, http=http
-    )
     try:
-        if render is not None:
-            out = render_cpu(resolve_checkpoint(model), settings, render)
-            typer.echo(f"rendered the {profile} profile to {out}")
-            return
-        server = start_cpu_server(model, settings, opts, run_dir, ready_timeout)
+        if profile == "cpu":
+            settings = CpuSettings(**{f.name: given[f.name] for f in fields(CpuSettings) if f.name in given})
+            if render is not None:
+                typer.echo(f"rendered the cpu profile to {render_cpu(resolve_checkpoint(model), settings, render)}")
+                return
+            server = start_cpu_server(model, settings, opts, run_dir, ready_timeout)
+        elif profile == "trtllm":
+            from mentallama_server.serve_trtllm import render_trtllm, start_trtllm_server
+            from mentallama_server.trtllm_profile import ProfileError, load_profile
+
+            try:
+                paths = {k: str(v) for k, v in (("engine_dir", engine), ("tokenizer_dir", tokenizer)) if v}
+                trt = load_profile(profile_file, set_ or ()).with_overrides(paths)
+            except ProfileError as exc:
+                raise LaunchError(str(exc)) from None
+            if render is not None:
+                typer.echo(f"rendered the trtllm profile to {render_trtllm(trt, render)}")
+                return
+            server = start_trtllm_server(
+                trt, opts, run_dir or new_run_dir(), tritonserver=tritonserver, ready_timeout_s=ready_timeout
+            )
+        else:
+            raise LaunchError(f"unknown profile {profile!r}: choose cpu or trtllm")
     except (CheckpointError, LaunchError, RenderError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    _serve(server, profile, opts, demo)
+
+
+def _serve(server: TritonProcess, profile: str, opts: ServerOptions, demo: bool) -> None:
     typer.echo(f"Triton is ready (profile {profile}, log {server.log_path})")
-    typer.echo(f"  gRPC    {host}:{grpc_port}   models: mentallama (default), ensemble")
-    if http:
-        typer.echo(f"  HTTP    http://{host}:{http_port}")
-    typer.echo(f"  metrics http://{host}:{metrics_port}/metrics")
+    typer.echo(f"  gRPC    {opts.host}:{opts.grpc_port}   models: mentallama (default), ensemble")
+    if opts.http:
+        typer.echo(f"  HTTP    http://{opts.host}:{opts.http_port}")
+    typer.echo(f"  metrics http://{opts.host}:{opts.metrics_port}/metrics")
     try:
         if demo:
             from mentallama_server.demo import run_demo
 
-            run_demo(f"{host}:{grpc_port}")
+            run_demo(f"{opts.host}:{opts.grpc_port}")
             return
         _wait_for_signal(server)
     finally:
@@ -84,16 +99,13 @@ def serve(
         typer.echo(f"tritonserver stopped (exit code {code})")
 
 
-def _wait_for_signal(server) -> None:
+def _wait_for_signal(server: TritonProcess) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
         if server.proc.poll() is not None:
-            typer.echo(
-                f"tritonserver exited unexpectedly (code {server.proc.returncode}); log tail:\n{server.log_tail()}",
-                err=True,
-            )
+            typer.echo(f"tritonserver exited (code {server.proc.returncode}):\n{server.log_tail()}", err=True)
             sys.exit(1)
 
 

@@ -51,56 +51,62 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def triton_args(
-    install: TritonInstall, repository: Path, backend_dir: Path, opts: ServerOptions
-) -> list[str]:
-    args = [
-        str(install.binary),
-        f"--model-repository={repository}",
-        f"--backend-directory={backend_dir}",
+def endpoint_args(opts: ServerOptions) -> list[str]:
+    """Flags every server of ours gets: loopback by default, no model control, bounded shutdown."""
+    return [
         "--model-control-mode=none",
         "--strict-readiness=true",
         "--disable-auto-complete-config",
         f"--exit-timeout-secs={opts.exit_timeout_s}",
         f"--log-verbose={opts.log_verbose}",
         f"--grpc-address={opts.host}",
-        f"--grpc-port={opts.grpc_port}",
         f"--allow-http={'true' if opts.http else 'false'}",
         f"--http-address={opts.host}",
-        f"--http-port={opts.http_port}",
         "--allow-metrics=true",
         "--allow-gpu-metrics=false",
         f"--metrics-address={opts.host}",
-        f"--metrics-port={opts.metrics_port}",
+        *opts.extra_args,
     ]
-    return args + list(opts.extra_args)
+
+
+def bundled_server(repository: Path, run_dir: Path, opts: ServerOptions) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of the tritonserver bundled in the nvidia-pytriton wheel (CPU profile)."""
+    install = TritonInstall()
+    backend_dir = install.make_backend_dir(Path(run_dir) / "backends")
+    argv = [
+        str(install.binary),
+        f"--model-repository={repository}",
+        f"--backend-directory={backend_dir}",
+        f"--grpc-port={opts.grpc_port}",
+        f"--http-port={opts.http_port}",
+        f"--metrics-port={opts.metrics_port}",
+        *endpoint_args(opts),
+    ]
+    return argv, install.env()
+
+
+def check_ports(opts: ServerOptions) -> None:
+    ports = (("grpc", opts.grpc_port), ("http", opts.http_port if opts.http else None), ("metrics", opts.metrics_port))
+    for name, port in ports:
+        if port is not None and not port_free(opts.host, port):
+            raise LaunchError(f"{name} port {port} on {opts.host} is already in use; pick another with --{name}-port")
 
 
 class TritonProcess:
     """One running tritonserver; use as a context manager or call `stop()`."""
 
-    def __init__(self, repository: Path, run_dir: Path, opts: ServerOptions) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], run_dir: Path, opts: ServerOptions) -> None:
         self.opts = opts
         self.run_dir = Path(run_dir)
-        self.install = TritonInstall()
         self.log_path = self.run_dir / "tritonserver.log"
-        for name, port in (
-            ("gRPC", opts.grpc_port),
-            ("HTTP", opts.http_port if opts.http else None),
-            ("metrics", opts.metrics_port),
-        ):
-            if port is not None and not port_free(opts.host, port):
-                raise LaunchError(
-                    f"{name} port {port} on {opts.host} is already in use; pick another with --{name.lower()}-port"
-                )
-        backend_dir = self.install.make_backend_dir(self.run_dir / "backends")
-        self.args = triton_args(self.install, Path(repository), backend_dir, opts)
+        check_ports(opts)
+        self.args = argv
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
-            self.args,
+            argv,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=self.install.env(),
+            env=env,
             start_new_session=True,  # own process group: stop() can kill the stubs with the server
         )
 

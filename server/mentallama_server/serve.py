@@ -6,7 +6,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mentallama_server.launcher import ServerOptions, TritonProcess
+from mentallama_server.launcher import ServerOptions, TritonProcess, bundled_server
 from mentallama_server.paths import RUNS
 from mentallama_server.render import render_repository
 from mentallama_server.settings import CpuSettings
@@ -81,7 +81,8 @@ def start_cpu_server(
     checkpoint = resolve_checkpoint(model)
     run_dir = run_dir or new_run_dir()
     repository = render_cpu(checkpoint, settings, run_dir / "model_repository")
-    server = TritonProcess(repository, run_dir, opts)
+    argv, env = bundled_server(repository, run_dir, opts)
+    server = TritonProcess(argv, env, run_dir, opts)
     try:
         server.wait_ready(ready_timeout_s)
     except BaseException:

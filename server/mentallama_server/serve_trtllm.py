@@ -1,0 +1,82 @@
+"""Glue of `mentallama-serve --profile trtllm`: the same shared models in front of TensorRT-LLM.
+
+Runs inside the NGC `tritonserver:26.0x-trtllm-python-py3` container (TensorRT-LLM 1.2.1), whose
+tritonserver has the `tensorrtllm` backend. Rendering needs no engine; starting a server checks the
+engine's build manifest against the tokenizer and the profile against the engine's limits first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mentallama_server.launcher import LaunchError, ServerOptions, TritonProcess, endpoint_args
+from mentallama_server.paths import REPO_ROOT
+from mentallama_server.render import render_repository
+from mentallama_server.trtllm_profile import (
+    ProfileError,
+    TrtllmProfile,
+    engine_problems,
+    fit_to_engine,
+    mpi_command,
+    read_engine_limits,
+)
+
+
+def container_python_path() -> list[str]:
+    """Our package roots only: the container's own Python (3.12) brings numpy, transformers, torch."""
+    return [str(REPO_ROOT / "server"), str(REPO_ROOT / "client"), str(REPO_ROOT)]
+
+
+def render_trtllm(profile: TrtllmProfile, output: Path, python_path: list[str] | None = None) -> Path:
+    values = profile.template_values()
+    values["python_path"] = os.pathsep.join(python_path or container_python_path())
+    return render_repository("trtllm", values, output)
+
+
+def checked_profile(profile: TrtllmProfile) -> tuple[TrtllmProfile, int]:
+    """The profile fitted to the engine, and the engine's world size; refuses a mismatched engine."""
+    from engine_build.manifest import verify_manifest
+
+    if not profile.engine_dir or not profile.tokenizer_dir:
+        raise LaunchError("the trtllm profile needs --engine DIR and --tokenizer DIR")
+    problems = verify_manifest(profile.engine_dir, profile.tokenizer_dir)
+    try:
+        limits = read_engine_limits(profile.engine_dir)
+    except ProfileError as exc:
+        problems.append(str(exc))
+    else:
+        profile = fit_to_engine(profile, limits)
+        problems += engine_problems(profile, limits)
+    if problems:
+        raise LaunchError("refusing to serve this engine:\n" + "\n".join(f"  - {p}" for p in problems))
+    return profile, limits.world_size
+
+
+def start_trtllm_server(
+    profile: TrtllmProfile,
+    opts: ServerOptions,
+    run_dir: Path,
+    *,
+    tritonserver: str = "/opt/tritonserver/bin/tritonserver",
+    ready_timeout_s: float = 1800,
+) -> TritonProcess:
+    """One tritonserver rank per GPU (tp x pp) under MPI, as TensorRT-LLM's launcher does."""
+    fitted, world_size = checked_profile(profile)
+    repository = render_trtllm(fitted, run_dir / "model_repository")
+    argv = mpi_command(
+        world_size,
+        repository,
+        tritonserver=tritonserver,
+        grpc_port=opts.grpc_port,
+        http_port=opts.http_port,
+        metrics_port=opts.metrics_port,
+        rank0_args=endpoint_args(opts),
+    )
+    server = TritonProcess(argv, dict(os.environ), run_dir, opts)
+    try:
+        server.wait_ready(ready_timeout_s)
+    except BaseException:
+        server.stop()
+        raise
+    return server
