@@ -74,9 +74,8 @@ class EngineBackend(Backend):
     async def open(self) -> None:
         if self._engine is not None:
             return
-        from mentallama_server.cpu_engine import CpuEngine
-
         from benchmarks.tokens import load_tokenizer
+        from mentallama_server.cpu_engine import CpuEngine
 
         def build() -> Any:
             engine = CpuEngine(self.endpoint, **self.engine_options)

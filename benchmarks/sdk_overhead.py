@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from mentallama import AsyncMentaLLaMAClient, MentaLLaMAClient, build_prompt
 
 POSTS = [
@@ -201,11 +202,10 @@ def tiny_server() -> Iterator[str]:
     """A CPU-profile server with the tiny checkpoint on free loopback ports (like the test fixture)."""
     import tempfile
 
+    from engine_build.tiny import ensure_checkpoint
     from mentallama_server.launcher import ServerOptions, free_port
     from mentallama_server.serve import start_cpu_server
     from mentallama_server.settings import CpuSettings
-
-    from engine_build.tiny import ensure_checkpoint
 
     host = "127.0.0.1"
     ports = {name: free_port(host) for name in ("grpc_port", "http_port", "metrics_port")}

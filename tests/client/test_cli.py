@@ -8,10 +8,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from mentallama.cli import app
 from mentallama.evaluation import load_imhi
 from mentallama.tasks import TASKS
-from typer.testing import CliRunner
 
 IMHI_MINI = Path(__file__).parent / "fixtures" / "imhi_mini"
 POSTS = ["Exams next week and I cannot sleep.", "", "The landlord raised the rent again and my pay stayed."]

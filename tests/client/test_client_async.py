@@ -14,6 +14,7 @@ import urllib.request
 
 import grpc
 import pytest
+
 from mentallama import (
     Analysis,
     APITimeoutError,

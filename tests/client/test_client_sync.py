@@ -13,6 +13,7 @@ import urllib.request
 
 import grpc
 import pytest
+
 from mentallama import (
     DEFAULT_MODEL,
     Analysis,

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from mentallama import APIConnectionError, AsyncMentaLLaMAClient, MentaLLaMAClient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from mentallama import APIConnectionError, AsyncMentaLLaMAClient, MentaLLaMAClient
 
 x509 = pytest.importorskip("cryptography.x509", reason="the TLS tests need the dev dependency cryptography")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402

@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+
 from mentallama.evaluation import ImhiExample, find_task_files, load_imhi, score, score_examples
 
 MINI = Path(__file__).parent / "fixtures" / "imhi_mini"

@@ -9,6 +9,7 @@ import string
 from pathlib import Path
 
 import pytest
+
 from mentallama.parsing import LABEL_PATTERNS, parse_response
 from mentallama.tasks import TASKS
 from mentallama.types import Analysis, Generation

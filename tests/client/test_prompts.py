@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+
 from mentallama.prompts import aspect_of, build_prompt, build_query, split_query, wrap_chat
 from mentallama.tasks import TASKS
 

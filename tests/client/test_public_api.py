@@ -5,8 +5,9 @@ from __future__ import annotations
 import pickle
 
 import grpc
-import mentallama
 import pytest
+
+import mentallama
 from mentallama import _constants, _exceptions
 
 

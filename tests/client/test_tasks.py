@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from mentallama.tasks import TASKS, TaskInfo, get_task, task_names
 
 # The table, written out again so that an accidental edit of the catalog fails here.

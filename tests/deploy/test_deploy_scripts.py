@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from mentallama_server.trtllm_profile import mpi_command
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from mentallama_server.cpu_engine import CpuEngine, GenerationRequest, TokenEvent
 from mentallama_server.engine_sampling import RequestSampler, filter_top_k_top_p
 

@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 import pytest
+
 from mentallama_server.detokenize import (
     IncrementalDetokenizer,
     byte_token_map,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
 from mentallama_server.render import interface_values, render_repository
 from mentallama_server.trtllm_profile import (
     SCALAR_RESHAPED_INPUTS,
@@ -29,7 +31,6 @@ from mentallama_server.trtllm_profile import (
     mpi_command,
     read_engine_limits,
 )
-from tritonclient.grpc import model_config_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "model_repository" / "engines" / "trtllm" / "tensorrt_llm" / "config.pbtxt"

@@ -14,11 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from transformers import AutoTokenizer
+
 from mentallama_server.front import INPUT_NAMES, FrontRequest, engine_inputs, parse_front_request
 from mentallama_server.postprocess import ChunkDecoder
 from mentallama_server.preprocess import Limits, Preprocessor, RequestError
 from mentallama_server.triton_params import get_parameter, parse_model_config
-from transformers import AutoTokenizer
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 ENGINE_OUTPUTS = ["output_ids", "sequence_length", "cum_log_probs", "output_log_probs"]

@@ -3,9 +3,10 @@
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from transformers import AutoTokenizer
+
 from mentallama_server.postprocess import ChunkDecoder
 from mentallama_server.triton_params import get_parameter, parse_model_config
-from transformers import AutoTokenizer
 
 
 class TritonPythonModel:

@@ -11,11 +11,12 @@ import uuid
 
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import triton_python_backend_utils as pb_utils
+from transformers import AutoTokenizer
+
 from mentallama_server.cpu_engine import CpuEngine
 from mentallama_server.engine_step import ResponseAssembler, Utf8Boundary, parse_request, parse_stop
 from mentallama_server.preprocess import Limits, RequestError
 from mentallama_server.triton_params import get_parameter, parse_model_config
-from transformers import AutoTokenizer
 
 INPUT_NAMES = (
     "input_ids",
