@@ -35,6 +35,13 @@ def serve(
     http_port: int = 8000,
     metrics_port: int = 8002,
     http: Annotated[bool, typer.Option(help="serve the HTTP/REST endpoint too")] = True,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM server certificate: gRPC over TLS")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM server private key")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="PEM CA for client certificates: mutual TLS")] = None,
+    admin_key: Annotated[
+        str | None,
+        typer.Option(envvar="MENTALLAMA_ADMIN_KEY", help="require header admin-key=VALUE on admin APIs"),
+    ] = None,
     render: Annotated[Path | None, typer.Option(help="write the rendered repository here and exit")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="folder for the rendered repository and logs")] = None,
     demo: Annotated[bool, typer.Option(help="send one sample analysis (gRPC streaming), print it, stop")] = False,
@@ -49,7 +56,17 @@ def serve(
     max_queue_size: int = CpuSettings.max_queue_size,
 ) -> None:
     """Serve MentaLLaMA on Triton. Predictions are for non-clinical research only."""
-    opts = ServerOptions(host=host, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, http=http)
+    opts = ServerOptions(
+        host=host,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        http=http,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
+        admin_key=admin_key,
+    )
     given = locals()
     try:
         if profile == "cpu":

@@ -33,6 +33,13 @@ class ServerOptions:
     http: bool = True
     exit_timeout_s: int = 10
     log_verbose: int = 0
+    tls_cert: Path | None = None
+    """PEM server certificate: gRPC over TLS."""
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    """PEM CA that client certificates must chain to: mutual TLS."""
+    admin_key: str | None = None
+    """Value of the `admin-key` header that admin APIs require (repository, shared memory, stats, ...)."""
     extra_args: tuple[str, ...] = ()
 
 
@@ -65,8 +72,36 @@ def endpoint_args(opts: ServerOptions) -> list[str]:
         "--allow-metrics=true",
         "--allow-gpu-metrics=false",
         f"--metrics-address={opts.host}",
+        *tls_args(opts),
+        *admin_args(opts),
         *opts.extra_args,
     ]
+
+
+# Triton APIs that change or expose server state; inference, health and metadata stay open.
+ADMIN_APIS = "model-repository,model-config,shared-memory,statistics,trace,logging"
+ADMIN_HEADER = "admin-key"
+
+
+def tls_args(opts: ServerOptions) -> list[str]:
+    if opts.tls_cert is None and opts.tls_key is None and opts.tls_ca is None:
+        return []
+    if opts.tls_cert is None or opts.tls_key is None:
+        raise LaunchError("TLS needs both --tls-cert and --tls-key")
+    for path in (opts.tls_cert, opts.tls_key, opts.tls_ca):
+        if path is not None and not Path(path).is_file():
+            raise LaunchError(f"TLS file {path} does not exist")
+    args = ["--grpc-use-ssl=true", f"--grpc-server-cert={opts.tls_cert}", f"--grpc-server-key={opts.tls_key}"]
+    if opts.tls_ca is not None:
+        args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={opts.tls_ca}"]
+    return args
+
+
+def admin_args(opts: ServerOptions) -> list[str]:
+    if not opts.admin_key:
+        return []
+    restriction = f"{ADMIN_APIS}:{ADMIN_HEADER}={opts.admin_key}"
+    return [f"--grpc-restricted-protocol={restriction}", f"--http-restricted-api={restriction}"]
 
 
 def bundled_server(repository: Path, run_dir: Path, opts: ServerOptions) -> tuple[list[str], dict[str, str]]:
@@ -121,6 +156,13 @@ class TritonProcess:
                     return resp.status == 200
             except OSError:
                 return False
+        if self.opts.tls_cert is not None:
+            # Without HTTP, and with gRPC behind (mutual) TLS the launcher holds no client certificate:
+            # Triton starts its endpoints only after every model loaded (strict readiness, no model control).
+            try:
+                return "Started GRPCInferenceService" in self.log_path.read_text(errors="replace")
+            except OSError:
+                return False
         import tritonclient.grpc as grpcclient
 
         try:
@@ -146,9 +188,7 @@ class TritonProcess:
                 return
             time.sleep(0.5)
         self.stop()
-        raise LaunchError(
-            f"tritonserver not ready after {timeout_s:.0f} s; log {self.log_path}:\n{self.log_tail()}"
-        )
+        raise LaunchError(f"tritonserver not ready after {timeout_s:.0f} s; log {self.log_path}:\n{self.log_tail()}")
 
     def stop(self, grace_s: float | None = None) -> int:
         """Stop the server; returns its exit code (negative: killed by that signal)."""
