@@ -111,7 +111,8 @@ class CpuEngine:
         max_batch_tokens: token budget of one forward pass (long prompts are prefilled in chunks of it).
         dtype: "float32", "bfloat16", "float16" or "auto": the checkpoint's own dtype, except float16
             which loads as bfloat16 (same memory, much faster CPU kernels); float32 if undeclared.
-        num_threads: torch intra-op threads (process-wide); None keeps torch's default.
+        num_threads: torch intra-op threads (process-wide); None keeps torch's default (one per core).
+            On a CPU shared with Triton's other processes, 1 is usually faster: idle OpenMP threads spin.
         attn_implementation: "sdpa" or "eager" (CB turns it into its paged variant).
         prefix_caching: let requests share the cache blocks of identical prompt prefixes.
     """

@@ -31,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_MAX_HELD",
+    "AnchoredDecoder",
     "IncrementalDetokenizer",
     "byte_token_map",
     "decode_continuation",
@@ -127,7 +128,7 @@ def _decode(tokenizer: Any, ids: Sequence[int], skip_special_tokens: bool) -> st
     )
 
 
-class _Decoder:
+class AnchoredDecoder:
     """Decodes whole chunks (starting and ending on run boundaries) with or without the leading-space rule."""
 
     def __init__(self, tokenizer: Any, skip_special_tokens: bool, anchor: int | None = None) -> None:
@@ -148,9 +149,9 @@ class _Decoder:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_decoder(tokenizer: Any, skip_special_tokens: bool) -> _Decoder:
+def _cached_decoder(tokenizer: Any, skip_special_tokens: bool) -> AnchoredDecoder:
     """Anchor search scans the vocabulary: do it once per tokenizer for the stateless helper."""
-    return _Decoder(tokenizer, skip_special_tokens)
+    return AnchoredDecoder(tokenizer, skip_special_tokens)
 
 
 def decode_continuation(
@@ -185,7 +186,7 @@ class IncrementalDetokenizer:
         max_held: int = DEFAULT_MAX_HELD,
         byte_of: Mapping[int, int] | None = None,
     ) -> None:
-        self._decoder = _Decoder(tokenizer, skip_special_tokens)
+        self._decoder = AnchoredDecoder(tokenizer, skip_special_tokens)
         self._byte_of = byte_token_map(tokenizer) if byte_of is None else byte_of
         self._max_held = max_held
         self._held: list[int] = []

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mentallama_server.detokenize import byte_token_map, utf8_safe_boundary
 from mentallama_server.engine_types import GenerationRequest
 from mentallama_server.preprocess import Limits, RequestError, from_word_list, scalar
 
@@ -105,27 +106,17 @@ def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepReques
 
 
 class Utf8Boundary:
-    """Finds how many tokens can be emitted without splitting a run of byte-fallback tokens.
+    """How many tokens a streamed chunk may carry: never part of a run of byte-fallback tokens.
 
-    Byte-fallback pieces (`<0xE2>`) carry one byte each, and a character's bytes may arrive over
-    several decode steps. The LLaMA decoder turns a whole run of consecutive byte pieces into text at
-    once (a run that is not valid UTF-8 becomes one U+FFFD per byte), so a chunk may only end where
-    the run ends: then every chunk decodes to exactly its share of the whole text.
+    The LLaMA decoder turns a whole run of byte pieces (`<0xE2>`...) into text at once (an invalid run
+    becomes one U+FFFD per byte), so chunks end where runs end; see `detokenize.utf8_safe_boundary`.
     """
 
     def __init__(self, tokenizer) -> None:
-        self.byte_ids: frozenset[int] = frozenset(
-            int(token_id)
-            for piece, token_id in tokenizer.get_vocab().items()
-            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
-        )
+        self.byte_of = byte_token_map(tokenizer)
 
     def safe_length(self, ids: list[int]) -> int:
-        """Length of the longest prefix of `ids` that does not end inside a byte run still growing."""
-        end = len(ids)
-        while end > 0 and ids[end - 1] in self.byte_ids:
-            end -= 1
-        return end
+        return utf8_safe_boundary(ids, self.byte_of)
 
 
 @dataclass
