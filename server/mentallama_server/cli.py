@@ -117,13 +117,18 @@ def _serve(server: TritonProcess, profile: str, opts: ServerOptions, demo: bool)
 
 
 def _wait_for_signal(server: TritonProcess) -> None:
+    """Serve until SIGINT/SIGTERM; exit non-zero when the server or one of its model processes dies, so that
+    a supervisor (systemd, Slurm, Kubernetes) restarts a clean server instead of one that fails requests."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    stubs = server.stub_pids()
     while not stop.wait(1.0):
-        if server.proc.poll() is not None:
-            typer.echo(f"tritonserver exited (code {server.proc.returncode}):\n{server.log_tail()}", err=True)
-            sys.exit(1)
+        problem = server.health_problem(stubs)
+        if problem:
+            typer.echo(f"error: {problem}; stopping the server.\n{server.log_tail()}", err=True)
+            server.stop()
+            sys.exit(3)
 
 
 def main() -> None:

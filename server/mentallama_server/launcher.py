@@ -171,6 +171,36 @@ class TritonProcess:
         except Exception:
             return False
 
+    def stub_pids(self) -> dict[int, str]:
+        """Python-backend stub processes of this server, by pid, with the model each one serves."""
+        import psutil
+
+        stubs = {}
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return {}
+        for child in children:
+            try:
+                cmdline = child.cmdline()
+            except psutil.Error:
+                continue
+            if cmdline and cmdline[0].endswith("triton_python_backend_stub") and len(cmdline) > 1:
+                stubs[child.pid] = Path(cmdline[1]).parent.parent.name
+        return stubs
+
+    def health_problem(self, expected_stubs: dict[int, str]) -> str | None:
+        """Why this server can no longer serve, or None. Triton 2.51 keeps reporting ready after a
+        Python-backend stub died (requests then fail with "stub process is not healthy"), so the
+        launcher watches the stubs itself."""
+        if self.proc.poll() is not None:
+            return f"tritonserver exited with code {self.proc.returncode}"
+        alive = self.stub_pids()
+        dead = sorted({model for pid, model in expected_stubs.items() if pid not in alive})
+        if dead:
+            return f"the Python-backend process of model(s) {', '.join(dead)} died"
+        return None
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
