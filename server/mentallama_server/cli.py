@@ -122,9 +122,8 @@ def _wait_for_signal(server: TritonProcess) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stubs = server.stub_pids()
     while not stop.wait(1.0):
-        problem = server.health_problem(stubs)
+        problem = server.health_problem()
         if problem:
             typer.echo(f"error: {problem}; stopping the server.\n{server.log_tail()}", err=True)
             server.stop()

@@ -44,7 +44,9 @@ class ServerOptions:
 
 
 def port_free(host: str, port: int) -> bool:
+    """Whether nothing listens on host:port (connections in TIME_WAIT from a previous server don't count)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -136,6 +138,7 @@ class TritonProcess:
         self.log_path = self.run_dir / "tritonserver.log"
         check_ports(opts)
         self.args = argv
+        self.expected_stubs: dict[int, str] = {}  # recorded once ready: the processes that must stay alive
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
             argv,
@@ -182,6 +185,8 @@ class TritonProcess:
             return {}
         for child in children:
             try:
+                if child.status() == psutil.STATUS_ZOMBIE:  # killed, not reaped by tritonserver
+                    continue
                 cmdline = child.cmdline()
             except psutil.Error:
                 continue
@@ -189,14 +194,14 @@ class TritonProcess:
                 stubs[child.pid] = Path(cmdline[1]).parent.parent.name
         return stubs
 
-    def health_problem(self, expected_stubs: dict[int, str]) -> str | None:
+    def health_problem(self) -> str | None:
         """Why this server can no longer serve, or None. Triton 2.51 keeps reporting ready after a
         Python-backend stub died (requests then fail with "stub process is not healthy"), so the
         launcher watches the stubs itself."""
         if self.proc.poll() is not None:
             return f"tritonserver exited with code {self.proc.returncode}"
         alive = self.stub_pids()
-        dead = sorted({model for pid, model in expected_stubs.items() if pid not in alive})
+        dead = sorted({model for pid, model in self.expected_stubs.items() if pid not in alive})
         if dead:
             return f"the Python-backend process of model(s) {', '.join(dead)} died"
         return None
@@ -215,6 +220,7 @@ class TritonProcess:
                     f"tritonserver exited with code {self.proc.returncode}; log {self.log_path}:\n{self.log_tail()}"
                 )
             if self.is_ready():
+                self.expected_stubs = self.stub_pids()
                 return
             time.sleep(0.5)
         self.stop()

@@ -43,6 +43,15 @@ def active_requests(metrics_url: str) -> float:
     raise AssertionError("gauge mentallama_engine_requests missing from the server's metrics")
 
 
+async def wait_engine_busy(metrics_url: str, within_s: float = 2.0) -> None:
+    """Until the engine reports an active request (the gauge is sampled every 50 ms, so poll)."""
+    start = time.monotonic()
+    while await asyncio.to_thread(active_requests, metrics_url) < 1:
+        if time.monotonic() - start > within_s:
+            raise AssertionError(f"no active engine request seen within {within_s} s")
+        await asyncio.sleep(0.02)
+
+
 async def wait_engine_idle(metrics_url: str, within_s: float = 5.0) -> None:
     start = time.monotonic()
     while await asyncio.to_thread(active_requests, metrics_url) != 0:
@@ -136,7 +145,7 @@ class TestAsyncClient:
                 task = asyncio.create_task(consume())
                 while len(seen) < 3:
                     await asyncio.sleep(0.01)
-                assert await asyncio.to_thread(active_requests, cpu_server.metrics_url) >= 1
+                await wait_engine_busy(cpu_server.metrics_url)
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task

@@ -54,6 +54,15 @@ def engine_gauge(metrics_url: str, state: str) -> float:
     raise AssertionError("gauge mentallama_engine_requests missing from the server's metrics")
 
 
+def wait_engine_busy(metrics_url: str, within_s: float = 2.0) -> None:
+    """Until the engine reports an active request (the gauge is sampled every 50 ms, so poll)."""
+    start = time.monotonic()
+    while engine_gauge(metrics_url, "active") < 1:
+        if time.monotonic() - start > within_s:
+            raise AssertionError(f"no active engine request seen within {within_s} s")
+        time.sleep(0.02)
+
+
 def wait_engine_idle(metrics_url: str, within_s: float = 5.0) -> float:
     """Seconds until no engine request is active; fails after ``within_s``."""
     start = time.monotonic()
@@ -138,7 +147,7 @@ class TestStreaming:
             for i, _ in enumerate(stream):
                 if i == 2:
                     break
-            assert engine_gauge(cpu_server.metrics_url, "active") >= 1
+            wait_engine_busy(cpu_server.metrics_url)  # still generating: the block has not been left
         partial = stream.final()
         assert partial.finish_reason == "cancelled" and partial.num_output_tokens is None
         wait_engine_idle(cpu_server.metrics_url)

@@ -4,6 +4,10 @@
 gRPC service (``ServerLive``/``ServerReady``/``ModelReady`` and a ``ModelStreamInfer`` that streams
 a fixed answer), started with TLS or mTLS credentials. Certificates are made at test time with
 ``cryptography``: a CA, a server certificate and a client certificate.
+
+The stub also answers slowly on request, and records RPCs that ended before their answer: that
+is where the SDK's cancellation (leaving a stream, a deadline, a cancelled task) is observed from
+the server side, deterministically; the real-server tests check that the engine slot is freed.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import asyncio
 import datetime
 import ipaddress
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +27,7 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from mentallama import APIConnectionError, AsyncMentaLLaMAClient, MentaLLaMAClient
+from mentallama import APIConnectionError, APITimeoutError, AsyncMentaLLaMAClient, MentaLLaMAClient
 
 x509 = pytest.importorskip("cryptography.x509", reason="the TLS tests need the dev dependency cryptography")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -29,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
 STUB_CHUNKS = ("Yes, the poster suffers from depression.", " Reasoning: stub.")
+SLOW_PROMPT = "[slow]"  # the stub streams 500 chunks, 20 ms apart, for a prompt that contains this
 
 
 # --- certificates -----------------------------------------------------------------------------
@@ -117,12 +124,26 @@ def _response(request_id: str, text: str, final: bool, counts: tuple[int, int] |
     return service_pb2.ModelStreamInferResponse(infer_response=response)
 
 
+def _text_input(request: service_pb2.ModelInferRequest) -> str:
+    for tensor, raw in zip(request.inputs, request.raw_input_contents, strict=True):
+        if tensor.name == "text_input":
+            (size,) = struct.unpack_from("<I", raw)
+            return raw[4 : 4 + size].decode()
+    return ""
+
+
 @dataclass
 class StubInferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """Just enough of Triton's gRPC service for the SDK: health and a streamed fixed answer."""
+    """Just enough of Triton's gRPC service for the SDK: health and a streamed fixed answer.
+
+    For :data:`SLOW_PROMPT` it streams slowly and records the ids of requests whose RPC ended
+    before the answer did (the client cancelled it or its deadline passed).
+    """
 
     metadata: list[dict[str, str]] = field(default_factory=list)
     request_ids: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    cancelled_event: threading.Event = field(default_factory=threading.Event)
 
     def ServerLive(self, request, context):  # noqa: N802 - gRPC method names
         return service_pb2.ServerLiveResponse(live=True)
@@ -137,9 +158,29 @@ class StubInferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.metadata.append(dict(context.invocation_metadata()))
         for request in request_iterator:
             self.request_ids.append(request.id)
+            if SLOW_PROMPT in _text_input(request):
+                yield from self._slow(request.id, context)
+                continue
             for chunk in STUB_CHUNKS:
                 yield _response(request.id, chunk, final=False)
             yield _response(request.id, "", final=True, counts=(7, len(STUB_CHUNKS)))
+
+    def _slow(self, request_id: str, context):
+        finished = threading.Event()
+
+        def on_rpc_end() -> None:
+            if not finished.is_set():
+                self.cancelled.append(request_id)
+                self.cancelled_event.set()
+
+        context.add_callback(on_rpc_end)
+        for _ in range(500):
+            if not context.is_active():
+                return
+            yield _response(request_id, "tick ", final=False)
+            time.sleep(0.02)
+        finished.set()
+        yield _response(request_id, "", final=True, counts=(1, 500))
 
 
 @dataclass
@@ -244,3 +285,62 @@ def test_tls_server_name_override_with_stub_server(pki, named_stub):
     unnamed = MentaLLaMAClient(named_stub.endpoint, root_certificates=pki.ca, max_retries=0, timeout=10)
     with unnamed as client, pytest.raises(APIConnectionError):
         client.generate("Hello")  # the certificate does not name 127.0.0.1
+
+
+# --- cancellation, observed by the stub server -----------------------------------------------
+
+
+@pytest.fixture
+def slow_stub(pki: Pki) -> Iterator[StubServer]:
+    yield from _start(pki.server, client_ca=None)
+
+
+def _client(pki: Pki, stub: StubServer, cls=MentaLLaMAClient, **options):
+    return cls(stub.endpoint, root_certificates=pki.ca, max_retries=0, timeout=30, **options)
+
+
+def test_leaving_a_stream_early_cancels_the_rpc_on_stub_server(pki, slow_stub):
+    with _client(pki, slow_stub) as client:
+        with client.generate_stream(SLOW_PROMPT, request_id="left-early") as stream:
+            assert next(stream) == "tick "
+            next(stream)
+        # Left the block long before the stub's 10 s answer: the server must see the RPC end now.
+        assert slow_stub.service.cancelled_event.wait(5)
+        assert slow_stub.service.cancelled == ["left-early"]
+        assert stream.final().finish_reason == "cancelled"
+        assert client.generate("fast").text == "".join(STUB_CHUNKS)  # the channel is still usable
+
+
+def test_deadline_cancels_the_rpc_on_stub_server(pki, slow_stub):
+    with _client(pki, slow_stub) as client, pytest.raises(APITimeoutError) as info:
+        client.generate(SLOW_PROMPT, timeout=0.3, request_id="deadline")
+    assert info.value.request_id == "deadline"
+    assert slow_stub.service.cancelled_event.wait(5) and slow_stub.service.cancelled == ["deadline"]
+
+
+def test_task_cancellation_cancels_the_rpc_on_stub_server(pki, slow_stub):
+    async def main():
+        async with _client(pki, slow_stub, AsyncMentaLLaMAClient) as client:
+            task = asyncio.create_task(client.generate(SLOW_PROMPT, request_id="task-cancelled"))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.to_thread(slow_stub.service.cancelled_event.wait, 5)
+
+    asyncio.run(main())
+    assert slow_stub.service.cancelled == ["task-cancelled"]
+
+
+def test_breaking_an_async_stream_cancels_the_rpc_on_stub_server(pki, slow_stub):
+    async def main():
+        async with _client(pki, slow_stub, AsyncMentaLLaMAClient) as client:
+            async with client.analyze_stream(SLOW_PROMPT, "depression", request_id="async-break") as stream:
+                async for _ in stream:
+                    break
+            await asyncio.to_thread(slow_stub.service.cancelled_event.wait, 5)
+            return stream.analysis
+
+    analysis = asyncio.run(main())
+    assert slow_stub.service.cancelled == ["async-break"]
+    assert analysis.finish_reason == "cancelled"

@@ -1,0 +1,133 @@
+"""`mentallama-serve` as a user runs it: fail fast, serve, stop on signals, exit when a model process dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mentallama_server.launcher import free_port, port_free
+from tests.server.triton_io import infer
+
+SERVE = str(Path(sys.executable).parent / "mentallama-serve")
+
+
+def serve_args(tmp_path: Path, checkpoint: Path, **ports: int) -> list[str]:
+    return [
+        SERVE,
+        "--profile=cpu",
+        f"--model={checkpoint}",
+        f"--grpc-port={ports['grpc']}",
+        f"--http-port={ports['http']}",
+        f"--metrics-port={ports['metrics']}",
+        f"--run-dir={tmp_path}",
+        "--max-output-len=64",
+        "--cache-num-blocks=64",
+    ]
+
+
+def ports() -> dict[str, int]:
+    return {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
+
+
+def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"{text!r} not printed; output:\n{''.join(seen)}")
+
+
+def test_taken_port_fails_fast_with_a_clear_message(tmp_path, tiny_checkpoint):
+    p = ports()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", p["grpc"]))
+        blocker.listen()
+        started = time.monotonic()
+        out = subprocess.run(serve_args(tmp_path, tiny_checkpoint, **p), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert f"grpc port {p['grpc']} on 127.0.0.1 is already in use" in out.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_invalid_checkpoint_is_refused_before_starting(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}')
+    out = subprocess.run(serve_args(tmp_path, broken, **ports()), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "not servable" in out.stderr and "broken" in out.stderr
+
+
+def test_render_writes_the_repository_and_exits(tmp_path, tiny_checkpoint):
+    out = subprocess.run(
+        [*serve_args(tmp_path, tiny_checkpoint, **ports()), f"--render={tmp_path / 'repo'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [
+        "ensemble",
+        "mentallama",
+        "postprocessing",
+        "preprocessing",
+        "tensorrt_llm",
+    ]
+
+
+@pytest.mark.server
+def test_serves_then_stops_on_sigterm(tmp_path, tiny_checkpoint):
+    p = ports()
+    proc = subprocess.Popen(
+        serve_args(tmp_path, tiny_checkpoint, **p), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        banner = wait_for_line(proc, "metrics http://")
+        assert f"127.0.0.1:{p['grpc']}" in banner
+        assert infer(f"127.0.0.1:{p['grpc']}", "mentallama", "Hello", 4).text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert all(port_free("127.0.0.1", port) for port in p.values())
+
+
+@pytest.mark.server
+def test_dead_engine_process_stops_the_server_with_an_error(tmp_path, tiny_checkpoint):
+    import psutil
+
+    p = ports()
+    proc = subprocess.Popen(
+        serve_args(tmp_path, tiny_checkpoint, **p), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for_line(proc, "metrics http://")
+        stubs = [
+            c
+            for c in psutil.Process(proc.pid).children(recursive=True)
+            if "tensorrt_llm/1/model.py" in " ".join(c.cmdline())
+        ]
+        assert len(stubs) == 1
+        os.kill(stubs[0].pid, signal.SIGKILL)
+        # Requests fail fast (no hang) while the launcher notices and exits.
+        result = infer(f"127.0.0.1:{p['grpc']}", "mentallama", "Hello", 4)
+        assert result.error is not None
+        assert proc.wait(60) == 3
+        assert "tensorrt_llm" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert all(port_free("127.0.0.1", port) for port in p.values())
