@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -48,7 +47,7 @@ def engine_kwargs(overrides: dict[str, str] | None = None) -> dict[str, Any]:
             raise ValueError(f"unknown engine setting {key!r}; known: {', '.join(_SETTING_TO_ENGINE)}")
         setattr(settings, name, type(getattr(settings, name))(value) if name in known else value)
     kwargs = {engine: getattr(settings, name) for name, engine in _SETTING_TO_ENGINE.items()}
-    kwargs["num_threads"] = kwargs["num_threads"] or os.cpu_count() or 1  # the server renders 0 this way
+    kwargs["num_threads"] = int(settings.template_values()["num_threads"])  # as the server renders it
     return kwargs
 
 

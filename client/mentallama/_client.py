@@ -79,11 +79,11 @@ def _endpoints_from(value: str | Sequence[str] | None) -> tuple[str, ...]:
 # Keyword arguments of the public methods that are ensemble inputs under the same name; the methods
 # pass ``locals()`` so that the long signatures (kept explicit for IDEs and ``help()``) cannot drift
 # from what is sent.
-_SAMPLING_NAMES = ("temperature", "top_k", "top_p", "seed", "repetition_penalty", "presence_penalty",
-                   "frequency_penalty", "min_tokens", "stop_words", "bad_words", "end_id", "pad_id",
-                   "beam_width")  # fmt: skip
+_ANALYSIS_SAMPLING_NAMES = ("temperature", "top_k", "top_p", "seed", "repetition_penalty", "presence_penalty",
+                            "frequency_penalty", "min_tokens", "stop_words", "bad_words")  # fmt: skip
+_SAMPLING_NAMES = (*_ANALYSIS_SAMPLING_NAMES, "end_id", "pad_id", "beam_width")  # generate() takes these too
 # Keyword arguments of ``analyze_many`` passed on to each ``analyze``.
-_PER_REQUEST_NAMES = ("max_tokens", "chat", "system_prompt", *_SAMPLING_NAMES[:10], "timeout")
+_PER_REQUEST_NAMES = ("max_tokens", "chat", "system_prompt", *_ANALYSIS_SAMPLING_NAMES, "timeout")
 # Keyword arguments of ``generate_many`` passed on to each ``generate``.
 _PER_GENERATION_NAMES = ("max_tokens", "stream", *_SAMPLING_NAMES, "timeout")
 
@@ -131,6 +131,10 @@ class BaseClient:
     tls_server_name: name to check the server certificate against, if not the endpoint's host.
     headers: gRPC metadata sent with every call (e.g. a proxy's authorization header).
     retry_policy: replaces the default :class:`RetryPolicy` built from ``max_retries``.
+    endpoint_cooldown: seconds an unreachable endpoint is skipped before it is tried again.
+
+    Every request carries a request id (a generated uuid unless given), sent as Triton's request
+    id and attached to every error. ``with_options(**changes)`` returns a configured copy.
     """
 
     def __init__(
@@ -356,9 +360,9 @@ class MentaLLaMAClient(BaseClient):
         """Analyse ``post`` for ``task`` (name or alias, see ``mentallama tasks``).
 
         The prompt is the IMHI query (``chat=True`` wraps it in the LLaMA-2 chat format); sampling
-        options left at ``None`` use the server's defaults (greedy decoding). The result carries the
-        parsed label and explanation plus token counts, latency, time to first token and the
-        request id. Raises :class:`InvalidRequestError` (bad post, task, aspect or option),
+        options left at ``None`` use the server's defaults (greedy decoding). The answer is streamed
+        from the server and assembled here, so the result carries the time to first token along
+        with the parsed label and explanation, token counts, latency and the request id. Raises :class:`InvalidRequestError` (bad post, task, aspect or option),
         :class:`APITimeoutError`, :class:`APIConnectionError` or :class:`ServerError`.
         """
         request_id = request_id or _new_request_id()
