@@ -362,7 +362,8 @@ class MentaLLaMAClient(BaseClient):
         The prompt is the IMHI query (``chat=True`` wraps it in the LLaMA-2 chat format); sampling
         options left at ``None`` use the server's defaults (greedy decoding). The answer is streamed
         from the server and assembled here, so the result carries the time to first token along
-        with the parsed label and explanation, token counts, latency and the request id. Raises :class:`InvalidRequestError` (bad post, task, aspect or option),
+        with the parsed label and explanation, token counts, latency and the request id.
+        Raises :class:`InvalidRequestError` (bad post, task, aspect or option),
         :class:`APITimeoutError`, :class:`APIConnectionError` or :class:`ServerError`.
         """
         request_id = request_id or _new_request_id()

@@ -39,6 +39,35 @@ def parse_stop(inputs: Inputs) -> bool:
     return bool(_value(inputs, "stop", bool, False))
 
 
+@dataclass(frozen=True)
+class Sampling:
+    top_k: int
+    top_p: float
+    temperature: float
+    min_tokens: int
+
+
+def parse_sampling(inputs: Inputs) -> Sampling:
+    """Check the sampling inputs (engine names); shared with the front model so it refuses them early."""
+    beam_width = _value(inputs, "beam_width", int, 1)
+    if beam_width != 1:
+        raise RequestError(f"beam_width must be 1 on the CPU profile (no beam search), got {beam_width}")
+    top_k = _value(inputs, "runtime_top_k", int, 0)
+    if top_k < 0:
+        raise RequestError(f"top_k must be >= 0, got {top_k}")
+    # Absent top_k and top_p mean greedy decoding, as in TensorRT-LLM; an explicit top_p must be usable.
+    top_p = _value(inputs, "runtime_top_p", float, 0.0)
+    if inputs.get("runtime_top_p") is not None and not 0.0 < top_p <= 1.0:
+        raise RequestError(f"top_p must be in (0, 1], got {top_p}")
+    temperature = _value(inputs, "temperature", float, 1.0)
+    if temperature < 0.0:
+        raise RequestError(f"temperature must be >= 0, got {temperature}")
+    min_tokens = _value(inputs, "min_tokens", int, 0)
+    if min_tokens < 0:
+        raise RequestError(f"min_tokens must be >= 0, got {min_tokens}")
+    return Sampling(top_k=top_k, top_p=top_p, temperature=temperature, min_tokens=min_tokens)
+
+
 def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepRequest:
     """Validate the engine inputs of one request; a `RequestError` names the bad field."""
     ids = inputs.get("input_ids")
@@ -59,22 +88,7 @@ def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepReques
         raise RequestError("request_output_len (max_tokens) is required")
     if not 0 < max_new <= limits.max_output_len:
         raise RequestError(f"max_tokens must be in [1, {limits.max_output_len}], got {max_new}")
-    beam_width = _value(inputs, "beam_width", int, 1)
-    if beam_width != 1:
-        raise RequestError(f"beam_width must be 1 on the CPU profile (no beam search), got {beam_width}")
-    top_k = _value(inputs, "runtime_top_k", int, 0)
-    if top_k < 0:
-        raise RequestError(f"top_k must be >= 0, got {top_k}")
-    # Absent top_k and top_p mean greedy decoding, as in TensorRT-LLM; an explicit top_p must be usable.
-    top_p = _value(inputs, "runtime_top_p", float, 0.0)
-    if inputs.get("runtime_top_p") is not None and not 0.0 < top_p <= 1.0:
-        raise RequestError(f"top_p must be in (0, 1], got {top_p}")
-    temperature = _value(inputs, "temperature", float, 1.0)
-    if temperature < 0.0:
-        raise RequestError(f"temperature must be >= 0, got {temperature}")
-    min_tokens = _value(inputs, "min_tokens", int, 0)
-    if min_tokens < 0:
-        raise RequestError(f"min_tokens must be >= 0, got {min_tokens}")
+    sampling = parse_sampling(inputs)
     seed = scalar(inputs.get("seed"), "seed")
     generation = GenerationRequest(
         request_id=request_id,
@@ -82,10 +96,10 @@ def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepReques
         max_new_tokens=max_new,
         end_id=_value(inputs, "end_id", int, None),
         pad_id=_value(inputs, "pad_id", int, None),
-        min_new_tokens=min(min_tokens, max_new),
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
+        min_new_tokens=min(sampling.min_tokens, max_new),
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
         repetition_penalty=_value(inputs, "repetition_penalty", float, 1.0),
         presence_penalty=_value(inputs, "presence_penalty", float, 0.0),
         frequency_penalty=_value(inputs, "frequency_penalty", float, 0.0),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mentallama_server.engine_step import parse_sampling
 from mentallama_server.interface import ENGINE_INPUT_NAMES, ENSEMBLE_INPUTS
 from mentallama_server.preprocess import Preprocessor, RequestError, scalar, to_word_list
 
@@ -62,6 +63,7 @@ def parse_front_request(inputs: Mapping[str, np.ndarray | None], preprocessor: P
         for name in ENGINE_INPUT_NAMES
         if name not in _NOT_PASSED and inputs.get(name) is not None
     }
+    parse_sampling(passthrough)  # refuse bad sampling values here, with INVALID_ARGUMENT
     return FrontRequest(
         input_ids=prepared.input_ids,
         max_tokens=prepared.max_tokens,

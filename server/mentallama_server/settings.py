@@ -29,8 +29,9 @@ class CpuSettings:
     """Longest prompt in tokens (capped at the model's context minus max_output_len)."""
     max_output_len: int = 1024
     """Largest `max_tokens` a request may ask for."""
-    max_queue_size: int = 256
-    """Requests queued for the engine step before Triton refuses new ones (UNAVAILABLE)."""
+    max_queue_size: int = 128
+    """Requests waiting for a place in the running batch; beyond engine_max_batch_size + this, new
+    requests are refused at once with UNAVAILABLE ("server overloaded") instead of queueing unboundedly."""
     preprocessing_instances: int = 1
     postprocessing_instances: int = 1
     front_max_concurrent_requests: int = 256
@@ -38,5 +39,6 @@ class CpuSettings:
 
     def template_values(self) -> dict[str, str]:
         values = {f.name: str(getattr(self, f.name)) for f in fields(self)}
+        values["max_pending_requests"] = str(self.engine_max_batch_size + self.max_queue_size)
         values["num_threads"] = str(self.num_threads or max(1, (os.cpu_count() or 2) - 1))
         return values

@@ -66,6 +66,7 @@ class StreamCall:
         self, url: str, model: str, inputs: list[grpcclient.InferInput], request_id: str = ""
     ) -> None:
         self.queue: queue.Queue = queue.Queue()
+        self.finished = False
         self.client = grpcclient.InferenceServerClient(url)
         self.client.start_stream(callback=lambda result, error: self.queue.put((result, error)))
         self.client.async_stream_infer(model, inputs, request_id=request_id, enable_empty_final_response=True)
@@ -79,16 +80,20 @@ class StreamCall:
             while True:
                 response, error = self.next(timeout)
                 if error is not None:
+                    self.finished = True
                     out.error = str(error)
                     return out
                 _collect(response, out)
                 if response.get_response().parameters["triton_final_response"].bool_param:
+                    self.finished = True
                     return out
         finally:
             self.close()
 
     def close(self) -> None:
-        self.client.stop_stream(cancel_requests=True)
+        # Cancel only a request still running: Triton 2.51 mishandles a cancellation that arrives after
+        # the final response (logs "HandleCancellation called even when the context was not cancelled").
+        self.client.stop_stream(cancel_requests=not self.finished)
         self.client.close()
 
 

@@ -31,6 +31,15 @@ def _error(message: str, code=None):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
 
+def _engine_error(error):
+    """Re-raise an engine error to the client. BLS responses of Triton 2.51 report every error as
+    INTERNAL, so the engine's overload refusal is recognised by its message to stay retryable."""
+    message = error.message()
+    if message.startswith("server overloaded"):
+        return _error(message, pb_utils.TritonError.UNAVAILABLE)
+    return _error(message, error.code())
+
+
 class _Call:
     def __init__(self, sender, engine_id: str) -> None:
         self.sender = sender
@@ -49,7 +58,8 @@ class TritonPythonModel:
         )
         self.preprocessor = Preprocessor(tokenizer, limits)
         self.decoder = ChunkDecoder(tokenizer)
-        self.pool = ThreadPoolExecutor(get_parameter(config, "max_concurrent_requests", int), "front")
+        self.max_calls = get_parameter(config, "max_concurrent_requests", int)
+        self.pool = ThreadPoolExecutor(self.max_calls, "front")
         self.calls: dict[str, _Call] = {}
         self.calls_lock = threading.Lock()
         self.stopping = threading.Event()
@@ -69,7 +79,13 @@ class TritonPythonModel:
                 continue
             call = _Call(sender, f"{request.request_id()}#{uuid.uuid4().hex}")
             with self.calls_lock:
-                self.calls[call.engine_id] = call
+                busy = len(self.calls) >= self.max_calls
+                if not busy:
+                    self.calls[call.engine_id] = call
+            if busy:
+                message = f"server overloaded: {self.max_calls} requests in flight; retry later"
+                sender.send(_error(message, pb_utils.TritonError.UNAVAILABLE), flags=FINAL)
+                continue
             self.pool.submit(self._run, call, front)
         return None
 
@@ -96,8 +112,7 @@ class TritonPythonModel:
         num_output = 0
         for response in infer.exec(decoupled=True):
             if response.has_error():
-                error = response.error()
-                self._finish(call, _error(error.message(), error.code()))
+                self._finish(call, _engine_error(response.error()))
                 return
             ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
             if ids_tensor is None:  # the engine's bare final flag

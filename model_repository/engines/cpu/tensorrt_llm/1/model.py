@@ -65,6 +65,9 @@ class TritonPythonModel:
             get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int)
         )
         self.boundary = Utf8Boundary(AutoTokenizer.from_pretrained(checkpoint))
+        # Requests held at once (running + waiting); beyond it new ones are refused at once instead of
+        # queueing without bound, so clients back off or go to another replica.
+        self.max_pending = get_parameter(config, "max_pending_requests", int)
         self.engine = CpuEngine(
             checkpoint,
             max_batch_size=get_parameter(config, "engine_max_batch_size", int),
@@ -119,6 +122,15 @@ class TritonPythonModel:
             if parse_stop(inputs):
                 self._stop(client_id)
                 sender.send(flags=FINAL)
+                return
+            with self.active_lock:
+                pending = len(self.active)
+            if pending >= self.max_pending:
+                error = pb_utils.TritonError(
+                    f"server overloaded: {pending} requests in flight (limit {self.max_pending}); retry later",
+                    pb_utils.TritonError.UNAVAILABLE,
+                )
+                sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
                 return
             step = parse_request(inputs, f"{client_id}#{uuid.uuid4().hex}", self.limits)
             state = _Active(sender, ResponseAssembler(step, self.boundary), client_id)
