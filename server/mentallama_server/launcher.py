@@ -249,3 +249,16 @@ class TritonProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def launch(
+    argv: list[str], env: dict[str, str], run_dir: Path, opts: ServerOptions, ready_timeout_s: float
+) -> TritonProcess:
+    """Start a server and return it once ready; a server that fails to become ready is stopped."""
+    server = TritonProcess(argv, env, run_dir, opts)
+    try:
+        server.wait_ready(ready_timeout_s)
+    except BaseException:
+        server.stop()
+        raise
+    return server

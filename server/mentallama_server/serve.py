@@ -6,7 +6,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mentallama_server.launcher import ServerOptions, TritonProcess, bundled_server
+from mentallama_server.launcher import ServerOptions, TritonProcess, bundled_server, launch
 from mentallama_server.paths import RUNS
 from mentallama_server.render import render_repository
 from mentallama_server.settings import CpuSettings
@@ -25,14 +25,10 @@ def resolve_checkpoint(model: str) -> Path:
 
     path = ensure_checkpoint(model) if model in BUILTIN_MODELS else Path(model).expanduser().resolve()
     if not path.is_dir():
-        raise CheckpointError(
-            f"checkpoint folder {path} does not exist (use tiny, bench or a LLaMA-2 HF folder)"
-        )
+        raise CheckpointError(f"checkpoint folder {path} does not exist (use tiny, bench or a LLaMA-2 HF folder)")
     report = check_checkpoint(path)
     if report.problems:
-        raise CheckpointError(
-            f"checkpoint {path} is not servable:\n" + "\n".join(f"  - {p}" for p in report.problems)
-        )
+        raise CheckpointError(f"checkpoint {path} is not servable:\n" + "\n".join(f"  - {p}" for p in report.problems))
     return path
 
 
@@ -82,10 +78,4 @@ def start_cpu_server(
     run_dir = run_dir or new_run_dir()
     repository = render_cpu(checkpoint, settings, run_dir / "model_repository")
     argv, env = bundled_server(repository, run_dir, opts)
-    server = TritonProcess(argv, env, run_dir, opts)
-    try:
-        server.wait_ready(ready_timeout_s)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return launch(argv, env, run_dir, opts, ready_timeout_s)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mentallama_server.launcher import LaunchError, ServerOptions, TritonProcess, endpoint_args
+from mentallama_server.launcher import LaunchError, ServerOptions, TritonProcess, endpoint_args, launch
 from mentallama_server.paths import REPO_ROOT
 from mentallama_server.render import render_repository
 from mentallama_server.trtllm_profile import (
@@ -73,10 +73,4 @@ def start_trtllm_server(
         metrics_port=opts.metrics_port,
         rank0_args=endpoint_args(opts),
     )
-    server = TritonProcess(argv, dict(os.environ), run_dir, opts)
-    try:
-        server.wait_ready(ready_timeout_s)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return launch(argv, dict(os.environ), run_dir, opts, ready_timeout_s)
