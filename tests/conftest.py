@@ -52,7 +52,7 @@ def cpu_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
     )
     run_dir = tmp_path_factory.mktemp("triton-run")
     # A small cache and short limits keep the suite fast and make limit errors easy to reach.
-    settings = CpuSettings(max_input_len=1024, max_output_len=256, cache_num_blocks=256, cache_block_size=32)
+    settings = CpuSettings(max_input_len=1024, max_output_len=1024, cache_num_blocks=256, cache_block_size=32)
     server = start_cpu_server(str(tiny_checkpoint), settings, opts, run_dir)
     try:
         yield RunningServer(

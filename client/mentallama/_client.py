@@ -112,6 +112,19 @@ def _new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+class _Answer:
+    """The answer of a call that returns it whole (``analyze``, ``generate``): nothing reaches the caller
+    before the final response, so a request whose stream broke can start over on another endpoint."""
+
+    def __init__(self, request_id: str, max_tokens: int, streamed: bool) -> None:
+        self.builder = GenerationBuilder(request_id, max_tokens, streamed=streamed)
+
+    def restart(self) -> None:
+        old = self.builder
+        self.builder = GenerationBuilder(old.request_id, old.max_tokens, streamed=old.streamed)
+        self.builder.started = old.started  # latency and ttft count from the caller's call
+
+
 class BaseClient:
     """Configuration, request preparation and the retry/failover decisions of both clients.
 
@@ -124,7 +137,9 @@ class BaseClient:
     timeout: seconds allowed for each call, retries included (``None``: no deadline).
     max_retries: retries of a request that failed with UNAVAILABLE or RESOURCE_EXHAUSTED before
         any response arrived (capped exponential backoff with jitter). Trying another endpoint
-        after a connection failure is not counted.
+        after a connection failure is not counted. ``analyze``/``generate`` (and their ``_many``
+        forms), which hand out nothing before the final response, also send a request again as a
+        whole when its stream broke midway (server killed, connection cut); streams never do.
     tls: use TLS; implied by any of the certificate options.
     root_certificates, certificate_chain, private_key: PEM bytes or file paths (CA bundle; client
         certificate and key for mutual TLS).
@@ -251,6 +266,14 @@ class BaseClient:
             return None
         return self._pool.pick(), delay
 
+    def _resend_whole(self, error: MentaLLaMAError, received: int, on_resend: Callable[[], None] | None) -> int:
+        """Responses that count against retrying ``error``: 0 once a broken, partly answered request is
+        to be sent again as a whole (its partial answer was never handed out, so nothing is duplicated)."""
+        if received and on_resend is not None and self.retry_policy.resendable(error):
+            on_resend()
+            return 0
+        return received
+
     def _timeout_left(self, deadline: float | None, request_id: str) -> float | None:
         if deadline is None:
             return None
@@ -298,9 +321,13 @@ class MentaLLaMAClient(BaseClient):
 
     # --- plumbing ---
 
-    def _events(self, inputs: dict[str, Any], request_id: str, timeout: float | None
-                ) -> Generator[StreamEvent, None, None]:  # fmt: skip
-        """Events of one request, with failover and retries before the first response."""
+    def _events(self, inputs: dict[str, Any], request_id: str, timeout: float | None,
+                on_resend: Callable[[], None] | None = None) -> Generator[StreamEvent, None, None]:  # fmt: skip
+        """Events of one request, with failover and retries before the first response.
+
+        With ``on_resend`` (callers that hand out nothing before the final response), a stream that
+        broke after responses arrived is sent again as a whole: ``on_resend()`` drops what came so far.
+        """
         deadline = self._deadline(timeout)
         request = build_request(self.model, request_id, inputs)
         endpoint, tried, retries = self._pool.pick(), set(), 0
@@ -317,6 +344,7 @@ class MentaLLaMAClient(BaseClient):
                     self._pool.mark_up(endpoint)
                     return
                 except MentaLLaMAError as error:
+                    received = self._resend_whole(error, received, on_resend)
                     decision = self._next_endpoint(error, endpoint, tried, received, retries, deadline)
                     if decision is None:
                         raise
@@ -328,10 +356,10 @@ class MentaLLaMAClient(BaseClient):
 
     def _run(self, inputs: dict[str, Any], request_id: str, timeout: float | None,
              streamed: bool) -> Generation:  # fmt: skip
-        builder = GenerationBuilder(request_id, inputs["max_tokens"], streamed=streamed)
-        for event in self._events(inputs, request_id, timeout):
-            builder.add(event)
-        return builder.build()
+        answer = _Answer(request_id, inputs["max_tokens"], streamed)
+        for event in self._events(inputs, request_id, timeout, on_resend=answer.restart):
+            answer.builder.add(event)
+        return answer.builder.build()
 
     # --- analyses ---
 
@@ -607,9 +635,10 @@ class AsyncMentaLLaMAClient(BaseClient):
 
     # --- plumbing ---
 
-    async def _events(self, inputs: dict[str, Any], request_id: str, timeout: float | None
+    async def _events(self, inputs: dict[str, Any], request_id: str, timeout: float | None,
+                      on_resend: Callable[[], None] | None = None,
                       ) -> AsyncGenerator[StreamEvent, None]:  # fmt: skip
-        """Events of one request, with failover and retries before the first response."""
+        """See :meth:`MentaLLaMAClient._events`."""
         deadline = self._deadline(timeout)
         request = build_request(self.model, request_id, inputs)
         endpoint, tried, retries = self._pool.pick(), set(), 0
@@ -626,6 +655,7 @@ class AsyncMentaLLaMAClient(BaseClient):
                     self._pool.mark_up(endpoint)
                     return
                 except MentaLLaMAError as error:
+                    received = self._resend_whole(error, received, on_resend)
                     decision = self._next_endpoint(error, endpoint, tried, received, retries, deadline)
                     if decision is None:
                         raise
@@ -637,12 +667,12 @@ class AsyncMentaLLaMAClient(BaseClient):
 
     async def _run(self, inputs: dict[str, Any], request_id: str, timeout: float | None,
                    streamed: bool) -> Generation:  # fmt: skip
-        builder = GenerationBuilder(request_id, inputs["max_tokens"], streamed=streamed)
-        events = self._events(inputs, request_id, timeout)
+        answer = _Answer(request_id, inputs["max_tokens"], streamed)
+        events = self._events(inputs, request_id, timeout, on_resend=answer.restart)
         async with aclosing(events):
             async for event in events:
-                builder.add(event)
-        return builder.build()
+                answer.builder.add(event)
+        return answer.builder.build()
 
     # --- analyses ---
 

@@ -5,6 +5,11 @@ arrived the server has done work (and, when streaming, the caller may have seen 
 would generate twice. The retryable statuses are the transient ones: UNAVAILABLE (endpoint down,
 server starting or queue full) and RESOURCE_EXHAUSTED. A passed deadline is not retried: the
 ``timeout`` covers the whole call, retries included.
+
+One exception, decided by :meth:`RetryPolicy.resendable`: a call that returns its answer whole
+(``analyze``, ``generate``) drops a partial answer whose stream broke with a transient status (the
+server died, the connection was cut) and sends the request again as a whole, so each call still gets
+exactly one answer. Streams never do this: their caller has seen the text.
 """
 
 from __future__ import annotations
@@ -60,6 +65,12 @@ class RetryPolicy:
         if retries_done >= self.max_retries:
             return False
         return self.retryable(error, responses_received=responses_received)
+
+    def resendable(self, error: BaseException) -> bool:
+        """True when a request whose stream broke with ``error`` after responses arrived may be sent
+        again as a whole by a call that has handed none of them out (override to return False to turn
+        this off)."""
+        return self.retryable(error, responses_received=0)
 
     def delay(self, retries_done: int) -> float:
         """Seconds to sleep before retry number ``retries_done + 1``."""

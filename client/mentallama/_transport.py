@@ -74,14 +74,18 @@ INPUT_TYPES: dict[str, tuple[str, str]] = {
     "return_num_output_tokens": ("BOOL", "<?"),
 }
 
-# Triton 2.51 reports a stream's errors in-band (``error_message``, no code) unless the client asks
-# with this header for the stream to end with the real gRPC status instead.
-_GRPC_ERROR_HEADER = ("triton_grpc_error", "true")
+# Triton 2.51 reports a stream's errors in-band (``error_message``, no code); the statuses are guessed
+# from the messages (``_in_band_status``). Triton's opt-in header ``triton_grpc_error: true`` would end
+# the stream with the real status instead, but 2.51 mishandles such a stream once a model refused the
+# request ("HandleCancellation called even when the context was not cancelled") and segfaults after a
+# few of them when the client's connection closes (a short-lived client sending bad requests), so the
+# SDK never sends it. See docs/RELIABILITY.md.
 _MAX_MESSAGE_CHARS = 500
 _HEALTH_TIMEOUT = 5.0
 # UNAVAILABLE from grpc itself (nothing answered) vs. from a reachable Triton (queue full, model
-# not ready): only the first marks the endpoint down; both are retried.
-_SERVER_UNAVAILABLE_HINTS = ("queue", "not ready", "unknown model", "exceeds", "unavailable: model")
+# not ready, the engine's "server overloaded" refusal): only the first marks the endpoint down; both
+# are retried.
+_SERVER_UNAVAILABLE_HINTS = ("queue", "not ready", "unknown model", "exceeds", "unavailable: model", "overloaded")
 
 
 # --- endpoints ------------------------------------------------------------------------------------
@@ -302,11 +306,13 @@ _STATUS_ERRORS: dict[grpc.StatusCode, type[MentaLLaMAError]] = {
 
 
 def _in_band_status(message: str) -> grpc.StatusCode:
-    """Best guess of the status of an in-band stream error (older servers send no code)."""
+    """Best guess of the status of an in-band stream error (Triton sends no code with it)."""
     lowered = message.lower()
+    if "not healthy" in lowered:  # a model's Python process died: this endpoint cannot serve
+        return grpc.StatusCode.UNAVAILABLE
     if "unknown model" in lowered or "not found" in lowered:
         return grpc.StatusCode.NOT_FOUND
-    if "queue" in lowered or "exceeds maximum" in lowered:
+    if "queue" in lowered or "exceeds maximum" in lowered or "overloaded" in lowered:
         return grpc.StatusCode.UNAVAILABLE
     if lowered.startswith("generation failed") or "internal" in lowered:
         return grpc.StatusCode.INTERNAL
@@ -354,7 +360,7 @@ def _channel_options(tls: TLSConfig | None) -> list[tuple[str, Any]]:
 
 def _metadata(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     # gRPC metadata keys must be lower case.
-    return (*((k.lower(), str(v)) for k, v in headers.items()), _GRPC_ERROR_HEADER)
+    return tuple((k.lower(), str(v)) for k, v in headers.items())
 
 
 def _health_checks(stub: service_pb2_grpc.GRPCInferenceServiceStub, model: str) -> list[tuple[Any, Any, str]]:

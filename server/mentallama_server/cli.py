@@ -51,6 +51,7 @@ def serve(
     cache_block_size: int = CpuSettings.cache_block_size,
     max_batch_tokens: int = CpuSettings.max_batch_tokens,
     num_threads: int = CpuSettings.num_threads,
+    device: Annotated[str, typer.Option(help="cpu: where the engine step runs, cpu or cuda[:N]")] = CpuSettings.device,
     max_input_len: int = CpuSettings.max_input_len,
     max_output_len: int = CpuSettings.max_output_len,
     max_queue_size: int = CpuSettings.max_queue_size,
@@ -126,7 +127,7 @@ def _wait_for_signal(server: TritonProcess) -> None:
         problem = server.health_problem()
         if problem:
             typer.echo(f"error: {problem}; stopping the server.\n{server.log_tail()}", err=True)
-            server.stop()
+            server.stop(grace_s=1)  # no drain: in-flight requests hang on the dead model; end them now
             sys.exit(3)
 
 

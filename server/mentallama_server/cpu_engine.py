@@ -92,7 +92,7 @@ class _Tracked:
 
 
 class CpuEngine:
-    """Continuous-batching generation on CPU for one checkpoint.
+    """Continuous-batching generation for one checkpoint, on the CPU (the default) or a CUDA device.
 
     Usage::
 
@@ -109,12 +109,15 @@ class CpuEngine:
         num_blocks, block_size: KV cache size, in blocks of `block_size` tokens (all layers). Together they
             cap the tokens held by all running requests (prompt + output).
         max_batch_tokens: token budget of one forward pass (long prompts are prefilled in chunks of it).
-        dtype: "float32", "bfloat16", "float16" or "auto": the checkpoint's own dtype, except float16
-            which loads as bfloat16 (same memory, much faster CPU kernels); float32 if undeclared.
+        dtype: "float32", "bfloat16", "float16" or "auto": the checkpoint's own dtype (float32 if
+            undeclared), except float16 on the CPU, which loads as bfloat16 (same memory, much faster CPU
+            kernels).
         num_threads: torch intra-op threads (process-wide); None keeps torch's default (one per core).
             On a CPU shared with Triton's other processes, 1 is usually faster: idle OpenMP threads spin.
         attn_implementation: "sdpa" or "eager" (CB turns it into its paged variant).
         prefix_caching: let requests share the cache blocks of identical prompt prefixes.
+        device: where the model and its KV cache live: "cpu" (the profile's default) or "cuda" / "cuda:N".
+            The engine's own threads stay on the host either way; only the forward passes move.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class CpuEngine:
         num_threads: int | None = None,
         attn_implementation: str = "sdpa",
         prefix_caching: bool = True,
+        device: str = "cpu",
     ) -> None:
         path = Path(checkpoint_dir)
         if not (path / "config.json").is_file():
@@ -141,12 +145,15 @@ class CpuEngine:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if block_size < 4:
             raise ValueError(f"block_size must be >= 4, got {block_size}")
+        self.device: torch.device = _check_device(device)
         if num_threads is not None:
             torch.set_num_threads(num_threads)
 
-        self.dtype: torch.dtype = _auto_dtype(path) if dtype == "auto" else _DTYPES[dtype]
+        self.dtype: torch.dtype = _auto_dtype(path, self.device) if dtype == "auto" else _DTYPES[dtype]
+        # On a GPU, device_map loads the weights straight onto it (no host copy of a 13 GB model first).
+        placement = {} if self.device.type == "cpu" else {"device_map": self.device}
         self._model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=self.dtype, attn_implementation=attn_implementation
+            path, dtype=self.dtype, attn_implementation=attn_implementation, **placement
         ).eval()
         config = self._model.config
         self.vocab_size: int = config.vocab_size
@@ -452,11 +459,29 @@ def _run_into(future: concurrent.futures.Future[None], function: Callable[[], ob
         future.set_exception(exc)
 
 
-def _auto_dtype(path: Path) -> torch.dtype:
+def _check_device(device: str) -> torch.device:
+    """`cpu` or a CUDA device that exists here; anything else is refused before weights are loaded."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type != "cuda":
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device here")
+    index = parsed.index if parsed.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
+def _auto_dtype(path: Path, device: torch.device) -> torch.dtype:
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     declared = config.get("torch_dtype") or config.get("dtype") or "float32"
-    if declared == "float16":
-        return torch.bfloat16
+    if declared == "float16" and device.type == "cpu":
+        return torch.bfloat16  # CPU float16 kernels are slow; a GPU runs float16 as declared
     return _DTYPES.get(str(declared), torch.float32)
 
 

@@ -84,17 +84,27 @@ class SamplingProcessor(ContinuousBatchingLogitsProcessor):
         return torch.zeros(len(requests_with_new_token), dtype=torch.int32)
 
     def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
-        for row, (sampler, state) in enumerate(self._batch):
-            if sampler is None or sampler.error is not None or not sampler.needs_processing:
-                continue
+        rows = [
+            (row, sampler, state)
+            for row, (sampler, state) in enumerate(self._batch)
+            if sampler is not None and sampler.error is None and sampler.needs_processing
+        ]
+        if not rows:
+            return scores
+        # Samplers work on host tensors (their seeded generators are CPU ones): on a GPU the logits come over
+        # in one copy, and the choices go back as two indexed writes, not two small kernels per row.
+        host = scores if scores.device.type == "cpu" else scores.float().cpu()
+        chosen: list[tuple[int, int]] = []
+        for row, sampler, state in rows:
             try:
-                token = sampler.choose(scores[row], state.initial_tokens + state.generated_tokens)
+                chosen.append((row, sampler.choose(host[row], state.initial_tokens + state.generated_tokens)))
             except Exception as exc:  # one bad request must not kill the generation loop of all others
                 logger.exception("sampling failed for CB request %s", state.request_id)
                 sampler.error = f"sampling failed: {exc}"
-                continue
-            scores[row].fill_(float("-inf"))
-            scores[row, token] = 0.0
+        if chosen:
+            index = torch.tensor(chosen, dtype=torch.long).to(scores.device)
+            scores[index[:, 0]] = float("-inf")
+            scores[index[:, 0], index[:, 1]] = 0.0
         return scores
 
 

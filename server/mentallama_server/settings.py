@@ -25,6 +25,9 @@ class CpuSettings:
     models (on 2 cores, 2 engine threads measured slower and far noisier than 1)."""
     dtype: str = "auto"
     """Weights dtype; `auto` uses the checkpoint's."""
+    device: str = "cpu"
+    """Where the engine step's model and KV cache live: `cpu`, or `cuda` / `cuda:N` where a GPU is at hand
+    (the Python model itself stays a KIND_CPU instance: only its forward passes move)."""
     max_input_len: int = 2048
     """Longest prompt in tokens (capped at the model's context minus max_output_len)."""
     max_output_len: int = 1024

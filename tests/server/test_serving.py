@@ -43,9 +43,7 @@ def reference_continuation(model, tokenizer, prompt: str, max_tokens: int) -> tu
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("stream", [False, True])
-def test_greedy_grpc_matches_transformers_generate(
-    cpu_server, reference_model, tiny_tokenizer, model, stream
-):
+def test_greedy_grpc_matches_transformers_generate(cpu_server, reference_model, tiny_tokenizer, model, stream):
     for prompt in PROMPTS:
         expected, n = reference_continuation(reference_model, tiny_tokenizer, prompt, 24)
         result = infer(
@@ -87,9 +85,7 @@ def test_streamed_chunks_never_split_a_character(cpu_server):
         payload = {"text_input": prompt, "max_tokens": 48, "exclude_input_in_output": True}
         _, whole = http_generate(cpu_server.http_url, "mentallama", payload)
         for model in ("mentallama", "ensemble"):
-            status, events = http_generate(
-                cpu_server.http_url, model, {**payload, "stream": True}, stream=True
-            )
+            status, events = http_generate(cpu_server.http_url, model, {**payload, "stream": True}, stream=True)
             assert status == 200
             assert "".join(e.get("text_output", "") for e in events) == whole[0]["text_output"]
 
@@ -112,9 +108,7 @@ def test_concurrent_requests_return_what_each_returns_alone(cpu_server):
 
 def test_short_request_gets_first_token_while_long_ones_run(cpu_server):
     long_calls = [
-        StreamCall(
-            cpu_server.grpc_url, "mentallama", make_inputs(PROMPTS[0], 256, stream=True, min_tokens=256)
-        )
+        StreamCall(cpu_server.grpc_url, "mentallama", make_inputs(PROMPTS[0], 1024, stream=True, min_tokens=1024))
         for _ in range(3)
     ]
     try:
@@ -137,16 +131,12 @@ def test_short_request_gets_first_token_while_long_ones_run(cpu_server):
 @pytest.mark.parametrize("model", MODELS)
 def test_max_tokens_end_id_and_exclude_input(cpu_server, tiny_tokenizer, model):
     prompt = PROMPTS[1]
-    full = infer(
-        cpu_server.grpc_url, model, prompt, 12, exclude_input_in_output=True, return_num_output_tokens=True
-    )
+    full = infer(cpu_server.grpc_url, model, prompt, 12, exclude_input_in_output=True, return_num_output_tokens=True)
     assert int(full.outputs["num_output_tokens"].reshape(-1)[0]) == 12
     with_input = infer(cpu_server.grpc_url, model, prompt, 12)
     assert with_input.text == prompt + full.text
     # Ending at the 4th generated token: the output stops before it.
-    ids = tiny_tokenizer.encode(prompt + full.text, add_special_tokens=True)[
-        len(tiny_tokenizer.encode(prompt)) :
-    ]
+    ids = tiny_tokenizer.encode(prompt + full.text, add_special_tokens=True)[len(tiny_tokenizer.encode(prompt)) :]
     cut = infer(
         cpu_server.grpc_url,
         model,
@@ -199,9 +189,7 @@ def test_stop_words_end_generation(cpu_server, tiny_tokenizer, model):
         and tiny_tokenizer.encode(tiny_tokenizer.decode([t]).strip(), add_special_tokens=False) == [t]
     )
     full = infer(cpu_server.grpc_url, model, PROMPTS[0], 32, exclude_input_in_output=True).text
-    cut = infer(
-        cpu_server.grpc_url, model, PROMPTS[0], 32, exclude_input_in_output=True, stop_words=[word]
-    ).text
+    cut = infer(cpu_server.grpc_url, model, PROMPTS[0], 32, exclude_input_in_output=True, stop_words=[word]).text
     assert cut.endswith(word) and full.startswith(cut) and len(cut) < len(full)
     assert (
         cut
@@ -212,19 +200,19 @@ def test_stop_words_end_generation(cpu_server, tiny_tokenizer, model):
 
 
 def test_cancelled_stream_frees_its_slot(cpu_server):
+    # 1024 forced tokens each: far longer than the test needs to look at the engine and cancel.
     calls = [
-        StreamCall(
-            cpu_server.grpc_url, "mentallama", make_inputs(PROMPTS[0], 256, stream=True, min_tokens=256)
-        )
+        StreamCall(cpu_server.grpc_url, "mentallama", make_inputs(PROMPTS[0], 1024, stream=True, min_tokens=1024))
         for _ in range(6)
     ]
     for call in calls:
         call.next(60)
     active = scrape_metric(cpu_server.metrics_url, "mentallama_engine_requests", 'state="active"')
     assert active is not None and active >= 1
+    started = time.monotonic()
     for call in calls:
         call.close()  # cancels the gRPC stream and its request
-    deadline = time.monotonic() + 20
+    deadline = started + 20
     while time.monotonic() < deadline:
         active = scrape_metric(cpu_server.metrics_url, "mentallama_engine_requests", 'state="active"')
         tracked = scrape_metric(cpu_server.metrics_url, "mentallama_engine_tracked_requests")

@@ -76,6 +76,7 @@ class TritonPythonModel:
             max_batch_tokens=get_parameter(config, "max_batch_tokens", int),
             dtype=get_parameter(config, "dtype", str, "auto"),
             num_threads=get_parameter(config, "num_threads", int, 0) or None,
+            device=get_parameter(config, "device", str, "cpu"),
         )
         self.engine.start()
         self.active: dict[str, _Active] = {}

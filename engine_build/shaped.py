@@ -1,0 +1,205 @@
+"""Checkpoints with a real model's shape and random weights, for GPU serving benchmarks.
+
+`LLAMA2_7B` is LLaMA-2-7B's shape (hidden 4096, 32 layers of 32 heads, MLP 11008, context 4096) in
+float16, the dtype MentaLLaMA-chat-7B ships in. The folder is a sharded Hugging Face checkpoint (one
+safetensors shard per layer plus `model.safetensors.index.json`, like the real 7B's), with the project's
+SentencePiece tokenizer, and loads through the same code as the real model.
+
+Vocabulary: the tokenizer is the one `tiny` and `bench` use (`engine_build.tokenizer`, 4000 pieces: the
+synthetic corpus saturates a little above 4k, so a 32000-piece BPE cannot be trained on it), and the
+embedding and LM head get that many rows, since an engine must never emit ids the tokenizer cannot decode.
+Per generated token that drops 2 x 4096 x 28000 FLOPs of LM head from ~13.2 GFLOPs (1.7%, see
+`vocab_flops_share`) and 0.46 GB of weights from 13.5 GB; the 32 layers, which dominate, are exact.
+
+Weights are drawn on `device` (a GPU draws 6.7B values in well under a second) from one generator per
+tensor, seeded from its name as in `tiny`, and shards are written by a few threads while the next ones are
+drawn. Build with `python -m engine_build.shaped OUTPUT --device cuda`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine_build.corpus import DEFAULT_SEED
+from engine_build.safetensors_io import write_safetensors
+from engine_build.shapes import llama_tensor_shapes, parameter_count
+from engine_build.tiny import CONTEXT_LENGTH, INIT_STD, ModelSize, checkpoint_config
+from engine_build.tokenizer import BOS_ID, EOS_ID, UNK_ID, train_sentencepiece, write_json, write_tokenizer
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "INDEX_FILE",
+    "LLAMA2_7B",
+    "LLAMA2_VOCAB_SIZE",
+    "build_shaped_checkpoint",
+    "flops_per_token",
+    "main",
+    "shaped_config",
+    "vocab_flops_share",
+]
+
+LLAMA2_VOCAB_SIZE = 32000  # the real model's; see the module docstring for why ours is smaller
+LLAMA2_7B = ModelSize("llama2-7b", 4096, 11008, 32, 32, 32, "float16")
+INDEX_FILE = "model.safetensors.index.json"
+_WRITERS = 4  # shard files written at once; enough to keep a disk busy while the GPU draws the next ones
+
+
+def shaped_config(spec: ModelSize, vocab_size: int | None = None) -> dict[str, Any]:
+    """`config.json` for `spec`: the key set of the generated checkpoints (`tiny.checkpoint_config`) with
+    `spec`'s shape, dtype and `vocab_size` (default `spec.vocab_size`)."""
+    return {
+        **checkpoint_config("tiny"),
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_hidden_layers,
+        "num_attention_heads": spec.num_attention_heads,
+        "num_key_value_heads": spec.num_key_value_heads,
+        "torch_dtype": spec.dtype,
+        "vocab_size": spec.vocab_size if vocab_size is None else vocab_size,
+    }
+
+
+def flops_per_token(config: Mapping[str, Any]) -> int:
+    """Matrix-multiply FLOPs of one token's forward pass (2 per weight; attention over the context and the
+    embedding lookup excluded): what the weights cost, whatever the sequence length."""
+    shapes = llama_tensor_shapes(config)
+    return 2 * sum(
+        math.prod(shape)
+        for name, shape in shapes.items()
+        if len(shape) == 2 and name != "model.embed_tokens.weight"
+    )
+
+
+def vocab_flops_share(config: Mapping[str, Any], vocab_size: int = LLAMA2_VOCAB_SIZE) -> float:
+    """Fraction of the per-token FLOPs of `config` with `vocab_size` rows that a smaller vocabulary drops."""
+    real = flops_per_token({**config, "vocab_size": vocab_size})
+    return (real - flops_per_token(config)) / real
+
+
+def _generation_config() -> dict[str, Any]:
+    # LLaMA-2-chat's values, as `tiny` writes them.
+    return {
+        "bos_token_id": BOS_ID,
+        "do_sample": True,
+        "eos_token_id": EOS_ID,
+        "pad_token_id": UNK_ID,
+        "temperature": 0.6,
+        "top_p": 0.9,
+    }
+
+
+def _shard_groups(config: Mapping[str, Any]) -> list[dict[str, tuple[int, ...]]]:
+    """Tensor shapes grouped by shard: embeddings, norm and head first, then one shard per layer."""
+    shapes = llama_tensor_shapes(config)
+    layers = int(config["num_hidden_layers"])
+    groups: list[dict[str, tuple[int, ...]]] = [{} for _ in range(layers + 1)]
+    for name, shape in shapes.items():
+        if name.startswith("model.layers."):
+            groups[int(name.split(".")[2]) + 1][name] = shape
+        else:
+            groups[0][name] = shape
+    return groups
+
+
+def _draw(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: str, seed: int) -> torch.Tensor:
+    """One tensor on the host, drawn on `device`: ones for norms (identity, as LLaMA starts), zeros for
+    biases, N(0, INIT_STD) otherwise from a generator seeded by `seed` and the tensor's name."""
+    import torch
+
+    if name.endswith("norm.weight"):
+        return torch.ones(shape, dtype=dtype)
+    if name.endswith(".bias"):
+        return torch.zeros(shape, dtype=dtype)
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    generator = torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    values = torch.randn(shape, generator=generator, dtype=torch.float32, device=device).mul_(INIT_STD)
+    return values.to(dtype).cpu()
+
+
+def _write_weights(folder: Path, config: Mapping[str, Any], device: str, seed: int) -> None:
+    import torch
+
+    dtype = getattr(torch, str(config["torch_dtype"]))
+    groups = _shard_groups(config)
+    weight_map: dict[str, str] = {}
+    total_size = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=_WRITERS) as writers:
+        pending: list[concurrent.futures.Future[None]] = []
+        for i, group in enumerate(groups):
+            shard = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+            tensors = {name: _draw(name, shape, dtype, device, seed) for name, shape in group.items()}
+            total_size += sum(t.numel() * t.element_size() for t in tensors.values())
+            weight_map.update(dict.fromkeys(tensors, shard))
+            while len(pending) >= _WRITERS:  # bound the drawn-but-unwritten shards held in host memory
+                pending.pop(0).result()
+            pending.append(writers.submit(write_safetensors, folder / shard, tensors, {"format": "pt"}))
+        for future in pending:
+            future.result()
+    write_json(folder / INDEX_FILE, {"metadata": {"total_size": total_size}, "weight_map": weight_map})
+
+
+def build_shaped_checkpoint(
+    output: Path,
+    spec: ModelSize = LLAMA2_7B,
+    *,
+    device: str = "cpu",
+    seed: int = DEFAULT_SEED,
+    force: bool = False,
+) -> Path:
+    """Write a random-weight checkpoint of `spec`'s shape to `output` and return it.
+
+    The vocabulary is the project tokenizer's (see the module docstring), whatever `spec.vocab_size` says.
+    Files go to a sibling staging folder renamed into place, so a reader never sees half a checkpoint.
+    Raises `FileExistsError` when `output` is not empty and `force` is false.
+    """
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not force)):
+        raise FileExistsError(f"{output} exists and is not an empty folder; pass force=True to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.building.", dir=output.parent))
+    try:
+        staging.chmod(0o755)
+        vocab_size = write_tokenizer(staging, train_sentencepiece(), model_max_length=CONTEXT_LENGTH)
+        config = shaped_config(spec, vocab_size)
+        write_json(staging / "config.json", config)
+        write_json(staging / "generation_config.json", _generation_config())
+        _write_weights(staging, config, device, seed)
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write a LLaMA-2-7B-shaped checkpoint with random float16 weights.")
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--device", default="cpu", help="where to draw the weights: cpu or cuda")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    path = build_shaped_checkpoint(args.output, device=args.device, force=args.force)
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    print(
+        f"built {path}: {parameter_count(config):,} parameters ({config['torch_dtype']}, vocab "
+        f"{config['vocab_size']}) in {time.perf_counter() - started:.1f}s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
