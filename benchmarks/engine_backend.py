@@ -30,6 +30,7 @@ _SETTING_TO_ENGINE = {
     "max_batch_tokens": "max_batch_tokens",
     "dtype": "dtype",
     "num_threads": "num_threads",
+    "device": "device",
 }
 
 

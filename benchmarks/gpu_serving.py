@@ -7,7 +7,10 @@ streaming at each concurrency: fixed ~128-token prompts, exactly `--output-len` 
 (`min_tokens = max_tokens`). Prints output tokens/s per level with the card's name and writes the figures
 as JSON to `--json`, or to `$OUT/gpu_serving.json` when the variable OUT is set.
 
-Needs only what the project installs plus a CUDA build of PyTorch; CI never runs it.
+`--in-process` runs the same loads on the bare `CpuEngine` in this process (no Triton, no gRPC), the
+engine-only baseline. A served run ends at once (exit 2) if tritonserver or a Python-backend stub dies, since
+Triton 2.51 leaves the requests of a dead stub hanging. The JSON is rewritten after every level.
+Needs only what the project installs plus a CUDA build of PyTorch; CI never runs it on a GPU.
 
     python benchmarks/gpu_serving.py                                   # on a machine with a CUDA GPU
     python benchmarks/gpu_serving.py --model tiny --device cpu --dtype auto --concurrency 1,2
@@ -31,12 +34,19 @@ from benchmarks.datasets import SyntheticDataset
 from benchmarks.records import SamplingParams
 from benchmarks.runner import LoadSpec, SessionConfig, StopSpec, run_session
 from benchmarks.tokens import load_tokenizer
-from mentallama_server.launcher import ServerOptions, free_port
+from engine_build.shapes import parameter_count
+from mentallama_server.launcher import ServerOptions, TritonProcess, free_port
 from mentallama_server.paths import REPO_ROOT
 from mentallama_server.serve import resolve_checkpoint, start_cpu_server
 from mentallama_server.settings import CpuSettings
 
 SHAPED = "llama2-7b"
+_HEALTH_PERIOD_S = 2.0
+
+
+class ServingFailure(RuntimeError):
+    """The server or one of its model processes died during a measured level."""
+
 DEFAULT_CHECKPOINT = REPO_ROOT / "artifacts" / "checkpoints" / "llama2-7b-shaped"
 
 
@@ -56,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-block-size", type=int, default=32)
     parser.add_argument("--max-batch-tokens", type=int, default=2048)
     parser.add_argument("--ready-timeout", type=float, default=600.0)
+    parser.add_argument("--request-timeout", type=float, default=600.0)
+    parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose")
+    parser.add_argument("--in-process", action="store_true", help="bare CpuEngine in this process, no server")
     parser.add_argument("--json", type=Path, default=None, help="result file (default $OUT/gpu_serving.json)")
     return parser.parse_args(argv)
 
@@ -90,8 +103,11 @@ def requests_for(concurrency: int, asked: int | None) -> int:
     return asked if asked is not None else max(4, 2 * concurrency)
 
 
-async def measure(endpoint: str, tokenizer: Any, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One closed-loop level through the `mentallama` front model; its summary, trimmed to what we report."""
+async def measure(
+    backend: Any, tokenizer: Any, concurrency: int, args: argparse.Namespace, server: TritonProcess | None = None
+) -> dict[str, Any]:
+    """One closed-loop level against `backend`; its summary, trimmed to what we report. With `server`, a dead
+    tritonserver or Python-backend stub ends the level at once (Triton 2.51 would leave its requests hanging)."""
     config = SessionConfig(
         loads=[LoadSpec(concurrency=concurrency)],
         stop=StopSpec(requests=requests_for(concurrency, args.requests)),
@@ -101,8 +117,14 @@ async def measure(endpoint: str, tokenizer: Any, concurrency: int, args: argpars
         progress=False,
     )
     dataset = SyntheticDataset(args.input_len, args.output_len, tokenizer)
-    backend = make_backend("triton-grpc", endpoint, request_timeout_s=600.0)
-    (result,) = await run_session([[backend]], dataset, config, None, tokenizer)
+    session = asyncio.ensure_future(run_session([[backend]], dataset, config, None, tokenizer))
+    while server is not None and not session.done():
+        await asyncio.wait([session], timeout=_HEALTH_PERIOD_S)
+        problem = None if session.done() else await asyncio.to_thread(server.health_problem)
+        if problem:
+            session.cancel()
+            raise ServingFailure(f"{problem}; log {server.log_path}")
+    (result,) = await session
     summary = result.summary
     return {
         "concurrency": concurrency,
@@ -130,7 +152,7 @@ def environment(device: str) -> dict[str, Any]:
     }
     if device.startswith("cuda"):
         free, total = torch.cuda.mem_get_info(torch.device(device))
-        info["gpu_memory_used_gib_with_server"] = round((total - free) / 2**30, 1)
+        info["gpu_memory_used_gib_at_end"] = round((total - free) / 2**30, 1)  # whole card, every process
         info["gpu_memory_total_gib"] = round(total / 2**30, 1)
     return info
 
@@ -154,13 +176,105 @@ def result_path(args: argparse.Namespace) -> Path | None:
     return Path(out) / "gpu_serving.json" if out else None
 
 
+def engine_options(settings: CpuSettings) -> dict[str, Any]:
+    """`CpuEngine` keywords for the settings the server would render."""
+    return {
+        "max_batch_size": settings.engine_max_batch_size,
+        "num_blocks": settings.cache_num_blocks,
+        "block_size": settings.cache_block_size,
+        "max_batch_tokens": settings.max_batch_tokens,
+        "dtype": settings.dtype,
+        "device": settings.device,
+    }
+
+
+class Recorder:
+    """Collects the levels and rewrites the result file after each one, so a run cut short keeps its figures."""
+
+    def __init__(self, args: argparse.Namespace, card: str, checkpoint: Path, settings: CpuSettings) -> None:
+        config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+        self.path = result_path(args)
+        self.levels: list[dict[str, Any]] = []
+        self.result: dict[str, Any] = {
+            "card": card,
+            "device": args.device,
+            "served": not args.in_process,
+            "checkpoint": {
+                "model": args.model,
+                "parameters": parameter_count(config),
+                "dtype": config.get("torch_dtype"),
+                "vocab_size": config.get("vocab_size"),
+                "layers": config.get("num_hidden_layers"),
+                "hidden_size": config.get("hidden_size"),
+            },
+            "settings": asdict(settings),
+            "input_len": args.input_len,
+            "output_len": args.output_len,
+            "levels": self.levels,
+        }
+
+    def add(self, level: dict[str, Any]) -> None:
+        self.levels.append(level)
+        print(
+            f"c={level['concurrency']}: {level['output_tokens_per_s'] or 0:.1f} output tok/s "
+            f"({level['requests']['completed']} ok, {level['requests']['failed']} failed)",
+            flush=True,
+        )
+        self.write()
+
+    def write(self, **extra: Any) -> None:
+        self.result.update(extra)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.result, indent=2) + "\n", encoding="utf-8")
+
+    @property
+    def failed(self) -> bool:
+        return any(level["requests"]["failed"] for level in self.levels)
+
+
+def run_in_process(args: argparse.Namespace, checkpoint: Path, settings: CpuSettings, rec: Recorder) -> None:
+    """Each level against a fresh bare `CpuEngine` in this process (no Triton, no gRPC)."""
+    from benchmarks.engine_backend import EngineBackend
+
+    tokenizer = load_tokenizer(checkpoint)
+    for concurrency in parse_levels(args):
+        backend = EngineBackend(checkpoint, engine_options(settings), args.request_timeout)
+        rec.add(asyncio.run(measure(backend, tokenizer, concurrency, args)))
+
+
+def run_served(args: argparse.Namespace, checkpoint: Path, settings: CpuSettings, rec: Recorder) -> None:
+    """Each level through the bundled tritonserver's `mentallama` model, over gRPC streaming."""
+    tokenizer = load_tokenizer(checkpoint)
+    opts = ServerOptions(
+        grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), log_verbose=args.log_verbose
+    )
+    started = time.perf_counter()
+    server = start_cpu_server(str(checkpoint), settings, opts, ready_timeout_s=args.ready_timeout)
+    rec.write(server_start_s=time.perf_counter() - started)
+    print(f"server ready in {rec.result['server_start_s']:.1f}s (log {server.log_path})", flush=True)
+    try:
+        for concurrency in parse_levels(args):
+            backend = make_backend("triton-grpc", f"127.0.0.1:{opts.grpc_port}", request_timeout_s=args.request_timeout)
+            rec.add(asyncio.run(measure(backend, tokenizer, concurrency, args, server)))
+    except ServingFailure:
+        print(f"tritonserver log tail:\n{server.log_tail(40)}", file=sys.stderr)
+        raise
+    finally:
+        code = server.stop()
+        if rec.failed:
+            print(f"tritonserver exit code {code}; log tail:\n{server.log_tail(40)}", file=sys.stderr)
+
+
+def parse_levels(args: argparse.Namespace) -> list[int]:
+    return [int(c) for c in args.concurrency.split(",") if c.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    levels_asked = [int(c) for c in args.concurrency.split(",") if c.strip()]
     card = card_name(args.device)
     checkpoint, build_s = prepare_checkpoint(args)
     print(f"checkpoint {checkpoint} (built in {build_s:.1f}s)" if build_s else f"checkpoint {checkpoint}", flush=True)
-
     settings = CpuSettings(
         device=args.device,
         dtype=args.dtype,
@@ -169,59 +283,21 @@ def main(argv: list[str] | None = None) -> int:
         cache_block_size=args.cache_block_size,
         max_batch_tokens=args.max_batch_tokens,
         max_output_len=max(args.output_len, CpuSettings.max_output_len),
-        max_queue_size=max(CpuSettings.max_queue_size, max(levels_asked)),
+        max_queue_size=max(CpuSettings.max_queue_size, *parse_levels(args)),
     )
-    opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
-    started = time.perf_counter()
-    server = start_cpu_server(str(checkpoint), settings, opts, ready_timeout_s=args.ready_timeout)
-    start_s = time.perf_counter() - started
-    print(f"server ready in {start_s:.1f}s (log {server.log_path})", flush=True)
-    levels: list[dict[str, Any]] = []
+    rec = Recorder(args, card, checkpoint, settings)
+    rec.write(checkpoint_build_s=build_s)
     try:
-        tokenizer = load_tokenizer(checkpoint)
-        for concurrency in levels_asked:
-            level = asyncio.run(measure(f"127.0.0.1:{opts.grpc_port}", tokenizer, concurrency, args))
-            levels.append(level)
-            print(
-                f"c={concurrency}: {level['output_tokens_per_s'] or 0:.1f} output tok/s "
-                f"({level['requests']['completed']} ok, {level['requests']['failed']} failed)",
-                flush=True,
-            )
-        env = environment(args.device)
-    finally:
-        code = server.stop()
-        if any(level["requests"]["failed"] for level in levels) or code not in (0, None):
-            print(f"tritonserver exit code {code}; log tail:\n{server.log_tail(40)}", file=sys.stderr)
-
-    print_table(card, levels)
-    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
-    from engine_build.shapes import parameter_count
-
-    result = {
-        "card": card,
-        "device": args.device,
-        "checkpoint": {
-            "model": args.model,
-            "parameters": parameter_count(config),
-            "dtype": config.get("torch_dtype"),
-            "vocab_size": config.get("vocab_size"),
-            "layers": config.get("num_hidden_layers"),
-            "hidden_size": config.get("hidden_size"),
-        },
-        "settings": asdict(settings),
-        "input_len": args.input_len,
-        "output_len": args.output_len,
-        "checkpoint_build_s": build_s,
-        "server_start_s": start_s,
-        "environment": env,
-        "levels": levels,
-    }
-    path = result_path(args)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"result: {path}")
-    return 1 if any(level["requests"]["failed"] for level in levels) else 0
+        (run_in_process if args.in_process else run_served)(args, checkpoint, settings, rec)
+    except ServingFailure as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        rec.write(error=str(exc))
+        return 2
+    rec.write(environment=environment(args.device))
+    print_table(card, rec.levels)
+    if rec.path is not None:
+        print(f"result: {rec.path}")
+    return 1 if rec.failed else 0
 
 
 if __name__ == "__main__":
