@@ -6,9 +6,13 @@ The Triton Python-backend stub runs its interpreter isolated (PYTHONPATH is igno
 this file (copied into every Python model's version folder at render time) reads it from there.
 """
 
+import faulthandler
 import os
 import re
 import sys
+
+# A crash in native code (torch, CUDA, the stub) then leaves a Python trace in the server log.
+faulthandler.enable()
 
 _CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "config.pbtxt")
 _PATTERN = re.compile(r'key:\s*"python_path"\s*value:\s*\{\s*string_value:\s*"([^"]*)"')
