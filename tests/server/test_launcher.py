@@ -32,6 +32,16 @@ def serve_args(tmp_path: Path, checkpoint: Path, **ports: int) -> list[str]:
     ]
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """Kill the launcher and the tritonserver it started (its own process group) after a failed test."""
+    import psutil
+
+    if proc.poll() is None:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+
+
 def ports() -> dict[str, int]:
     return {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
 
@@ -100,8 +110,7 @@ def test_serves_then_stops_on_sigterm(tmp_path, tiny_checkpoint):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_tree(proc)
     assert all(port_free("127.0.0.1", port) for port in p.values())
 
 
@@ -128,6 +137,5 @@ def test_dead_engine_process_stops_the_server_with_an_error(tmp_path, tiny_check
         assert proc.wait(60) == 3
         assert "tensorrt_llm" in proc.stdout.read()
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_tree(proc)
     assert all(port_free("127.0.0.1", port) for port in p.values())
