@@ -4,6 +4,10 @@ Each request runs in a worker thread that streams the engine's chunks; chunks en
 boundaries (the engine step guarantees it) and are decoded behind an anchor, so streamed text
 concatenates to exactly the non-streamed text. A watcher thread notices cancelled clients and sends
 the engine a `stop` request for them, which Triton 2.51 would not forward by itself.
+
+Every call into `pb_utils` (building, sending and reading tensors and responses, `is_cancelled`, issuing
+BLS requests) holds one lock; only the wait for the engine's next response does not. The Python-backend
+stub of Triton 2.51 corrupted its heap when many threads used it at once (docs/RELIABILITY.md).
 """
 
 import threading
@@ -53,19 +57,23 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_model_config(args)
         tokenizer = AutoTokenizer.from_pretrained(get_parameter(config, "tokenizer_dir", str))
-        limits = Limits(
-            get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int)
-        )
+        limits = Limits(get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int))
         self.preprocessor = Preprocessor(tokenizer, limits)
         self.decoder = ChunkDecoder(tokenizer)
         self.max_calls = get_parameter(config, "max_concurrent_requests", int)
         self.pool = ThreadPoolExecutor(self.max_calls, "front")
         self.calls: dict[str, _Call] = {}
         self.calls_lock = threading.Lock()
+        self.pb_lock = threading.RLock()
         self.stopping = threading.Event()
         threading.Thread(target=self._watch, name="cancel-watcher", daemon=True).start()
 
     def execute(self, requests):
+        with self.pb_lock:
+            self._accept(requests)
+        return None
+
+    def _accept(self, requests):
         for request in requests:
             sender = request.get_response_sender()
             try:
@@ -87,74 +95,86 @@ class TritonPythonModel:
                 sender.send(_error(message, pb_utils.TritonError.UNAVAILABLE), flags=FINAL)
                 continue
             self.pool.submit(self._run, call, front)
-        return None
 
     def _run(self, call: _Call, front: FrontRequest):
         try:
             self._generate(call, front)
         except Exception as exc:  # the client must always get a final response
-            self._finish(call, _error(f"generation failed: {exc}", pb_utils.TritonError.INTERNAL))
+            with self.pb_lock:
+                self._finish(call, _error(f"generation failed: {exc}", pb_utils.TritonError.INTERNAL))
         finally:
             with self.calls_lock:
                 self.calls.pop(call.engine_id, None)
 
     def _generate(self, call: _Call, front: FrontRequest):
-        tensors = [pb_utils.Tensor(k, v) for k, v in engine_inputs(front).items()]
-        infer = pb_utils.InferenceRequest(
-            model_name="tensorrt_llm",
-            inputs=tensors,
-            requested_output_names=ENGINE_OUTPUTS,
-            request_id=call.engine_id,
-        )
+        with self.pb_lock:
+            tensors = [pb_utils.Tensor(k, v) for k, v in engine_inputs(front).items()]
+            infer = pb_utils.InferenceRequest(
+                model_name="tensorrt_llm",
+                inputs=tensors,
+                requested_output_names=ENGINE_OUTPUTS,
+                request_id=call.engine_id,
+            )
+            responses = iter(infer.exec(decoupled=True))
+        self._stream(call, front, responses)
+
+    def _stream(self, call: _Call, front: FrontRequest, responses):
         texts: list[str] = []
         log_probs: list[float] = []
         cum_log_prob = 0.0
         num_output = 0
-        for response in infer.exec(decoupled=True):
-            if response.has_error():
-                self._finish(call, _engine_error(response.error()))
+        while True:
+            try:
+                response = next(responses)  # the only pb_utils wait outside the lock
+            except StopIteration:
+                break
+            with self.pb_lock:
+                step = self._on_response(call, front, response, texts, log_probs)
+            if step is None:
                 return
-            ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
-            if ids_tensor is None:  # the engine's bare final flag
-                continue
-            lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy()
-            ids = ids_tensor.as_numpy()[0, 0, : int(lengths.reshape(-1)[0])]
-            num_output += len(ids)
-            text = self.decoder.decode(ids)
-            chunk_lp = None
-            if front.return_log_probs:
-                cum_log_prob = float(
-                    pb_utils.get_output_tensor_by_name(response, "cum_log_probs").as_numpy().reshape(-1)[0]
-                )
-                chunk_lp = (
-                    pb_utils.get_output_tensor_by_name(response, "output_log_probs").as_numpy().reshape(-1)
-                )
-                log_probs.extend(chunk_lp.tolist())
-            if front.stream and text and not call.cancelled:
-                self._send(call, self._response(front, text, chunk_lp, cum_log_prob, None), 0)
-            else:
-                texts.append(text)
+            cum_log_prob = step[0] if front.return_log_probs else cum_log_prob
+            num_output += step[1]
+        with self.pb_lock:
+            self._complete(call, front, texts, log_probs, cum_log_prob, num_output)
+
+    def _on_response(self, call: _Call, front: FrontRequest, response, texts: list[str], log_probs: list[float]):
+        """Forward one engine response: (cum_log_prob, tokens), or None when the call ended with an error."""
+        if response.has_error():
+            self._finish(call, _engine_error(response.error()))
+            return None
+        ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
+        if ids_tensor is None:  # the engine's bare final flag
+            return 0.0, 0
+        lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy()
+        ids = ids_tensor.as_numpy()[0, 0, : int(lengths.reshape(-1)[0])]
+        text = self.decoder.decode(ids)
+        cum_log_prob, chunk_lp = 0.0, None
+        if front.return_log_probs:
+            cum_log_prob = float(
+                pb_utils.get_output_tensor_by_name(response, "cum_log_probs").as_numpy().reshape(-1)[0]
+            )
+            chunk_lp = pb_utils.get_output_tensor_by_name(response, "output_log_probs").as_numpy().reshape(-1)
+            log_probs.extend(chunk_lp.tolist())
+        if front.stream and text and not call.cancelled:
+            self._send(call, self._response(front, text, chunk_lp, cum_log_prob, None), 0)
+        else:
+            texts.append(text)
+        return cum_log_prob, len(ids)
+
+    def _complete(self, call: _Call, front: FrontRequest, texts, log_probs, cum_log_prob: float, num_output: int):
         if call.cancelled:
             self._finish(call, None)
             return
         if front.stream:
-            final = self._response(
-                front, "", [] if front.return_log_probs else None, cum_log_prob, num_output
-            )
+            final = self._response(front, "", [] if front.return_log_probs else None, cum_log_prob, num_output)
         else:
             text = "".join(texts)
             if not front.exclude_input_in_output:
-                text = (
-                    self.decoder.decode([self.preprocessor.tokenizer.bos_token_id, *front.input_ids]) + text
-                )
-            final = self._response(
-                front, text, log_probs if front.return_log_probs else None, cum_log_prob, num_output
-            )
+                text = self.decoder.decode([self.preprocessor.tokenizer.bos_token_id, *front.input_ids]) + text
+            final = self._response(front, text, log_probs if front.return_log_probs else None, cum_log_prob, num_output)
         self._finish(call, final)
 
-    def _response(
-        self, front: FrontRequest, text: str, log_probs, cum_log_prob: float, num_output: int | None
-    ):
+    def _response(self, front: FrontRequest, text: str, log_probs, cum_log_prob: float, num_output: int | None):
         tensors = [
             pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=object)),
             pb_utils.Tensor("batch_index", np.array([[0]], dtype=np.int32)),
@@ -164,9 +184,7 @@ class TritonPythonModel:
             tensors.append(pb_utils.Tensor("output_log_probs", lp))
             tensors.append(pb_utils.Tensor("cum_log_probs", np.array([[cum_log_prob]], dtype=np.float32)))
         if num_output is not None and front.return_num_input_tokens:
-            tensors.append(
-                pb_utils.Tensor("num_input_tokens", np.array([[len(front.input_ids)]], dtype=np.int32))
-            )
+            tensors.append(pb_utils.Tensor("num_input_tokens", np.array([[len(front.input_ids)]], dtype=np.int32)))
         if num_output is not None and front.return_num_output_tokens:
             tensors.append(pb_utils.Tensor("num_output_tokens", np.array([[num_output]], dtype=np.int32)))
         return pb_utils.InferenceResponse(tensors)
@@ -191,7 +209,7 @@ class TritonPythonModel:
             with self.calls_lock:
                 calls = list(self.calls.values())
             for call in calls:
-                with call.lock:
+                with self.pb_lock, call.lock:
                     newly = not call.done and not call.cancelled and call.sender.is_cancelled()
                     if newly:
                         call.cancelled = True
@@ -199,7 +217,13 @@ class TritonPythonModel:
                     self._stop_engine(call.engine_id)
 
     def _stop_engine(self, engine_id: str):
-        stop = pb_utils.InferenceRequest(
+        with self.pb_lock:
+            responses = iter(self._stop_request(engine_id).exec(decoupled=True))
+        for _ in responses:
+            pass
+
+    def _stop_request(self, engine_id: str):
+        return pb_utils.InferenceRequest(
             model_name="tensorrt_llm",
             inputs=[
                 pb_utils.Tensor("input_ids", np.zeros((1, 1), dtype=np.int32)),
@@ -210,8 +234,6 @@ class TritonPythonModel:
             requested_output_names=["output_ids"],
             request_id=engine_id,
         )
-        for _ in stop.exec(decoupled=True):
-            pass
 
     def finalize(self):
         self.stopping.set()

@@ -12,19 +12,13 @@ from mentallama_server.triton_params import get_parameter, parse_model_config
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_model_config(args)
-        self.decoder = ChunkDecoder(
-            AutoTokenizer.from_pretrained(get_parameter(config, "tokenizer_dir", str))
-        )
+        self.decoder = ChunkDecoder(AutoTokenizer.from_pretrained(get_parameter(config, "tokenizer_dir", str)))
 
     def execute(self, requests):
         responses = []
         for request in requests:
-            tokens = pb_utils.get_input_tensor_by_name(
-                request, "TOKENS_BATCH"
-            ).as_numpy()  # [batch, beam, len]
-            lengths = pb_utils.get_input_tensor_by_name(
-                request, "SEQUENCE_LENGTH"
-            ).as_numpy()  # [batch, beam]
+            tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()  # [batch, beam, len]
+            lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()  # [batch, beam]
             texts = [
                 [
                     self.decoder.decode(tokens[b, beam, : lengths[b, beam]]).encode("utf-8")
@@ -32,7 +26,5 @@ class TritonPythonModel:
                 ]
                 for b in range(tokens.shape[0])
             ]
-            responses.append(
-                pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", np.array(texts, dtype=object))])
-            )
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", np.array(texts, dtype=object))]))
         return responses

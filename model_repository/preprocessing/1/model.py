@@ -42,9 +42,7 @@ class TritonPythonModel:
                 pad_id=scalar(_input(request, "PAD_ID"), "pad_id"),
             )
         except RequestError as exc:
-            return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-            )
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
         ids = np.array([prepared.input_ids], dtype=np.int32)
         outputs = {
             "INPUT_ID": ids,

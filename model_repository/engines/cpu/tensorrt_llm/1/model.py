@@ -4,6 +4,10 @@ Thin adapter: parsing/assembly live in `mentallama_server.engine_step`, generati
 `mentallama_server.cpu_engine`. Requests are decoupled: `execute` only submits them; the engine's
 dispatcher thread sends responses as tokens are produced. A watcher thread forwards client
 cancellations to the engine and publishes the engine's counters as Prometheus metrics.
+
+Every `pb_utils` call (reading requests, sending responses, `is_cancelled`, metrics) holds one lock:
+the Python-backend stub of Triton 2.51 crashed (segfault in `send`) when the execute thread and the
+dispatcher thread sent responses at the same moment.
 """
 
 import threading
@@ -61,9 +65,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_model_config(args)
         checkpoint = get_parameter(config, "checkpoint_dir", str)
-        self.limits = Limits(
-            get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int)
-        )
+        self.limits = Limits(get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int))
         self.boundary = Utf8Boundary(AutoTokenizer.from_pretrained(checkpoint))
         # Requests held at once (running + waiting); beyond it new ones are refused at once instead of
         # queueing without bound, so clients back off or go to another replica.
@@ -81,6 +83,7 @@ class TritonPythonModel:
         self.engine.start()
         self.active: dict[str, _Active] = {}
         self.active_lock = threading.Lock()
+        self.pb_lock = threading.RLock()  # taken last: never acquire another lock while holding it
         self._init_metrics()
         self.stopping = threading.Event()
         self.watcher = threading.Thread(target=self._watch, name="cancel-watcher", daemon=True)
@@ -108,8 +111,9 @@ class TritonPythonModel:
         self.metric_tracked = self.metric_families["mentallama_engine_tracked_requests"].Metric(labels={})
 
     def execute(self, requests):
-        for request in requests:
-            self._submit(request)
+        with self.pb_lock:
+            for request in requests:
+                self._submit(request)
         return None
 
     def _submit(self, request):
@@ -142,9 +146,7 @@ class TritonPythonModel:
             with self.active_lock:
                 self.active = {k: v for k, v in self.active.items() if v.sender is not sender}
             sender.send(
-                pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-                ),
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)),
                 flags=FINAL,
             )
 
@@ -163,17 +165,18 @@ class TritonPythonModel:
                 return
             if event.error:
                 state.done = True
-                state.sender.send(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(event.error)), flags=FINAL
-                )
+                with self.pb_lock:
+                    error = pb_utils.TritonError(event.error)
+                    state.sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
             else:
                 tensors = state.assembler.add(list(event.new_token_ids), event.log_probs, event.finished)
                 flags = FINAL if event.finished else 0
-                if tensors is not None:
-                    response = pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in tensors.items()])
-                    state.sender.send(response, flags=flags)
-                elif event.finished:
-                    state.sender.send(flags=FINAL)
+                with self.pb_lock:
+                    if tensors is not None:
+                        outputs = [pb_utils.Tensor(k, v) for k, v in tensors.items()]
+                        state.sender.send(pb_utils.InferenceResponse(outputs), flags=flags)
+                    elif event.finished:
+                        state.sender.send(flags=FINAL)
                 state.done = event.finished
         if event.finished:
             with self.active_lock:
@@ -190,16 +193,17 @@ class TritonPythonModel:
         with self.active_lock:
             items = list(self.active.items())
         for rid, state in items:
-            with state.lock:
+            with state.lock, self.pb_lock:
                 cancelled = not state.done and state.sender.is_cancelled()
             if cancelled:
                 self.engine.cancel(rid)
         stats = self.engine.stats()
-        self.metric_active.set(stats.active_requests)
-        self.metric_waiting.set(stats.waiting_requests)
-        self.metric_blocks_used.set(stats.cache_blocks_used)
-        self.metric_blocks_total.set(stats.cache_blocks_total)
-        self.metric_tracked.set(len(items))
+        with self.pb_lock:
+            self.metric_active.set(stats.active_requests)
+            self.metric_waiting.set(stats.waiting_requests)
+            self.metric_blocks_used.set(stats.cache_blocks_used)
+            self.metric_blocks_total.set(stats.cache_blocks_total)
+            self.metric_tracked.set(len(items))
 
     def finalize(self):
         self.stopping.set()
