@@ -57,6 +57,9 @@ def serve(
     max_queue_size: int = CpuSettings.max_queue_size,
 ) -> None:
     """Serve MentaLLaMA on Triton. Predictions are for non-clinical research only."""
+    # A SIGTERM while the server starts must still stop it: turn it into an exception that the start-up
+    # path cleans up after (the default action would leave tritonserver running without its launcher).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     opts = ServerOptions(
         host=host,
         grpc_port=grpc_port,
@@ -97,6 +100,10 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     _serve(server, profile, opts, demo)
+
+
+def _exit_on_signal(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _serve(server: TritonProcess, profile: str, opts: ServerOptions, demo: bool) -> None:
