@@ -232,7 +232,7 @@ def test_tls_to_stub_server_analyze_health_and_headers(pki, tls_stub):
     assert tls_stub.service.request_ids[-1] == "tls-req-1"  # sent as the Triton request id
     sent = tls_stub.service.metadata[-1]
     assert sent["x-tenant"] == "lab-1"
-    assert sent["triton_grpc_error"] == "true"  # asks Triton for real status codes on stream errors
+    assert "triton_grpc_error" not in sent  # crashes Triton 2.51 (docs/RELIABILITY.md)
 
 
 def test_tls_to_stub_server_rejects_untrusted_or_plaintext_clients(pki, tls_stub):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,11 @@ class Replica:
         self.process.proc.wait(10)
         self.process.stop(grace_s=0)
 
+    def health_problem(self) -> str | None:
+        """Why the server cannot serve (it exited, or one of its model processes died), or None."""
+        assert self.process is not None
+        return self.process.health_problem()
+
     def restart(self) -> None:
         self.spawn()
         self.wait_ready()
@@ -99,8 +105,12 @@ def start_replicas(replicas: Sequence[Replica]) -> None:
 
 
 def stop_all(replicas: Sequence[Replica]) -> None:
-    for replica in replicas:
-        replica.stop()
+    """Stop them together (each waits for its server's shutdown)."""
+    stoppers = [threading.Thread(target=replica.stop) for replica in replicas]
+    for stopper in stoppers:
+        stopper.start()
+    for stopper in stoppers:
+        stopper.join()
 
 
 # --- the engine's Prometheus gauges ---------------------------------------------------------------
