@@ -40,7 +40,10 @@ def serve(
     tls_ca: Annotated[Path | None, typer.Option(help="PEM CA for client certificates: mutual TLS")] = None,
     admin_key: Annotated[
         str | None,
-        typer.Option(envvar="MENTALLAMA_ADMIN_KEY", help="admin APIs need this key: HTTP header admin-key, gRPC triton-grpc-protocol-admin-key"),
+        typer.Option(
+            envvar="MENTALLAMA_ADMIN_KEY",
+            help="admin APIs need this key: HTTP header admin-key, gRPC triton-grpc-protocol-admin-key",
+        ),
     ] = None,
     render: Annotated[Path | None, typer.Option(help="write the rendered repository here and exit")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="folder for the rendered repository and logs")] = None,
