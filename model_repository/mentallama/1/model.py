@@ -5,9 +5,9 @@ boundaries (the engine step guarantees it) and are decoded behind an anchor, so 
 concatenates to exactly the non-streamed text. A watcher thread notices cancelled clients and sends
 the engine a `stop` request for them, which Triton 2.51 would not forward by itself.
 
-Every call into `pb_utils` (building, sending and reading tensors and responses, `is_cancelled`, issuing
-BLS requests) holds one lock; only the wait for the engine's next response does not. The Python-backend
-stub of Triton 2.51 corrupted its heap when many threads used it at once (docs/RELIABILITY.md).
+Every call into `pb_utils` (building, sending and reading tensors and responses, `is_cancelled`) holds one
+lock; issuing a BLS request and waiting for the engine's next response do not (both wait on the engine).
+The Python-backend stub of Triton 2.51 crashed when threads used it at once (docs/RELIABILITY.md).
 """
 
 import threading
@@ -115,7 +115,8 @@ class TritonPythonModel:
                 requested_output_names=ENGINE_OUTPUTS,
                 request_id=call.engine_id,
             )
-            responses = iter(infer.exec(decoupled=True))
+        # exec() waits until the engine answers: holding the lock there would stall every other request.
+        responses = iter(infer.exec(decoupled=True))
         self._stream(call, front, responses)
 
     def _stream(self, call: _Call, front: FrontRequest, responses):
@@ -218,8 +219,8 @@ class TritonPythonModel:
 
     def _stop_engine(self, engine_id: str):
         with self.pb_lock:
-            responses = iter(self._stop_request(engine_id).exec(decoupled=True))
-        for _ in responses:
+            stop = self._stop_request(engine_id)
+        for _ in stop.exec(decoupled=True):
             pass
 
     def _stop_request(self, engine_id: str):
