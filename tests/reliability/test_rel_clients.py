@@ -85,7 +85,7 @@ def test_sixteen_streams_cancelled_together_free_their_slots_and_cache(server):
 
             tasks = [asyncio.create_task(consume(i)) for i in range(SLOTS)]
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 60)
-            busy = await asyncio.to_thread(engine_gauges, server.metrics_url)
+            busy, _ = await asyncio.to_thread(wait_gauges, server.metrics_url, lambda g: g.tracked == SLOTS)
             assert busy.tracked == SLOTS and busy.active and busy.blocks_used > baseline.blocks_used, busy
             for task in tasks:  # all at once
                 task.cancel()
@@ -125,7 +125,8 @@ def test_clients_killed_mid_stream_free_their_slots_and_cache(server):
     client = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert client.stdout.readline().strip() == "streaming"
-        busy = engine_gauges(server.metrics_url)
+        # The gauges are refreshed every 50 ms: wait for the last stream to show up in them.
+        busy, _ = wait_gauges(server.metrics_url, lambda g: g.tracked == SLOTS)
         assert busy.tracked == SLOTS and busy.blocks_used > baseline.blocks_used, busy
     finally:
         client.kill()
