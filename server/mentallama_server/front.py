@@ -51,7 +51,7 @@ def parse_front_request(inputs: Mapping[str, np.ndarray | None], preprocessor: P
         return None if array is None else np.asarray(array).reshape(-1).tolist()
 
     prepared = preprocessor.prepare(
-        scalar(inputs.get("text_input"), "text_input") if inputs.get("text_input") is not None else None,
+        scalar(inputs.get("text_input"), "text_input"),
         scalar(inputs.get("max_tokens"), "max_tokens"),
         stop_words=words("stop_words"),
         bad_words=words("bad_words"),

@@ -18,11 +18,7 @@ def python_path() -> list[str]:
     """Import roots the Python-backend stub needs: this interpreter's site-packages and our packages."""
     roots = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     roots += [str(REPO_ROOT / "server"), str(REPO_ROOT / "client"), str(REPO_ROOT)]
-    seen: list[str] = []
-    for root in roots:
-        if root not in seen:
-            seen.append(root)
-    return seen
+    return list(dict.fromkeys(roots))  # without duplicates, in order
 
 
 def _package_dir(name: str) -> Path:

@@ -16,7 +16,6 @@ from mentallama_server.detokenize import AnchoredDecoder
 
 class ChunkDecoder:
     def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
         self.bos_id = tokenizer.bos_token_id
         self.decoder = AnchoredDecoder(tokenizer, skip_special_tokens=True)
 
