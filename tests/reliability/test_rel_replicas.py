@@ -22,7 +22,9 @@ from tests.reliability.rel_servers import Replica, loopback_options, start_repli
 from tests.server.triton_io import scrape_metric
 
 pytestmark = pytest.mark.server
-TOKENS = 128  # per answer: min_tokens = max_tokens, so every complete answer has exactly this many
+# Per answer; min_tokens = max_tokens, so every complete answer has exactly this many. Long enough that
+# the kill lands mid-stream even on a fast machine (the tiny model makes ~500 tokens/s).
+TOKENS = 512
 POSTS = [
     f"Post {i}: I have slept badly for {i + 2} nights, work feels pointless and I keep cancelling on friends."
     for i in range(32)
