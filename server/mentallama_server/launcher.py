@@ -14,7 +14,8 @@ import socket
 import subprocess
 import time
 import urllib.request
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mentallama_server.paths import TritonInstall
@@ -41,6 +42,22 @@ class ServerOptions:
     admin_key: str | None = None
     """Value of the `admin-key` header that admin APIs require (repository, shared memory, stats, ...)."""
     extra_args: tuple[str, ...] = ()
+    shm_prefix: str = field(default_factory=lambda: f"mentallama_{uuid.uuid4().hex[:12]}_")
+    """Name prefix of this server's Python-backend shared-memory regions, removed after it stops."""
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def remove_shm_regions(prefix: str) -> int:
+    """Unlink the Python-backend regions a killed server leaves in /dev/shm (1 MiB or more each: on a
+    shared HPC node or a container with a small /dev/shm they add up until no stub can start)."""
+    removed = 0
+    for region in SHM_DIR.glob(f"{prefix}*"):
+        with contextlib.suppress(FileNotFoundError):
+            region.unlink()
+            removed += 1
+    return removed
 
 
 def port_free(host: str, port: int) -> bool:
@@ -117,6 +134,7 @@ def bundled_server(repository: Path, run_dir: Path, opts: ServerOptions) -> tupl
         f"--grpc-port={opts.grpc_port}",
         f"--http-port={opts.http_port}",
         f"--metrics-port={opts.metrics_port}",
+        f"--backend-config=python,shm-region-prefix-name={opts.shm_prefix}",
         *endpoint_args(opts),
     ]
     return argv, install.env()
@@ -237,6 +255,7 @@ class TritonProcess:
                 self._signal(signal.SIGKILL)
                 self.proc.wait(10)
         self._signal(signal.SIGKILL)  # leftover stubs of a server that exited on its own
+        remove_shm_regions(self.opts.shm_prefix)
         self._log.close()
         return self.proc.returncode
 

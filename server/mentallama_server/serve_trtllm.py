@@ -71,6 +71,7 @@ def start_trtllm_server(
         grpc_port=opts.grpc_port,
         http_port=opts.http_port,
         metrics_port=opts.metrics_port,
+        shm_prefix=opts.shm_prefix,
         rank0_args=endpoint_args(opts),
     )
     return launch(argv, dict(os.environ), run_dir, opts, ready_timeout_s)

@@ -1,9 +1,10 @@
 """TLS and mutual TLS of the SDK, against a stub gRPC server started in the test.
 
-``mentallama-serve`` has no TLS flags yet, so the server here is a minimal stand-in for Triton's
-gRPC service (``ServerLive``/``ServerReady``/``ModelReady`` and a ``ModelStreamInfer`` that streams
-a fixed answer), started with TLS or mTLS credentials. Certificates are made at test time with
-``cryptography``: a CA, a server certificate and a client certificate.
+The server here is a minimal stand-in for Triton's gRPC service (``ServerLive``/``ServerReady``/
+``ModelReady`` and a ``ModelStreamInfer`` that streams a fixed answer), started with TLS or mTLS
+credentials from ``tests/pki.py``; the real server behind TLS is tested in
+``tests/reliability/test_rel_security.py``. A stub is used here because it can name its certificate
+freely and observe every RPC from the server side.
 
 The stub also answers slowly on request, and records RPCs that ended before their answer: that
 is where the SDK's cancellation (leaving a stream, a deadline, a cancelled task) is observed from
@@ -13,8 +14,6 @@ the server side, deterministically; the real-server tests check that the engine 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import struct
 import threading
 import time
@@ -28,76 +27,15 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from mentallama import APIConnectionError, APITimeoutError, AsyncMentaLLaMAClient, MentaLLaMAClient
-
-x509 = pytest.importorskip("cryptography.x509", reason="the TLS tests need the dev dependency cryptography")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
+from tests.pki import Pem, Pki, make_pki
 
 STUB_CHUNKS = ("Yes, the poster suffers from depression.", " Reasoning: stub.")
 SLOW_PROMPT = "[slow]"  # the stub streams 500 chunks, 20 ms apart, for a prompt that contains this
 
 
-# --- certificates -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    cert: bytes
-    key: bytes
-
-
-def _issue(subject: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-           *, ca: bool = False, names: tuple[str, ...] = (), ips: tuple[str, ...] = ()
-           ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer[0].subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    sans = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-    return cert, key
-
-
-def _pem(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> KeyPair:
-    return KeyPair(
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                          serialization.NoEncryption()),  # fmt: skip
-    )
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: bytes
-    server: KeyPair  # valid for 127.0.0.1 and localhost
-    named_server: KeyPair  # valid for mentallama.test only
-    client: KeyPair
-    other_ca: bytes  # signs nothing we serve
-
-
 @pytest.fixture(scope="module")
 def pki() -> Pki:
-    ca = _issue("test CA", None, ca=True)
-    other = _issue("other CA", None, ca=True)
-    return Pki(
-        ca=_pem(*ca).cert,
-        server=_pem(*_issue("stub server", ca, names=("localhost",), ips=("127.0.0.1",))),
-        named_server=_pem(*_issue("named stub", ca, names=("mentallama.test",))),
-        client=_pem(*_issue("sdk client", ca)),
-        other_ca=_pem(*other).cert,
-    )
+    return make_pki()
 
 
 # --- stub server ------------------------------------------------------------------------------
@@ -189,7 +127,7 @@ class StubServer:
     service: StubInferenceService
 
 
-def _start(pair: KeyPair, client_ca: bytes | None) -> Iterator[StubServer]:
+def _start(pair: Pem, client_ca: bytes | None) -> Iterator[StubServer]:
     service = StubInferenceService()
     server = grpc.server(ThreadPoolExecutor(max_workers=4))
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)

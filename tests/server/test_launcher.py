@@ -139,3 +139,23 @@ def test_dead_engine_process_stops_the_server_with_an_error(tmp_path, tiny_check
     finally:
         kill_tree(proc)
     assert all(port_free("127.0.0.1", port) for port in p.values())
+
+
+@pytest.mark.server
+def test_killed_server_leaves_no_shared_memory_behind(tmp_path, tiny_checkpoint):
+    from mentallama_server.launcher import SHM_DIR, ServerOptions
+    from mentallama_server.serve import start_cpu_server
+    from mentallama_server.settings import CpuSettings
+
+    opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    settings = CpuSettings(max_output_len=64, cache_num_blocks=64)
+    server = start_cpu_server(str(tiny_checkpoint), settings, opts, tmp_path)
+    try:
+        regions = list(SHM_DIR.glob(f"{opts.shm_prefix}*"))
+        assert len(regions) >= 4  # one per Python-backend model instance, named with this server's prefix
+        os.killpg(server.proc.pid, signal.SIGKILL)  # as an OOM kill or the launcher's hard deadline does
+        server.proc.wait(30)
+        assert all(region.exists() for region in regions)  # nobody left to unlink them...
+    finally:
+        server.stop()
+    assert not list(SHM_DIR.glob(f"{opts.shm_prefix}*"))  # ...but stop() does

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mentallama_server.launcher import ServerOptions, free_port
+from mentallama_server.launcher import ServerOptions, TritonProcess, free_port
 from mentallama_server.serve import start_cpu_server
 from mentallama_server.settings import CpuSettings
 from tests.server.triton_io import StreamCall, infer, make_inputs, scrape_metric
@@ -17,32 +17,50 @@ LONG = "Consider this post: I can't sleep. Question: Does the poster suffer from
 
 
 @pytest.fixture(scope="module")
-def small_server(tiny_checkpoint, tmp_path_factory) -> Iterator[tuple[str, str]]:
+def small_server(tiny_checkpoint, tmp_path_factory) -> Iterator[tuple[str, str, TritonProcess]]:
     # 2 running + 2 waiting requests at most.
     # Long generations (the tiny model makes ~500 tokens/s) keep the engine full while the test probes it.
     settings = CpuSettings(engine_max_batch_size=2, max_queue_size=2, max_output_len=3000, cache_num_blocks=512)
     opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     server = start_cpu_server(str(tiny_checkpoint), settings, opts, tmp_path_factory.mktemp("overload"))
     try:
-        yield f"127.0.0.1:{opts.grpc_port}", f"http://127.0.0.1:{opts.metrics_port}/metrics"
+        yield f"127.0.0.1:{opts.grpc_port}", f"http://127.0.0.1:{opts.metrics_port}/metrics", server
     finally:
         server.stop()
 
 
+def _wait_for_full_engine(metrics: str, holders: list[StreamCall], server: TritonProcess) -> None:
+    """Wait until the engine holds all four requests; on timeout, fail with what each side saw."""
+    seen: list[tuple[float, float | None]] = []
+    started = time.monotonic()
+    while time.monotonic() - started < 60:
+        tracked = scrape_metric(metrics, "mentallama_engine_tracked_requests")
+        if not seen or seen[-1][1] != tracked:
+            seen.append((round(time.monotonic() - started, 2), tracked))
+        if tracked == 4:
+            return
+        time.sleep(0.05)
+    ended = [call.peek() for call in holders]
+    pytest.fail(
+        f"the engine never held 4 requests; tracked gauge (s, value): {seen}; holders: {ended}; "
+        f"server log:\n{server.log_tail(40)}"
+    )
+
+
 @pytest.mark.parametrize("model", ["mentallama", "ensemble"])
 def test_excess_requests_are_refused_quickly_and_service_recovers(small_server, model):
-    url, metrics = small_server
+    url, metrics, server = small_server
     holders = [
         StreamCall(url, model, make_inputs(LONG, 3000, stream=True, min_tokens=3000)) for _ in range(4)
     ]
     try:
-        deadline = time.monotonic() + 30
-        while scrape_metric(metrics, "mentallama_engine_tracked_requests") != 4 and time.monotonic() < deadline:
-            time.sleep(0.05)  # two running, two waiting in the engine
+        _wait_for_full_engine(metrics, holders, server)  # two running, two waiting in the engine
         started = time.monotonic()
         refused = infer(url, model, "Hello", 4)
         assert time.monotonic() - started < 5
-        assert refused.error is not None and "overloaded" in refused.error
+        assert refused.error is not None and "overloaded" in refused.error, (
+            f"admitted past the limit; holders: {[call.peek() for call in holders]}"
+        )
     finally:
         for call in holders:
             call.close()

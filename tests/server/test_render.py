@@ -55,6 +55,16 @@ def test_every_config_parses_as_model_config(rendered, profile):
     assert configs["tensorrt_llm"].model_transaction_policy.decoupled
 
 
+def test_cpu_engine_queue_holds_every_request_the_engine_admits(rendered):
+    # Triton's queue in front of execute() must not refuse what the engine step would still accept.
+    config = load(rendered["cpu"] / "tensorrt_llm" / "config.pbtxt")
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    settings = CpuSettings()
+    admitted = settings.engine_max_batch_size + settings.max_queue_size
+    assert int(params["max_pending_requests"]) == admitted
+    assert config.dynamic_batching.default_queue_policy.max_queue_size == admitted
+
+
 @pytest.mark.parametrize("profile", ["cpu", "trtllm"])
 def test_ensemble_maps_connect_existing_tensors_with_matching_types(rendered, profile):
     repo = rendered[profile]

@@ -74,6 +74,16 @@ class StreamCall:
     def next(self, timeout: float = 60.0):
         return self.queue.get(timeout=timeout)
 
+    def peek(self) -> str:
+        """What has arrived so far, for failure messages: response count, whether final, any error."""
+        items = list(self.queue.queue)
+        errors = [str(error) for _, error in items if error is not None]
+        final = any(
+            response is not None and response.get_response().parameters["triton_final_response"].bool_param
+            for response, _ in items
+        )
+        return f"{len(items)} responses, final={final}, errors={errors}"
+
     def result(self, timeout: float = 120.0) -> StreamResult:
         out = StreamResult()
         try:

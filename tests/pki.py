@@ -1,5 +1,6 @@
-"""Certificates made at test time: a CA with a server and a client certificate, and a second, unrelated CA
-with its own client certificate (what an attacker or a misconfigured client holds)."""
+"""Certificates made at test time, for the SDK's TLS tests and the server's: a CA with server and client
+certificates, and a second, unrelated CA with its own client certificate (what an attacker or a
+misconfigured client holds)."""
 
 from __future__ import annotations
 
@@ -33,13 +34,17 @@ class Pem:
 class Pki:
     ca: bytes
     server: Pem
+    """Valid for 127.0.0.1 and localhost."""
+    named_server: Pem
+    """Valid for mentallama.test only (server-name override)."""
     client: Pem
     other_ca: bytes
     other_client: Pem
     """A client certificate signed by `other_ca`, which the server does not trust."""
 
 
-def _issue(subject: str, issuer: Issuer | None, *, ca: bool = False, server: bool = False) -> Issuer:
+def _issue(subject: str, issuer: Issuer | None, *, ca: bool = False, names: tuple[str, ...] = (),
+           ips: tuple[str, ...] = ()) -> Issuer:  # fmt: skip
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -53,8 +58,8 @@ def _issue(subject: str, issuer: Issuer | None, *, ca: bool = False, server: boo
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
-    if server:
-        sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    sans = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return builder.sign(issuer[1] if issuer else key, hashes.SHA256()), key
 
@@ -73,7 +78,8 @@ def make_pki() -> Pki:
     other = _issue("some other CA", None, ca=True)
     return Pki(
         ca=_pem(ca).cert,
-        server=_pem(_issue("mentallama server", ca, server=True)),
+        server=_pem(_issue("mentallama server", ca, names=("localhost",), ips=("127.0.0.1",))),
+        named_server=_pem(_issue("named server", ca, names=("mentallama.test",))),
         client=_pem(_issue("mentallama client", ca)),
         other_ca=_pem(other).cert,
         other_client=_pem(_issue("stranger", other)),
