@@ -36,7 +36,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 bench: setup
-	$(BIN)/python benchmarks/serving_overhead.py --model bench --concurrency 1,4,16 --requests 64
+	$(BIN)/python benchmarks/serving_overhead.py --model bench --concurrency 1,4,16
 
 clean:
 	rm -rf artifacts/runs .pytest_cache

@@ -3,9 +3,11 @@
 Starts the CPU profile on free loopback ports, then `mentallama-bench --compare-engine` runs the same
 synthetic load (fixed prompt and output lengths, same seed) against the served `mentallama` model and
 against `CpuEngine` built with the server's own settings, one concurrency at a time, and prints the
-served/in-process ratios measured in this one run.
+served/in-process ratios measured in this one run (`make bench`).
 
-    python benchmarks/serving_overhead.py --model bench --concurrency 1,4,16 --requests 64
+    python benchmarks/serving_overhead.py --model bench --concurrency 1,4,16 --requests 32 --output-len 128
+
+Short answers make a CPU engine prefill-bound, where concurrency buys little: the README shows both.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="bench", help="tiny, bench or a checkpoint folder")
     parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--requests", type=int, default=64, help="measured requests per concurrency")
+    parser.add_argument("--requests", type=int, default=32, help="measured requests per concurrency")
     parser.add_argument("--input-len", type=int, default=128)
-    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--output", type=Path, default=Path("results/serving_overhead"))
     args = parser.parse_args(argv)
 
