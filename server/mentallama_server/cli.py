@@ -48,6 +48,9 @@ def serve(
     render: Annotated[Path | None, typer.Option(help="write the rendered repository here and exit")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="folder for the rendered repository and logs")] = None,
     demo: Annotated[bool, typer.Option(help="send one sample analysis (gRPC streaming), print it, stop")] = False,
+    shm_pool_mib: Annotated[
+        int, typer.Option(help="shared-memory pool per Python model instance in /dev/shm, MiB (see README)")
+    ] = ServerOptions.shm_pool_mib,
     ready_timeout: float = 300.0,
     engine_max_batch_size: int = CpuSettings.engine_max_batch_size,
     cache_num_blocks: int = CpuSettings.cache_num_blocks,
@@ -73,6 +76,7 @@ def serve(
         tls_key=tls_key,
         tls_ca=tls_ca,
         admin_key=admin_key,
+        shm_pool_mib=shm_pool_mib,
     )
     given = locals()
     try:

@@ -44,6 +44,12 @@ class ServerOptions:
     extra_args: tuple[str, ...] = ()
     shm_prefix: str = field(default_factory=lambda: f"mentallama_{uuid.uuid4().hex[:12]}_")
     """Name prefix of this server's Python-backend shared-memory regions, removed after it stops."""
+    shm_pool_mib: int = 16
+    """Initial size (and growth step) of each Python-backend model instance's shared-memory pool. Triton
+    2.51's stub grows a full pool by re-mapping it while other threads use it, which crashed the `mentallama`
+    front model under concurrent streams; a pool that starts large enough never has to grow (the front
+    model's grew to 3 MiB under 32 concurrent streams). The pool is allocated whole: 4 instances x 16 MiB
+    of /dev/shm per CPU server."""
 
 
 SHM_DIR = Path("/dev/shm")
@@ -91,9 +97,20 @@ def endpoint_args(opts: ServerOptions) -> list[str]:
         "--allow-metrics=true",
         "--allow-gpu-metrics=false",
         f"--metrics-address={opts.host}",
+        *shm_pool_args(opts),
         *tls_args(opts),
         *admin_args(opts),
         *opts.extra_args,
+    ]
+
+
+def shm_pool_args(opts: ServerOptions) -> list[str]:
+    if opts.shm_pool_mib < 1:
+        raise LaunchError(f"the shared-memory pool needs at least 1 MiB, got {opts.shm_pool_mib}")
+    size = opts.shm_pool_mib * 2**20
+    return [
+        f"--backend-config=python,shm-default-byte-size={size}",
+        f"--backend-config=python,shm-growth-byte-size={size}",
     ]
 
 

@@ -142,7 +142,7 @@ def test_dead_engine_process_stops_the_server_with_an_error(tmp_path, tiny_check
 
 
 @pytest.mark.server
-def test_killed_server_leaves_no_shared_memory_behind(tmp_path, tiny_checkpoint):
+def test_shared_memory_is_preallocated_and_removed_even_after_a_kill(tmp_path, tiny_checkpoint):
     from mentallama_server.launcher import SHM_DIR, ServerOptions
     from mentallama_server.serve import start_cpu_server
     from mentallama_server.settings import CpuSettings
@@ -153,6 +153,8 @@ def test_killed_server_leaves_no_shared_memory_behind(tmp_path, tiny_checkpoint)
     try:
         regions = list(SHM_DIR.glob(f"{opts.shm_prefix}*"))
         assert len(regions) >= 4  # one per Python-backend model instance, named with this server's prefix
+        # Allocated whole at start, so the stub never grows (re-maps) it under load.
+        assert {region.stat().st_size for region in regions} == {opts.shm_pool_mib * 2**20}
         os.killpg(server.proc.pid, signal.SIGKILL)  # as an OOM kill or the launcher's hard deadline does
         server.proc.wait(30)
         assert all(region.exists() for region in regions)  # nobody left to unlink them...

@@ -8,8 +8,15 @@ the engine a `stop` request for them, which Triton 2.51 would not forward by its
 Every call into `pb_utils` (building, sending and reading tensors and responses, `is_cancelled`) holds one
 lock; issuing a BLS request and waiting for the engine's next response do not (both wait on the engine).
 The Python-backend stub of Triton 2.51 crashed when threads used it at once (docs/RELIABILITY.md).
+
+Finished BLS response iterators are kept for a few seconds before they are let go. The stub holds its
+own reference to each iterator and drops it from a C++ thread that does not hold the GIL; when that is the
+last reference, the responses inside (numpy arrays) are freed without the GIL. Kept here, the last
+reference is always released by a Python thread. Together with a shared-memory pool that never has to
+grow (the launcher's `--shm-pool-mib`), this ended the heap corruptions seen under many cancelled streams.
 """
 
+import collections
 import threading
 import time
 import uuid
@@ -28,6 +35,7 @@ from mentallama_server.triton_params import get_parameter, parse_model_config
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 ENGINE_OUTPUTS = ["output_ids", "sequence_length", "cum_log_probs", "output_log_probs"]
 WATCH_INTERVAL_S = 0.05
+RETIRE_AFTER_S = 5.0  # far longer than the stub takes to forget a finished iterator (milliseconds)
 
 
 def _error(message: str, code=None):
@@ -66,6 +74,7 @@ class TritonPythonModel:
         self.calls_lock = threading.Lock()
         self.pb_lock = threading.RLock()
         self.stopping = threading.Event()
+        self.retired: collections.deque[tuple[float, object]] = collections.deque()
         threading.Thread(target=self._watch, name="cancel-watcher", daemon=True).start()
 
     def execute(self, requests):
@@ -117,7 +126,19 @@ class TritonPythonModel:
             )
         # exec() waits until the engine answers: holding the lock there would stall every other request.
         responses = iter(infer.exec(decoupled=True))
-        self._stream(call, front, responses)
+        try:
+            self._stream(call, front, responses)
+        finally:
+            self._retire(responses)
+
+    def _retire(self, iterator) -> None:
+        """Keep a finished BLS iterator until the watcher releases it (see the module docstring)."""
+        self.retired.append((time.monotonic(), iterator))  # deque appends are atomic
+
+    def _release_retired(self) -> None:
+        cutoff = time.monotonic() - RETIRE_AFTER_S
+        while self.retired and self.retired[0][0] < cutoff:
+            self.retired.popleft()
 
     def _stream(self, call: _Call, front: FrontRequest, responses):
         texts: list[str] = []
@@ -207,6 +228,7 @@ class TritonPythonModel:
 
     def _watch(self):
         while not self.stopping.wait(WATCH_INTERVAL_S):
+            self._release_retired()
             with self.calls_lock:
                 calls = list(self.calls.values())
             for call in calls:
@@ -220,8 +242,10 @@ class TritonPythonModel:
     def _stop_engine(self, engine_id: str):
         with self.pb_lock:
             stop = self._stop_request(engine_id)
-        for _ in stop.exec(decoupled=True):
+        responses = stop.exec(decoupled=True)
+        for _ in responses:
             pass
+        self._retire(responses)
 
     def _stop_request(self, engine_id: str):
         return pb_utils.InferenceRequest(
