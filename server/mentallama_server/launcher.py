@@ -46,10 +46,10 @@ class ServerOptions:
     """Name prefix of this server's Python-backend shared-memory regions, removed after it stops."""
     shm_pool_mib: int = 16
     """Initial size (and growth step) of each Python-backend model instance's shared-memory pool. Triton
-    2.51's stub grows a full pool by re-mapping it while other threads use it, which crashed the `mentallama`
-    front model under concurrent streams; a pool that starts large enough never has to grow (the front
-    model's grew to 3 MiB under 32 concurrent streams). The pool is allocated whole: 4 instances x 16 MiB
-    of /dev/shm per CPU server."""
+    2.51's stub grows a full pool by replacing the allocator other threads are using, a crash hazard for the
+    multi-threaded `mentallama` front model (docs/RELIABILITY.md); a pool that starts large enough never has
+    to grow (the front model's grew to 3 MiB under 32 concurrent streams). The pool is allocated whole:
+    4 instances x 16 MiB of /dev/shm per CPU server."""
 
 
 SHM_DIR = Path("/dev/shm")

@@ -12,8 +12,9 @@ The Python-backend stub of Triton 2.51 crashed when threads used it at once (doc
 Finished BLS response iterators are kept for a few seconds before they are let go. The stub holds its
 own reference to each iterator and drops it from a C++ thread that does not hold the GIL; when that is the
 last reference, the responses inside (numpy arrays) are freed without the GIL. Kept here, the last
-reference is always released by a Python thread. Together with a shared-memory pool that never has to
-grow (the launcher's `--shm-pool-mib`), this ended the heap corruptions seen under many cancelled streams.
+reference is always released by a Python thread. Since this and a shared-memory pool that never has to
+grow (the launcher's `--shm-pool-mib`), the heap corruptions seen under many cancelled streams have not
+recurred in the soaks (docs/RELIABILITY.md).
 """
 
 import collections
