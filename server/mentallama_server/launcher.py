@@ -232,14 +232,30 @@ class TritonProcess:
     def health_problem(self) -> str | None:
         """Why this server can no longer serve, or None. Triton 2.51 keeps reporting ready after a
         Python-backend stub died (requests then fail with "stub process is not healthy"), so the
-        launcher watches the stubs itself."""
-        if self.proc.poll() is not None:
-            return f"tritonserver exited with code {self.proc.returncode}"
-        alive = self.stub_pids()
-        dead = sorted({model for pid, model in self.expected_stubs.items() if pid not in alive})
+        launcher watches the stubs itself. A dead stub is named first: tritonserver sometimes aborts right
+        after one dies, and its exit is then the consequence, not the cause."""
+        dead = self.dead_stub_models()
+        exited = self.proc.poll()
         if dead:
-            return f"the Python-backend process of model(s) {', '.join(dead)} died"
+            then = "" if exited is None else f"; tritonserver then exited with code {exited}"
+            return f"the Python-backend process of model(s) {', '.join(dead)} died{then}"
+        if exited is not None:
+            return f"tritonserver exited with code {exited}"
         return None
+
+    def dead_stub_models(self) -> list[str]:
+        """Models whose stub, recorded when the server became ready, is gone or a zombie. Checked pid by pid
+        (not as children of tritonserver) so that the answer holds after tritonserver itself has died."""
+        import psutil
+
+        dead = set()
+        for pid, model in self.expected_stubs.items():
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    dead.add(model)
+            except psutil.NoSuchProcess:
+                dead.add(model)
+        return sorted(dead)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

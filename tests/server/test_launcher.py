@@ -161,3 +161,25 @@ def test_shared_memory_is_preallocated_and_removed_even_after_a_kill(tmp_path, t
     finally:
         server.stop()
     assert not list(SHM_DIR.glob(f"{opts.shm_prefix}*"))  # ...but stop() does
+
+
+@pytest.mark.server
+def test_a_dead_stub_is_named_even_when_tritonserver_dies_after_it(tmp_path, tiny_checkpoint):
+    # Triton 2.51 sometimes aborts right after a stub dies; the launcher must still report the cause.
+    from mentallama_server.launcher import ServerOptions
+    from mentallama_server.serve import start_cpu_server
+    from mentallama_server.settings import CpuSettings
+
+    opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    server = start_cpu_server(str(tiny_checkpoint), CpuSettings(max_output_len=64, cache_num_blocks=64), opts, tmp_path)
+    try:
+        assert server.health_problem() is None
+        engine = next(pid for pid, model in server.expected_stubs.items() if model == "tensorrt_llm")
+        os.kill(engine, signal.SIGKILL)
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(30)
+        problem = server.health_problem()
+        assert problem is not None and "tensorrt_llm" in problem and "died" in problem
+        assert "tritonserver then exited with code -9" in problem
+    finally:
+        server.stop()
