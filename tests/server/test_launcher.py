@@ -176,7 +176,10 @@ def test_a_dead_stub_is_named_even_when_tritonserver_dies_after_it(tmp_path, tin
         assert server.health_problem() is None
         engine = next(pid for pid, model in server.expected_stubs.items() if model == "tensorrt_llm")
         os.kill(engine, signal.SIGKILL)
-        os.kill(server.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while server.dead_stub_models() != ["tensorrt_llm"] and time.monotonic() < deadline:
+            time.sleep(0.05)  # a killed process takes a moment to become a zombie
+        os.kill(server.proc.pid, signal.SIGKILL)  # then tritonserver goes down too, as when it aborts
         server.proc.wait(30)
         problem = server.health_problem()
         assert problem is not None and "tensorrt_llm" in problem and "died" in problem
