@@ -207,7 +207,12 @@ def test_cancelled_stream_frees_its_slot(cpu_server):
     ]
     for call in calls:
         call.next(60)
-    active = scrape_metric(cpu_server.metrics_url, "mentallama_engine_requests", 'state="active"')
+    # The gauges are sampled every 50 ms by the engine step's watcher: wait for a sample that shows the streams.
+    deadline = time.monotonic() + 10
+    active = None
+    while not active and time.monotonic() < deadline:
+        active = scrape_metric(cpu_server.metrics_url, "mentallama_engine_requests", 'state="active"')
+        time.sleep(0.05)
     assert active is not None and active >= 1
     started = time.monotonic()
     for call in calls:
