@@ -5,31 +5,32 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from mentallama_server.launcher import ServerOptions
 
 
 @dataclass(frozen=True)
 class RunningServer:
-    host: str
-    grpc_port: int
-    http_port: int
-    metrics_port: int
+    opts: ServerOptions
     checkpoint: Path
     run_dir: Path
     log_path: Path
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return self.opts.grpc_url
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return self.opts.http_url
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
+        return self.opts.metrics_url
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +56,6 @@ def cpu_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
     settings = CpuSettings(max_input_len=1024, max_output_len=1024, cache_num_blocks=256, cache_block_size=32)
     server = start_cpu_server(str(tiny_checkpoint), settings, opts, run_dir)
     try:
-        yield RunningServer(
-            host, opts.grpc_port, opts.http_port, opts.metrics_port, tiny_checkpoint, run_dir, server.log_path
-        )
+        yield RunningServer(opts, tiny_checkpoint, run_dir, server.log_path)
     finally:
         server.stop()

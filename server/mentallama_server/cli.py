@@ -115,15 +115,15 @@ def _exit_on_signal(signum: int, _frame) -> None:
 
 def _serve(server: TritonProcess, profile: str, opts: ServerOptions, demo: bool) -> None:
     typer.echo(f"Triton is ready (profile {profile}, log {server.log_path})")
-    typer.echo(f"  gRPC    {opts.host}:{opts.grpc_port}   models: mentallama (default), ensemble")
+    typer.echo(f"  gRPC    {opts.grpc_url}   models: mentallama (default), ensemble")
     if opts.http:
-        typer.echo(f"  HTTP    http://{opts.host}:{opts.http_port}")
-    typer.echo(f"  metrics http://{opts.host}:{opts.metrics_port}/metrics")
+        typer.echo(f"  HTTP    {opts.http_url}")
+    typer.echo(f"  metrics {opts.metrics_url}")
     try:
         if demo:
             from mentallama_server.demo import run_demo
 
-            run_demo(f"{opts.host}:{opts.grpc_port}")
+            run_demo(opts.grpc_url)
             return
         _wait_for_signal(server)
     finally:

@@ -51,19 +51,29 @@ class ServerOptions:
     to grow (the front model's grew to 3 MiB under 32 concurrent streams). The pool is allocated whole:
     4 instances x 16 MiB of /dev/shm per CPU server."""
 
+    @property
+    def grpc_url(self) -> str:
+        """host:port, as gRPC clients take it."""
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
 
 SHM_DIR = Path("/dev/shm")
 
 
-def remove_shm_regions(prefix: str) -> int:
+def remove_shm_regions(prefix: str) -> None:
     """Unlink the Python-backend regions a killed server leaves in /dev/shm (1 MiB or more each: on a
     shared HPC node or a container with a small /dev/shm they add up until no stub can start)."""
-    removed = 0
     for region in SHM_DIR.glob(f"{prefix}*"):
         with contextlib.suppress(FileNotFoundError):
             region.unlink()
-            removed += 1
-    return removed
 
 
 def port_free(host: str, port: int) -> bool:
@@ -185,7 +195,7 @@ class TritonProcess:
 
     @property
     def ready_url(self) -> str:
-        return f"http://{self.opts.host}:{self.opts.http_port}/v2/health/ready"
+        return f"{self.opts.http_url}/v2/health/ready"
 
     def is_ready(self) -> bool:
         if self.opts.http:
@@ -204,7 +214,7 @@ class TritonProcess:
         import tritonclient.grpc as grpcclient
 
         try:
-            with grpcclient.InferenceServerClient(f"{self.opts.host}:{self.opts.grpc_port}") as client:
+            with grpcclient.InferenceServerClient(self.opts.grpc_url) as client:
                 return client.is_server_ready(client_timeout=2)
         except Exception:
             return False

@@ -19,7 +19,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_short_sweep_against_the_cpu_server(cpu_server, tmp_path: Path) -> None:
     args = [
         "--endpoint", cpu_server.grpc_url, "--backend", "triton-grpc,triton-http",
-        "--http-endpoint", f"{cpu_server.host}:{cpu_server.http_port}",
+        "--http-endpoint", f"{cpu_server.opts.host}:{cpu_server.opts.http_port}",
         "--metrics-url", cpu_server.metrics_url,
         "--concurrency", "1,4", "--requests", "5", "--warmup", "1", "--seed", "3",
         "--tokenizer", str(cpu_server.checkpoint),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from mentallama_server.launcher import free_port
+from mentallama_server.launcher import ServerOptions, free_port
 from tests.reliability.rel_servers import HOST, READY_TIMEOUT_S
 
 SERVE = str(Path(sys.executable).parent / "mentallama-serve")
@@ -26,11 +26,14 @@ class LaunchedServer:
     """
 
     def __init__(self, checkpoint: Path, run_dir: Path, *flags: str, env: dict[str, str] | None = None) -> None:
-        self.ports = {name: free_port(HOST) for name in ("grpc", "http", "metrics")}
+        self.opts = ServerOptions(
+            host=HOST, grpc_port=free_port(HOST), http_port=free_port(HOST), metrics_port=free_port(HOST)
+        )
         self.run_dir = run_dir
         argv = [
             SERVE, "--profile=cpu", f"--model={checkpoint}", f"--run-dir={run_dir}",
-            *(f"--{name}-port={port}" for name, port in self.ports.items()), *flags,
+            f"--grpc-port={self.opts.grpc_port}", f"--http-port={self.opts.http_port}",
+            f"--metrics-port={self.opts.metrics_port}", *flags,
         ]  # fmt: skip
         self.lines: list[str] = []
         self._ready = threading.Event()
@@ -53,15 +56,15 @@ class LaunchedServer:
 
     @property
     def grpc_url(self) -> str:
-        return f"{HOST}:{self.ports['grpc']}"
+        return self.opts.grpc_url
 
     @property
     def http_url(self) -> str:
-        return f"http://{HOST}:{self.ports['http']}"
+        return self.opts.http_url
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{HOST}:{self.ports['metrics']}/metrics"
+        return self.opts.metrics_url
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> LaunchedServer:
         if not self._ready.wait(timeout_s) or self.proc.poll() is not None:

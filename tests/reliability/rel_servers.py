@@ -42,15 +42,15 @@ class Replica:
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.opts.host}:{self.opts.grpc_port}"
+        return self.opts.grpc_url
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.opts.host}:{self.opts.http_port}"
+        return self.opts.http_url
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.opts.host}:{self.opts.metrics_port}/metrics"
+        return self.opts.metrics_url
 
     @property
     def pid(self) -> int:

@@ -121,7 +121,7 @@ def test_every_socket_listens_on_loopback_only(servers):
     admin = servers.admin
     listening = _listening(admin.tritonserver().pid)  # the launcher's defaults: no --host given
     assert {ip for ip, _ in listening} == {HOST}, listening
-    assert set(admin.ports.values()) <= {port for _, port in listening}
+    assert {admin.opts.grpc_port, admin.opts.http_port, admin.opts.metrics_port} <= {port for _, port in listening}
     for replica in (servers.tls, servers.mtls):
         assert {ip for ip, _ in _listening(replica.pid)} == {HOST}
 

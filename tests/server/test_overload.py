@@ -24,7 +24,7 @@ def small_server(tiny_checkpoint, tmp_path_factory) -> Iterator[tuple[str, str, 
     opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     server = start_cpu_server(str(tiny_checkpoint), settings, opts, tmp_path_factory.mktemp("overload"))
     try:
-        yield f"127.0.0.1:{opts.grpc_port}", f"http://127.0.0.1:{opts.metrics_port}/metrics", server
+        yield opts.grpc_url, opts.metrics_url, server
     finally:
         server.stop()
 
