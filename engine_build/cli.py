@@ -66,6 +66,38 @@ def check(
 app.command("engine")(engine)
 
 
+@app.command()
+def nano(
+    data: Annotated[Path, typer.Option(help="IMHI train_instruction/ folder (<task>/*.csv).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint folder to write.")],
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: --epochs).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the data (default 1).")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop (and save) after this much training.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the tokenizer, the weights and the data order.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved in <output>.state/.")] = False,
+    exclude: Annotated[
+        Path | None, typer.Option(help="Folder of test CSVs whose queries are dropped (default: ../test_instruction).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use at most this many rows (smoke tests).")] = None,
+    save_minutes: Annotated[float, typer.Option(help="Minutes between checkpoints.")] = 5.0,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    vocab_size: Annotated[int, typer.Option(help="SentencePiece pieces (a few dozen rows hold ~1,000).")] = 8000,
+) -> None:
+    """Train MentaLLaMA-nano (a small LLaMA) on the IMHI training data, on the CPU; see engine_build/nano.py."""
+    from engine_build.nano import NanoRecipe, default_exclude, describe_result, train_nano
+
+    try:
+        result = train_nano(
+            data, output, steps=steps, epochs=epochs, max_minutes=max_minutes, seed=seed, resume=resume,
+            exclude=exclude if exclude is not None else default_exclude(data), limit=limit,
+            save_minutes=save_minutes, threads=threads, recipe=NanoRecipe(vocab_size=vocab_size), echo=typer.echo,
+        )  # fmt: skip
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(describe_result(result))
+
+
 def main() -> None:
     app()
 
