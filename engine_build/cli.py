@@ -66,6 +66,22 @@ def check(
 app.command("engine")(engine)
 
 
+@app.command("label-model")
+def label_model(
+    data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="IMHI train_instruction/ folder (or root).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.npz).")],
+    limit: Annotated[int | None, typer.Option(help="At most this many rows per CSV (smoke tests).")] = None,
+) -> None:
+    """Train the SDK's label models (explanation -> label); see engine_build/label_model.py."""
+    from engine_build.label_model import TrainConfig, train_label_models
+
+    try:
+        train_label_models(data, output, TrainConfig(limit=limit), echo=typer.echo)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+
+
 @app.command()
 def nano(
     data: Annotated[Path, typer.Option(help="IMHI train_instruction/ folder (<task>/*.csv).")],

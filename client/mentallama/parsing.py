@@ -31,10 +31,11 @@ import bisect
 import re
 from dataclasses import dataclass
 
+from .label_model import LabelModel, TaskLabelModel, default_model
 from .tasks import TASKS, TaskInfo, get_task
 from .types import Analysis
 
-__all__ = ["parse_response", "LABEL_PATTERNS"]
+__all__ = ["parse_response", "read_rules", "LABEL_PATTERNS", "OVERRIDE_THRESHOLDS", "RuleReading"]
 
 _F = re.IGNORECASE
 
@@ -243,10 +244,16 @@ def _sentences(text: str) -> list[str]:
 
 def _binary_sentence(spec: _Spec, sentence: str) -> str | None:
     """``"yes"``/``"no"`` when ``sentence`` states the verdict, else ``None``."""
+    return _binary_verdict(spec, sentence)[0]
+
+
+def _binary_verdict(spec: _Spec, sentence: str) -> tuple[str | None, str]:
+    """``(verdict, how)``: how is ``"answer"`` (a leading Yes/No, "the answer is no"), ``"clause"``
+    (a main clause), ``"concessive"`` (only a while/although clause decides) or ``""`` (nothing)."""
     assert spec.topic is not None and spec.predicate is not None
     m = _YES_NO_START_RE.match(sentence) or _YES_NO_ANSWER_RE.search(sentence)
     if m:
-        return m.group(1).lower()
+        return m.group(1).lower(), "answer"
     concessive_verdict = None
     for clause, concessive in _clauses(sentence):
         topic = spec.topic.search(clause)
@@ -257,10 +264,10 @@ def _binary_sentence(spec: _Spec, sentence: str) -> str | None:
             scope_end = max(topic.start(), predicate.start())
             verdict = "no" if _negated(clause[:scope_end]) else "yes"
             if not concessive:
-                return verdict
+                return verdict, "clause"
             # "While X is not stated, the poster suffers from Y": the main clause has the verdict.
             concessive_verdict = concessive_verdict or verdict
-    return concessive_verdict
+    return concessive_verdict, "concessive" if concessive_verdict else ""
 
 
 # ---------------------------------------------------------------- multi-class tasks
@@ -304,14 +311,6 @@ def _first_affirmed(spec: _Spec, text: str, mentions: list[_Mention]) -> str | N
     return None
 
 
-def _multiclass_region(spec: _Spec, region: str) -> str | None:
-    assert spec.bare is not None
-    bare = re.sub(r"[\W_]+", " ", region).strip().lower()
-    if bare in spec.bare:
-        return spec.bare[bare]
-    return _first_affirmed(spec, region, _mentions(spec, region))
-
-
 def _multiclass_sentence(spec: _Spec, sentence: str) -> str | None:
     """Label stated by an explanation sentence: the first affirmed mention after a cue."""
     assert spec.cue is not None
@@ -322,40 +321,116 @@ def _multiclass_sentence(spec: _Spec, sentence: str) -> str | None:
     return _first_affirmed(spec, sentence, after_cue)
 
 
-# ---------------------------------------------------------------- entry point
-
-
-def _decide_region(spec: _Spec, region: str) -> str | None:
-    if spec.task.is_binary:
-        for sentence in _sentences(region):
-            label = _binary_sentence(spec, sentence)
-            if label is not None:
-                return label
-        return None
-    return _multiclass_region(spec, region)
-
-
-def _decide_explanation(spec: _Spec, text: str) -> str | None:
+def _explanation_verdict(spec: _Spec, text: str) -> tuple[str | None, str]:
+    """``(label, how)``: how is ``"conclusion"`` when a concluding sentence (``Therefore, ...``)
+    states the label, ``"explanation"`` when only other sentences do, ``"none"`` without a label."""
     votes: list[tuple[str, bool]] = []
     for sentence in _sentences(text):
         label = _binary_sentence(spec, sentence) if spec.task.is_binary else _multiclass_sentence(spec, sentence)
         if label is not None:
             votes.append((label, _CONCLUSION_RE.search(sentence) is not None))
+    concluding = [label for label, final in votes if final]
     distinct = {label for label, _ in votes}
     if len(distinct) == 1:
-        return distinct.pop()
-    concluding = [label for label, final in votes if final]
-    return concluding[-1] if concluding else None
+        label = distinct.pop()
+        return label, "conclusion" if concluding else "explanation"
+    return (concluding[-1], "conclusion") if concluding else (None, "none")
 
 
-def parse_response(task: str | TaskInfo, text: str) -> Analysis:
-    """Parse MentaLLaMA's answer ``text`` for ``task`` into an :class:`Analysis`.
+# ---------------------------------------------------------------- how plainly the verdict is stated
 
-    ``label`` is one of the task's canonical labels or ``None`` when the text does not say
-    (see the module docstring for the rules and the "first stated label wins" choice).
-    Raises ``ValueError`` for an unknown task and ``TypeError`` when ``text`` is not a ``str``;
-    never raises for any string.
-    """
+# A verdict sentence with one of these is hedged: the label goes to the label model.
+_HEDGE_RE = _words(
+    r"may|might|could|possibl[ey]|perhaps|probably|likely|unlikely|potential(?:ly)?|seems?|seemingly|appears?"
+    r"|unclear|uncertain|not clear|not necessarily|not explicitly|to some (?:extent|degree)"
+    r"|some (?:signs|degree|level|extent|indications?)|(?:difficult|hard) to"
+)
+# One option of a list ("A. Family issues", "2) Work", "- No"): short, on a line of its own.
+_OPTION_LINE_RE = re.compile(r"[ \t]*(?:\(?[A-Ia-i1-9][.):]|[-*\u2022])[ \t]+(?P<item>[^\n]{1,60}?)[ \t]*(?:\n|$)")
+_OPTION_LINES_MIN = 2
+
+
+def _option_block(spec: _Spec, norm: str, start: int) -> tuple[int, int] | None:
+    """Span of a list of the task's options at the top of the answer (within its first three
+    lines), e.g. ``"A. Family issues\nB. Financial problem\n..."`` or ``"A. Yes\nB. No"``."""
+    lines = 0
+    pos = start
+    while lines < 3 and pos < len(norm):
+        first = pos
+        count, end = 0, pos
+        while True:
+            m = _OPTION_LINE_RE.match(norm, end)
+            if m is None or not _names_option(spec, m.group("item")):
+                break
+            count, end = count + 1, m.end()
+            while end < len(norm) and norm[end] in " \t\n":  # blank lines between options
+                end += 1
+        if count >= _OPTION_LINES_MIN:
+            return first, end
+        newline = norm.find("\n", pos)
+        if newline < 0:
+            return None
+        pos, lines = newline + 1, lines + 1
+    return None
+
+
+def _names_option(spec: _Spec, item: str) -> bool:
+    if spec.task.is_binary:
+        return re.fullmatch(r"\W*(?:yes|no)\b.*", item, _F) is not None
+    return bool(_mentions(spec, item))
+
+
+def _region_verdict(spec: _Spec, region: str) -> tuple[str | None, str]:
+    """``(label, how)`` of a verdict region; how is ``"answer"`` (a bare Yes/No or label),
+    ``"verdict"`` (a plain verdict sentence) or ``"hedged"`` (hedged, concessive, several labels)."""
+    if spec.task.is_binary:
+        for sentence in _sentences(region):
+            label, how = _binary_verdict(spec, sentence)
+            if label is None:
+                continue
+            if how == "answer":
+                return label, "answer"
+            return label, "hedged" if how == "concessive" or _HEDGE_RE.search(sentence) else "verdict"
+        return None, ""
+    assert spec.bare is not None
+    bare = re.sub(r"[\W_]+", " ", region).strip().lower()
+    if bare in spec.bare:
+        return spec.bare[bare], "answer"
+    mentions = _mentions(spec, region)
+    label = _first_affirmed(spec, region, mentions)
+    if label is None:
+        return None, ""
+    several = len({m.label for m in mentions}) > 1
+    return label, "hedged" if several or _HEDGE_RE.search(region) else "verdict"
+
+
+@dataclass(frozen=True)
+class RuleReading:
+    """What the rules read from an answer, before the label model is asked."""
+
+    label: str | None
+    """The label the rules found (``None``: none)."""
+
+    reasoning: str
+    """The explanation (:attr:`Analysis.reasoning`)."""
+
+    matched_by: str | None
+    """``"verdict"``, ``"explanation"`` or ``None`` (:attr:`Analysis.matched_by`)."""
+
+    how: str
+    """How plainly the label is stated: ``"answer"`` (a leading Yes/No, a bare label), ``"verdict"``
+    (a verdict sentence before ``Reasoning:``), ``"first_sentence"`` (a verdict-like first sentence,
+    no ``Reasoning:`` marker), ``"hedged"``, ``"options"`` (the answer opens with a list of the
+    options), ``"conclusion"`` (a concluding sentence of the explanation states it: ``Therefore, ...``),
+    ``"explanation"`` (other sentences of the explanation state it) or ``"none"``."""
+
+    model_text: str
+    """The text the label model reads: the answer without a plainly stated verdict, option list
+    or ``Reasoning:`` marker."""
+
+
+def read_rules(task: str | TaskInfo, text: str) -> RuleReading:
+    """The rules' reading of ``text`` (module docstring, rules 1-3) and how plainly it is stated."""
     info = get_task(task)
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, not {type(text).__name__}")
@@ -363,27 +438,117 @@ def parse_response(task: str | TaskInfo, text: str) -> Analysis:
     norm = text.translate(_NORMALIZE)
     prefix = _PREFIX_RE.match(norm)
     body_start = prefix.end() if prefix else 0
+    options = _option_block(spec, norm, body_start)
+    if options is not None:  # blanked, so that offsets into the text stay valid
+        norm = norm[: options[0]] + " " * (options[1] - options[0]) + norm[options[1] :]
     marker = _MARKER_RE.search(norm, body_start)
 
     if marker is not None and norm[body_start : marker.start()].strip():
         region = norm[body_start : marker.start()]
         reasoning = text[marker.end() :].strip()
-        label = _decide_region(spec, region)
+        model_text = norm[marker.end() :]
+        label, how = _region_verdict(spec, region)
         if label is not None:
-            return Analysis(info.name, label, reasoning, text, matched_by="verdict")
-        label = _decide_explanation(spec, norm[body_start:])
+            if how == "hedged":
+                model_text = norm[body_start : marker.start()] + " " + model_text
+            return _reading(label, reasoning, "verdict", how, model_text, options)
+        label, how = _explanation_verdict(spec, norm[body_start:])
+        model_text = norm[body_start : marker.start()] + " " + model_text
     elif marker is not None:
         reasoning = text[marker.end() :].strip()
-        label = _decide_explanation(spec, norm[marker.end() :])
+        model_text = norm[marker.end() :]
+        label, how = _explanation_verdict(spec, model_text)
     else:
         body = norm[body_start:].lstrip()
         offset = len(norm) - len(body)
         split = _SENTENCE_END_RE.search(body)
         first_end = split.start() if split else len(body)
-        label = _decide_region(spec, body[:first_end])
+        label, how = _region_verdict(spec, body[:first_end])
         if label is not None:
             rest = text[offset + (split.end() if split else len(body)) :]
-            return Analysis(info.name, label, rest.strip(), text, matched_by="verdict")
+            if how == "verdict":
+                how = "first_sentence"
+            model_text = norm[offset + (split.end() if split else len(body)) :] if how == "answer" else body
+            return _reading(label, rest.strip(), "verdict", how, model_text, options)
         reasoning = text[offset:].strip()
-        label = _decide_explanation(spec, body)
-    return Analysis(info.name, label, reasoning, text, matched_by="explanation" if label else None)
+        model_text = body
+        label, how = _explanation_verdict(spec, body)
+    return _reading(label, reasoning, "explanation" if label else None, how, model_text, options)
+
+
+def _reading(label: str | None, reasoning: str, matched_by: str | None, how: str, model_text: str,
+             options: tuple[int, int] | None) -> RuleReading:  # fmt: skip
+    return RuleReading(label, reasoning, matched_by, "options" if options is not None else how, model_text)
+
+
+# ---------------------------------------------------------------- combining rules and the label model
+
+OVERRIDE_THRESHOLDS: dict[str, float] = {
+    "answer": 2.0,
+    "verdict": 2.0,
+    "first_sentence": 2.0,
+    "conclusion": 2.0,
+    "explanation": 2.0,
+    "hedged": 0.0,
+    "options": 0.0,
+    "none": 0.0,
+}
+"""Default of the combination rule, used where a model file does not carry its own (its
+``meta["override"]``, derived from data by ``mentallama-build label-model``): the label model's
+label replaces the rules' label when its probability is at least this (2.0: never; 0.0: always)."""
+
+MIN_FEATURES = 2
+"""The label model answers only when the text has at least this many of its n-grams."""
+
+_DEFAULT = "default"
+
+
+def _task_model(task: str, label_model: object) -> TaskLabelModel | None:
+    if label_model is None:
+        return None
+    if isinstance(label_model, str):
+        if label_model != _DEFAULT:
+            raise ValueError(f"label_model must be a LabelModel, None or 'default', not {label_model!r}")
+        label_model = default_model()
+        if label_model is None:
+            return None
+    if isinstance(label_model, TaskLabelModel):
+        return label_model if label_model.task == task else None
+    if isinstance(label_model, LabelModel):
+        return label_model.get(task)
+    raise TypeError(f"label_model must be a LabelModel, None or 'default', not {type(label_model).__name__}")
+
+
+def parse_response(task: str | TaskInfo, text: str, *, label_model: object = _DEFAULT) -> Analysis:
+    """Parse MentaLLaMA's answer ``text`` for ``task`` into an :class:`Analysis`.
+
+    ``label`` is one of the task's canonical labels or ``None`` when the text does not say.
+    The rules (module docstring) read the stated label; for the tasks with a label model
+    (:mod:`mentallama.label_model`: DR, dreaddit, SAD, Irf, MultiWD) a plainly stated verdict
+    wins, and hedged verdicts, option lists and answers without a verdict get the label the
+    model infers from the explanation (``label_source="inferred"``); the thresholds come with
+    the model file (see :data:`OVERRIDE_THRESHOLDS`). Other tasks keep the rules alone.
+
+    ``label_model``: ``"default"`` (the model shipped with the SDK), a
+    :class:`~mentallama.label_model.LabelModel` / ``TaskLabelModel``, or ``None`` (rules only).
+    Raises ``ValueError`` for an unknown task and ``TypeError`` when ``text`` is not a ``str``;
+    never raises for any string.
+    """
+    info = get_task(task)
+    reading = read_rules(info, text)
+    model = _task_model(info.name, label_model)
+    if model is None:
+        source = "stated" if reading.label is not None else None
+        return Analysis(info.name, reading.label, reading.reasoning, text, matched_by=reading.matched_by,
+                        label_source=source)  # fmt: skip
+    probs, n_features = model.probabilities_and_count(reading.model_text)
+    best = int(probs.argmax())
+    threshold = model.override_thresholds.get(reading.how, OVERRIDE_THRESHOLDS.get(reading.how, 2.0))
+    if n_features >= MIN_FEATURES and probs[best] >= threshold and model.labels[best] != reading.label:
+        return Analysis(info.name, model.labels[best], reading.reasoning, text, matched_by="model",
+                        label_source="inferred", confidence=round(float(probs[best]), 4))  # fmt: skip
+    if reading.label is None:
+        return Analysis(info.name, None, reading.reasoning, text)
+    confidence = round(float(probs[model.labels.index(reading.label)]), 4) if n_features else None
+    return Analysis(info.name, reading.label, reading.reasoning, text, matched_by=reading.matched_by,
+                    label_source="stated", confidence=confidence)  # fmt: skip

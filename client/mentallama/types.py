@@ -44,8 +44,9 @@ class Generation:
 class Analysis:
     """MentaLLaMA's answer for one post and task: the label it gave and its explanation.
 
-    :func:`mentallama.parsing.parse_response` fills ``task``, ``label``, ``reasoning``, ``raw`` and
-    ``matched_by``; the client adds the serving fields with :meth:`with_generation`.
+    :func:`mentallama.parsing.parse_response` fills ``task``, ``label``, ``reasoning``, ``raw``,
+    ``matched_by``, ``label_source`` and ``confidence``; the client adds the serving fields with
+    :meth:`with_generation`.
     """
 
     task: str
@@ -62,8 +63,18 @@ class Analysis:
 
     matched_by: str | None = None
     """Where the label was read: ``"verdict"`` (the answer sentence before ``Reasoning:`` or the
-    first sentence), ``"explanation"`` (a concluding statement inside the explanation), or
-    ``None`` when no label was found."""
+    first sentence), ``"explanation"`` (a concluding statement inside the explanation), ``"model"``
+    (inferred from the explanation by the label model), or ``None`` when no label was found."""
+
+    label_source: str | None = None
+    """``"stated"`` (the answer states the label and the rules read it), ``"inferred"`` (the answer
+    does not state it plainly, e.g. no verdict, a hedged one or a list of the options, and the
+    label model read it from the explanation), or ``None`` when there is no label."""
+
+    confidence: float | None = None
+    """The label model's probability of ``label`` (in [0, 1]), for stated labels too: a low value
+    on a stated label means the explanation argues otherwise. ``None`` for tasks without a label
+    model, when the text has too few known words, or when there is no label."""
 
     request_id: str | None = None
     """Id the request was sent with."""

@@ -24,7 +24,8 @@ CASES = [json.loads(line) for line in (FIXTURES / "responses.jsonl").read_text(e
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c['task']}: {c['style']}" for c in CASES])
 def test_fixture_answers(case: dict) -> None:
-    got = parse_response(case["task"], case["text"])
+    """What the rules read (``label_model=None``); tests/client/test_label_model.py covers the model."""
+    got = parse_response(case["task"], case["text"], label_model=None)
     assert got.label == case["label"]
     assert got.raw == case["text"]
     assert got.task == TASKS[case["task"]].name
@@ -150,6 +151,8 @@ def test_analysis_serving_fields_and_to_dict() -> None:
         "reasoning": "r",
         "raw": "Yes, the poster suffers from depression. Reasoning: r",
         "matched_by": "verdict",
+        "label_source": "stated",
+        "confidence": analysis.confidence,
         "request_id": "r1",
         "num_input_tokens": 10,
         "num_output_tokens": 5,
