@@ -1,8 +1,10 @@
 """IMHI evaluation for ``mentallama eval``: load the benchmark CSVs, score predicted labels.
 
 The IMHI CSVs hold no label column: the reference answer (column ``gpt-3.5-turbo``) is the
-ground truth, so the reference label is read from it with the same
-:func:`~mentallama.parsing.parse_response` that reads the model's answers. Metrics follow the
+ground truth, so the reference label is read from it with
+:func:`~mentallama.parsing.parse_response`'s rules (``label_model=None``: every reference states
+its verdict plainly, so the label model is not asked). :func:`count_label_sources` counts how many
+predicted labels the answers stated and how many the label model inferred. Metrics follow the
 MentaLLaMA paper (accuracy and weighted F1 per task), computed here without sklearn.
 """
 
@@ -22,6 +24,7 @@ from .tasks import TASKS, TaskInfo, get_task
 __all__ = [
     "ImhiExample",
     "LabelScore",
+    "count_label_sources",
     "TaskScore",
     "find_task_files",
     "load_imhi",
@@ -157,7 +160,7 @@ def _example(task: TaskInfo, row: int, query: str, reference: str) -> ImhiExampl
         aspect = aspect_of(task, question)
     except ValueError:
         post = None  # still scorable: the CLI can send the query as is
-    label = parse_response(task, reference).label
+    label = parse_response(task, reference, label_model=None).label
     return ImhiExample(task.name, query, reference, label, post=post, aspect=aspect, row=row)
 
 
@@ -248,3 +251,18 @@ def score_examples(
         refs.append(example.reference_label)
         preds.append(predicted)
     return {task: score(task, refs, preds) for task, (refs, preds) in grouped.items()}
+
+
+def count_label_sources(examples: Sequence[ImhiExample], sources: Sequence[str | None]) -> dict[str, dict[str, int]]:
+    """Per task, how many predicted labels were ``"stated"`` and how many ``"inferred"``
+    (:attr:`~mentallama.types.Analysis.label_source`, aligned with ``examples``; ``None``: no label)."""
+    if len(examples) != len(sources):
+        raise ValueError(f"{len(examples)} examples but {len(sources)} label sources")
+    counts: dict[str, dict[str, int]] = {}
+    for example, source in zip(examples, sources, strict=True):
+        task = counts.setdefault(example.task, {"stated": 0, "inferred": 0})
+        if source is not None:
+            if source not in task:
+                raise ValueError(f"unknown label source {source!r}")
+            task[source] += 1
+    return counts

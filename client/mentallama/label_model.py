@@ -39,6 +39,7 @@ import functools
 import io
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -64,19 +65,15 @@ def tokenize(text: str) -> list[str]:
 def ngrams(text: str) -> list[str]:
     """Every unigram and adjacent-token bigram of ``text``, in text order (with repeats)."""
     tokens = tokenize(text)
-    return tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
+    return tokens + list(map(" ".join, zip(tokens, tokens[1:], strict=False)))
 
 
 def featurize(
     text: str, vocab: dict[str, int], idf: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sparse TF-IDF vector of ``text``: ``(feature indices, unit-norm float32 values)``."""
-    counts: dict[int, int] = {}
-    get = vocab.get
-    for gram in ngrams(text):
-        i = get(gram)
-        if i is not None:
-            counts[i] = counts.get(i, 0) + 1
+    counts = Counter(map(vocab.get, ngrams(text)))
+    counts.pop(None, None)
     if not counts:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     index = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))

@@ -254,6 +254,8 @@ def _binary_verdict(spec: _Spec, sentence: str) -> tuple[str | None, str]:
     m = _YES_NO_START_RE.match(sentence) or _YES_NO_ANSWER_RE.search(sentence)
     if m:
         return m.group(1).lower(), "answer"
+    if spec.topic.search(sentence) is None:  # most sentences: no clause can decide
+        return None, ""
     concessive_verdict = None
     for clause, concessive in _clauses(sentence):
         topic = spec.topic.search(clause)
@@ -404,6 +406,15 @@ def _region_verdict(spec: _Spec, region: str) -> tuple[str | None, str]:
     return label, "hedged" if several or _HEDGE_RE.search(region) else "verdict"
 
 
+_CONCESSIVE_CLAUSE_RE = re.compile(r"\b(?:while|although|though|whereas|despite|even if)\b[^,;.]*[,;]?", _F)
+
+
+def _drop_concessive(sentence: str) -> str:
+    """``sentence`` without its while/although clauses: in "While the post does not exhibit the
+    hopelessness of severe depression, it does indicate distress" the model reads the main clause."""
+    return _CONCESSIVE_CLAUSE_RE.sub(" ", sentence)
+
+
 @dataclass(frozen=True)
 class RuleReading:
     """What the rules read from an answer, before the label model is asked."""
@@ -450,7 +461,7 @@ def read_rules(task: str | TaskInfo, text: str) -> RuleReading:
         label, how = _region_verdict(spec, region)
         if label is not None:
             if how == "hedged":
-                model_text = norm[body_start : marker.start()] + " " + model_text
+                model_text = _drop_concessive(norm[body_start : marker.start()]) + " " + model_text
             return _reading(label, reasoning, "verdict", how, model_text, options)
         label, how = _explanation_verdict(spec, norm[body_start:])
         model_text = norm[body_start : marker.start()] + " " + model_text
@@ -468,7 +479,13 @@ def read_rules(task: str | TaskInfo, text: str) -> RuleReading:
             rest = text[offset + (split.end() if split else len(body)) :]
             if how == "verdict":
                 how = "first_sentence"
-            model_text = norm[offset + (split.end() if split else len(body)) :] if how == "answer" else body
+            after = norm[offset + (split.end() if split else len(body)) :]
+            if how == "answer":
+                model_text = after
+            elif how == "hedged":
+                model_text = _drop_concessive(body[:first_end]) + " " + after
+            else:
+                model_text = body
             return _reading(label, rest.strip(), "verdict", how, model_text, options)
         reasoning = text[offset:].strip()
         model_text = body
@@ -544,7 +561,9 @@ def parse_response(task: str | TaskInfo, text: str, *, label_model: object = _DE
     probs, n_features = model.probabilities_and_count(reading.model_text)
     best = int(probs.argmax())
     threshold = model.override_thresholds.get(reading.how, OVERRIDE_THRESHOLDS.get(reading.how, 2.0))
-    if n_features >= MIN_FEATURES and probs[best] >= threshold and model.labels[best] != reading.label:
+    # Threshold 0: this kind of reading is the model's to decide, even where the rules agree.
+    decides = threshold <= 0.0 or model.labels[best] != reading.label
+    if n_features >= MIN_FEATURES and probs[best] >= threshold and decides:
         return Analysis(info.name, model.labels[best], reading.reasoning, text, matched_by="model",
                         label_source="inferred", confidence=round(float(probs[best]), 4))  # fmt: skip
     if reading.label is None:

@@ -13,7 +13,7 @@ import typer
 from tqdm import tqdm
 
 from .._exceptions import MentaLLaMAError
-from ..evaluation import ImhiExample, TaskScore, load_imhi, score_examples
+from ..evaluation import ImhiExample, TaskScore, count_label_sources, load_imhi, score_examples
 from ..parsing import parse_response
 from ..prompts import wrap_chat
 from ..types import Analysis, Generation
@@ -34,14 +34,20 @@ from ._cli_utils import (
 )
 from .catalog import format_table
 
-COLUMNS = ("task", "n", "accuracy", "weighted_f1", "unparseable", "failed", "skipped")
+COLUMNS = ("task", "n", "accuracy", "weighted_f1", "unparseable", "stated", "inferred", "failed", "skipped")
 
 
-def score_rows(scores: dict[str, TaskScore], failed: dict[str, int]) -> list[dict[str, Any]]:
-    """One row per task (``failed``: requests that got no answer; they count as unparseable)."""
+def score_rows(
+    scores: dict[str, TaskScore], failed: dict[str, int], sources: dict[str, dict[str, int]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per task (``failed``: requests that got no answer; they count as unparseable;
+    ``sources``: :func:`~mentallama.evaluation.count_label_sources`, labels stated vs inferred)."""
+    sources = sources or {}
     return [
         {"task": s.task, "n": s.n, "accuracy": round(s.accuracy, 4), "weighted_f1": round(s.weighted_f1, 4),
-         "unparseable": s.unparseable, "failed": failed.get(task, 0), "skipped": s.skipped}
+         "unparseable": s.unparseable, "stated": sources.get(task, {}).get("stated", 0),
+         "inferred": sources.get(task, {}).get("inferred", 0), "failed": failed.get(task, 0),
+         "skipped": s.skipped}
         for task, s in scores.items()
     ]  # fmt: skip
 
@@ -67,7 +73,8 @@ def raw_record(example: ImhiExample, result: Analysis | MentaLLaMAError) -> dict
     if isinstance(result, MentaLLaMAError):
         return {**record, "error": type(result).__name__, "message": result.message,
                 "request_id": result.request_id}  # fmt: skip
-    return {**record, "label": result.label, "matched_by": result.matched_by, "raw": result.raw,
+    return {**record, "label": result.label, "matched_by": result.matched_by,
+            "label_source": result.label_source, "confidence": result.confidence, "raw": result.raw,
             "request_id": result.request_id, "num_input_tokens": result.num_input_tokens,
             "num_output_tokens": result.num_output_tokens, "latency_s": result.latency_s,
             "finish_reason": result.finish_reason}  # fmt: skip
@@ -108,7 +115,8 @@ def evaluate(
     certificate_chain: CertChainOpt = None,
     private_key: PrivateKeyOpt = None,
 ) -> None:
-    """Score the served model on the IMHI test set: accuracy and weighted F1 per task."""
+    """Score the served model on the IMHI test set: accuracy and weighted F1 per task, and how many
+    labels the answers stated vs how many the label model inferred from the explanation."""
     wanted = [t.strip() for item in tasks for t in item.split(",") if t.strip()] if tasks else None
     try:
         examples = load_imhi(imhi_dir, wanted, limit)
@@ -128,7 +136,8 @@ def evaluate(
     failed: dict[str, int] = {}
     for example, result in zip(examples, results, strict=True):
         failed[example.task] = failed.get(example.task, 0) + isinstance(result, MentaLLaMAError)
-    rows = score_rows(score_examples(examples, predictions), failed)
+    sources = count_label_sources(examples, [r.label_source if isinstance(r, Analysis) else None for r in results])
+    rows = score_rows(score_examples(examples, predictions), failed, sources)
     typer.echo(format_table([list(COLUMNS)] + [[str(row[c]) for c in COLUMNS] for row in rows]))
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
