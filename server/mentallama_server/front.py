@@ -80,15 +80,17 @@ def parse_front_request(inputs: Mapping[str, np.ndarray | None], preprocessor: P
     )
 
 
-def engine_inputs(front: FrontRequest) -> dict[str, np.ndarray]:
-    """The `tensorrt_llm` request for a front request (always streaming, output without the prompt)."""
+def engine_inputs(front: FrontRequest, streaming: bool = True) -> dict[str, np.ndarray]:
+    """The `tensorrt_llm` request for a front request (output without the prompt). The front model streams
+    from the engine only for clients that stream: with one engine response, an engine failure is that first
+    response, the only kind a BLS caller of Triton 2.51 receives (model.py)."""
     tensors = {
         "input_ids": np.array([front.input_ids], dtype=np.int32),
         "input_lengths": np.array([[len(front.input_ids)]], dtype=np.int32),
         "request_output_len": np.array([[front.max_tokens]], dtype=np.int32),
         "end_id": np.array([[front.end_id]], dtype=np.int32),
         "pad_id": np.array([[front.pad_id]], dtype=np.int32),
-        "streaming": np.array([[True]]),
+        "streaming": np.array([[streaming]]),
         "exclude_input_in_output": np.array([[True]]),
         **front.passthrough,
     }

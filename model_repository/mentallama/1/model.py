@@ -9,6 +9,15 @@ Every call into `pb_utils` (building, sending and reading tensors and responses,
 lock; issuing a BLS request and waiting for the engine's next response do not (both wait on the engine).
 The Python-backend stub of Triton 2.51 crashed when threads used it at once (docs/RELIABILITY.md).
 
+An engine failure after the engine's first response never reaches a BLS caller in Triton 2.51: the
+Python backend does not carry the request's id with an error response, so the stub files the error under
+no iterator and `next()` waits forever (the `ensemble` gets the same error at once). Two defences:
+requests whose client does not stream ask the engine for one response (an error then is the first
+response, and arrives with its cause); for streamed ones the watcher ends a call whose engine has sent
+nothing for `engine_stall_timeout_s` after its first response with an error, and stops the engine request.
+The worker thread blocked in that `next()` cannot be woken: it is abandoned (counted, logged, and each
+call runs on its own daemon thread so abandoned ones never hold back others).
+
 Finished BLS response iterators are kept for a few seconds before they are let go. The stub holds its
 own reference to each iterator and drops it from a C++ thread that does not hold the GIL; when that is the
 last reference, the responses inside (numpy arrays) are freed without the GIL. Kept here, the last
@@ -21,7 +30,6 @@ import collections
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
@@ -37,6 +45,10 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 ENGINE_OUTPUTS = ["output_ids", "sequence_length", "cum_log_probs", "output_log_probs"]
 WATCH_INTERVAL_S = 0.05
 RETIRE_AFTER_S = 5.0  # far longer than the stub takes to forget a finished iterator (milliseconds)
+# Seconds without an engine response, after the first one, before a streamed call is ended as failed. An
+# engine step sends a chunk per decoding step once a request runs; 30 s is far above a step of the 7B model
+# on CPU at full batch. Set `engine_stall_timeout_s` in the model config to change it.
+ENGINE_STALL_TIMEOUT_S = 30.0
 
 
 def _error(message: str, code=None):
@@ -59,7 +71,10 @@ class _Call:
         self.engine_id = engine_id
         self.cancelled = False
         self.done = False
+        self.stalled = False
         self.lock = threading.Lock()
+        self.responses = 0  # engine responses seen
+        self.last_response = time.monotonic()
 
 
 class TritonPythonModel:
@@ -70,7 +85,8 @@ class TritonPythonModel:
         self.preprocessor = Preprocessor(tokenizer, limits)
         self.decoder = ChunkDecoder(tokenizer)
         self.max_calls = get_parameter(config, "max_concurrent_requests", int)
-        self.pool = ThreadPoolExecutor(self.max_calls, "front")
+        self.stall_timeout_s = get_parameter(config, "engine_stall_timeout_s", float, ENGINE_STALL_TIMEOUT_S)
+        self.abandoned = 0  # worker threads left blocked on an engine response that was lost
         self.calls: dict[str, _Call] = {}
         self.calls_lock = threading.Lock()
         self.pb_lock = threading.RLock()
@@ -104,7 +120,7 @@ class TritonPythonModel:
                 message = f"server overloaded: {self.max_calls} requests in flight; retry later"
                 sender.send(_error(message, pb_utils.TritonError.UNAVAILABLE), flags=FINAL)
                 continue
-            self.pool.submit(self._run, call, front)
+            threading.Thread(target=self._run, args=(call, front), name="front-call", daemon=True).start()
 
     def _run(self, call: _Call, front: FrontRequest):
         try:
@@ -115,10 +131,12 @@ class TritonPythonModel:
         finally:
             with self.calls_lock:
                 self.calls.pop(call.engine_id, None)
+        if call.stalled:
+            pb_utils.Logger.log_warn(f"request {call.engine_id}: the engine answered after the stall timeout")
 
     def _generate(self, call: _Call, front: FrontRequest):
         with self.pb_lock:
-            tensors = [pb_utils.Tensor(k, v) for k, v in engine_inputs(front).items()]
+            tensors = [pb_utils.Tensor(k, v) for k, v in engine_inputs(front, streaming=front.stream).items()]
             infer = pb_utils.InferenceRequest(
                 model_name="tensorrt_llm",
                 inputs=tensors,
@@ -151,6 +169,8 @@ class TritonPythonModel:
                 response = next(responses)  # the only pb_utils wait outside the lock
             except StopIteration:
                 break
+            call.responses += 1
+            call.last_response = time.monotonic()
             with self.pb_lock:
                 step = self._on_response(call, front, response, texts, log_probs)
             if step is None:
@@ -229,16 +249,43 @@ class TritonPythonModel:
 
     def _watch(self):
         while not self.stopping.wait(WATCH_INTERVAL_S):
-            self._release_retired()
-            with self.calls_lock:
-                calls = list(self.calls.values())
-            for call in calls:
-                with self.pb_lock, call.lock:
-                    newly = not call.done and not call.cancelled and call.sender.is_cancelled()
-                    if newly:
-                        call.cancelled = True
+            try:
+                self._watch_once()
+            except Exception as exc:  # the watcher must survive: it ends cancelled and stalled calls
+                pb_utils.Logger.log_error(f"front watcher: {type(exc).__name__}: {exc}")
+
+    def _watch_once(self):
+        self._release_retired()
+        with self.calls_lock:
+            calls = list(self.calls.values())
+        now = time.monotonic()
+        for call in calls:
+            if call.responses and not call.done and now - call.last_response > self.stall_timeout_s:
+                self._end_stalled(call)
+        for call in calls:
+            with self.pb_lock, call.lock:
+                newly = not call.done and not call.cancelled and call.sender.is_cancelled()
                 if newly:
-                    self._stop_engine(call.engine_id)
+                    call.cancelled = True
+            if newly:
+                self._stop_engine(call.engine_id)
+
+    def _end_stalled(self, call: _Call):
+        """Answer a call whose engine went silent (a lost engine error, see the module docstring)."""
+        message = (
+            f"the engine failed or stopped answering: no response for {self.stall_timeout_s:g} s after "
+            f"{call.responses} response(s) (an engine error after the first response is not forwarded by "
+            "Triton 2.51's BLS; the server log names it)"
+        )
+        call.stalled = True
+        with self.pb_lock:
+            self._finish(call, _error(message, pb_utils.TritonError.INTERNAL))
+        with self.calls_lock:
+            self.calls.pop(call.engine_id, None)
+            self.abandoned += 1
+            abandoned = self.abandoned
+        pb_utils.Logger.log_error(f"request {call.engine_id}: {message}; {abandoned} call thread(s) abandoned")
+        self._stop_engine(call.engine_id)  # frees the engine if the request is still there
 
     def _stop_engine(self, engine_id: str):
         with self.pb_lock:
@@ -266,4 +313,3 @@ class TritonPythonModel:
         deadline = time.monotonic() + 5
         while self.calls and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.pool.shutdown(wait=False, cancel_futures=True)
