@@ -131,10 +131,8 @@ class TaskLabelModel:
     def probabilities_and_count(self, text: str) -> tuple[np.ndarray, int]:
         """:meth:`probabilities` and how many distinct known n-grams ``text`` has."""
         index, values = featurize(text, self._index, self.idf)
-        scores = values @ self._coef32[index] + self.intercept if len(index) else self.intercept.copy()
-        scores = scores.astype(np.float64)
-        scores -= scores.max()
-        exp = np.exp(scores)
+        scores = (values @ self._coef32[index] + self.intercept if len(index) else self.intercept).astype(np.float64)
+        exp = np.exp(scores - scores.max())
         return exp / exp.sum(), len(index)
 
     def predict(self, text: str) -> tuple[str, float]:

@@ -23,6 +23,17 @@ in a later sentence, negations, several labels, text cut by ``max_tokens``. The 
    (ambiguous). In a sentence, a clause opened by ``while``/``although``/... only decides when
    no main clause does ("While X is not stated, the poster suffers from Y" is "yes").
 3. Otherwise ``label=None``. Parsing never raises on a ``str``.
+4. **Label model** (:mod:`mentallama.label_model`; tasks with IMHI training answers: DR, dreaddit,
+   SAD, Irf, MultiWD). :func:`read_rules` also says *how* the label is stated (``answer``,
+   ``verdict``, ``first_sentence``, ``hedged``, ``options``, ``conclusion``, ``explanation``,
+   ``none``); the model reads the explanation (without a plain verdict, an option list, the
+   ``Reasoning:`` marker or a hedged verdict's while/although clause), and its label replaces the
+   rules' when its probability reaches the threshold of that kind of reading. The thresholds are
+   derived from the training answers by ``mentallama-build label-model`` and stored with the
+   model; in the shipped file a plainly stated verdict (``answer``, ``verdict``, ``conclusion``)
+   always wins, and hedged verdicts, option lists and answers without a verdict go to the model
+   (``label_source="inferred"``). Tasks without training data (CLP, loneliness, CAMS, T-SID,
+   SWMH) keep rules 1-3 alone: ``confidence`` is ``None`` there.
 """
 
 from __future__ import annotations

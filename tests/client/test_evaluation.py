@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from mentallama.evaluation import ImhiExample, find_task_files, load_imhi, score, score_examples
+from mentallama.evaluation import (
+    ImhiExample,
+    count_label_sources,
+    find_task_files,
+    load_imhi,
+    score,
+    score_examples,
+)
+from mentallama.parsing import parse_response
 
 MINI = Path(__file__).parent / "fixtures" / "imhi_mini"
 IMHI_DIRS = (Path(__file__).resolve().parents[2].parent / "shared" / "imhi", Path("/work/shared/imhi"))
@@ -140,6 +148,30 @@ def test_score_examples_groups_by_task() -> None:
     assert (scores["T-SID"].n, scores["T-SID"].skipped) == (2, 1)
     with pytest.raises(ValueError):
         score_examples(examples, predictions[:-1])
+
+
+def test_label_sources_are_counted_per_task() -> None:
+    """``mentallama eval`` reports how many labels were stated and how many inferred."""
+    from mentallama.cli.evaluate import COLUMNS, score_rows
+
+    examples = [ImhiExample("DR", "q", "r", "yes"), ImhiExample("DR", "q", "r", "no"),
+                ImhiExample("SAD", "q", "r", "work")]  # fmt: skip
+    answers = [
+        ("DR", "Yes, the poster suffers from depression. Reasoning: They feel hopeless and worthless."),
+        ("DR", "A. Yes\nB. No\n\nReasoning: The post is a cheerful note about a picnic; the tone is positive."),
+        ("SAD", ""),
+    ]
+    sources = [parse_response(task, text).label_source for task, text in answers]
+    assert sources == ["stated", "inferred", None]
+    counts = count_label_sources(examples, sources)
+    assert counts == {"DR": {"stated": 1, "inferred": 1}, "SAD": {"stated": 0, "inferred": 0}}
+    rows = score_rows(score_examples(examples, ["yes", "no", None]), {}, counts)
+    assert [(r["task"], r["stated"], r["inferred"]) for r in rows] == [("DR", 1, 1), ("SAD", 0, 0)]
+    assert {"stated", "inferred"} <= set(COLUMNS)
+    with pytest.raises(ValueError):
+        count_label_sources(examples, sources[:1])
+    with pytest.raises(ValueError):
+        count_label_sources(examples[:1], ["guessed"])
 
 
 def test_examples_are_frozen() -> None:
