@@ -195,6 +195,8 @@ class _Spec:
     none_labels: frozenset[str] = frozenset()
     bare: dict[str, str] | None = None
     cue: re.Pattern[str] | None = None
+    gate: re.Pattern[str] | None = None
+    """Binary tasks: a sentence without a match can state no verdict (topic or "answer is")."""
 
 
 def _build_specs() -> dict[str, _Spec]:
@@ -203,7 +205,8 @@ def _build_specs() -> dict[str, _Spec]:
         if task.is_binary:
             topic, adjective = _BINARY_TOPIC[name]
             specs[name] = _Spec(
-                task, topic=_words(topic), predicate=_words(f"{_BINARY_PREDICATE}|{adjective}")
+                task, topic=_words(topic), predicate=_words(f"{_BINARY_PREDICATE}|{adjective}"),
+                gate=re.compile(rf"(?<!\w)(?:{topic})(?!\w)|{_YES_NO_ANSWER_RE.pattern}", _F),
             )
             continue
         patterns = LABEL_PATTERNS[name]
@@ -262,11 +265,14 @@ def _binary_verdict(spec: _Spec, sentence: str) -> tuple[str | None, str]:
     """``(verdict, how)``: how is ``"answer"`` (a leading Yes/No, "the answer is no"), ``"clause"``
     (a main clause), ``"concessive"`` (only a while/although clause decides) or ``""`` (nothing)."""
     assert spec.topic is not None and spec.predicate is not None
-    m = _YES_NO_START_RE.match(sentence) or _YES_NO_ANSWER_RE.search(sentence)
+    m = _YES_NO_START_RE.match(sentence)
     if m:
         return m.group(1).lower(), "answer"
-    if spec.topic.search(sentence) is None:  # most sentences: no clause can decide
+    if spec.gate is not None and spec.gate.search(sentence) is None:  # most sentences: nothing can decide
         return None, ""
+    m = _YES_NO_ANSWER_RE.search(sentence)
+    if m:
+        return m.group(1).lower(), "answer"
     concessive_verdict = None
     for clause, concessive in _clauses(sentence):
         topic = spec.topic.search(clause)
