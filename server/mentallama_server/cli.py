@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from mentallama_server.launcher import LaunchError, ServerOptions, TritonProcess
+from mentallama_server.launcher import LaunchError, ServerOptions, TritonProcess, read_admin_key
 from mentallama_server.render import RenderError
 from mentallama_server.serve import CheckpointError, new_run_dir, render_cpu, resolve_checkpoint, start_cpu_server
 from mentallama_server.settings import CpuSettings
@@ -42,9 +42,17 @@ def serve(
         str | None,
         typer.Option(
             envvar="MENTALLAMA_ADMIN_KEY",
-            help="admin APIs need this key: HTTP header admin-key, gRPC triton-grpc-protocol-admin-key",
+            help="admin APIs (shared memory, repository, statistics, ...) need this key: HTTP header admin-key, "
+            "gRPC triton-grpc-protocol-admin-key; without one they are closed. Prefer --admin-key-file",
         ),
     ] = None,
+    admin_key_file: Annotated[
+        Path | None,
+        typer.Option(envvar="MENTALLAMA_ADMIN_KEY_FILE", help="read the admin key from this file (first line)"),
+    ] = None,
+    plaintext_http: Annotated[
+        bool, typer.Option(help="with --tls-cert, still serve HTTP (which has no TLS here) in plaintext")
+    ] = False,
     render: Annotated[Path | None, typer.Option(help="write the rendered repository here and exit")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="folder for the rendered repository and logs")] = None,
     demo: Annotated[bool, typer.Option(help="send one sample analysis (gRPC streaming), print it, stop")] = False,
@@ -77,9 +85,12 @@ def serve(
         tls_ca=tls_ca,
         admin_key=admin_key,
         shm_pool_mib=shm_pool_mib,
+        plaintext_http=plaintext_http,
     )
     given = locals()
     try:
+        if admin_key_file is not None:
+            opts.admin_key = read_admin_key(admin_key_file)
         if profile == "cpu":
             settings = CpuSettings(**{f.name: given[f.name] for f in fields(CpuSettings) if f.name in given})
             if render is not None:
@@ -119,6 +130,8 @@ def _serve(server: TritonProcess, profile: str, opts: ServerOptions, demo: bool)
     if opts.http:
         typer.echo(f"  HTTP    {opts.http_url}")
     typer.echo(f"  metrics {opts.metrics_url}")
+    admin = "need the admin key" if opts.admin_key else "closed (no --admin-key given)"
+    typer.echo(f"  admin APIs (shared memory, repository, statistics, trace, logging): {admin}")
     try:
         if demo:
             from mentallama_server.demo import run_demo

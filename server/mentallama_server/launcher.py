@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -40,7 +41,10 @@ class ServerOptions:
     tls_ca: Path | None = None
     """PEM CA that client certificates must chain to: mutual TLS."""
     admin_key: str | None = None
-    """Value of the `admin-key` header that admin APIs require (repository, shared memory, stats, ...)."""
+    """Value of the `admin-key` header that admin APIs require (repository, shared memory, stats, ...). None
+    (the default) closes them: see `admin_args`."""
+    plaintext_http: bool = False
+    """Serve HTTP (which has no TLS here) next to gRPC over TLS; refused unless set."""
     extra_args: tuple[str, ...] = ()
     shm_prefix: str = field(default_factory=lambda: f"mentallama_{uuid.uuid4().hex[:12]}_")
     """Name prefix of this server's Python-backend shared-memory regions, removed after it stops."""
@@ -66,6 +70,22 @@ class ServerOptions:
 
 
 SHM_DIR = Path("/dev/shm")
+# tritonserver and its stubs create files (the Python backend's /dev/shm regions: every tensor passing
+# between tritonserver and a Python model, i.e. the posts) for the server's user only.
+PRIVATE_UMASK = 0o077
+
+
+def make_shm_regions_private(prefix: str) -> list[Path]:
+    """chmod 0600 this server's /dev/shm regions that another user could open; returns those changed.
+    Boost.Interprocess, which the Python backend uses, sets a region's mode itself (0644), so the umask
+    alone does not keep it private; the launcher tightens each region once the server is ready."""
+    changed = []
+    for region in SHM_DIR.glob(f"{prefix}*"):
+        with contextlib.suppress(FileNotFoundError):
+            if region.stat().st_mode & 0o077:
+                region.chmod(0o600)
+                changed.append(region)
+    return changed
 
 
 def remove_shm_regions(prefix: str) -> None:
@@ -134,6 +154,11 @@ def tls_args(opts: ServerOptions) -> list[str]:
         return []
     if opts.tls_cert is None or opts.tls_key is None:
         raise LaunchError("TLS needs both --tls-cert and --tls-key")
+    if opts.http and not opts.plaintext_http:
+        raise LaunchError(
+            "--tls-cert protects gRPC only: HTTP would still serve plaintext. Add --no-http, or --plaintext-http "
+            "to serve it anyway (e.g. behind a TLS proxy)"
+        )
     for path in (opts.tls_cert, opts.tls_key, opts.tls_ca):
         if path is not None and not Path(path).is_file():
             raise LaunchError(f"TLS file {path} does not exist")
@@ -143,10 +168,33 @@ def tls_args(opts: ServerOptions) -> list[str]:
     return args
 
 
+def closed_admin_key() -> str:
+    """A key for admin APIs that nobody can send: random, and split by a line break, which neither an HTTP
+    header nor gRPC metadata can carry. Seeing it in `ps` (Triton takes the key on its command line) is of
+    no use. Without it, anyone who reached the gRPC port could register the Python backend's own /dev/shm
+    region as a shared-memory region and have outputs written into it: tritonserver aborted
+    (docs/RELIABILITY.md, issue 15)."""
+    return f"closed-{secrets.token_hex(8)}\n{secrets.token_hex(8)}"
+
+
+def read_admin_key(path: Path) -> str:
+    """The admin key from the first line of a file, so that it is not on the launcher's command line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise LaunchError(f"cannot read the admin key file {path}: {exc.strerror}") from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise LaunchError(f"the admin key file {path} is empty")
+    return key
+
+
 def admin_args(opts: ServerOptions) -> list[str]:
-    if not opts.admin_key:
-        return []
-    restriction = f"{ADMIN_APIS}:{ADMIN_HEADER}={opts.admin_key}"
+    """Admin APIs (ADMIN_APIS) need the `admin-key` header: the given key, or none can open them."""
+    key = opts.admin_key or closed_admin_key()
+    if any(c in key for c in "\r\n\0") and opts.admin_key:
+        raise LaunchError("the admin key must be one line of printable characters")
+    restriction = f"{ADMIN_APIS}:{ADMIN_HEADER}={key}"
     return [f"--grpc-restricted-protocol={restriction}", f"--http-restricted-api={restriction}"]
 
 
@@ -191,6 +239,7 @@ class TritonProcess:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # own process group: stop() can kill the stubs with the server
+            umask=PRIVATE_UMASK,
         )
 
     @property
@@ -282,6 +331,7 @@ class TritonProcess:
                 )
             if self.is_ready():
                 self.expected_stubs = self.stub_pids()
+                make_shm_regions_private(self.opts.shm_prefix)
                 return
             time.sleep(0.5)
         self.stop()

@@ -1,0 +1,95 @@
+"""Issue 15 on a server started as users start it (`mentallama-serve`, defaults, loopback): the attacks an
+outside tester made, each refused now. Findings 1 and 7 have their own modules (test_rel_engine_failure.py,
+test_rel_cancel_bound.py); the fuzzing is in test_rel_fuzz.py."""
+
+from __future__ import annotations
+
+import stat
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from mentallama_server.launcher import SHM_DIR
+from tests.reliability.rel_launched import LaunchedServer
+from tests.server.triton_io import StreamCall, make_inputs
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory) -> Iterator[LaunchedServer]:
+    with LaunchedServer(tiny_checkpoint, tmp_path_factory.mktemp("hardening"), "--max-output-len=64",
+                        "--cache-num-blocks=64") as launched:  # fmt: skip
+        yield launched.wait_ready()
+
+
+def _shm_prefix(server: LaunchedServer) -> str:
+    argv = server.tritonserver().cmdline()
+    return next(a.split("shm-region-prefix-name=", 1)[1] for a in argv if "shm-region-prefix-name=" in a)
+
+
+def _regions(server: LaunchedServer) -> list[Path]:
+    regions = sorted(SHM_DIR.glob(f"{_shm_prefix(server)}*"))
+    assert regions, "no Python-backend region found"
+    return regions
+
+
+# --- finding 2: shared memory ------------------------------------------------------------------------
+
+
+def test_python_backend_regions_are_private_to_the_server_user(server):
+    for region in _regions(server):
+        mode = stat.S_IMODE(region.stat().st_mode)
+        assert mode == 0o600, f"{region} is {oct(mode)}"
+
+
+def test_registering_the_backend_region_without_the_key_is_refused(server):
+    """The attack: register the stub's own region as system shared memory and have outputs written into
+    it (tritonserver aborted). The shared-memory API is closed without --admin-key."""
+    region = "/" + _regions(server)[0].name
+    key = next(a for a in server.tritonserver().cmdline() if "grpc-restricted-protocol" in a).rsplit("=", 1)[1]
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.SystemSharedMemoryRegisterRequest(name="x", key=region, offset=0, byte_size=4096)
+        for metadata in ((), (("triton-grpc-protocol-admin-key", key.split("\n")[0]),)):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.SystemSharedMemoryRegister(request, metadata=metadata, timeout=10)
+            assert "restricted" in (info.value.details() or ""), info.value
+    status, body = _http(f"{server.http_url}/v2/systemsharedmemory/region/x/register", "POST",
+                         b'{"key": "%s", "offset": 0, "byte_size": 4096}' % region.encode())  # fmt: skip
+    assert status == 403, (status, body)
+    assert _infer_ok(server)
+
+
+def test_the_closed_key_cannot_be_sent(server):
+    """The key Triton holds (visible in ps) has a line break: no gRPC metadata or HTTP header carries it."""
+    key = next(a for a in server.tritonserver().cmdline() if "grpc-restricted-protocol" in a).rsplit("=", 1)[1]
+    assert "\n" in key
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises((grpc.RpcError, ValueError)):
+            stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(),
+                                 metadata=(("triton-grpc-protocol-admin-key", key),), timeout=10)  # fmt: skip
+    assert "admin APIs" in server.output and "closed" in server.output
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def _http(url: str, method: str = "GET", data: bytes | None = None, timeout: float = 30) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _infer_ok(server: LaunchedServer) -> bool:
+    result = StreamCall(server.grpc_url, "mentallama", make_inputs("Hello", 4)).result(timeout=60)
+    return result.error is None and bool(result.text)
