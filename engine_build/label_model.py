@@ -17,6 +17,9 @@ For each task with a folder in ``DATA/`` (``train_instruction/``: DR, SAD, dread
    and every figure below is computed with the stored weights, through the SDK's code.
 5. **Held-out evaluation** (printed): accuracy of the model on the held-out explanations, and of
    ``parse_response`` (rules + model) on the held-out explanations and on the full answers.
+6. **Combination rule** (:func:`derive_override`): per kind of rule reading, the probability from
+   which the model's label replaces the rules', chosen on 5-fold out-of-fold predictions over the
+   training answers and stored in the file.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class TrainConfig:
     """Tasks without ``train.csv``: hold out the posts whose hash is 0 modulo this."""
     limit: int | None = None
     """At most this many rows per CSV (tests train on a slice)."""
+    folds: int = 5
+    """Folds of the out-of-fold predictions the combination rule is derived from."""
 
 
 @dataclass(frozen=True)
@@ -308,7 +313,7 @@ def _combined(how_records: Sequence[tuple[str | None, str, float, int, str]], th
 
 
 def derive_override(task: str, train: Sequence[Example], config: TrainConfig) -> tuple[dict[str, float], dict]:
-    """The combination rule's thresholds for ``task``, from 2-fold out-of-fold predictions on the
+    """The combination rule's thresholds for ``task``, from k-fold out-of-fold predictions on the
     training answers, each read twice: as written and with the verdict sentence removed.
 
     For each kind of reading in :data:`DERIVED_KINDS`, the threshold of
@@ -317,11 +322,11 @@ def derive_override(task: str, train: Sequence[Example], config: TrainConfig) ->
     than the rules alone; otherwise the rules keep that kind of reading.
     Returns the thresholds and, per kind, the counts behind them.
     """
-    folds = [list(train[0::2]), list(train[1::2])]
+    k_folds = config.folds
     records: dict[str, list[tuple[str | None, str, float, int, str]]] = {}
-    for k in (0, 1):
-        model = fit_task(task, folds[k], config)
-        for example in folds[1 - k]:
+    for k in range(k_folds):
+        model = fit_task(task, [e for i, e in enumerate(train) if i % k_folds != k], config)
+        for example in train[k::k_folds]:
             for text in (example.answer, example.explanation):
                 reading = read_rules(task, text)
                 probs, n_features = model.probabilities_and_count(reading.model_text)

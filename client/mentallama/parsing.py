@@ -81,6 +81,7 @@ _CONCLUSION_RE = re.compile(
 _LIST_GLUE_RE = re.compile(r"\s*,?\s*(?:(?:and|or|nor|as well as)\s+)?", _F)
 _LIST_INTRO_RE = re.compile(r"\s*(?:(?:such as|like|including|for example|for instance|namely)\b|e\.g\.)", _F)
 _YES_NO_START_RE = re.compile(r"^[\W_]*(yes|no)\b(?!\s+(?:one|doubt|matter|longer)\b)", _F)
+_YES_NO_NEXT_RE = re.compile(r"[\W_]*(yes|no)\b(?!\s+(?:one|doubt|matter|longer)\b)", _F)  # at a given pos
 _YES_NO_ANSWER_RE = re.compile(r"\b(?:answer|label|verdict)\s+(?:is|would be)\s*:?\s*[\"']?(yes|no)\b", _F)
 
 _BINARY_PREDICATE = (
@@ -341,19 +342,27 @@ def _multiclass_sentence(spec: _Spec, sentence: str) -> str | None:
 
 
 def _explanation_verdict(spec: _Spec, text: str) -> tuple[str | None, str]:
-    """``(label, how)``: how is ``"conclusion"`` when a concluding sentence (``Therefore, ...``)
-    states the label, ``"explanation"`` when only other sentences do, ``"none"`` without a label."""
+    """``(label, how)``: how is ``"answer"`` when a concluding sentence gives it as a Yes/No
+    (``Therefore, no, ...``), ``"conclusion"`` when a concluding sentence (``Therefore, ...``)
+    states it, ``"explanation"`` when only other sentences do, ``"none"`` without a label."""
     votes: list[tuple[str, bool]] = []
+    answered: set[str] = set()  # labels a concluding "Therefore, no, ..." gives as plainly as a verdict
     for sentence in _sentences(text):
         label = _binary_sentence(spec, sentence) if spec.task.is_binary else _multiclass_sentence(spec, sentence)
         if label is not None:
-            votes.append((label, _CONCLUSION_RE.search(sentence) is not None))
+            conclusion = _CONCLUSION_RE.search(sentence)
+            votes.append((label, conclusion is not None))
+            if conclusion is not None and spec.task.is_binary and _YES_NO_NEXT_RE.match(sentence, conclusion.end()):
+                answered.add(label)
     concluding = [label for label, final in votes if final]
     distinct = {label for label, _ in votes}
     if len(distinct) == 1:
         label = distinct.pop()
-        return label, "conclusion" if concluding else "explanation"
-    return (concluding[-1], "conclusion") if concluding else (None, "none")
+    elif concluding:
+        label = concluding[-1]
+    else:
+        return None, "none"
+    return label, "answer" if label in answered else "conclusion" if concluding else "explanation"
 
 
 # ---------------------------------------------------------------- how plainly the verdict is stated
