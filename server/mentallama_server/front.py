@@ -63,7 +63,9 @@ def parse_front_request(inputs: Mapping[str, np.ndarray | None], preprocessor: P
         for name in ENGINE_INPUT_NAMES
         if name not in _NOT_PASSED and inputs.get(name) is not None
     }
-    parse_sampling(passthrough)  # refuse bad sampling values here, with INVALID_ARGUMENT
+    sampling = parse_sampling(passthrough)  # refuse bad sampling values here, with INVALID_ARGUMENT
+    if sampling.min_tokens > prepared.max_tokens:
+        raise RequestError(f"min_tokens ({sampling.min_tokens}) is above max_tokens ({prepared.max_tokens})")
     return FrontRequest(
         input_ids=prepared.input_ids,
         max_tokens=prepared.max_tokens,

@@ -13,6 +13,13 @@ import numpy as np
 
 # TensorRT-LLM pads word lists with -1 (ids row and offsets row).
 WORD_LIST_PAD = -1
+# Bytes of text one token can stand for, at most: LLaMA-2's longest token decodes to 16 bytes, so a prompt of
+# more than max_input_len * 32 bytes is over the token limit for sure and is refused before tokenising (a
+# 50 MB prompt took 45 s of tokeniser CPU only to be refused; issue 15, finding 3).
+MAX_BYTES_PER_TOKEN = 32
+# Stop and bad words: at most this many per list, each at most this many bytes.
+MAX_WORDS = 64
+MAX_WORD_BYTES = 256
 
 
 class RequestError(ValueError):
@@ -128,9 +135,29 @@ class Preprocessor:
             raise RequestError(f"max_tokens is {n}, above the limit of {self.limits.max_output_len}")
         return n
 
+    @property
+    def max_text_bytes(self) -> int:
+        return self.limits.max_input_len * MAX_BYTES_PER_TOKEN
+
+    def check_text_size(self, text: object) -> None:
+        """Refuse a prompt that cannot fit the token limit, by its size alone (before decoding or tokenising)."""
+        if isinstance(text, str):
+            text = text.encode("utf-8", "replace")
+        size = len(text) if isinstance(text, bytes) else 0
+        if size > self.max_text_bytes:
+            raise RequestError(
+                f"text_input is {size} bytes, above the {self.max_text_bytes} bytes that "
+                f"{self.limits.max_input_len} input tokens can hold"
+            )
+
     def encode_words(self, words: Sequence[object] | None, field: str) -> list[list[int]]:
         out: list[list[int]] = []
-        for raw in words if words is not None else []:
+        words = list(words) if words is not None else []
+        if len(words) > MAX_WORDS:
+            raise RequestError(f"{field} holds {len(words)} words, above the limit of {MAX_WORDS}")
+        for raw in words:
+            if isinstance(raw, bytes | str) and len(raw) > MAX_WORD_BYTES:
+                raise RequestError(f"{field}: a word of {len(raw)} bytes, above the limit of {MAX_WORD_BYTES}")
             word = decode_text(raw, field)
             if not word:
                 continue
@@ -149,6 +176,7 @@ class Preprocessor:
         end_id: object | None = None,
         pad_id: object | None = None,
     ) -> PreparedRequest:
+        self.check_text_size(text)
         prompt = decode_text(text)
         n = self.check_max_tokens(max_tokens)
         ids = self.encode_prompt(prompt)

@@ -5,12 +5,14 @@ test_rel_cancel_bound.py); the fuzzing is in test_rel_fuzz.py."""
 from __future__ import annotations
 
 import stat
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -93,3 +95,47 @@ def _http(url: str, method: str = "GET", data: bytes | None = None, timeout: flo
 def _infer_ok(server: LaunchedServer) -> bool:
     result = StreamCall(server.grpc_url, "mentallama", make_inputs("Hello", 4)).result(timeout=60)
     return result.error is None and bool(result.text)
+
+
+# --- finding 3: oversized input ---------------------------------------------------------------------------
+
+BIG_PROMPT_MB = 50
+
+
+def _rss_mib(server: LaunchedServer) -> dict[str, float]:
+    """Private RSS (less the /dev/shm pages they share) of tritonserver and of each stub, by model, MiB."""
+    triton = server.tritonserver()
+    out = {"tritonserver": _private_mib(triton)}
+    out.update({model: _private_mib(stub) for model, stub in server.stubs().items()})
+    return out
+
+
+def _private_mib(proc: psutil.Process) -> float:
+    info = proc.memory_full_info()
+    return (info.rss - info.shared) / 2**20
+
+
+@pytest.mark.parametrize("model", ["mentallama", "ensemble"])
+def test_oversized_prompt_is_refused_before_tokenising(server, model):
+    """A 50 MB prompt: refused by its size at once (it took 45 s of tokeniser CPU), a valid request sent
+    meanwhile is not held up, and the memory it took comes back."""
+    _infer_ok(server)  # warm: the first requests allocate for good
+    before = _rss_mib(server)
+    text = ("word " * (BIG_PROMPT_MB * 2**20 // 5)).encode()
+    started = time.monotonic()
+    big = StreamCall(server.grpc_url, model, make_inputs(text, 4))
+    assert _infer_ok(server)
+    valid_s = time.monotonic() - started
+    result = big.result(timeout=60)
+    refused_s = time.monotonic() - started
+    assert result.error is not None and "bytes, above the" in result.error, result.error
+    time.sleep(1)
+    after = _rss_mib(server)
+    print(f"{model}: refused in {refused_s:.2f} s, valid request in {valid_s:.2f} s, RSS MiB {before} -> {after}")
+    assert refused_s < 10 and valid_s < 10
+    # The stubs, which decode and tokenise, keep nothing; tritonserver keeps its gRPC receive buffers as a
+    # high-water mark (Triton 2.51 has no receive-size limit; docs/RELIABILITY.md).
+    for name, mib in after.items():
+        if name != "tritonserver":
+            assert mib - before[name] < 10, (name, before, after)
+    assert after["tritonserver"] - before["tritonserver"] < 3 * BIG_PROMPT_MB
