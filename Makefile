@@ -14,6 +14,9 @@ $(BIN)/python:
 # Installs the project (editable) with its pinned dependencies; re-runs when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# optimum-intel pulls in torchvision, whose PyPI build does not load beside the pinned torch and then breaks
+	@# `import transformers` ("operator torchvision::nms does not exist"); nothing here uses it.
+	$(BIN)/python -m pip uninstall --quiet --yes torchvision
 	$(BIN)/python -c "import sysconfig, sys; sys.exit(0 if sysconfig.get_config_var('Py_ENABLE_SHARED') else 'this Python has no shared libpython, which the Triton Python-backend stub needs (see README)')"
 	touch $@
 

@@ -72,15 +72,15 @@ def build_loads(
 
 
 def _engine_backend(checkpoint: Path | None, options: list[str], request_timeout: float) -> Backend:
-    """The in-process CpuEngine with mentallama-serve's default settings, plus KEY=VALUE overrides."""
+    """The in-process OpenVinoEngine with mentallama-serve's default settings, plus KEY=VALUE overrides."""
     if checkpoint is None:
         raise ValueError("--compare-engine needs --checkpoint (or --tokenizer): the folder the server serves")
-    from benchmarks.engine_backend import EngineBackend, engine_kwargs
+    from benchmarks.engine_backend import EngineBackend, engine_settings
 
     pairs = dict(o.split("=", 1) for o in options if "=" in o)
     if len(pairs) != len(options):
         raise ValueError("--engine-option takes KEY=VALUE")
-    return EngineBackend(checkpoint, engine_kwargs(pairs), request_timeout)
+    return EngineBackend(checkpoint, engine_settings(pairs), request_timeout)
 
 
 @app.command()
@@ -176,7 +176,7 @@ def bench(
     compare_engine: Annotated[
         bool,
         typer.Option(
-            help="Also run each load on the bare CpuEngine in-process and print served/engine ratios."
+            help="Also run each load on the bare OpenVINO engine in-process and print served/engine ratios."
         ),
     ] = False,
     checkpoint: Annotated[

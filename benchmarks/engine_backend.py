@@ -1,7 +1,8 @@
 """The bare CPU engine in-process (no Triton, no gRPC): the baseline of the comparison mode.
 
 `EngineBackend` sends the same `SampleRequest`s as the Triton backends straight to
-`mentallama_server.cpu_engine.CpuEngine`: it tokenises like the server's preprocessing
+`mentallama_server.ov_engine.OpenVinoEngine`, on the engine `mentallama-serve` would serve for the checkpoint
+(built on first use, shared with the server): it tokenises like the server's preprocessing
 (`tokenizer.encode(text)`, BOS included), maps the sampling settings the same way, and stamps each
 event carrying new tokens when the benchmark's event loop receives it. The clock starts before
 tokenisation because the served stack's TTFT includes its tokenisation too; what remains between the
@@ -13,47 +14,56 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from benchmarks.backends import Backend
 from benchmarks.records import RequestOutcome, SampleRequest, SamplingParams
 
-__all__ = ["EngineBackend", "engine_kwargs"]
+__all__ = ["EngineBackend", "engine_kwargs", "engine_settings"]
 
-# CpuSettings field -> CpuEngine keyword (the served profile renders these same settings).
+# CpuSettings field -> OpenVinoEngine keyword (the served profile renders these same settings).
 _SETTING_TO_ENGINE = {
-    "engine_max_batch_size": "max_batch_size",
-    "cache_num_blocks": "num_blocks",
-    "cache_block_size": "block_size",
-    "max_batch_tokens": "max_batch_tokens",
-    "dtype": "dtype",
+    "engine_max_batch_size": "max_num_seqs",
+    "cache_num_blocks": "num_kv_blocks",
+    "max_batch_tokens": "max_num_batched_tokens",
+    "dynamic_split_fuse": "dynamic_split_fuse",
+    "prefix_caching": "enable_prefix_caching",
+    "kv_cache_precision": "kv_cache_precision",
+    "inference_precision": "inference_precision",
     "num_threads": "num_threads",
-    "device": "device",
 }
+_BUILD_SETTINGS = ("weight_format",)
 
 
-def engine_kwargs(overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    """CpuEngine keywords from `mentallama-serve`'s defaults (`CpuSettings`) plus `KEY=VALUE` overrides
-    named like the serve flags (`engine_max_batch_size`, `cache_num_blocks`, ...), so the bare engine
-    runs with the settings the server runs with."""
+def engine_settings(overrides: dict[str, str] | None = None) -> Any:
+    """`mentallama-serve`'s defaults (`CpuSettings`) plus `KEY=VALUE` overrides named like the serve flags
+    (`engine_max_batch_size`, `cache_num_blocks`, `weight_format`, ...), so the bare engine runs with the
+    settings the server runs with."""
     from mentallama_server.settings import CpuSettings
 
     settings = CpuSettings()
-    known = {f.name: f for f in fields(CpuSettings)}
     for key, value in (overrides or {}).items():
         name = key.replace("-", "_")
-        if name not in _SETTING_TO_ENGINE:
-            raise ValueError(f"unknown engine setting {key!r}; known: {', '.join(_SETTING_TO_ENGINE)}")
-        setattr(settings, name, type(getattr(settings, name))(value) if name in known else value)
+        if name not in _SETTING_TO_ENGINE and name not in _BUILD_SETTINGS:
+            known = ", ".join((*_SETTING_TO_ENGINE, *_BUILD_SETTINGS))
+            raise ValueError(f"unknown engine setting {key!r}; known: {known}")
+        current = getattr(settings, name)
+        if isinstance(current, bool):
+            setattr(settings, name, value.strip().lower() in ("1", "true", "yes", "on"))
+        else:
+            setattr(settings, name, type(current)(value))
+    return settings
+
+
+def engine_kwargs(settings: Any) -> dict[str, Any]:
+    """OpenVinoEngine keywords of resolved settings (no `auto` left)."""
     kwargs = {engine: getattr(settings, name) for name, engine in _SETTING_TO_ENGINE.items()}
-    kwargs["num_threads"] = int(settings.template_values()["num_threads"])  # as the server renders it
     return kwargs
 
 
 class EngineBackend(Backend):
-    """`CpuEngine` in this process; `endpoint` is the checkpoint folder."""
+    """`OpenVinoEngine` in this process; `endpoint` is the checkpoint folder."""
 
     kind = "engine"
     count_label = "engine"
@@ -62,11 +72,11 @@ class EngineBackend(Backend):
     def __init__(
         self,
         checkpoint_dir: str | Path,
-        engine_options: dict[str, Any] | None = None,
+        settings: Any = None,
         request_timeout_s: float = 600.0,
     ) -> None:
         super().__init__(str(checkpoint_dir), model="cpu-engine", request_timeout_s=request_timeout_s)
-        self.engine_options = dict(engine_options or {})
+        self.settings = settings if settings is not None else engine_settings()
         self._engine: Any = None
         self._tokenizer: Any = None
         self._ids = itertools.count()
@@ -74,15 +84,17 @@ class EngineBackend(Backend):
     async def open(self) -> None:
         if self._engine is not None:
             return
-        from benchmarks.tokens import load_tokenizer
-        from mentallama_server.cpu_engine import CpuEngine
+        from mentallama_server.ov_engine import OpenVinoEngine
+        from mentallama_server.serve import resolve_engine
+        from mentallama_server.text_tokenizer import TextTokenizer
 
         def build() -> Any:
-            engine = CpuEngine(self.endpoint, **self.engine_options)
-            engine.start(warmup=True)
+            engine_dir, settings = resolve_engine(Path(self.endpoint), self.settings)
+            self._tokenizer = TextTokenizer.from_folder(engine_dir)
+            engine = OpenVinoEngine(engine_dir, **engine_kwargs(settings))
+            engine.start()
             return engine
 
-        self._tokenizer = load_tokenizer(self.endpoint)
         self._engine = await asyncio.to_thread(build)
 
     async def close(self) -> None:

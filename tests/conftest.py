@@ -41,6 +41,14 @@ def tiny_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_engine(tiny_checkpoint: Path) -> Path:
+    """The tiny checkpoint's fp32 OpenVINO engine, as `mentallama-serve` builds it on first use."""
+    from engine_build.openvino_build import OpenVinoOptions, ensure_engine
+
+    return ensure_engine(tiny_checkpoint, OpenVinoOptions("fp32"))
+
+
+@pytest.fixture(scope="session")
 def cpu_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A real tritonserver on loopback, free ports, CPU profile with the tiny checkpoint."""
     from mentallama_server.launcher import ServerOptions, free_port
@@ -53,7 +61,7 @@ def cpu_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
     )
     run_dir = tmp_path_factory.mktemp("triton-run")
     # A small cache and short limits keep the suite fast and make limit errors easy to reach.
-    settings = CpuSettings(max_input_len=1024, max_output_len=1024, cache_num_blocks=256, cache_block_size=32)
+    settings = CpuSettings(max_input_len=1024, max_output_len=1024, cache_num_blocks=256)
     server = start_cpu_server(str(tiny_checkpoint), settings, opts, run_dir)
     try:
         yield RunningServer(opts, tiny_checkpoint, run_dir, server.log_path)

@@ -21,9 +21,18 @@ app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_show_loc
 
 @app.command()
 def serve(
-    profile: Annotated[str, typer.Option(help="cpu (transformers engine) or trtllm (TensorRT-LLM)")] = "cpu",
-    model: Annotated[str, typer.Option(help="cpu: tiny, bench (built if missing) or a LLaMA-2 HF folder")] = "tiny",
-    engine: Annotated[Path | None, typer.Option(help="trtllm: engine folder from `mentallama-build engine`")] = None,
+    profile: Annotated[str, typer.Option(help="cpu (OpenVINO engine) or trtllm (TensorRT-LLM)")] = "cpu",
+    model: Annotated[
+        str | None,
+        typer.Option(help="cpu: tiny, bench (built if missing) or a LLaMA-2 HF folder; default tiny"),
+    ] = None,
+    engine: Annotated[
+        Path | None,
+        typer.Option(
+            help="cpu: a prebuilt engine from `mentallama-build openvino` (checked against its manifest); "
+            "trtllm: engine folder from `mentallama-build engine`"
+        ),
+    ] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="trtllm: the engine's HF checkpoint (tokenizer)")] = None,
     profile_file: Annotated[Path | None, typer.Option(help="trtllm: settings file (.toml or .json)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="trtllm: override a setting, key=value")] = None,
@@ -60,12 +69,33 @@ def serve(
         int, typer.Option(help="shared-memory pool per Python model instance in /dev/shm, MiB (see README)")
     ] = ServerOptions.shm_pool_mib,
     ready_timeout: float = 300.0,
-    engine_max_batch_size: int = CpuSettings.engine_max_batch_size,
-    cache_num_blocks: int = CpuSettings.cache_num_blocks,
-    cache_block_size: int = CpuSettings.cache_block_size,
-    max_batch_tokens: int = CpuSettings.max_batch_tokens,
-    num_threads: int = CpuSettings.num_threads,
-    device: Annotated[str, typer.Option(help="cpu: where the engine step runs, cpu or cuda[:N]")] = CpuSettings.device,
+    engine_max_batch_size: Annotated[
+        int, typer.Option(help="cpu: sequences decoded together (the scheduler's max_num_seqs)")
+    ] = CpuSettings.engine_max_batch_size,
+    cache_num_blocks: Annotated[int, typer.Option(help="cpu: KV-cache size in blocks of 32 tokens")] = (
+        CpuSettings.cache_num_blocks
+    ),
+    max_batch_tokens: Annotated[int, typer.Option(help="cpu: tokens per engine step (max_num_batched_tokens)")] = (
+        CpuSettings.max_batch_tokens
+    ),
+    dynamic_split_fuse: Annotated[bool, typer.Option(help="cpu: prefill long prompts in chunks")] = (
+        CpuSettings.dynamic_split_fuse
+    ),
+    prefix_caching: Annotated[bool, typer.Option(help="cpu: reuse KV blocks of identical prompt prefixes")] = (
+        CpuSettings.prefix_caching
+    ),
+    kv_cache_precision: Annotated[str, typer.Option(help="cpu: auto, f32, f16, bf16 or u8")] = (
+        CpuSettings.kv_cache_precision
+    ),
+    inference_precision: Annotated[str, typer.Option(help="cpu: auto, f32 or bf16")] = (
+        CpuSettings.inference_precision
+    ),
+    weight_format: Annotated[
+        str, typer.Option(help="cpu: engine weights when built on first use: auto, fp32, fp16, int8, int4")
+    ] = CpuSettings.weight_format,
+    num_threads: Annotated[int, typer.Option(help="cpu: OpenVINO threads; 0 = one per core")] = (
+        CpuSettings.num_threads
+    ),
     max_input_len: int = CpuSettings.max_input_len,
     max_output_len: int = CpuSettings.max_output_len,
     max_queue_size: int = CpuSettings.max_queue_size,
@@ -94,9 +124,12 @@ def serve(
         if profile == "cpu":
             settings = CpuSettings(**{f.name: given[f.name] for f in fields(CpuSettings) if f.name in given})
             if render is not None:
-                typer.echo(f"rendered the cpu profile to {render_cpu(resolve_checkpoint(model), settings, render)}")
+                checkpoint = resolve_checkpoint(model or "tiny") if model or engine is None else None
+                typer.echo(f"rendered the cpu profile to {render_cpu(checkpoint, settings, render, engine)}")
                 return
-            server = start_cpu_server(model, settings, opts, run_dir, ready_timeout)
+            if model is None and engine is None:
+                model = "tiny"
+            server = start_cpu_server(model, settings, opts, run_dir, ready_timeout, engine)
         elif profile == "trtllm":
             from mentallama_server.serve_trtllm import render_trtllm, start_trtllm_server
             from mentallama_server.trtllm_profile import ProfileError, load_profile

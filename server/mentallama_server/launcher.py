@@ -26,6 +26,13 @@ class LaunchError(RuntimeError):
     pass
 
 
+# A stub stopped this long is a health problem (issue 15, finding 4): Triton 2.51 answers its requests with
+# "stub process is not healthy" after 1 s but keeps /v2/health/ready at 200, and a stub resumed after that
+# segfaulted (tritonserver then aborted on the next request). The launcher stops the server instead, so that
+# readiness fails and a supervisor starts a clean one.
+STOPPED_STUB_GRACE_S = 2.0
+
+
 @dataclass
 class ServerOptions:
     host: str = "127.0.0.1"
@@ -232,6 +239,7 @@ class TritonProcess:
         check_ports(opts)
         self.args = argv
         self.expected_stubs: dict[int, str] = {}  # recorded once ready: the processes that must stay alive
+        self._stopped_since: dict[int, float] = {}
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
             argv,
@@ -300,7 +308,33 @@ class TritonProcess:
             return f"the Python-backend process of model(s) {', '.join(dead)} died{then}"
         if exited is not None:
             return f"tritonserver exited with code {exited}"
+        stopped = self.stopped_stub_models()
+        if stopped:
+            return (
+                f"the Python-backend process of model(s) {', '.join(stopped)} is stopped (SIGSTOP or a debugger) "
+                f"for over {STOPPED_STUB_GRACE_S:g} s: Triton fails its requests while still reporting ready, "
+                "and the stub crashes when resumed"
+            )
         return None
+
+    def stopped_stub_models(self) -> list[str]:
+        """Models whose stub has been stopped (state T) since at least STOPPED_STUB_GRACE_S ago."""
+        import psutil
+
+        now = time.monotonic()
+        stopped = set()
+        for pid, model in self.expected_stubs.items():
+            try:
+                is_stopped = psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+            except psutil.NoSuchProcess:
+                is_stopped = False
+            if not is_stopped:
+                self._stopped_since.pop(pid, None)
+                continue
+            since = self._stopped_since.setdefault(pid, now)
+            if now - since >= STOPPED_STUB_GRACE_S:
+                stopped.add(model)
+        return sorted(stopped)
 
     def dead_stub_models(self) -> list[str]:
         """Models whose stub, recorded when the server became ready, is gone or a zombie. Checked pid by pid

@@ -1,15 +1,21 @@
-"""Glue of `mentallama-serve`: resolve the checkpoint, render the profile, run tritonserver."""
+"""Glue of `mentallama-serve`: resolve the checkpoint and its OpenVINO engine, render the profile, run tritonserver."""
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mentallama_server.launcher import ServerOptions, TritonProcess, bundled_server, launch
 from mentallama_server.paths import RUNS
 from mentallama_server.render import render_repository
 from mentallama_server.settings import CpuSettings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 BUILTIN_MODELS = ("tiny", "bench")
 
@@ -33,27 +39,66 @@ def resolve_checkpoint(model: str) -> Path:
 
 
 def context_length(checkpoint: Path) -> int:
-    from engine_build.check import check_checkpoint
-
-    return int(check_checkpoint(checkpoint).context_length)
+    config = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
+    return int(config["max_position_embeddings"])
 
 
 def fit_to_context(settings: CpuSettings, context: int) -> CpuSettings:
-    """Keep prompt + output within the model's context window."""
-    max_output = min(settings.max_output_len, context - 1)
-    max_input = min(settings.max_input_len, context - max_output)
-    return replace(settings, max_input_len=max_input, max_output_len=max_output)
+    """Keep prompt + output within the model's context window, shrinking both limits in proportion when
+    they do not fit (a 512-token model gets 341 + 171, not 1 + 511)."""
+    total = settings.max_input_len + settings.max_output_len
+    if total <= context:
+        return settings
+    max_input = max(1, context * settings.max_input_len // total)
+    return replace(settings, max_input_len=max_input, max_output_len=context - max_input)
 
 
-def cpu_values(checkpoint: Path, settings: CpuSettings) -> dict[str, str]:
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def resolve_engine(
+    checkpoint: Path | None, settings: CpuSettings, engine: Path | None = None, say: Callable[[str], None] = _stderr
+) -> tuple[Path, CpuSettings]:
+    """The OpenVINO engine folder to serve and the settings with `auto` values decided.
+
+    With `engine`, a prebuilt folder is checked against its manifest (and against `checkpoint` when given);
+    otherwise the checkpoint's engine is built on first use and reused afterwards (artifacts/engines/)."""
+    from engine_build.openvino_build import EngineBuildError, OpenVinoOptions, ensure_engine, verify_engine
+
+    problems = settings.problems()
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    if engine is not None:
+        engine = Path(engine).expanduser().resolve()
+        problems = verify_engine(engine, checkpoint)
+        if problems:
+            raise CheckpointError(f"engine {engine} cannot be served:\n" + "\n".join(f"  - {p}" for p in problems))
+        source = engine
+    else:
+        if checkpoint is None:
+            raise CheckpointError("give a checkpoint (--model) or a prebuilt engine (--engine)")
+        source = checkpoint
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    settings = settings.resolved(str(config.get("torch_dtype") or config.get("dtype") or "float32"))
+    if engine is None:
+        try:
+            engine = ensure_engine(checkpoint, OpenVinoOptions(settings.weight_format), say=say)
+        except EngineBuildError as exc:
+            raise CheckpointError(str(exc)) from None
+    return engine, settings
+
+
+def cpu_values(engine: Path, settings: CpuSettings) -> dict[str, str]:
     values = settings.template_values()
-    values.update(checkpoint_dir=str(checkpoint), tokenizer_dir=str(checkpoint))
+    values.update(engine_dir=str(engine), tokenizer_dir=str(engine))
     return values
 
 
-def render_cpu(checkpoint: Path, settings: CpuSettings, output: Path) -> Path:
-    settings = fit_to_context(settings, context_length(checkpoint))
-    return render_repository("cpu", cpu_values(checkpoint, settings), output)
+def render_cpu(checkpoint: Path | None, settings: CpuSettings, output: Path, engine: Path | None = None) -> Path:
+    engine, settings = resolve_engine(checkpoint, settings, engine)
+    settings = fit_to_context(settings, context_length(engine))
+    return render_repository("cpu", cpu_values(engine, settings), output)
 
 
 def new_run_dir() -> Path:
@@ -67,15 +112,16 @@ def new_run_dir() -> Path:
 
 
 def start_cpu_server(
-    model: str,
+    model: str | None,
     settings: CpuSettings,
     opts: ServerOptions,
     run_dir: Path | None = None,
     ready_timeout_s: float = 300,
+    engine: Path | None = None,
 ) -> TritonProcess:
     """Render and start the CPU profile; returns once the server reports ready."""
-    checkpoint = resolve_checkpoint(model)
+    checkpoint = None if model is None else resolve_checkpoint(model)
     run_dir = run_dir or new_run_dir()
-    repository = render_cpu(checkpoint, settings, run_dir / "model_repository")
+    repository = render_cpu(checkpoint, settings, run_dir / "model_repository", engine)
     argv, env = bundled_server(repository, run_dir, opts)
     return launch(argv, env, run_dir, opts, ready_timeout_s)

@@ -1,9 +1,12 @@
-"""Settings of the CPU profile, with the reasons for each default."""
+"""Settings of the CPU profile (OpenVINO engine), with the reasons for each default."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
+
+WEIGHT_FORMATS = ("auto", "fp32", "fp16", "int8", "int4")
+PRECISIONS = ("auto", "f32", "bf16")
+KV_PRECISIONS = ("auto", "f32", "f16", "bf16", "u8")
 
 
 @dataclass
@@ -13,23 +16,30 @@ class CpuSettings:
     max_batch_size: int = 64
     """Triton `max_batch_size` of every model: > 0 as the TensorRT-LLM ensemble has it; each request is one row."""
     engine_max_batch_size: int = 32
-    """Sequences decoded together; more only adds latency on a 2-core CPU."""
+    """The scheduler's `max_num_seqs`: sequences decoded together in one step (measured: throughput on 2 cores
+    stops growing past ~16-32)."""
     cache_num_blocks: int = 512
-    """KV-cache blocks; set explicitly, else transformers sizes the cache from system RAM (slow start, GBs)."""
-    cache_block_size: int = 32
-    """Tokens per KV-cache block (512 x 32 = 16k tokens of cache)."""
+    """KV-cache size in blocks of 32 tokens (512 x 32 = 16k tokens); explicit, so memory use is known."""
     max_batch_tokens: int = 512
-    """Tokens per forward pass: bounds prefill chunks so decoding requests keep streaming."""
+    """The scheduler's `max_num_batched_tokens`: tokens per step, so a long prompt is prefilled in chunks
+    while decoding requests keep streaming (with dynamic split-fuse)."""
+    dynamic_split_fuse: bool = True
+    """Split long prompts across steps and fuse them with decoding (vLLM's chunked prefill)."""
+    prefix_caching: bool = False
+    """Keep KV blocks of finished prompts for reuse by identical prefixes (IMHI prompts share their
+    instruction tail, not their start, so it rarely pays; off keeps cache-usage figures exact)."""
+    kv_cache_precision: str = "auto"
+    """KV-cache element type: auto (f32 with f32 inference, else the plugin's default), f32, f16, bf16, u8."""
+    inference_precision: str = "auto"
+    """auto: f32 for float32 checkpoints (the tiny model's greedy output then equals transformers'), bf16
+    otherwise; or f32 / bf16."""
+    weight_format: str = "auto"
+    """Engine weights when the engine is built on first use: auto (fp32 for float32 checkpoints, else int8),
+    fp32, fp16, int8, int4."""
     num_threads: int = 0
-    """Torch intra-op threads; 0 = one per core but one, which stays with tritonserver and the Python
-    models (on 2 cores, 2 engine threads measured slower and far noisier than 1)."""
-    dtype: str = "auto"
-    """Weights dtype; `auto` uses the checkpoint's."""
-    device: str = "cpu"
-    """Where the engine step's model and KV cache live: `cpu`, or `cuda` / `cuda:N` where a GPU is at hand
-    (the Python model itself stays a KIND_CPU instance: only its forward passes move)."""
+    """OpenVINO inference threads; 0 = the plugin's default (one per core)."""
     max_input_len: int = 2048
-    """Longest prompt in tokens (capped at the model's context minus max_output_len)."""
+    """Longest prompt in tokens (fitted to the model's context together with max_output_len)."""
     max_output_len: int = 1024
     """Largest `max_tokens` a request may ask for."""
     max_queue_size: int = 128
@@ -40,8 +50,33 @@ class CpuSettings:
     front_max_concurrent_requests: int = 256
     """Requests the `mentallama` front model serves at once (threads blocked on the engine)."""
 
+    def problems(self) -> list[str]:
+        checks = (
+            ("weight_format", WEIGHT_FORMATS),
+            ("inference_precision", PRECISIONS),
+            ("kv_cache_precision", KV_PRECISIONS),
+        )
+        return [
+            f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+            for name, choices in checks
+            if getattr(self, name) not in choices
+        ]
+
+    def resolved(self, checkpoint_dtype: str) -> CpuSettings:
+        """`auto` values decided for a checkpoint whose weights are `checkpoint_dtype` (config.json)."""
+        from dataclasses import replace
+
+        exact = checkpoint_dtype in ("float32", "fp32")
+        precision = self.inference_precision if self.inference_precision != "auto" else ("f32" if exact else "bf16")
+        kv = self.kv_cache_precision
+        if kv == "auto":
+            kv = "f32" if precision == "f32" else ""
+        weights = self.weight_format if self.weight_format != "auto" else ("fp32" if exact else "int8")
+        return replace(self, inference_precision=precision, kv_cache_precision=kv, weight_format=weights)
+
     def template_values(self) -> dict[str, str]:
         values = {f.name: str(getattr(self, f.name)) for f in fields(self)}
         values["max_pending_requests"] = str(self.engine_max_batch_size + self.max_queue_size)
-        values["num_threads"] = str(self.num_threads or max(1, (os.cpu_count() or 2) - 1))
+        values["dynamic_split_fuse"] = str(self.dynamic_split_fuse).lower()
+        values["prefix_caching"] = str(self.prefix_caching).lower()
         return values

@@ -44,14 +44,15 @@ def test_ratios_are_served_over_engine_per_load() -> None:
 
 
 def test_engine_backend_runs_the_same_load_in_process(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from benchmarks.engine_backend import EngineBackend, engine_kwargs
+    from benchmarks.engine_backend import EngineBackend, engine_kwargs, engine_settings
 
-    kwargs = engine_kwargs({"engine_max_batch_size": "4", "cache_num_blocks": "64"})
-    assert kwargs["max_batch_size"] == 4 and kwargs["num_blocks"] == 64 and kwargs["num_threads"] >= 1
+    settings = engine_settings({"engine_max_batch_size": "4", "cache_num_blocks": "64", "prefix_caching": "true"})
+    kwargs = engine_kwargs(settings)
+    assert kwargs["max_num_seqs"] == 4 and kwargs["num_kv_blocks"] == 64 and kwargs["enable_prefix_caching"]
     with pytest.raises(ValueError, match="unknown engine setting"):
-        engine_kwargs({"max_queue_size": "3"})
+        engine_settings({"max_queue_size": "3"})
 
-    backend = EngineBackend(tiny_checkpoint, kwargs)
+    backend = EngineBackend(tiny_checkpoint, settings)
     dataset = SyntheticDataset(input_len=16, output_len=6, tokenizer=load_tokenizer(tiny_checkpoint))
     config = SessionConfig(
         loads=[LoadSpec(concurrency=2)],

@@ -1,6 +1,7 @@
-"""Fixtures of the server tests: the tiny checkpoint's tokenizer and a started CPU engine.
+"""Fixtures of the server tests: the tiny checkpoint's tokenizer, its fp32 OpenVINO engine, a started engine.
 
-`tiny_checkpoint` (tests/conftest.py) builds `artifacts/checkpoints/tiny` on a fresh machine.
+`tiny_checkpoint` (tests/conftest.py) builds `artifacts/checkpoints/tiny` on a fresh machine; `tiny_engine`
+(tests/conftest.py) exports it once (artifacts/engines/, reused afterwards).
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from typing import Any
 
 import pytest
 
-# Small on purpose (2 shared CPU cores): 256 blocks x 16 tokens = 4096 tokens of cache.
-ENGINE_KWARGS: dict[str, Any] = dict(max_batch_size=16, num_blocks=256, block_size=16, max_batch_tokens=256)
+# Small on purpose (2 shared CPU cores): 128 blocks x 32 tokens = 4096 tokens of cache. f32 throughout, so
+# greedy output equals transformers' token for token.
+ENGINE_KWARGS: dict[str, Any] = dict(
+    max_num_seqs=16, num_kv_blocks=128, max_num_batched_tokens=256, kv_cache_precision="f32", inference_precision="f32"
+)
 
 
 @pytest.fixture(scope="session")
@@ -28,11 +32,11 @@ def tiny_tokenizer(tiny_checkpoint: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def cpu_engine(tiny_checkpoint: Path) -> Iterator[Any]:
+def cpu_engine(tiny_engine: Path) -> Iterator[Any]:
     """One started engine per test module; tests must leave it idle (every request finished)."""
-    from mentallama_server.cpu_engine import CpuEngine
+    from mentallama_server.ov_engine import OpenVinoEngine
 
-    engine = CpuEngine(tiny_checkpoint, **ENGINE_KWARGS)
+    engine = OpenVinoEngine(tiny_engine, **ENGINE_KWARGS)
     engine.start()
     try:
         yield engine

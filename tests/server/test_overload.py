@@ -20,7 +20,9 @@ LONG = "Consider this post: I can't sleep. Question: Does the poster suffer from
 def small_server(tiny_checkpoint, tmp_path_factory) -> Iterator[tuple[str, str, TritonProcess]]:
     # 2 running + 2 waiting requests at most.
     # Long generations (the tiny model makes ~500 tokens/s) keep the engine full while the test probes it.
-    settings = CpuSettings(engine_max_batch_size=2, max_queue_size=2, max_output_len=3000, cache_num_blocks=512)
+    settings = CpuSettings(
+        engine_max_batch_size=2, max_queue_size=2, max_input_len=1024, max_output_len=3000, cache_num_blocks=512
+    )
     opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     server = start_cpu_server(str(tiny_checkpoint), settings, opts, tmp_path_factory.mktemp("overload"))
     try:

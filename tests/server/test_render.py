@@ -35,7 +35,7 @@ def load(path: Path) -> model_config_pb2.ModelConfig:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("render")
-    cpu = CpuSettings().template_values() | {"checkpoint_dir": SHARED["tokenizer_dir"]} | SHARED
+    cpu = CpuSettings().template_values() | {"engine_dir": SHARED["tokenizer_dir"]} | SHARED
     return {
         "cpu": render_repository("cpu", cpu, root / "cpu"),
         "trtllm": render_repository(
@@ -115,7 +115,7 @@ def test_python_models_carry_the_bootstrap(rendered):
 
 def test_missing_value_is_a_render_error(tmp_path):
     values = CpuSettings().template_values() | SHARED
-    with pytest.raises(RenderError, match=r"\$\{checkpoint_dir\}"):
+    with pytest.raises(RenderError, match=r"\$\{engine_dir\}"):
         render_repository("cpu", values, tmp_path / "repo")
     with pytest.raises(RenderError, match="unknown profile"):
         render_repository("gpu", values, tmp_path / "repo")

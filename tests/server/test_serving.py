@@ -109,20 +109,23 @@ def test_concurrent_requests_return_what_each_returns_alone(cpu_server):
 def test_short_request_gets_first_token_while_long_ones_run(cpu_server):
     long_calls = [
         StreamCall(cpu_server.grpc_url, "mentallama", make_inputs(PROMPTS[0], 1024, stream=True, min_tokens=1024))
-        for _ in range(3)
+        for _ in range(6)
     ]
     try:
-        for call in long_calls:  # all three are generating
+        for call in long_calls:  # all six are generating
             call.next(60)
         short = StreamCall(cpu_server.grpc_url, "mentallama", make_inputs("Hello world", 4, stream=True))
         short_result = short.result()
         assert short_result.error is None and short_result.text
-        # None of the long generations may have finished by the time the short one completed.
+        # The short request did not wait for the long ones: some were still generating when it completed (the
+        # tiny engine makes thousands of tokens/s, so a long one can finish while the short one is answered).
+        finished = 0
         for call in long_calls:
             while not call.queue.empty():
                 response, error = call.queue.get_nowait()
                 assert error is None
-                assert not response.get_response().parameters["triton_final_response"].bool_param
+                finished += response.get_response().parameters["triton_final_response"].bool_param
+        assert finished < len(long_calls)
     finally:
         for call in long_calls:
             call.close()

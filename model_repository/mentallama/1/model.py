@@ -34,11 +34,11 @@ import uuid
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from transformers import AutoTokenizer
 
 from mentallama_server.front import INPUT_NAMES, FrontRequest, engine_inputs, parse_front_request
 from mentallama_server.postprocess import ChunkDecoder
 from mentallama_server.preprocess import Limits, Preprocessor, RequestError
+from mentallama_server.text_tokenizer import load_tokenizer
 from mentallama_server.triton_params import get_parameter, parse_model_config
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -80,7 +80,7 @@ class _Call:
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_model_config(args)
-        tokenizer = AutoTokenizer.from_pretrained(get_parameter(config, "tokenizer_dir", str))
+        tokenizer = load_tokenizer(get_parameter(config, "tokenizer_dir", str))
         limits = Limits(get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int))
         self.preprocessor = Preprocessor(tokenizer, limits)
         self.decoder = ChunkDecoder(tokenizer)

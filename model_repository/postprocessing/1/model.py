@@ -3,16 +3,16 @@
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from transformers import AutoTokenizer
 
 from mentallama_server.postprocess import ChunkDecoder
+from mentallama_server.text_tokenizer import load_tokenizer
 from mentallama_server.triton_params import get_parameter, parse_model_config
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_model_config(args)
-        self.decoder = ChunkDecoder(AutoTokenizer.from_pretrained(get_parameter(config, "tokenizer_dir", str)))
+        self.decoder = ChunkDecoder(load_tokenizer(get_parameter(config, "tokenizer_dir", str)))
 
     def execute(self, requests):
         responses = []

@@ -3,9 +3,9 @@
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from transformers import AutoTokenizer
 
 from mentallama_server.preprocess import Limits, Preprocessor, RequestError, scalar, to_word_list
+from mentallama_server.text_tokenizer import load_tokenizer
 from mentallama_server.triton_params import get_parameter, parse_model_config
 
 
@@ -17,7 +17,7 @@ def _input(request, name: str):
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_model_config(args)
-        tokenizer = AutoTokenizer.from_pretrained(get_parameter(config, "tokenizer_dir", str))
+        tokenizer = load_tokenizer(get_parameter(config, "tokenizer_dir", str))
         limits = Limits(
             max_input_len=get_parameter(config, "max_input_len", int),
             max_output_len=get_parameter(config, "max_output_len", int),

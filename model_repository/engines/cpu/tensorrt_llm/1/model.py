@@ -1,8 +1,8 @@
-"""CPU engine step: the `tensorrt_llm` tensor interface over transformers continuous batching.
+"""CPU engine step: the `tensorrt_llm` tensor interface over an OpenVINO engine (in-flight batching).
 
 Thin adapter: parsing/assembly live in `mentallama_server.engine_step`, generation in
-`mentallama_server.cpu_engine`. Requests are decoupled: `execute` only submits them; the engine's
-dispatcher thread sends responses as tokens are produced. A watcher thread forwards client
+`mentallama_server.ov_engine` (OpenVINO GenAI's ContinuousBatchingPipeline). Requests are decoupled:
+`execute` only submits them; the engine's dispatcher thread sends responses as tokens are produced. A watcher thread forwards client
 cancellations to the engine and publishes the engine's counters as Prometheus metrics.
 
 Every `pb_utils` call (reading requests, sending responses, `is_cancelled`, metrics) holds one lock:
@@ -15,11 +15,11 @@ import uuid
 
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import triton_python_backend_utils as pb_utils
-from transformers import AutoTokenizer
 
-from mentallama_server.cpu_engine import CpuEngine
 from mentallama_server.engine_step import ResponseAssembler, Utf8Boundary, parse_request, parse_stop
+from mentallama_server.ov_engine import OpenVinoEngine
 from mentallama_server.preprocess import Limits, RequestError
+from mentallama_server.text_tokenizer import TextTokenizer
 from mentallama_server.triton_params import get_parameter, parse_model_config
 
 INPUT_NAMES = (
@@ -64,21 +64,22 @@ class _Active:
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_model_config(args)
-        checkpoint = get_parameter(config, "checkpoint_dir", str)
+        engine_dir = get_parameter(config, "engine_dir", str)
         self.limits = Limits(get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int))
-        self.boundary = Utf8Boundary(AutoTokenizer.from_pretrained(checkpoint))
+        self.boundary = Utf8Boundary(TextTokenizer.from_folder(engine_dir))
         # Requests held at once (running + waiting); beyond it new ones are refused at once instead of
         # queueing without bound, so clients back off or go to another replica.
         self.max_pending = get_parameter(config, "max_pending_requests", int)
-        self.engine = CpuEngine(
-            checkpoint,
-            max_batch_size=get_parameter(config, "engine_max_batch_size", int),
-            num_blocks=get_parameter(config, "cache_num_blocks", int),
-            block_size=get_parameter(config, "cache_block_size", int),
-            max_batch_tokens=get_parameter(config, "max_batch_tokens", int),
-            dtype=get_parameter(config, "dtype", str, "auto"),
-            num_threads=get_parameter(config, "num_threads", int, 0) or None,
-            device=get_parameter(config, "device", str, "cpu"),
+        self.engine = OpenVinoEngine(
+            engine_dir,
+            max_num_seqs=get_parameter(config, "engine_max_batch_size", int),
+            max_num_batched_tokens=get_parameter(config, "max_batch_tokens", int),
+            num_kv_blocks=get_parameter(config, "cache_num_blocks", int),
+            dynamic_split_fuse=get_parameter(config, "dynamic_split_fuse", bool, True),
+            enable_prefix_caching=get_parameter(config, "prefix_caching", bool, False),
+            kv_cache_precision=get_parameter(config, "kv_cache_precision", str, ""),
+            inference_precision=get_parameter(config, "inference_precision", str, "f32"),
+            num_threads=get_parameter(config, "num_threads", int, 0),
         )
         self.engine.start()
         self.active: dict[str, _Active] = {}

@@ -1,4 +1,5 @@
-"""CpuEngine on the tiny checkpoint: continuous batching, TensorRT-LLM request semantics, lifecycle."""
+"""OpenVinoEngine on the tiny checkpoint's fp32 engine: in-flight batching, TensorRT-LLM request semantics,
+lifecycle. References come from transformers `generate()` on the same checkpoint."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from mentallama_server.cpu_engine import CpuEngine, GenerationRequest, TokenEvent
-from mentallama_server.engine_sampling import RequestSampler, filter_top_k_top_p
+from mentallama_server.engine_types import GenerationRequest, TokenEvent
+from mentallama_server.ov_engine import OpenVinoEngine, UnsupportedRequestError
 
 EOS = 2
 TIMEOUT_S = 60.0
@@ -61,7 +62,7 @@ def request(input_ids: list[int], max_new_tokens: int, **kwargs: Any) -> Generat
     return GenerationRequest(f"req-{next(_ids)}", list(input_ids), max_new_tokens, **kwargs)
 
 
-def run(engine: CpuEngine, req: GenerationRequest) -> Collector:
+def run(engine: OpenVinoEngine, req: GenerationRequest) -> Collector:
     collector = Collector()
     engine.submit(req, collector)
     return collector.wait()
@@ -88,7 +89,7 @@ def next_logits(model: Any, ids: list[int]) -> torch.Tensor:
         return model(torch.tensor([ids])).logits[0, -1].float()
 
 
-def wait_idle(engine: CpuEngine) -> Any:
+def wait_idle(engine: OpenVinoEngine) -> Any:
     """Cancellation reaches the batch at the next step: poll until the engine shows nothing held."""
     deadline = time.monotonic() + 10
     while True:
@@ -102,7 +103,7 @@ def wait_idle(engine: CpuEngine) -> Any:
 # --------------------------------------------------------------------------------------------- greedy
 
 
-def test_concurrent_greedy_matches_solo_generate(cpu_engine: CpuEngine, reference_model: Any) -> None:
+def test_concurrent_greedy_matches_solo_generate(cpu_engine: OpenVinoEngine, reference_model: Any) -> None:
     prompts = [prompt(n, seed=n) for n in (3, 17, 40, 90, 130)]
     collectors = [Collector() for _ in prompts]
     for ids, collector in zip(prompts, collectors, strict=True):
@@ -113,8 +114,9 @@ def test_concurrent_greedy_matches_solo_generate(cpu_engine: CpuEngine, referenc
         assert collector.final.finish_reason == ("length" if len(expected) == 24 else "stop")
 
 
-def test_requests_beyond_cache_capacity_all_complete(cpu_engine: CpuEngine, reference_model: Any) -> None:
-    """10 x (50 + 400) tokens do not fit the 4096-token cache at once: CB queues/re-prefills, still exact."""
+def test_requests_beyond_cache_capacity_all_complete(cpu_engine: OpenVinoEngine, reference_model: Any) -> None:
+    """10 x (50 + 400) tokens do not fit the 4096-token cache at once: the scheduler preempts and recomputes,
+    still exact."""
     prompts = [prompt(50, seed=200 + i) for i in range(10)]
     collectors = [Collector() for _ in prompts]
     for ids, collector in zip(prompts, collectors, strict=True):
@@ -130,7 +132,7 @@ def test_requests_beyond_cache_capacity_all_complete(cpu_engine: CpuEngine, refe
     wait_idle(cpu_engine)
 
 
-def test_short_request_gets_tokens_while_long_ones_run(cpu_engine: CpuEngine) -> None:
+def test_short_request_gets_tokens_while_long_ones_run(cpu_engine: OpenVinoEngine) -> None:
     longs = [Collector() for _ in range(3)]
     for i, collector in enumerate(longs):
         cpu_engine.submit(request(prompt(20, seed=i), 300, end_id=-1), collector)
@@ -147,14 +149,14 @@ def test_short_request_gets_tokens_while_long_ones_run(cpu_engine: CpuEngine) ->
     assert len(short.tokens) == 4
 
 
-def test_non_streaming_request_gets_one_final_event(cpu_engine: CpuEngine, reference_model: Any) -> None:
+def test_non_streaming_request_gets_one_final_event(cpu_engine: OpenVinoEngine, reference_model: Any) -> None:
     ids = prompt(12, seed=3)
     collector = run(cpu_engine, request(ids, 16, streaming=False))
     assert len(collector.events) == 1
     assert collector.tokens == reference(reference_model, ids, 16)
 
 
-def test_slow_consumer_gets_tokens_coalesced(cpu_engine: CpuEngine) -> None:
+def test_slow_consumer_gets_tokens_coalesced(cpu_engine: OpenVinoEngine) -> None:
     ids = prompt(8, seed=4)
     expected = run(cpu_engine, request(ids, 40, end_id=-1)).tokens
     collector = Collector(on_event=lambda event: time.sleep(0.05))
@@ -168,7 +170,7 @@ def test_slow_consumer_gets_tokens_coalesced(cpu_engine: CpuEngine) -> None:
 # --------------------------------------------------------------------------------------- cancellation
 
 
-def test_cancel_many_running_requests_frees_slots_and_cache(cpu_engine: CpuEngine) -> None:
+def test_cancel_many_running_requests_frees_slots_and_cache(cpu_engine: OpenVinoEngine) -> None:
     collectors = {}
     for i in range(16):
         req = request(prompt(10 + i, seed=100 + i), 200, end_id=-1)
@@ -192,7 +194,7 @@ def test_cancel_many_running_requests_frees_slots_and_cache(cpu_engine: CpuEngin
     assert len(run(cpu_engine, request(prompt(6, seed=7), 5, end_id=-1)).tokens) == 5  # slots reusable
 
 
-def test_cancel_unknown_or_finished_request_returns_false(cpu_engine: CpuEngine) -> None:
+def test_cancel_unknown_or_finished_request_returns_false(cpu_engine: OpenVinoEngine) -> None:
     assert cpu_engine.cancel("no-such-request") is False
     req = request(prompt(5, seed=1), 3)
     collector = run(cpu_engine, req)
@@ -200,7 +202,7 @@ def test_cancel_unknown_or_finished_request_returns_false(cpu_engine: CpuEngine)
     assert len([e for e in collector.events if e.finished]) == 1
 
 
-def test_cancel_right_after_submit(cpu_engine: CpuEngine) -> None:
+def test_cancel_right_after_submit(cpu_engine: OpenVinoEngine) -> None:
     req = request(prompt(5, seed=2), 100, end_id=-1)
     collector = Collector()
     cpu_engine.submit(req, collector)
@@ -213,7 +215,7 @@ def test_cancel_right_after_submit(cpu_engine: CpuEngine) -> None:
 # ------------------------------------------------------------------------------ stop words and end_id
 
 
-def test_stop_word_ends_generation_and_stays_in_output(cpu_engine: CpuEngine) -> None:
+def test_stop_word_ends_generation_and_stays_in_output(cpu_engine: OpenVinoEngine) -> None:
     ids = prompt(10, seed=11)
     free = run(cpu_engine, request(ids, 30, end_id=-1)).tokens
     stop = free[5:7]
@@ -221,10 +223,10 @@ def test_stop_word_ends_generation_and_stays_in_output(cpu_engine: CpuEngine) ->
     stopped = run(cpu_engine, request(ids, 30, end_id=-1, stop_words=[[7, 7, 7, 7], stop]))
     assert stopped.tokens == free[: first + 2]
     assert stopped.final.finish_reason == "stop"
-    wait_idle(cpu_engine)  # the CB request was cancelled behind the scenes
+    wait_idle(cpu_engine)  # the pipeline's request was stopped behind the scenes
 
 
-def test_stop_word_does_not_end_generation_before_min_new_tokens(cpu_engine: CpuEngine) -> None:
+def test_stop_word_does_not_end_generation_before_min_new_tokens(cpu_engine: OpenVinoEngine) -> None:
     ids = prompt(10, seed=12)
     free = run(cpu_engine, request(ids, 20, end_id=-1)).tokens
     stop = [free[1]]
@@ -233,7 +235,7 @@ def test_stop_word_does_not_end_generation_before_min_new_tokens(cpu_engine: Cpu
     assert result.tokens == (free[: later[0] + 1] if later else free)
 
 
-def test_end_id_ends_generation_and_is_not_emitted(cpu_engine: CpuEngine) -> None:
+def test_end_id_ends_generation_and_is_not_emitted(cpu_engine: OpenVinoEngine) -> None:
     ids = prompt(10, seed=13)
     free = run(cpu_engine, request(ids, 20, end_id=-1)).tokens
     end = free[4]
@@ -243,7 +245,7 @@ def test_end_id_ends_generation_and_is_not_emitted(cpu_engine: CpuEngine) -> Non
     assert result.final.finish_reason == "stop"
 
 
-def test_min_new_tokens_bans_end_id_until_reached(cpu_engine: CpuEngine) -> None:
+def test_min_new_tokens_bans_end_id_until_reached(cpu_engine: OpenVinoEngine) -> None:
     ids = prompt(10, seed=14)
     free = run(cpu_engine, request(ids, 20, end_id=-1)).tokens
     end = free[0]
@@ -255,7 +257,7 @@ def test_min_new_tokens_bans_end_id_until_reached(cpu_engine: CpuEngine) -> None
 
 
 def test_seeded_sampling_is_reproducible_and_stays_in_top_k(
-    cpu_engine: CpuEngine, reference_model: Any
+    cpu_engine: OpenVinoEngine, reference_model: Any
 ) -> None:
     ids = prompt(10, seed=15)
     kwargs = dict(end_id=-1, temperature=1.0, top_k=3, seed=1234, return_log_probs=True)
@@ -266,14 +268,14 @@ def test_seeded_sampling_is_reproducible_and_stays_in_top_k(
     assert any(tokens != first.tokens for tokens in other_seeds)
     sequence = list(ids)
     for token, log_prob in zip(first.tokens, first.log_probs, strict=True):
-        top = torch.topk(next_logits(reference_model, sequence), 3)
-        assert token in top.indices.tolist()
-        expected = torch.log_softmax(top.values, dim=-1)[top.indices.tolist().index(token)]
-        assert log_prob == pytest.approx(float(expected), abs=1e-4)
+        logits = next_logits(reference_model, sequence)
+        assert token in torch.topk(logits, 3).indices.tolist()
+        # OpenVINO GenAI reports the token's log-probability under the full distribution (not renormalised).
+        assert log_prob == pytest.approx(float(torch.log_softmax(logits, -1)[token]), abs=1e-4)
         sequence.append(token)
 
 
-def test_greedy_log_probs_match_the_model(cpu_engine: CpuEngine, reference_model: Any) -> None:
+def test_greedy_log_probs_match_the_model(cpu_engine: OpenVinoEngine, reference_model: Any) -> None:
     ids = prompt(9, seed=16)
     result = run(cpu_engine, request(ids, 8, end_id=-1, return_log_probs=True))
     assert len(result.log_probs) == 8
@@ -288,7 +290,7 @@ def test_greedy_log_probs_match_the_model(cpu_engine: CpuEngine, reference_model
 @pytest.mark.parametrize(
     "penalty", [dict(repetition_penalty=1e6), dict(presence_penalty=1e4), dict(frequency_penalty=1e4)]
 )
-def test_penalties_keep_every_seen_token_out(cpu_engine: CpuEngine, penalty: dict[str, float]) -> None:
+def test_penalties_keep_every_seen_token_out(cpu_engine: OpenVinoEngine, penalty: dict[str, float]) -> None:
     ids = prompt(10, seed=17)
     free = run(cpu_engine, request(ids, 30, end_id=-1)).tokens
     assert len(set(free)) < len(free)  # the unpenalised output repeats itself
@@ -296,16 +298,10 @@ def test_penalties_keep_every_seen_token_out(cpu_engine: CpuEngine, penalty: dic
     assert len(set(tokens)) == len(tokens) and not set(tokens) & set(ids)
 
 
-def test_bad_words_are_never_completed(cpu_engine: CpuEngine) -> None:
-    ids = prompt(10, seed=18)
-    free = run(cpu_engine, request(ids, 20, end_id=-1)).tokens
-    single = run(cpu_engine, request(ids, 20, end_id=-1, bad_words=[[free[0]]])).tokens
-    assert free[0] not in single
-    pair = free[2:4]
-    at = next(i for i in range(len(free) - 1) if free[i : i + 2] == pair)
-    banned = run(cpu_engine, request(ids, 20, end_id=-1, bad_words=[pair])).tokens
-    assert banned[: at + 1] == free[: at + 1] and banned[at + 1] != free[at + 1]
-    assert not any(banned[i : i + 2] == pair for i in range(len(banned) - 1))
+def test_bad_words_are_refused_not_ignored(cpu_engine: OpenVinoEngine) -> None:
+    with pytest.raises(UnsupportedRequestError, match="bad_words"):
+        cpu_engine.submit(request(prompt(10, seed=18), 20, bad_words=[[5]]), Collector())
+    assert cpu_engine.stats().unfinished_requests == 0
 
 
 # --------------------------------------------------------------------------------- errors and validation
@@ -330,7 +326,7 @@ def test_bad_words_are_never_completed(cpu_engine: CpuEngine) -> None:
     ],
 )
 def test_invalid_request_raises_value_error_naming_the_field(
-    cpu_engine: CpuEngine, field: str, change: dict[str, Any]
+    cpu_engine: OpenVinoEngine, field: str, change: dict[str, Any]
 ) -> None:
     req = request([1, 5, 6], 10)
     for key, value in change.items():
@@ -340,7 +336,7 @@ def test_invalid_request_raises_value_error_naming_the_field(
     assert cpu_engine.stats().unfinished_requests == 0
 
 
-def test_duplicate_request_id_in_flight_is_rejected(cpu_engine: CpuEngine) -> None:
+def test_duplicate_request_id_in_flight_is_rejected(cpu_engine: OpenVinoEngine) -> None:
     req = request(prompt(5, seed=19), 100, end_id=-1)
     collector = Collector()
     cpu_engine.submit(req, collector)
@@ -350,15 +346,7 @@ def test_duplicate_request_id_in_flight_is_rejected(cpu_engine: CpuEngine) -> No
     collector.wait()
 
 
-def test_sampling_failure_fails_only_that_request(cpu_engine: CpuEngine) -> None:
-    everything = [[token] for token in range(cpu_engine.vocab_size)]
-    failed = run(cpu_engine, request([1, 5, 6], 5, bad_words=everything))
-    assert failed.final.finish_reason == "error" and "banned" in (failed.final.error or "")
-    assert len(run(cpu_engine, request([1, 5, 6], 5, end_id=-1)).tokens) == 5
-    wait_idle(cpu_engine)
-
-
-def test_callback_failure_fails_the_request_with_one_final_event(cpu_engine: CpuEngine) -> None:
+def test_callback_failure_fails_the_request_with_one_final_event(cpu_engine: OpenVinoEngine) -> None:
     def explode(event: TokenEvent) -> None:
         if not event.finished:
             raise RuntimeError("client went away")
@@ -374,13 +362,12 @@ def test_callback_failure_fails_the_request_with_one_final_event(cpu_engine: Cpu
 
 
 def test_engine_starts_fast_and_shutdown_finishes_every_request(
-    tiny_checkpoint: Path, engine_kwargs: dict[str, Any]
+    tiny_engine: Path, engine_kwargs: dict[str, Any]
 ) -> None:
     started = time.monotonic()
-    engine = CpuEngine(tiny_checkpoint, **engine_kwargs)
+    engine = OpenVinoEngine(tiny_engine, **engine_kwargs)
     engine.start()
     assert time.monotonic() - started < 30
-    assert engine.dtype == torch.float32  # "auto": the checkpoint's dtype
     collectors = [Collector() for _ in range(6)]
     for i, collector in enumerate(collectors):
         engine.submit(request(prompt(8, seed=i), 500, end_id=-1), collector)
@@ -394,51 +381,20 @@ def test_engine_starts_fast_and_shutdown_finishes_every_request(
     engine.shutdown()  # idempotent
 
 
-def test_stats_report_the_cache_and_counters(cpu_engine: CpuEngine, engine_kwargs: dict[str, Any]) -> None:
+def test_stats_report_the_cache_and_counters(cpu_engine: OpenVinoEngine, engine_kwargs: dict[str, Any]) -> None:
     before = cpu_engine.stats()
     run(cpu_engine, request(prompt(5, seed=21), 7, end_id=-1))
     after = wait_idle(cpu_engine)
-    assert after.cache_blocks_total == engine_kwargs["num_blocks"]
+    assert after.cache_blocks_total == engine_kwargs["num_kv_blocks"]
     assert after.tokens_generated == before.tokens_generated + 7
     assert after.requests_finished.get("length", 0) == before.requests_finished.get("length", 0) + 1
 
 
-def test_prefix_cache_reuse_keeps_greedy_exact(cpu_engine: CpuEngine, reference_model: Any) -> None:
-    ids = prompt(70, seed=22)  # 4 full blocks of 16 tokens that a second request can reuse
-    first = run(cpu_engine, request(ids, 12)).tokens
-    assert wait_idle(cpu_engine).cache_blocks_cached >= 4
-    second = run(cpu_engine, request(ids, 12)).tokens
+def test_prefix_cache_reuse_keeps_greedy_exact(
+    tiny_engine: Path, engine_kwargs: dict[str, Any], reference_model: Any
+) -> None:
+    ids = prompt(70, seed=22)  # 2 full blocks of 32 tokens that a second request can reuse
+    with OpenVinoEngine(tiny_engine, **{**engine_kwargs, "enable_prefix_caching": True}) as engine:
+        first = run(engine, request(ids, 12)).tokens
+        second = run(engine, request(ids, 12)).tokens
     assert first == second == reference(reference_model, ids, 12)
-
-
-# --------------------------------------------------------------------------- sampler, without the engine
-
-
-def test_filter_top_k_then_top_p() -> None:
-    logits = torch.log(torch.tensor([0.05, 0.1, 0.15, 0.3, 0.4]))
-    assert torch.isfinite(filter_top_k_top_p(logits, 2, 0.0)).tolist() == [False, False, False, True, True]
-    # top-p 0.5 of the whole distribution: 0.4 alone is short of 0.5, 0.4 + 0.3 reaches it
-    assert torch.isfinite(filter_top_k_top_p(logits, 0, 0.5)).tolist() == [False, False, False, True, True]
-    # top-k 3 renormalises to (0.17, 0.35, 0.47): top-p 0.4 keeps only the largest
-    assert torch.isfinite(filter_top_k_top_p(logits, 3, 0.4)).tolist() == [False, False, False, False, True]
-    assert torch.isfinite(filter_top_k_top_p(logits, 0, 1.0)).all()
-
-
-def test_penalties_follow_tensorrt_llm_formulas() -> None:
-    req = GenerationRequest(
-        "p", [0, 1, 1], 4, temperature=2.0, top_k=5, repetition_penalty=2.0, presence_penalty=0.5,
-        frequency_penalty=0.25, return_log_probs=True, seed=0,
-    )
-    sampler = RequestSampler(req, end_ids=[])
-    scores = sampler._apply_penalties(torch.tensor([4.0, -4.0, 4.0]) / 2.0, [0, 1, 1])
-    # temperature first; then for seen tokens: CTRL repetition, minus presence, minus frequency x count
-    assert scores.tolist() == pytest.approx([2.0 / 2 - 0.5 - 0.25, -2.0 * 2 - 0.5 - 0.5, 2.0])
-
-
-def test_greedy_request_ignores_temperature_and_needs_no_work() -> None:
-    for req in (GenerationRequest("g", [1], 4), GenerationRequest("g", [1], 4, temperature=0.0, top_k=50),
-                GenerationRequest("g", [1], 4, top_k=1, top_p=0.9)):
-        sampler = RequestSampler(req, end_ids=[2])
-        assert sampler.greedy and not sampler.needs_processing
-    sampling = RequestSampler(GenerationRequest("s", [1], 4, top_p=0.9), end_ids=[2])
-    assert not sampling.greedy and sampling.needs_processing

@@ -1,0 +1,351 @@
+"""`mentallama-build openvino`: compile a LLaMA checkpoint into an OpenVINO engine folder for the CPU profile.
+
+Order of work, so that nothing long starts before everything cheap has been checked: checkpoint check ->
+option validation -> capacity plan -> (unless dry run) export with optimum-intel's OpenVINO exporter (weight
+compression by NNCF) -> build manifest. The export writes into a temporary folder beside the target, which
+replaces the target only once complete: an interrupted build never leaves a half engine to be served.
+
+An engine folder holds `openvino_model.xml/.bin`, `config.json`, `generation_config.json`, the tokenizer as
+`tokenizer.json` (what the serving processes read with the `tokenizers` library) and
+`mentallama_build_manifest.json`: the checkpoint's fingerprint, the options, the library versions and a
+digest of the engine's own files, so the server can refuse an engine that does not match.
+
+Torch, transformers and optimum-intel are imported only while exporting: they belong to the build step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from engine_build.check import check_checkpoint
+from engine_build.engine_config import ModelShape, shape_from_report
+from engine_build.manifest import MANIFEST_NAME, _sha256_file, _version, checkpoint_digest, tokenizer_digest
+
+__all__ = [
+    "ENGINE_FILES",
+    "WEIGHT_FORMATS",
+    "EngineBuildError",
+    "OpenVinoOptions",
+    "build_engine",
+    "cached_engine_dir",
+    "capacity_text",
+    "ensure_engine",
+    "option_problems",
+    "verify_engine",
+]
+
+OPENVINO_MANIFEST_VERSION = 1
+WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")
+ENGINE_FILES = ("openvino_model.xml", "openvino_model.bin")
+KV_BLOCK_TOKENS = 32  # OpenVINO 2026.4 CPU plugin's paged-attention block (mentallama_server.ov_engine)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENGINE_CACHE = REPO_ROOT / "artifacts" / "engines"
+
+# Bytes per weight as stored; int8/int4 add one fp16 scale (and a zero point for asymmetric int8) per output
+# channel or group, which is what the small extra terms are.
+_WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0 + 4.0 / 4096, "int4": 0.5}
+_KV_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "u8": 1}
+
+
+class EngineBuildError(RuntimeError):
+    """The build was refused (bad checkpoint or options) or the export failed; the message says which."""
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """What decides the engine's bytes. `group_size` and `ratio` apply to int4 only."""
+
+    weight_format: str = "int8"
+    group_size: int | None = None
+    ratio: float | None = None
+
+    def normalised(self) -> OpenVinoOptions:
+        if self.weight_format != "int4":
+            return OpenVinoOptions(self.weight_format)
+        return OpenVinoOptions("int4", self.group_size or 128, 1.0 if self.ratio is None else self.ratio)
+
+    def key(self) -> str:
+        n = self.normalised()
+        if n.weight_format != "int4":
+            return n.weight_format
+        return f"int4-g{n.group_size}-r{n.ratio:g}"
+
+
+def option_problems(options: OpenVinoOptions, shape: ModelShape | None = None) -> list[str]:
+    problems = []
+    if options.weight_format not in WEIGHT_FORMATS:
+        problems.append(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}, got {options.weight_format!r}")
+    if options.weight_format != "int4" and (options.group_size is not None or options.ratio is not None):
+        problems.append("--group-size and --ratio apply to --weight-format int4 only")
+    if options.group_size is not None:
+        if options.group_size != -1 and options.group_size < 1:
+            problems.append(f"--group-size must be positive (or -1 for per-channel), got {options.group_size}")
+        elif shape is not None and options.group_size > 0 and shape.hidden_size % options.group_size:
+            problems.append(
+                f"--group-size {options.group_size} does not divide the hidden size {shape.hidden_size}"
+            )
+    if options.ratio is not None and not 0.0 < options.ratio <= 1.0:
+        problems.append(f"--ratio must be in (0, 1], got {options.ratio}")
+    return problems
+
+
+def capacity_text(shape: ModelShape, options: OpenVinoOptions, *, kv_precision: str, kv_blocks: int) -> str:
+    """Weight bytes, KV bytes per token and what the chosen KV cache holds, as printed before a build."""
+    n = options.normalised()
+    per_weight = _WEIGHT_BYTES[n.weight_format]
+    if n.weight_format == "int4":
+        # The rest (1 - ratio) of the layers stays int8; embeddings and lm_head stay int8 too.
+        ratio = n.ratio or 1.0
+        per_weight = ratio * (0.5 + 2.0 / max(n.group_size or 128, 1)) + (1 - ratio) * _WEIGHT_BYTES["int8"]
+    embeddings = 2 * shape.embedding_params
+    layers = shape.parameter_count - embeddings
+    embed_bytes = _WEIGHT_BYTES["int8" if n.weight_format in ("int8", "int4") else n.weight_format]
+    weights = layers * per_weight + embeddings * embed_bytes
+    kv_per_token = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * _KV_BYTES[kv_precision]
+    tokens = kv_blocks * KV_BLOCK_TOKENS
+    seq_len = min(shape.context_length, 2048)
+    return "\n".join(
+        [
+            f"weights ({n.key()}): ~{weights / 2**20:,.1f} MiB for {shape.parameter_count:,} parameters",
+            f"KV cache: {kv_per_token:,} bytes per token ({kv_precision}; 2 x {shape.num_layers} layers x "
+            f"{shape.num_kv_heads} kv heads x {shape.head_dim})",
+            f"KV cache of {kv_blocks} blocks x {KV_BLOCK_TOKENS} tokens = {tokens:,} tokens, "
+            f"{tokens * kv_per_token / 2**20:,.1f} MiB: {tokens // seq_len} sequences of {seq_len} tokens at once",
+        ]
+    )
+
+
+def _export_kwargs(options: OpenVinoOptions) -> dict[str, Any]:
+    """Keyword arguments of `OVModelForCausalLM.from_pretrained` for the weight format."""
+    from optimum.intel import OVWeightQuantizationConfig
+
+    n = options.normalised()
+    if n.weight_format in ("fp32", "fp16"):
+        # Explicit, or optimum-intel compresses models of more than 1B parameters to int8 by itself.
+        return {"load_in_8bit": False}
+    if n.weight_format == "int8":
+        return {"quantization_config": OVWeightQuantizationConfig(bits=8)}
+    return {"quantization_config": OVWeightQuantizationConfig(bits=4, group_size=n.group_size, ratio=n.ratio)}
+
+
+def _tool_versions() -> dict[str, str | None]:
+    return {
+        "openvino": _version("openvino"),
+        "openvino_genai": _version("openvino-genai"),
+        "openvino_tokenizers": _version("openvino-tokenizers"),
+        "optimum_intel": _version("optimum-intel"),
+        "nncf": _version("nncf"),
+        "transformers": _version("transformers"),
+        "torch": _version("torch"),
+        "mentallama_serving": _version("mentallama-serving"),
+        "python": platform.python_version(),
+    }
+
+
+def _engine_digest(engine_dir: Path) -> dict[str, str]:
+    """sha256 of the graph and tokenizer files; the weights file by size (it can be GBs)."""
+    out = {"openvino_model.xml": _sha256_file(engine_dir / "openvino_model.xml")}
+    out["openvino_model.bin"] = f"bytes:{(engine_dir / 'openvino_model.bin').stat().st_size}"
+    out.update(tokenizer_digest(engine_dir))
+    return out
+
+
+@contextlib.contextmanager
+def _heartbeat(say: Callable[[str], None], what: str, every_s: float = 15.0) -> Iterator[None]:
+    """Say that a long step is still running (a 7B export takes minutes without a sound otherwise)."""
+    done = threading.Event()
+    started = time.monotonic()
+
+    def beat() -> None:
+        while not done.wait(every_s):
+            say(f"  ... {what}: {time.monotonic() - started:.0f} s")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _shape(checkpoint: Path) -> ModelShape:
+    report = check_checkpoint(checkpoint)
+    if report.problems:
+        raise EngineBuildError(
+            f"checkpoint {checkpoint} is not servable:\n" + "\n".join(f"  - {p}" for p in report.problems)
+        )
+    shape = shape_from_report(report)
+    if shape is None:
+        raise EngineBuildError(f"checkpoint {checkpoint}: its config lacks the facts a build needs")
+    return shape
+
+
+def build_engine(
+    checkpoint: Path,
+    output: Path,
+    options: OpenVinoOptions,
+    *,
+    say: Callable[[str], None] = print,
+    dry_run: bool = False,
+    kv_precision: str = "f32",
+    kv_blocks: int = 512,
+) -> Path:
+    """Check, plan and (unless `dry_run`) export `checkpoint` into the engine folder `output`."""
+    checkpoint, output = Path(checkpoint).resolve(), Path(output).resolve()
+    say(f"checking {checkpoint}")
+    shape = _shape(checkpoint)
+    problems = option_problems(options, shape)
+    if problems:
+        raise EngineBuildError("invalid options:\n" + "\n".join(f"  - {p}" for p in problems))
+    say(capacity_text(shape, options, kv_precision=kv_precision, kv_blocks=kv_blocks))
+    if dry_run:
+        say(f"dry run: would export to {output} with {options.normalised().key()} weights")
+        return output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.building.", dir=output.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; an engine folder is shared like a checkpoint
+    try:
+        started = time.monotonic()
+        say(f"exporting with optimum-intel ({options.normalised().key()} weights) into {output}")
+        with _heartbeat(say, "exporting"):
+            _export(checkpoint, work, options)
+        _write_manifest(work, checkpoint, options, shape)
+        if output.exists():
+            shutil.rmtree(output)
+        os.rename(work, output)
+        say(f"engine ready in {output} ({time.monotonic() - started:.1f} s)")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return output
+
+
+def _export(checkpoint: Path, work: Path, options: OpenVinoOptions) -> None:
+    import logging
+    import warnings
+
+    from optimum.intel import OVModelForCausalLM
+    from transformers import AutoTokenizer
+
+    # The exporter's tracer warnings are about its own graph capture, not about anything a user can change.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("nncf").setLevel(logging.WARNING)
+        try:
+            model = OVModelForCausalLM.from_pretrained(
+                str(checkpoint), export=True, compile=False, local_files_only=True, **_export_kwargs(options)
+            )
+            if options.weight_format == "fp16":
+                model.half()
+            model.save_pretrained(work)
+            # The fast-tokenizer file is what serving reads; transformers converts tokenizer.model when needed.
+            AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True).save_pretrained(work)
+        except Exception as exc:
+            raise EngineBuildError(f"export failed: {type(exc).__name__}: {exc}") from exc
+    missing = [name for name in (*ENGINE_FILES, "config.json", "tokenizer.json") if not (work / name).is_file()]
+    if missing:
+        raise EngineBuildError(f"export wrote no {', '.join(missing)} (optimum-intel {_version('optimum-intel')})")
+
+
+def _write_manifest(engine_dir: Path, checkpoint: Path, options: OpenVinoOptions, shape: ModelShape) -> None:
+    manifest = {
+        "manifest_version": OPENVINO_MANIFEST_VERSION,
+        "engine": "openvino",
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": {"path": str(checkpoint), **checkpoint_digest(checkpoint)},
+        "model_shape": asdict(shape),
+        "options": asdict(options.normalised()),
+        "tools": _tool_versions(),
+        "engine_files": _engine_digest(engine_dir),
+    }
+    (engine_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read_engine_manifest(engine_dir: Path) -> dict[str, Any]:
+    path = Path(engine_dir) / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EngineBuildError(
+            f"no {MANIFEST_NAME} in {engine_dir}: build it with `mentallama-build openvino`"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise EngineBuildError(f"{path} is not valid JSON: {exc}") from None
+    if data.get("engine") != "openvino" or data.get("manifest_version") != OPENVINO_MANIFEST_VERSION:
+        raise EngineBuildError(f"{path} is not an OpenVINO engine manifest of version {OPENVINO_MANIFEST_VERSION}")
+    return data
+
+
+def verify_engine(engine_dir: Path, checkpoint: Path | None = None) -> list[str]:
+    """Problems that make serving `engine_dir` unsafe: files changed since the build, or (with `checkpoint`)
+    an engine built from another checkpoint. Empty when it matches."""
+    engine_dir = Path(engine_dir)
+    try:
+        manifest = read_engine_manifest(engine_dir)
+    except EngineBuildError as exc:
+        return [str(exc)]
+    problems = []
+    recorded = manifest.get("engine_files") or {}
+    missing = [name for name in recorded if not (engine_dir / name).is_file()]
+    problems += [f"{engine_dir / name} is missing" for name in missing]
+    if not missing:
+        current = _engine_digest(engine_dir)
+        for name, digest in sorted(recorded.items()):
+            if current.get(name) != digest:
+                problems.append(f"{engine_dir / name} changed after the build (another model or tokenizer?)")
+    if checkpoint is not None:
+        built_from = (manifest.get("checkpoint") or {}).get("sha256")
+        if built_from != checkpoint_digest(Path(checkpoint))["sha256"]:
+            problems.append(f"{engine_dir} was built from another checkpoint than {checkpoint} (or it changed since)")
+    return problems
+
+
+def cached_engine_dir(checkpoint: Path, options: OpenVinoOptions) -> Path:
+    """Where `ensure_engine` keeps the engine of this checkpoint content and these options."""
+    digest = checkpoint_digest(Path(checkpoint))["sha256"]
+    key = hashlib.sha256(f"{digest}\0{options.normalised().key()}".encode()).hexdigest()[:12]
+    return ENGINE_CACHE / f"{Path(checkpoint).resolve().name}-{options.normalised().key()}-{key}"
+
+
+def ensure_engine(checkpoint: Path, options: OpenVinoOptions, *, say: Callable[[str], None] | None = None) -> Path:
+    """The cached engine of `checkpoint` with `options`, built first when missing or stale.
+
+    The folder name holds a digest of the checkpoint and the options, so a changed checkpoint or other options
+    get a new build; a folder whose manifest no longer matches is rebuilt."""
+    say = say or (lambda message: print(message, file=sys.stderr, flush=True))
+    target = cached_engine_dir(checkpoint, options)
+    if not verify_engine(target, checkpoint):
+        return target
+    with _lock(target.parent / f".{target.name}.lock"):
+        if verify_engine(target, checkpoint):
+            say(f"building the OpenVINO engine of {checkpoint} (first use of this checkpoint and options)")
+            build_engine(checkpoint, target, options, say=say)
+    return target
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Serialise builders of one engine across processes (tests and launchers may race for it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,445 @@
+"""CPU inference engine: an OpenVINO engine folder served by OpenVINO GenAI's `ContinuousBatchingPipeline`.
+
+The pipeline schedules requests with a paged KV cache (in-flight batching: requests join and leave the
+running batch between steps). `OpenVinoEngine` owns it on one generation thread and hands each request's
+tokens to a callback on a dispatcher thread, so sending responses never delays the next step.
+
+What each `GenerationRequest` field does here (nothing is silently ignored):
+- input_ids, max_new_tokens: validated against the vocabulary, the context and the KV cache's capacity.
+- end_id (None: the model's eos; negative: none): ends generation; not part of the output (TensorRT-LLM's rule).
+- temperature, top_k, top_p, seed: OpenVINO GenAI's multinomial sampler with the request's own `rng_seed`;
+  greedy when TensorRT-LLM's rule says so (`engine_types.is_greedy`).
+- repetition / presence / frequency penalties, min_new_tokens: OpenVINO GenAI's own logit processors.
+- stop_words: matched here on the output tokens; like TensorRT-LLM the stop word stays in the output and
+  generation stops at once (`handle.stop()`, which frees the request's KV blocks).
+- return_log_probs: the log-probability of each chosen token under the model's full distribution (OpenVINO
+  GenAI's; TensorRT-LLM reports it under the top-k/top-p renormalised one, so sampled values differ).
+- bad_words: not supported by OpenVINO GenAI's sampler: refused by `check_supported`, never ignored.
+- streaming: True delivers tokens after every step; False one final event.
+
+Every submitted request gets exactly one final event (`finished=True`): "length", "stop", "cancelled" or
+"error" (the pipeline dropped the request, a step failed, or the engine shut down). Request contents are
+never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .engine_types import EngineStats, FinishReason, GenerationRequest, TokenEvent, is_greedy, validate_request
+
+__all__ = ["KV_BLOCK_TOKENS", "EventCallback", "OpenVinoEngine", "UnsupportedRequestError", "check_supported"]
+
+logger = logging.getLogger(__name__)
+
+EventCallback = Callable[[TokenEvent], None]
+
+KV_BLOCK_TOKENS = 32
+"""Tokens per KV-cache block of OpenVINO's CPU plugin (2026.4): the unit of `num_kv_blocks`."""
+_IDLE_WAIT_S = 0.5
+_SHUTDOWN_MESSAGE = "engine shut down before the request finished"
+
+
+class UnsupportedRequestError(ValueError):
+    """A request asks for something this engine cannot do; the message names the field."""
+
+
+def check_supported(request: GenerationRequest) -> None:
+    if request.bad_words:
+        raise UnsupportedRequestError(
+            "bad_words is not supported by the CPU (OpenVINO) engine: its sampler has no banned-sequence filter"
+        )
+
+
+@dataclass(eq=False)
+class _Tracked:
+    """Engine-side state of one request; touched by the generation thread only, except `cancel_requested`."""
+
+    request: GenerationRequest
+    on_event: EventCallback
+    end_ids: frozenset[int]
+    handle: Any = None
+    cancel_requested: bool = False
+    output: list[int] = field(default_factory=list)
+    log_probs: list[float] = field(default_factory=list)
+    # Shared with the dispatcher thread, under the engine lock:
+    ready: int = 0  # output tokens the consumer may see
+    sent: int = 0  # output tokens already delivered
+    final: tuple[FinishReason, str | None] | None = None
+    flush_scheduled: bool = False
+    final_sent: bool = False
+    callback_error: str | None = None
+
+
+class OpenVinoEngine:
+    """In-flight batching generation over an OpenVINO engine folder, on the CPU.
+
+    Usage::
+
+        engine = OpenVinoEngine("artifacts/engines/tiny-...", max_num_seqs=8, num_kv_blocks=256)
+        engine.start()
+        engine.submit(GenerationRequest("r1", input_ids, max_new_tokens=64), on_event=print)
+        ...
+        engine.shutdown()
+
+    Parameters:
+        engine_dir: a folder written by `mentallama-build openvino` (openvino_model.xml/.bin, config.json,
+            generation_config.json, tokenizer files).
+        max_num_seqs: most sequences in one step (the running batch).
+        max_num_batched_tokens: token budget of one step; long prompts are prefilled in chunks of it when
+            `dynamic_split_fuse` is on, so decoding requests keep streaming.
+        num_kv_blocks: KV-cache size in blocks of `KV_BLOCK_TOKENS` tokens (all layers).
+        enable_prefix_caching: requests share the KV blocks of identical prompt prefixes.
+        kv_cache_precision: "" (the plugin's default), "f32", "f16", "bf16" or "u8".
+        inference_precision: "f32" (exact: the tiny checkpoint's greedy output equals transformers') or "bf16".
+        num_threads: OpenVINO inference threads; 0 keeps the plugin's default (one per core).
+    """
+
+    def __init__(
+        self,
+        engine_dir: str | Path,
+        *,
+        max_num_seqs: int = 32,
+        max_num_batched_tokens: int = 512,
+        num_kv_blocks: int = 512,
+        dynamic_split_fuse: bool = True,
+        enable_prefix_caching: bool = False,
+        kv_cache_precision: str = "",
+        inference_precision: str = "f32",
+        num_threads: int = 0,
+    ) -> None:
+        self.engine_dir = Path(engine_dir)
+        config = json.loads((self.engine_dir / "config.json").read_text(encoding="utf-8"))
+        self.vocab_size = int(config["vocab_size"])
+        self.max_sequence_tokens = min(int(config["max_position_embeddings"]), num_kv_blocks * KV_BLOCK_TOKENS)
+        self.eos_ids = _eos_ids(self.engine_dir, config)
+        self.scheduler = {
+            "max_num_seqs": max_num_seqs,
+            "max_num_batched_tokens": max_num_batched_tokens,
+            "num_kv_blocks": num_kv_blocks,
+            "dynamic_split_fuse": dynamic_split_fuse,
+            "enable_prefix_caching": enable_prefix_caching,
+        }
+        self.plugin_config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": inference_precision}
+        if kv_cache_precision:
+            self.plugin_config["KV_CACHE_PRECISION"] = kv_cache_precision
+        if num_threads > 0:
+            self.plugin_config["INFERENCE_NUM_THREADS"] = num_threads
+        self._pipe: Any = None
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._inbox: list[_Tracked] = []
+        self._tracked: dict[str, _Tracked] = {}
+        self._seq_ids = itertools.count()
+        self._stopping = False
+        self._flushes: queue.SimpleQueue[_Tracked | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._metrics = (0, 0, 0.0)  # requests, scheduled, cache usage %
+        self._tokens_generated = 0
+        self._finished: dict[str, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        import openvino_genai as og
+
+        scheduler = og.SchedulerConfig()
+        for name, value in self.scheduler.items():
+            setattr(scheduler, name, value)
+        self._pipe = og.ContinuousBatchingPipeline(str(self.engine_dir), scheduler, "CPU", self.plugin_config)
+        self._threads = [
+            threading.Thread(target=self._generate_loop, name="ov-generate", daemon=True),
+            threading.Thread(target=self._dispatch_loop, name="ov-dispatch", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        for thread in self._threads[:1]:
+            thread.join(timeout)
+        self._flushes.put(None)
+        for thread in self._threads[1:]:
+            thread.join(timeout)
+        self._threads = []
+
+    def __enter__(self) -> OpenVinoEngine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    # -- API -----------------------------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, on_event: EventCallback) -> None:
+        """Queue `request`; ValueError (naming the field) when it is invalid or unsupported."""
+        validate_request(request, vocab_size=self.vocab_size, max_sequence_tokens=self.max_sequence_tokens)
+        check_supported(request)
+        if request.end_id is None:
+            end_ids = frozenset(self.eos_ids)
+        else:
+            end_ids = frozenset([request.end_id]) if request.end_id >= 0 else frozenset()
+        tracked = _Tracked(request, on_event, end_ids)
+        with self._wake:
+            if self._stopping or not self._threads:
+                raise RuntimeError("engine is not running")
+            if request.request_id in self._tracked:
+                raise ValueError(f"request_id {request.request_id!r} is already running")
+            self._tracked[request.request_id] = tracked
+            self._inbox.append(tracked)
+            self._wake.notify_all()
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop a request; its final event says "cancelled" and its KV blocks are freed. False if unknown."""
+        with self._wake:
+            tracked = self._tracked.get(request_id)
+            if tracked is None or tracked.cancel_requested:
+                return False
+            tracked.cancel_requested = True
+            self._wake.notify_all()
+            return True
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            requests, scheduled, usage = self._metrics
+            unfinished = len(self._tracked)
+            finished = dict(self._finished)
+            generated = self._tokens_generated
+        total = self.scheduler["num_kv_blocks"]
+        return EngineStats(
+            active_requests=scheduled,
+            waiting_requests=max(0, requests - scheduled),
+            unfinished_requests=unfinished,
+            cache_blocks_used=round(usage * total / 100.0),
+            cache_blocks_cached=0,
+            cache_blocks_total=total,
+            tokens_generated=generated,
+            requests_finished=finished,
+        )
+
+    # -- generation thread -----------------------------------------------------------------------------
+
+    def _generate_loop(self) -> None:
+        stale_metrics = False
+        while True:
+            with self._wake:
+                while not (self._stopping or self._inbox or self._has_cancels() or self._pipe_busy() or stale_metrics):
+                    self._wake.wait(_IDLE_WAIT_S)
+                if self._stopping:
+                    break
+                admitted, self._inbox = self._inbox, []
+            for tracked in admitted:
+                self._admit(tracked)
+            self._apply_cancels()
+            try:
+                # An idle step refreshes the metrics after the last request left (they lag one step).
+                self._pipe.step()
+            except Exception as exc:  # a failed step fails every request in it, with the reason
+                logger.error("engine step failed: %s", type(exc).__name__)
+                self._fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
+            self._read_outputs()
+            metrics = self._pipe.get_metrics()
+            with self._lock:
+                self._metrics = (int(metrics.requests), int(metrics.scheduled_requests), float(metrics.cache_usage))
+            stale_metrics = self._metrics[0] > 0 and not self._pipe_busy()
+            # Let the dispatcher send what this step produced before the next step starts (a fast model
+            # otherwise fills several steps into one Python time slice and its stream arrives in one chunk).
+            time.sleep(0)
+        self._fail_all(_SHUTDOWN_MESSAGE)
+
+    def _has_cancels(self) -> bool:
+        return any(t.cancel_requested and t.handle is not None for t in self._tracked.values())
+
+    def _pipe_busy(self) -> bool:
+        return self._pipe.has_non_finished_requests()
+
+    def _admit(self, tracked: _Tracked) -> None:
+        if tracked.cancel_requested:
+            self._finish(tracked, "cancelled")  # cancelled before it reached the pipeline
+            return
+        try:
+            config = self._generation_config(tracked)
+            ids = np.asarray([tracked.request.input_ids], dtype=np.int64)
+            import openvino as ov
+
+            tracked.handle = self._pipe.add_request(next(self._seq_ids), ov.Tensor(ids), config)
+        except Exception as exc:
+            self._finish(tracked, "error", error=f"engine refused the request: {exc}")
+
+    def _generation_config(self, tracked: _Tracked) -> Any:
+        import openvino_genai as og
+
+        request = tracked.request
+        config = og.GenerationConfig()
+        config.max_new_tokens = request.max_new_tokens
+        if tracked.end_ids:
+            eos = min(tracked.end_ids)
+            config.set_eos_token_id(eos)
+            config.stop_token_ids = set(tracked.end_ids)
+        else:
+            config.ignore_eos = True
+        config.min_new_tokens = request.min_new_tokens
+        config.repetition_penalty = request.repetition_penalty
+        config.presence_penalty = request.presence_penalty
+        config.frequency_penalty = request.frequency_penalty
+        if not is_greedy(request):
+            config.do_sample = True
+            config.temperature = request.temperature
+            if request.top_k > 0:
+                config.top_k = request.top_k
+            config.top_p = request.top_p if 0.0 < request.top_p < 1.0 else 1.0
+            config.rng_seed = request.seed if request.seed is not None else int.from_bytes(_random_bytes(), "little")
+        if request.return_log_probs:
+            config.logprobs = 1
+        return config
+
+    def _apply_cancels(self) -> None:
+        with self._lock:
+            cancelled = [t for t in self._tracked.values() if t.cancel_requested and t.handle is not None]
+        for tracked in cancelled:
+            tracked.handle.cancel()
+            if tracked.callback_error:
+                self._finish(tracked, "error", error=tracked.callback_error)
+            else:
+                self._finish(tracked, "cancelled")
+
+    def _read_outputs(self) -> None:
+        import openvino_genai as og
+
+        with self._lock:
+            running = [t for t in self._tracked.values() if t.handle is not None]
+        for tracked in running:
+            handle = tracked.handle
+            reason: FinishReason | None = None
+            while reason is None and handle.can_read():
+                for output in handle.read().values():
+                    reason = self._accept(tracked, list(output.generated_ids), list(output.generated_log_probs))
+                    if reason is None and output.finish_reason != og.GenerationFinishReason.NONE:
+                        reason = "length" if output.finish_reason == og.GenerationFinishReason.LENGTH else "stop"
+            status = handle.get_status()
+            if reason is None and status == og.GenerationStatus.IGNORED:
+                self._finish(
+                    tracked, "error", error="the engine dropped the request: it does not fit in the KV cache"
+                )
+                continue
+            if reason is None and status != og.GenerationStatus.RUNNING:
+                reason = "length" if len(tracked.output) >= tracked.request.max_new_tokens else "stop"
+            if reason == "stop" and tracked.output and tracked.output[-1] in tracked.end_ids:
+                tracked.output.pop()  # TensorRT-LLM's rule: the end id is not part of the output
+                if tracked.log_probs:
+                    tracked.log_probs.pop()
+            if reason is not None:
+                if status == og.GenerationStatus.RUNNING:
+                    handle.stop()  # a stop word: free its KV blocks now
+                self._finish(tracked, reason)
+            elif tracked.request.streaming and len(tracked.output) > tracked.ready:
+                self._publish(tracked)
+
+    def _accept(self, tracked: _Tracked, ids: list[int], log_probs: list[float]) -> FinishReason | None:
+        """Add new tokens; "stop" when the output now ends with a stop word (the rest is dropped)."""
+        request = tracked.request
+        for i, token in enumerate(ids):
+            tracked.output.append(token)
+            if request.return_log_probs and i < len(log_probs):
+                tracked.log_probs.append(float(log_probs[i]))
+            if len(tracked.output) >= request.min_new_tokens and _ends_with_any(tracked.output, request.stop_words):
+                return "stop"
+        return None
+
+    def _publish(self, tracked: _Tracked, final: tuple[FinishReason, str | None] | None = None) -> None:
+        """Make the tokens so far (and the final outcome) visible to the dispatcher. A consumer slower than the
+        engine gets them coalesced: one flush carries everything published since its last one."""
+        with self._lock:
+            tracked.ready = len(tracked.output)
+            if final is not None:
+                tracked.final = final
+            if tracked.flush_scheduled:
+                return
+            tracked.flush_scheduled = True
+        self._flushes.put(tracked)
+
+    def _finish(self, tracked: _Tracked, reason: FinishReason, error: str | None = None) -> None:
+        with self._lock:
+            if self._tracked.pop(tracked.request.request_id, None) is None:
+                return
+            self._finished[reason] = self._finished.get(reason, 0) + 1
+            self._tokens_generated += len(tracked.output)
+        self._publish(tracked, (reason, error))
+
+    def _fail_all(self, message: str) -> None:
+        with self._lock:
+            victims = list(self._tracked.values())
+        for tracked in victims:
+            if tracked.handle is not None:
+                # The pipeline may already be broken; the request fails either way.
+                with contextlib.suppress(Exception):
+                    tracked.handle.cancel()
+            self._finish(tracked, "error", error=message)
+
+    # -- dispatcher thread -----------------------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        while (tracked := self._flushes.get()) is not None:
+            with self._lock:
+                tracked.flush_scheduled = False
+                if tracked.final_sent:
+                    continue
+                new = tracked.output[tracked.sent : tracked.ready]
+                new_lp = tracked.log_probs[tracked.sent : tracked.ready] if tracked.request.return_log_probs else None
+                tracked.sent = tracked.ready
+                final = tracked.final
+                tracked.final_sent = final is not None
+            reason, error = final if final is not None else (None, None)
+            event = TokenEvent(tracked.request.request_id, new, new_lp, final is not None, reason, error)
+            try:
+                tracked.on_event(event)
+            except Exception as exc:  # one consumer's failure must not stop the others' events
+                logger.error("event callback failed: %s", type(exc).__name__)
+                if final is None:
+                    self._fail_callback(tracked, f"event callback failed: {type(exc).__name__}: {exc}")
+
+    def _fail_callback(self, tracked: _Tracked, message: str) -> None:
+        """End a request whose consumer raised: cancel it in the pipeline, final event with the reason."""
+        with self._wake:
+            if tracked.request.request_id in self._tracked:
+                tracked.cancel_requested = True
+                tracked.callback_error = message
+                self._wake.notify_all()
+
+
+def _random_bytes() -> bytes:
+    import secrets
+
+    return secrets.token_bytes(4)
+
+
+def _eos_ids(engine_dir: Path, config: dict) -> tuple[int, ...]:
+    """The model's end-of-sequence ids: generation_config.json first (as transformers), then config.json."""
+    value: object = None
+    generation = engine_dir / "generation_config.json"
+    if generation.is_file():
+        value = json.loads(generation.read_text(encoding="utf-8")).get("eos_token_id")
+    if value is None:
+        value = config.get("eos_token_id")
+    if value is None:
+        return ()
+    return tuple(int(v) for v in (value if isinstance(value, list) else [value]))
+
+
+def _ends_with_any(tokens: list[int], words: Sequence[Sequence[int]]) -> bool:
+    return any(len(tokens) >= len(w) and tokens[len(tokens) - len(w) :] == list(w) for w in words)
