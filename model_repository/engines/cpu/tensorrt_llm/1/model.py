@@ -2,8 +2,9 @@
 
 Thin adapter: parsing/assembly live in `mentallama_server.engine_step`, generation in
 `mentallama_server.ov_engine` (OpenVINO GenAI's ContinuousBatchingPipeline). Requests are decoupled:
-`execute` only submits them; the engine's dispatcher thread sends responses as tokens are produced. A watcher thread forwards client
-cancellations to the engine and publishes the engine's counters as Prometheus metrics.
+`execute` only submits them; the engine's dispatcher thread sends responses as tokens are produced. A
+watcher thread forwards client cancellations to the engine and publishes the engine's counters as
+Prometheus metrics.
 
 Every `pb_utils` call (reading requests, sending responses, `is_cancelled`, metrics) holds one lock:
 the Python-backend stub of Triton 2.51 crashed (segfault in `send`) when the execute thread and the
