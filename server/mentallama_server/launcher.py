@@ -30,7 +30,7 @@ class LaunchError(RuntimeError):
 # "stub process is not healthy" after 1 s but keeps /v2/health/ready at 200, and a stub resumed after that
 # segfaulted (tritonserver then aborted on the next request). The launcher stops the server instead, so that
 # readiness fails and a supervisor starts a clean one.
-STOPPED_STUB_GRACE_S = 2.0
+STOPPED_STUB_GRACE_S = 1.0
 
 
 @dataclass

@@ -84,12 +84,15 @@ def test_the_closed_key_cannot_be_sent(server):
 
 
 def _http(url: str, method: str = "GET", data: bytes | None = None, timeout: float = 30) -> tuple[int, str]:
+    """(status, body); status 0 when nothing answers."""
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
 
 
 def _infer_ok(server: LaunchedServer) -> bool:
@@ -139,3 +142,27 @@ def test_oversized_prompt_is_refused_before_tokenising(server, model):
         if name != "tritonserver":
             assert mib - before[name] < 10, (name, before, after)
     assert after["tritonserver"] - before["tritonserver"] < 3 * BIG_PROMPT_MB
+
+
+# --- finding 4: a stopped stub ---------------------------------------------------------------------------
+
+
+def test_stopped_stub_stops_the_server_so_readiness_fails(tiny_checkpoint, tmp_path):
+    """SIGSTOP the engine's stub: Triton fails its requests yet stays "ready", and resuming the stub crashed
+    it. The launcher now stops the server (exit 3, naming the stopped model) within a few seconds."""
+    with LaunchedServer(tiny_checkpoint, tmp_path, "--max-output-len=16", "--cache-num-blocks=16") as launched:
+        launched.wait_ready()
+        stub = launched.stubs()["tensorrt_llm"]
+        triton = launched.tritonserver()
+        stub.suspend()
+        started = time.monotonic()
+        try:
+            code = launched.proc.wait(30)
+        finally:
+            if stub.is_running():
+                stub.resume()
+        assert code == 3, launched.output
+        assert "tensorrt_llm is stopped" in launched.output, launched.output
+        assert time.monotonic() - started < 10
+        assert not triton.is_running() and not stub.is_running()
+        assert _http(f"{launched.http_url}/v2/health/ready", timeout=5)[0] != 200
