@@ -86,6 +86,8 @@ _HEALTH_TIMEOUT = 5.0
 # not ready, the engine's "server overloaded" refusal): only the first marks the endpoint down; both
 # are retried.
 _SERVER_UNAVAILABLE_HINTS = ("queue", "not ready", "unknown model", "exceeds", "unavailable: model", "overloaded")
+# Triton's refusal of a restricted protocol without its key ("This API is restricted, expecting header ...").
+_RESTRICTED_HINT = "restricted"
 
 
 # --- endpoints ------------------------------------------------------------------------------------
@@ -326,6 +328,9 @@ def error_from_status(
     message = " ".join((details or "").split())[:_MAX_MESSAGE_CHARS] or "no details"
     if status is None:
         status = _in_band_status(message)
+    if status is grpc.StatusCode.UNAVAILABLE and _RESTRICTED_HINT in message.lower():
+        # Triton answers a missing or wrong key of a restricted API with UNAVAILABLE: retrying cannot help.
+        return AuthenticationError(message, request_id=request_id, status=grpc.StatusCode.PERMISSION_DENIED)
     cls = _STATUS_ERRORS.get(status, ServerError)
     if status is grpc.StatusCode.UNAVAILABLE and any(h in message.lower() for h in _SERVER_UNAVAILABLE_HINTS):
         cls = ServerOverloadedError

@@ -16,6 +16,8 @@ import psutil
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from mentallama import AuthenticationError, RetryPolicy
+from mentallama._transport import error_from_rpc
 from mentallama_server.launcher import SHM_DIR
 from tests.reliability.rel_launched import LaunchedServer
 from tests.server.triton_io import StreamCall, make_inputs
@@ -166,3 +168,18 @@ def test_stopped_stub_stops_the_server_so_readiness_fails(tiny_checkpoint, tmp_p
         assert time.monotonic() - started < 10
         assert not triton.is_running() and not stub.is_running()
         assert _http(f"{launched.http_url}/v2/health/ready", timeout=5)[0] != 200
+
+
+# --- finding 6: the SDK and a refused key --------------------------------------------------------------
+
+
+def test_sdk_maps_triton_restricted_refusal_to_a_non_retryable_error(server):
+    """Triton answers a restricted API without its key with UNAVAILABLE, which the SDK used to retry."""
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(),
+                                 metadata=(("triton-grpc-protocol-admin-key", "wrong"),), timeout=10)  # fmt: skip
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    error = error_from_rpc(info.value, "r1")
+    assert isinstance(error, AuthenticationError) and not RetryPolicy().retryable(error, responses_received=0)
