@@ -15,7 +15,8 @@ from engine_build.engine_cli import engine
 from engine_build.tiny import build_checkpoint, default_checkpoint_dir, describe
 
 app = typer.Typer(
-    help="Checkpoint tooling for MentaLLaMA serving: generated test checkpoints, checks, engine builds.",
+    help="Checkpoint tooling for MentaLLaMA serving: generated test checkpoints, checks, engine builds "
+    "(OpenVINO for CPUs, TensorRT-LLM for NVIDIA GPUs).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -64,6 +65,43 @@ def check(
 
 
 app.command("engine")(engine)
+
+
+@app.command()
+def openvino(
+    checkpoint: Annotated[Path, typer.Option(help="LLaMA checkpoint folder (Hugging Face layout).")],
+    output: Annotated[Path, typer.Option(help="Engine folder to write (replaced only once the build is complete).")],
+    weight_format: Annotated[str, typer.Option(help="fp32, fp16, int8 or int4 (NNCF weight compression).")] = "int8",
+    group_size: Annotated[int | None, typer.Option(help="int4: weights per quantisation group (default 128).")] = None,
+    ratio: Annotated[
+        float | None, typer.Option(help="int4: share of layers in int4, the rest int8 (default 1).")
+    ] = None,
+    cache_num_blocks: Annotated[
+        int, typer.Option(help="For the capacity plan: KV-cache blocks of 32 tokens you will serve with.")
+    ] = 512,
+    kv_cache_precision: Annotated[str, typer.Option(help="For the capacity plan: f32, f16, bf16 or u8.")] = "f16",
+    dry_run: Annotated[bool, typer.Option(help="Check and plan only; export nothing.")] = False,
+) -> None:
+    """Compile a checkpoint into an OpenVINO engine for the CPU profile (mentallama-serve --engine DIR)."""
+    from engine_build.openvino_build import EngineBuildError, OpenVinoOptions, build_engine
+
+    if kv_cache_precision not in ("f32", "f16", "bf16", "u8"):
+        typer.echo(f"error: --kv-cache-precision must be f32, f16, bf16 or u8, got {kv_cache_precision!r}", err=True)
+        raise typer.Exit(code=1)
+    options = OpenVinoOptions(weight_format, group_size, ratio)
+    try:
+        build_engine(
+            checkpoint,
+            output,
+            options,
+            say=lambda message: typer.echo(message, err=True),
+            dry_run=dry_run,
+            kv_precision=kv_cache_precision,
+            kv_blocks=cache_num_blocks,
+        )
+    except EngineBuildError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
 
 
 @app.command("label-model")
