@@ -1,0 +1,224 @@
+"""CPU engine benchmark: the served OpenVINO engine vs. the same engine in-process vs. the authors' way.
+
+Workload (issue 9): the first 8 queries of each IMHI test file (64 prompts), exactly `--output-len` new
+tokens each (min = max tokens, greedy), at each concurrency. Three ways, measured in one run because these
+machines are noisy, so the ratios are what to read:
+
+- served: gRPC streaming to the `mentallama` model of a `mentallama-serve` CPU server (OpenVINO engine);
+- in-process: `OpenVinoEngine` with the server's own settings, in this process (no Triton, no gRPC);
+- authors' way: transformers `generate()` on the checkpoint in static batches of 8 with left padding, as the
+  MentaLLaMA authors' evaluation script runs it (one figure: a static batch has no concurrency).
+
+    python benchmarks/cpu_engine_bench.py --model bench --imhi-dir ../shared/imhi --weight-formats int8,fp16
+
+`--footprint` also starts the tiny model's server once its engine exists and reports the time to ready and
+the resident memory of tritonserver and its Python stubs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.backends import Backend, TritonGrpcBackend
+from benchmarks.engine_backend import EngineBackend
+from benchmarks.records import SampleRequest, SamplingParams
+from mentallama_server.launcher import ServerOptions, free_port
+from mentallama_server.serve import resolve_checkpoint, start_cpu_server
+from mentallama_server.settings import CpuSettings
+
+PER_FILE = 8
+AUTHORS_BATCH = 8
+
+
+def imhi_prompts(imhi_dir: Path, per_file: int = PER_FILE) -> list[tuple[str, str]]:
+    """(task file, query) for the first `per_file` queries of each test file, files in name order."""
+    folder = imhi_dir / "test_instruction"
+    files = sorted(folder.glob("*.csv"))
+    if not files:
+        raise SystemExit(f"no IMHI test files in {folder} (give --imhi-dir, the folder holding test_instruction/)")
+    csv.field_size_limit(sys.maxsize)
+    prompts = []
+    for path in files:
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = [row["query"] for row, _ in zip(csv.DictReader(f), range(per_file), strict=False)]
+        prompts += [(path.stem, query) for query in rows]
+    return prompts
+
+
+async def run_load(backend: Backend, samples: list[SampleRequest], concurrency: int) -> dict[str, Any]:
+    """All samples at `concurrency` requests in flight; output tokens counted by the server/engine."""
+    params = SamplingParams(force_output_len=True)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(sample: SampleRequest) -> Any:
+        async with gate:
+            return await backend.generate(sample, params)
+
+    await backend.open()
+    await one(samples[0])  # warm-up: first-request costs are not throughput
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(*(one(s) for s in samples))
+    elapsed = time.perf_counter() - started
+    errors = [o.error for o in outcomes if not o.success]
+    tokens = sum(o.server_output_tokens or 0 for o in outcomes)
+    return {"concurrency": concurrency, "tok_s": tokens / elapsed, "tokens": tokens, "s": elapsed, "errors": errors}
+
+
+async def _closing(backend: Backend, work: Any) -> Any:
+    try:
+        return await work
+    finally:
+        await backend.close()
+
+
+def authors_way(checkpoint: Path, prompts: list[str], output_len: int) -> dict[str, Any]:
+    """transformers `generate()`, static batches of 8, left padding, greedy, exactly `output_len` new tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, padding_side="left")
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.unk_token
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    tokens = 0
+    started = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(prompts), AUTHORS_BATCH):
+            batch = tokenizer(prompts[i : i + AUTHORS_BATCH], return_tensors="pt", padding=True)
+            out = model.generate(
+                **batch, do_sample=False, max_new_tokens=output_len, min_new_tokens=output_len,
+                pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+            tokens += (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
+    elapsed = time.perf_counter() - started
+    return {"tok_s": tokens / elapsed, "tokens": tokens, "s": elapsed, "dtype": str(model.dtype)}
+
+
+def measure_format(
+    checkpoint: Path, weight_format: str, samples: list[SampleRequest], concurrencies: list[int]
+) -> dict[str, Any]:
+    settings = CpuSettings(weight_format=weight_format, max_queue_size=256)
+    opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    served: list[dict[str, Any]] = []
+    server = start_cpu_server(str(checkpoint), settings, opts)
+    try:
+        for c in concurrencies:
+            # A gRPC channel belongs to the event loop that made it: one backend per asyncio.run.
+            backend = TritonGrpcBackend(f"127.0.0.1:{opts.grpc_port}")
+            served.append(asyncio.run(_closing(backend, run_load(backend, samples, c))))
+            print(f"  {weight_format} served      c={c:<3} {served[-1]['tok_s']:8.1f} tok/s", flush=True)
+    finally:
+        server.stop()
+    in_process: list[dict[str, Any]] = []
+    engine = EngineBackend(checkpoint, settings)
+
+    async def sweep() -> None:
+        try:
+            for c in concurrencies:
+                in_process.append(await run_load(engine, samples, c))
+                print(f"  {weight_format} in-process  c={c:<3} {in_process[-1]['tok_s']:8.1f} tok/s", flush=True)
+        finally:
+            await engine.close()
+
+    asyncio.run(sweep())
+    return {"served": served, "in_process": in_process}
+
+
+def footprint() -> dict[str, Any]:
+    """Time to ready and RSS of the tiny model's server once its engine exists."""
+    import psutil
+
+    checkpoint = resolve_checkpoint("tiny")
+    settings = CpuSettings()
+    start_cpu_server(str(checkpoint), settings, _free_opts()).stop()  # builds the engine if missing
+    opts = _free_opts()
+    started = time.perf_counter()
+    server = start_cpu_server(str(checkpoint), settings, opts)
+    ready_s = time.perf_counter() - started
+    try:
+        root = psutil.Process(server.proc.pid)
+        processes = [root, *root.children(recursive=True)]
+        rss = {f"{p.pid}:{Path(p.cmdline()[1] if len(p.cmdline()) > 1 else p.name()).parent.parent.name or p.name()}":
+               p.memory_info().rss for p in processes}  # fmt: skip
+    finally:
+        server.stop()
+    return {"ready_s": ready_s, "rss_total_mib": sum(rss.values()) / 2**20, "processes": len(rss)}
+
+
+def _free_opts() -> ServerOptions:
+    return ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="bench", help="tiny, bench or a checkpoint folder")
+    parser.add_argument("--imhi-dir", type=Path, default=Path("../shared/imhi"))
+    parser.add_argument("--concurrency", default="1,4,16,32")
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--weight-formats", default="int8,fp16")
+    parser.add_argument("--skip-authors", action="store_true", help="leave out the transformers baseline")
+    parser.add_argument("--footprint", action="store_true", help="also measure the tiny server's start and RSS")
+    parser.add_argument("--output", type=Path, default=Path("results/cpu_engine_bench.json"))
+    args = parser.parse_args(argv)
+
+    checkpoint = resolve_checkpoint(args.model)
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    prompts = imhi_prompts(args.imhi_dir)
+    samples = [SampleRequest(i, query, task, args.output_len) for i, (task, query) in enumerate(prompts)]
+    print(f"{len(samples)} IMHI queries, {args.output_len} new tokens each, {checkpoint.name}", flush=True)
+    report: dict[str, Any] = {"model": checkpoint.name, "queries": len(samples), "output_len": args.output_len}
+    if not args.skip_authors:
+        report["authors"] = authors_way(checkpoint, [s.prompt for s in samples], args.output_len)
+        print(f"  authors' way (generate, batches of 8): {report['authors']['tok_s']:.1f} tok/s", flush=True)
+    report["formats"] = {
+        fmt: measure_format(checkpoint, fmt, samples, concurrencies) for fmt in args.weight_formats.split(",")
+    }
+    if args.footprint:
+        report["footprint"] = footprint()
+    print_report(report, concurrencies)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwritten: {args.output}")
+    return 0
+
+
+def print_report(report: dict[str, Any], concurrencies: list[int]) -> None:
+    authors = report.get("authors", {}).get("tok_s")
+    print("\n| engine | concurrency | served tok/s | in-process tok/s | served/in-process | served/authors |")
+    print("|---|---|---|---|---|---|")
+    for fmt, runs in report["formats"].items():
+        for served, local in zip(runs["served"], runs["in_process"], strict=True):
+            vs_authors = f"{served['tok_s'] / authors:.1f}x" if authors else "-"
+            errors = len(served["errors"]) + len(local["errors"])
+            note = f" ({errors} errors)" if errors else ""
+            print(
+                f"| {fmt} | {served['concurrency']} | {served['tok_s']:.1f} | {local['tok_s']:.1f} | "
+                f"{served['tok_s'] / local['tok_s']:.2f} | {vs_authors}{note} |"
+            )
+    if authors:
+        print(f"\nauthors' way: {authors:.1f} tok/s ({report['authors']['dtype']}, static batches of {AUTHORS_BATCH})")
+    for fmt, runs in report["formats"].items():
+        by_c = {r["concurrency"]: r["tok_s"] for r in runs["served"]}
+        local = {r["concurrency"]: r["tok_s"] for r in runs["in_process"]}
+        goals = []
+        if 16 in by_c and authors:
+            goals.append(f"served@16 / authors = {by_c[16] / authors:.1f}x (goal >= 4x)")
+        if 16 in by_c:
+            goals.append(f"served/in-process @16 = {by_c[16] / local[16]:.2f} (goal >= 0.9)")
+        if 4 in by_c and 32 in by_c:
+            goals.append(f"served @32 / @4 = {by_c[32] / by_c[4]:.2f} (goal >= 1)")
+        print(f"{fmt}: " + "; ".join(goals))
+    if "footprint" in report:
+        fp = report["footprint"]
+        print(f"tiny footprint: ready in {fp['ready_s']:.1f} s, {fp['rss_total_mib']:.0f} MiB RSS "
+              f"over {fp['processes']} processes")  # fmt: skip
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
