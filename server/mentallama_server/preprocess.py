@@ -46,6 +46,8 @@ class PreparedRequest:
 
 def decode_text(value: object, field: str = "text_input") -> str:
     """Turn a STRING tensor element into text, refusing what a prompt must not contain."""
+    if value is None:  # Triton 2.51 lets a missing required input through when the input count fits
+        raise RequestError(f"{field} is required")
     if isinstance(value, bytes):
         try:
             text = value.decode("utf-8")
