@@ -18,8 +18,9 @@
 set -euo pipefail
 
 REPO=${MENTALLAMA_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+# shellcheck source=../lib/common.sh
+source "$REPO/deploy/lib/common.sh"
 IMAGE=${ML_IMAGE:-docker://nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3}
-RUNTIME=${ML_CONTAINER_RUNTIME:-}
 MODEL_REPO=""
 WORLD_SIZE=1
 HTTP_PORT=8000
@@ -58,9 +59,7 @@ done
 
 [[ -n $MODEL_REPO ]] || { echo "run_triton.sh: --model-repo is required" >&2; exit 2; }
 [[ $WORLD_SIZE =~ ^[1-9][0-9]*$ ]] || { echo "run_triton.sh: --world-size must be >= 1" >&2; exit 2; }
-if [[ -z $RUNTIME ]]; then
-  RUNTIME=$(command -v apptainer || command -v singularity || echo apptainer)
-fi
+RUNTIME=$(ml_container_runtime)
 
 # Same path inside and outside: the rendered configs name host paths (engine, tokenizer, code).
 CONTAINER=("$RUNTIME" exec --nv --cleanenv --env "PYTHONPATH=$REPO/server")

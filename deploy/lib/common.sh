@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Helpers shared by the deploy scripts (sourced, not run): logging, readiness wait on Triton's
 # /v2/health/ready, tracking of the processes a script starts, and a teardown that stops them on exit,
-# SIGTERM (Slurm's --signal=B:TERM, scancel, pod shutdown) or Ctrl-C.
+# SIGTERM (Slurm's --signal=B:TERM, scancel, pod shutdown) or Ctrl-C; container runtime, binds, replica
+# ports and endpoint files as every profile (GPU and CPU) uses them.
 
 ML_CHILD_PIDS=()
 ML_STOP_GRACE_S=${ML_STOP_GRACE_S:-45}  # Triton drains in-flight requests for --exit-timeout-secs (30)
@@ -91,4 +92,40 @@ ml_install_traps() {
   trap 'ml_cleanup' EXIT
   trap 'ml_log "SIGTERM received"; ml_cleanup; exit 143' TERM
   trap 'ml_log "SIGINT received"; ml_cleanup; exit 130' INT
+}
+
+# ml_container_runtime: $ML_CONTAINER_RUNTIME, else apptainer or singularity, whichever is installed.
+ml_container_runtime() {
+  if [[ -n ${ML_CONTAINER_RUNTIME:-} ]]; then
+    echo "$ML_CONTAINER_RUNTIME"
+  else
+    command -v apptainer || command -v singularity || echo apptainer
+  fi
+}
+
+# ml_bind_args: ML_BIND_ARGS=(--bind DIR ...) for every folder of the colon-separated $ML_BIND.
+ml_bind_args() {
+  local dir bind_dirs=()
+  ML_BIND_ARGS=()
+  if [[ -n ${ML_BIND:-} ]]; then
+    IFS=: read -r -a bind_dirs <<<"$ML_BIND"
+  fi
+  for dir in "${bind_dirs[@]}"; do
+    ML_BIND_ARGS+=(--bind "$dir")
+  done
+}
+
+# ml_replica_ports I: ML_HTTP_PORT, ML_GRPC_PORT, ML_METRICS_PORT of replica I on a node:
+# BASE_{HTTP,GRPC,METRICS}_PORT (8000, 8001, 8002) + I * PORT_STRIDE (10).
+# shellcheck disable=SC2034  # the caller reads them
+ml_replica_ports() {
+  local stride=${PORT_STRIDE:-10}
+  ML_HTTP_PORT=$((${BASE_HTTP_PORT:-8000} + $1 * stride))
+  ML_GRPC_PORT=$((${BASE_GRPC_PORT:-8001} + $1 * stride))
+  ML_METRICS_PORT=$((${BASE_METRICS_PORT:-8002} + $1 * stride))
+}
+
+# ml_write_endpoint FILE HOST HTTP GRPC METRICS: the one-line endpoint file a load balancer or benchmark reads.
+ml_write_endpoint() {
+  printf '%s http=%d grpc=%d metrics=%d\n' "$2" "$3" "$4" "$5" >"$1"
 }

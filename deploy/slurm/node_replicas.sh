@@ -22,10 +22,6 @@ source "$REPO/deploy/lib/common.sh"
 : "${MODEL_REPO:?set MODEL_REPO to the rendered trtllm model repository}"
 RUN_DIR=${RUN_DIR:-$REPO/artifacts/runs/slurm-${SLURM_JOB_ID:-local}}
 GPUS_PER_REPLICA=${GPUS_PER_REPLICA:-1}
-BASE_HTTP_PORT=${BASE_HTTP_PORT:-8000}
-BASE_GRPC_PORT=${BASE_GRPC_PORT:-8001}
-BASE_METRICS_PORT=${BASE_METRICS_PORT:-8002}
-PORT_STRIDE=${PORT_STRIDE:-10}
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-1800}
 HOST=$(hostname)
 
@@ -41,13 +37,7 @@ NUM_REPLICAS=${NUM_REPLICAS:-$((${#GPU_LIST[@]} / GPUS_PER_REPLICA))}
 ((NUM_REPLICAS * GPUS_PER_REPLICA <= ${#GPU_LIST[@]})) \
   || ml_die "$HOST: $NUM_REPLICAS replicas x $GPUS_PER_REPLICA GPUs > ${#GPU_LIST[@]} visible GPUs"
 
-BIND_ARGS=()
-if [[ -n ${ML_BIND:-} ]]; then
-  IFS=: read -r -a bind_dirs <<<"$ML_BIND"
-  for dir in "${bind_dirs[@]}"; do
-    BIND_ARGS+=(--bind "$dir")
-  done
-fi
+ml_bind_args
 
 mkdir -p "$RUN_DIR/endpoints.d"
 ml_install_traps
@@ -58,26 +48,23 @@ PIDS=()
 URLS=()
 for ((i = 0; i < NUM_REPLICAS; i++)); do
   gpus=$(IFS=,; echo "${GPU_LIST[*]:i*GPUS_PER_REPLICA:GPUS_PER_REPLICA}")
-  http=$((BASE_HTTP_PORT + i * PORT_STRIDE))
-  grpc=$((BASE_GRPC_PORT + i * PORT_STRIDE))
-  metrics=$((BASE_METRICS_PORT + i * PORT_STRIDE))
+  ml_replica_ports "$i"
   log="$RUN_DIR/$HOST-replica$i"
-  ml_log "$HOST replica $i: GPUs $gpus, http $http, grpc $grpc, metrics $metrics, logs $log.*"
+  ml_log "$HOST replica $i: GPUs $gpus, http $ML_HTTP_PORT, grpc $ML_GRPC_PORT, metrics $ML_METRICS_PORT, logs $log.*"
   "$REPO/deploy/apptainer/run_triton.sh" --model-repo "$MODEL_REPO" --world-size "$GPUS_PER_REPLICA" \
-    --gpus "$gpus" --http-port "$http" --grpc-port "$grpc" --metrics-port "$metrics" \
-    --shm-prefix "${HOST//[^A-Za-z0-9]/_}_r${i}_" --log-file "$log.triton.log" "${BIND_ARGS[@]}" \
+    --gpus "$gpus" --http-port "$ML_HTTP_PORT" --grpc-port "$ML_GRPC_PORT" --metrics-port "$ML_METRICS_PORT" \
+    --shm-prefix "${HOST//[^A-Za-z0-9]/_}_r${i}_" --log-file "$log.triton.log" "${ML_BIND_ARGS[@]}" \
     >"$log.out" 2>&1 &
   PIDS+=("$!")
   ml_track "$!"
-  URLS+=("http://127.0.0.1:$http")
+  URLS+=("http://127.0.0.1:$ML_HTTP_PORT")
 done
 
 for ((i = 0; i < NUM_REPLICAS; i++)); do
   ml_wait_ready "${URLS[i]}" "$READY_TIMEOUT_S" "${PIDS[i]}" \
     || ml_die "$HOST replica $i did not become ready; see $RUN_DIR/$HOST-replica$i.out"
-  printf '%s http=%d grpc=%d metrics=%d\n' "$HOST" "$((BASE_HTTP_PORT + i * PORT_STRIDE))" \
-    "$((BASE_GRPC_PORT + i * PORT_STRIDE))" "$((BASE_METRICS_PORT + i * PORT_STRIDE))" \
-    >"$RUN_DIR/endpoints.d/$HOST-replica$i"
+  ml_replica_ports "$i"
+  ml_write_endpoint "$RUN_DIR/endpoints.d/$HOST-replica$i" "$HOST" "$ML_HTTP_PORT" "$ML_GRPC_PORT" "$ML_METRICS_PORT"
 done
 ml_log "$HOST: $NUM_REPLICAS replica(s) ready; endpoints in $RUN_DIR/endpoints.d"
 
