@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,10 +48,84 @@ def test_usage_errors_exit_2_before_sending():
     assert no_aspect.exit_code == 2 and "aspect" in no_aspect.stderr
 
 
-def test_unreachable_server_exits_1_with_the_error():
-    result = runner.invoke(app, ["analyze", "-t", "dr", "-e", dead_endpoint(), "--timeout", "5", "a post"])
+def test_unreachable_server_is_one_line_saying_how_to_start_one(tmp_path):
+    endpoint = dead_endpoint()
+    result = runner.invoke(app, ["analyze", "-t", "dr", "-e", endpoint, "--timeout", "5", "a post"])
     assert result.exit_code == 1
-    assert "APIConnectionError" in result.stderr and "request_id=" in result.stderr
+    assert result.stderr.strip() == result.stderr.strip().splitlines()[0]  # one line
+    assert f"no server at {endpoint}" in result.stderr and "mentallama-serve" in result.stderr
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text("".join(json.dumps(f"post {i}") + "\n" for i in range(30)))
+    out = tmp_path / "out.jsonl"
+    batch = runner.invoke(app, ["analyze", "-t", "dr", "-e", endpoint, "-i", str(posts), "-o", str(out)])
+    assert batch.exit_code == 1 and len(batch.stderr.strip().splitlines()) == 1
+    assert f"no server at {endpoint}" in batch.stderr and not out.exists()  # no 30 error rows
+    imhi = runner.invoke(app, ["eval", "--imhi-dir", str(IMHI_MINI), "-e", endpoint])
+    assert imhi.exit_code == 1 and f"no server at {endpoint}" in imhi.stderr and "0.0" not in imhi.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("latin1.csv", "id,post\n1,caf\xe8\n".encode("latin-1"), ["latin1.csv", "not utf-8", "--encoding latin-1"]),
+        ("posts.txt", b"a post\n", ["posts.txt", "expected a .csv or .jsonl file"]),
+        ("empty.csv", b"", ["empty.csv", "empty", "header row"]),
+        ("header.csv", b"id,post\n", ["header.csv", "no posts"]),
+        ("empty.jsonl", b"\n", ["empty.jsonl", "no posts"]),
+        ("bad.jsonl", b'{"post": "x"}\nnot json\n', ["bad.jsonl:2", "not JSON"]),
+        ("cols.csv", b"id,text\n1,x\n", ["cols.csv", "no column 'post'", "columns: id, text", "--field"]),
+    ],
+)
+def test_input_file_errors_name_the_file_and_the_fix(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = runner.invoke(app, ["analyze", "-t", "dr", "-i", str(path), "-e", dead_endpoint()])
+    assert result.exit_code == 2, result.output
+    for part in expected:
+        assert part in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_latin1_input_reads_with_encoding(tmp_path):
+    from mentallama.cli.analyze import read_posts
+
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("id,post\n7,caf\xe8 noir\n".encode("latin-1"))
+    posts = read_posts(path, "post", "latin-1", id_field="id")
+    assert posts.texts == ["caf\xe8 noir"] and posts.ids == ["7"]
+
+
+def test_unknown_task_suggests_the_closest_name():
+    result = runner.invoke(app, ["analyze", "-t", "depresion", "-e", dead_endpoint(), "a post"])
+    assert result.exit_code == 2 and "did you mean 'depression'" in result.stderr
+    imhi = runner.invoke(app, ["eval", "--imhi-dir", str(IMHI_MINI), "--tasks", "lonelyness", "-e", dead_endpoint()])
+    assert imhi.exit_code == 2 and "did you mean 'loneliness'" in imhi.stderr
+
+
+def test_help_and_version():
+    from mentallama import __version__
+
+    assert runner.invoke(app, ["--version"]).stdout.strip() == f"mentallama {__version__}"
+    for command in ([], ["analyze"], ["eval"], ["tasks"]):
+        short = runner.invoke(app, [*command, "-h"], env={"COLUMNS": "80"})
+        assert short.exit_code == 0 and "Usage:" in short.stdout
+        assert "…" not in short.stdout and "\\[" not in short.stdout
+    assert "POST is the post's text" in runner.invoke(app, ["analyze", "-h"]).stdout
+
+
+def run_interrupted(args: list[str], watch: Path, rows: int) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would, press Ctrl-C once ``watch`` holds ``rows`` lines."""
+    exe = Path(sys.executable).with_name("mentallama")
+    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if watch.exists() and len(watch.read_text().splitlines()) >= rows:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    os.kill(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 @pytest.mark.server
@@ -113,11 +192,69 @@ class TestWithServer:
         assert [r["task"] for r in rows] == tasks
         assert sum(int(r["n"]) + int(r["skipped"]) for r in rows) == len(examples)
         assert all(0.0 <= float(r["accuracy"]) <= 1.0 and 0.0 <= float(r["weighted_f1"]) <= 1.0 for r in rows)
-        assert (out / "scores.md").read_text().startswith("| task | n | accuracy")
+        scores_md = (out / "scores.md").read_text()
+        assert scores_md.startswith("split ") and "| task | n | accuracy" in scores_md
+        run = json.loads((out / "run.json").read_text())
+        assert run["split"].endswith("test_instruction") and run["model"] == "mentallama"
+        assert run["endpoints"] == [cpu_server.grpc_url] and run["started_at"] and run["finished_at"]
+        assert "\r" not in result.stderr  # no progress bar when stderr is not a terminal
 
     def test_eval_selected_tasks(self, cpu_server):
         args = ["eval", "--imhi-dir", str(IMHI_MINI), "--tasks", "sad,dr", "--limit", "1"]
         result = runner.invoke(app, [*args, "-e", cpu_server.grpc_url, "--max-tokens", "4"])
         assert result.exit_code == 0, result.output
-        body = result.stdout.splitlines()[2:]
+        body = result.stdout.splitlines()[3:]  # the run line, the header, the rule
         assert [line.split()[0] for line in body] == ["SAD", "DR"]
+
+    def test_analyze_carries_the_id_field(self, cpu_server, tmp_path):
+        posts = tmp_path / "posts.csv"
+        posts.write_text("post_id,post\nA-7,I cannot sleep.\nB-9,Work is fine.\n")
+        out = tmp_path / "out.jsonl"
+        args = ["analyze", "-t", "dr", "-i", str(posts), "--id-field", "post_id", "-o", str(out)]
+        result = runner.invoke(app, [*args, "-e", cpu_server.grpc_url, "--max-tokens", "4"])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [(r["index"], r["post_id"]) for r in rows] == [(0, "A-7"), (1, "B-9")]
+        assert f"written to {out}" in result.stderr and "\r" not in result.stderr
+
+    def test_unknown_model_lists_the_served_models(self, cpu_server):
+        args = ["analyze", "-t", "dr", "-e", cpu_server.grpc_url, "--model", "mentalama", "a post"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1
+        assert "model 'mentalama' is not served" in result.stderr and "did you mean 'mentallama'" in result.stderr
+        assert "ensemble" in result.stderr and "mentallama" in result.stderr
+
+    def test_ctrl_c_keeps_the_finished_posts(self, cpu_server, tmp_path):
+        posts = tmp_path / "posts.csv"
+        with posts.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "post"])
+            writer.writerows([[f"p{i}", f"Post number {i}: I cannot sleep."] for i in range(30)])
+        out = tmp_path / "out.jsonl"
+        args = ["analyze", "-t", "dr", "-i", str(posts), "--id-field", "id", "-o", str(out), "--concurrency", "2",
+                "--max-tokens", "300", "-e", cpu_server.grpc_url]  # fmt: skip
+        done = run_interrupted(args, out, rows=2)
+        assert done.returncode == 130, done.stderr
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert 2 <= len(rows) < 30
+        assert all(r["id"] == f"p{r['index']}" and r["task"] == "DR" for r in rows)
+        assert [r["index"] for r in rows] == sorted(r["index"] for r in rows)
+        assert f"interrupted: {len(rows)} of 30 posts done" in done.stderr and str(out) in done.stderr
+        assert "Traceback" not in done.stderr
+
+    def test_eval_ctrl_c_keeps_the_raw_outputs(self, cpu_server, tmp_path):
+        imhi = tmp_path / "imhi"
+        imhi.mkdir()
+        with (IMHI_MINI / "test_instruction" / "DR.csv").open(newline="") as f:
+            reader = csv.reader(f)
+            header, first = next(reader), next(reader)
+        with (imhi / "DR.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([header] + [first] * 30)
+        out = tmp_path / "eval"
+        args = ["eval", "--imhi-dir", str(imhi), "-o", str(out), "--concurrency", "2", "--max-tokens", "300",
+                "-e", cpu_server.grpc_url]  # fmt: skip
+        done = run_interrupted(args, out / "raw_outputs.jsonl", rows=2)
+        assert done.returncode == 130, done.stderr
+        raw = [json.loads(line) for line in (out / "raw_outputs.jsonl").read_text().splitlines()]
+        assert 2 <= len(raw) < 30 and all(r["task"] == "DR" and "raw" in r for r in raw)
+        assert f"interrupted: {len(raw)} of 30 answers received" in done.stderr

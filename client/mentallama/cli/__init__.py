@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ._cli_utils import DISCLAIMER, typer_factory
+from typing import Annotated
+
+from .. import __version__
+from ._cli_utils import DISCLAIMER, typer_factory, version_option
 from .analyze import analyze
 from .catalog import tasks
 from .evaluate import evaluate
@@ -10,6 +13,13 @@ from .evaluate import evaluate
 __all__ = ["app", "main"]
 
 app = typer_factory(help=f"MentaLLaMA: interpretable mental-health analysis over Triton. {DISCLAIMER}")
+
+
+@app.callback()
+def _root(version: Annotated[bool, version_option("mentallama", __version__)] = False) -> None:
+    """MentaLLaMA: interpretable mental-health analysis over Triton."""
+
+
 app.command("tasks")(tasks)
 app.command("analyze")(analyze)
 app.command("eval")(evaluate)

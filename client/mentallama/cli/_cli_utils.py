@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
+import json
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TextIO
 
+import grpc
 import typer
+from tritonclient.grpc import service_pb2
 
-from .._client import MentaLLaMAClient
+from .._client import AsyncMentaLLaMAClient, MentaLLaMAClient
 from .._constants import DEFAULT_CONCURRENCY, DEFAULT_MAX_TOKENS, DEFAULT_TIMEOUT, ENV_ENDPOINTS, ENV_MODEL
 from .._exceptions import MentaLLaMAError
 
@@ -23,16 +29,80 @@ __all__ = [
     "RootCertOpt",
     "CertChainOpt",
     "PrivateKeyOpt",
+    "OrderedWriter",
     "client_from_options",
+    "endpoint_problem",
     "fail",
+    "preflight",
+    "progress_bar",
+    "suggest",
     "typer_factory",
+    "version_option",
 ]
 
 DISCLAIMER = "Predictions are for non-clinical research only: they are not a diagnosis."
 
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+START_SERVER_HINT = ("start one with `mentallama-serve` (or `make serve`), or point --endpoint / "
+                     f"${ENV_ENDPOINTS} at a running server")  # fmt: skip
+# The models mentallama-serve renders: probed one by one when the repository index is closed (admin API).
+KNOWN_MODELS = ("mentallama", "ensemble", "preprocessing", "postprocessing", "tensorrt_llm")
+
+
+def plain_help() -> None:
+    """Let Typer apps made with ``rich_markup_mode=None`` print click's plain help (wrapped to the
+    terminal, nothing cut to "…") without Typer 0.20 escaping its ``[default: ...]`` as rich markup."""
+    try:
+        import click
+        from typer import rich_utils
+    except ImportError:  # no rich: Typer prints plain help already
+        return
+    original = rich_utils.escape_before_html_export
+    if getattr(original, "plain_aware", False):
+        return
+
+    def escape(text: str) -> str:
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and getattr(ctx.command, "rich_markup_mode", "rich") is None:
+            return text
+        return original(text)
+
+    escape.plain_aware = True  # type: ignore[attr-defined]
+    rich_utils.escape_before_html_export = escape
+
+
 def typer_factory(help: str) -> typer.Typer:  # noqa: A002 - Typer's own parameter name
-    return typer.Typer(help=help, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+    plain_help()
+    return typer.Typer(help=help, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                       rich_markup_mode=None, context_settings=HELP_OPTIONS)  # fmt: skip
+
+
+def version_option(program: str, version: str) -> Any:
+    """A ``--version`` option (eager: prints ``program version`` and exits) for a Typer callback."""
+
+    def show(value: bool) -> None:
+        if value:
+            typer.echo(f"{program} {version}")
+            raise typer.Exit()
+
+    return typer.Option("--version", "-V", callback=show, is_eager=True, help="print the version and exit")
+
+
+def suggest(name: str, choices: Sequence[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest choice, or ``""``."""
+    close = difflib.get_close_matches(name.lower(), [c.lower() for c in choices], n=1, cutoff=0.6)
+    if not close:
+        return ""
+    original = next(c for c in choices if c.lower() == close[0])
+    return f"; did you mean {original!r}?"
+
+
+def progress_bar(total: int, desc: str, unit: str) -> Any:
+    """A tqdm bar on stderr, shown only when stderr is a terminal (no carriage returns in logs)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty())
 
 
 EndpointOpt = Annotated[
@@ -74,9 +144,13 @@ def client_from_options(
     root_certificates: Path | None = None,
     certificate_chain: Path | None = None,
     private_key: Path | None = None,
-) -> MentaLLaMAClient:
+    *,
+    asynchronous: bool = False,
+) -> Any:
+    """A :class:`MentaLLaMAClient` (or, with ``asynchronous``, an :class:`AsyncMentaLLaMAClient`)."""
+    cls = AsyncMentaLLaMAClient if asynchronous else MentaLLaMAClient
     try:
-        return MentaLLaMAClient(
+        return cls(
             endpoint or None, model=model, timeout=timeout, tls=tls or None,
             root_certificates=root_certificates, certificate_chain=certificate_chain, private_key=private_key,
         )  # fmt: skip
@@ -93,3 +167,96 @@ def fail(message: str, code: int = 1) -> None:
 
 def describe_error(error: MentaLLaMAError) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+def endpoint_problem(stub: Any, endpoint: str, model: str, timeout: float = 5.0,
+                     metadata: Sequence[tuple[str, str]] = ()) -> str | None:  # fmt: skip
+    """Why ``endpoint`` cannot serve ``model`` (one line saying what to do), or None when it can.
+
+    ``stub``: a ``GRPCInferenceServiceStub`` (blocking). Checks that something answers, that it is
+    ready, and that ``model`` is ready; for an unknown model it lists the models the server has.
+    """
+    md = tuple(metadata)
+    try:
+        stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=timeout, metadata=md)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return f"no server at {endpoint} (connection failed); {START_SERVER_HINT}"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"the server at {endpoint} did not answer within {timeout:g} s; is it a Triton gRPC port?"
+        detail = exc.details() if hasattr(exc, "details") else str(exc)
+        return f"the server at {endpoint} refused the health check: {detail}"
+    try:
+        ready = stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout, metadata=md).ready
+        model_ready = stub.ModelReady(service_pb2.ModelReadyRequest(name=model), timeout=timeout, metadata=md).ready
+    except grpc.RpcError as exc:
+        detail = exc.details() if hasattr(exc, "details") else str(exc)
+        return f"the server at {endpoint} failed its readiness check: {detail}"
+    if model_ready:
+        return None
+    models = served_models(stub, timeout, md)
+    if not ready and not models:
+        return f"the server at {endpoint} is not ready yet (still loading?); try again in a moment"
+    listed = ", ".join(models) if models else "none ready"
+    return f"model {model!r} is not served at {endpoint}{suggest(model, models)}; it has: {listed} (pick with --model)"
+
+
+def served_models(stub: Any, timeout: float, metadata: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """Ready models: the repository index when it is open, else the models mentallama-serve renders."""
+    md = tuple(metadata)
+    try:
+        index = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=True), timeout=timeout, metadata=md)
+        return sorted(m.name for m in index.models)
+    except grpc.RpcError:  # restricted (admin API) without the key: probe the known names
+        pass
+    found = []
+    for name in KNOWN_MODELS:
+        try:
+            if stub.ModelReady(service_pb2.ModelReadyRequest(name=name), timeout=timeout, metadata=md).ready:
+                found.append(name)
+        except grpc.RpcError:
+            continue
+    return found
+
+
+def preflight(client: MentaLLaMAClient, timeout: float = 5.0) -> None:
+    """Fail in one line (exit 1) unless at least one of the client's endpoints serves its model.
+
+    Done once before a batch, so that a missing server is one error, not one per post."""
+    problems = []
+    metadata = tuple((k.lower(), str(v)) for k, v in client.headers.items())
+    for endpoint in client.endpoints:
+        problem = endpoint_problem(client._transport.stub(endpoint), endpoint, client.model, timeout, metadata)
+        if problem is None:
+            return
+        problems.append(problem)
+    fail("; ".join(problems))
+
+
+class OrderedWriter:
+    """Writes JSON lines in input order as results arrive: a finished row waits only for the rows
+    before it. ``flush_all()`` (on an interruption) writes what waits too, still sorted; each row
+    carries its ``index``, so the gaps show."""
+
+    def __init__(self, out: TextIO, record: Callable[[int, Any], dict[str, Any]]) -> None:
+        self.out, self.record = out, record
+        self.next_index = 0
+        self.waiting: dict[int, Any] = {}
+        self.written = 0
+
+    def add(self, index: int, result: Any) -> None:
+        self.waiting[index] = result
+        while self.next_index in self.waiting:
+            self._write(self.next_index, self.waiting.pop(self.next_index))
+            self.next_index += 1
+        self.out.flush()
+
+    def flush_all(self) -> None:
+        for index in sorted(self.waiting):
+            self._write(index, self.waiting.pop(index))
+        self.out.flush()
+
+    def _write(self, index: int, result: Any) -> None:
+        self.out.write(json.dumps(self.record(index, result), ensure_ascii=False) + "\n")
+        self.written += 1

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
 import typer
-from tqdm import tqdm
 
 from .._exceptions import MentaLLaMAError
-from ..tasks import get_task
+from ..tasks import get_task, task_names
 from ..types import Analysis
 from ._cli_utils import (
     DEFAULTS,
@@ -25,6 +26,7 @@ from ._cli_utils import (
     EndpointOpt,
     MaxTokensOpt,
     ModelOpt,
+    OrderedWriter,
     PrivateKeyOpt,
     RootCertOpt,
     TaskOpt,
@@ -33,40 +35,105 @@ from ._cli_utils import (
     client_from_options,
     describe_error,
     fail,
+    preflight,
+    progress_bar,
+    suggest,
 )
 
+INPUT_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+RESERVED_KEYS = {"index", "error", "message", "status", "request_id", *Analysis.__dataclass_fields__}
 
-def read_posts(path: Path, field: str) -> list[str]:
-    """Posts of a ``.csv`` (column ``field``) or ``.jsonl`` file (key ``field``, or a JSON string a line)."""
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            columns = list(reader.fieldnames or ())
-            if field not in columns:
-                raise ValueError(f"{path}: no column {field!r}; columns: {', '.join(columns)}")
-            return [row[field] or "" for row in reader]
-    posts = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            item = json.loads(line)
-            if isinstance(item, str):
-                posts.append(item)
-            elif isinstance(item, dict) and isinstance(item.get(field), str):
-                posts.append(item[field])
-            else:
-                raise ValueError(f"{path}:{number}: expected a string or an object with a string {field!r}")
+
+@dataclass
+class Posts:
+    """Posts read from a file, with the value of the ``--id-field`` of each (None without one)."""
+
+    texts: list[str] = field(default_factory=list)
+    ids: list[Any] = field(default_factory=list)
+
+
+class InputError(ValueError):
+    """An input file that cannot be read as posts; the message names the file, the problem and the fix."""
+
+
+def read_posts(path: Path, field: str, encoding: str = "utf-8", id_field: str | None = None) -> Posts:
+    """Posts of a ``.csv`` (column ``field``) or ``.jsonl`` file (key ``field``, or a JSON string a line).
+
+    Raises :class:`InputError` for an unknown suffix, undecodable bytes, bad JSON, a missing column
+    or key, and for a file without posts."""
+    suffix = path.suffix.lower()
+    if suffix not in INPUT_SUFFIXES:
+        raise InputError(f"{path}: expected a .csv or .jsonl file, got {suffix or 'no suffix'!r} "
+                         "(CSV: one post per row in a column; JSONL: one JSON object or string per line)")  # fmt: skip
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        with path.open(newline="" if suffix == ".csv" else None, encoding=codec) as f:
+            posts = _read_csv(path, f, field, id_field) if suffix == ".csv" else _read_jsonl(path, f, field, id_field)
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: not {encoding} text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}); "
+            "if the file is Latin-1 or Windows-1252, pass --encoding latin-1 (or cp1252), or save it as UTF-8"
+        ) from None
+    except LookupError:
+        raise InputError(f"unknown --encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
+    if not posts.texts:
+        raise InputError(f"{path}: no posts in the file (nothing to analyse)")
     return posts
 
 
-def result_record(index: int, result: Analysis | MentaLLaMAError) -> dict[str, Any]:
-    """One JSONL line; the post itself is left out (sensitive), ``index`` points back at it."""
+def _read_csv(path: Path, f: TextIO, field: str, id_field: str | None) -> Posts:
+    reader = csv.DictReader(f)
+    columns = list(reader.fieldnames or ())
+    if not columns:
+        raise InputError(f"{path}: the file is empty; expected a header row with a {field!r} column, then posts")
+    for name, option in ((field, "--field"), (id_field, "--id-field")):
+        if name is not None and name not in columns:
+            raise InputError(f"{path}: no column {name!r}{suggest(name, columns)} (columns: {', '.join(columns)}); "
+                             f"name the right one with {option}")  # fmt: skip
+    posts = Posts()
+    for row in reader:
+        posts.texts.append(row[field] or "")
+        posts.ids.append(row[id_field] if id_field else None)
+    return posts
+
+
+def _read_jsonl(path: Path, f: TextIO, field: str, id_field: str | None) -> Posts:
+    posts = Posts()
+    for number, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number}: not JSON ({exc.msg}, column {exc.colno}); a .jsonl file holds "
+                             "one JSON object or string per line") from None  # fmt: skip
+        if isinstance(item, str) and id_field is None:
+            posts.texts.append(item)
+            posts.ids.append(None)
+        elif isinstance(item, dict) and isinstance(item.get(field), str):
+            if id_field is not None and id_field not in item:
+                raise InputError(f"{path}:{number}: no key {id_field!r} for --id-field")
+            posts.texts.append(item[field])
+            posts.ids.append(item.get(id_field) if id_field else None)
+        else:
+            want = f"an object with a string {field!r}" + ("" if id_field else " or a JSON string")
+            keys = f" (keys: {', '.join(item)}; pick one with --field)" if isinstance(item, dict) else ""
+            raise InputError(f"{path}:{number}: expected {want}{keys}")
+    return posts
+
+
+def result_record(index: int, result: Analysis | MentaLLaMAError, id_field: str | None = None,
+                  post_id: Any = None) -> dict[str, Any]:  # fmt: skip
+    """One JSONL line; the post itself is left out (sensitive): ``index`` (and the input's own
+    ``id_field``, under its name, or ``input_<name>`` where that name is taken) point back at it."""
+    record: dict[str, Any] = {"index": index}
+    if id_field is not None:
+        record[f"input_{id_field}" if id_field in RESERVED_KEYS else id_field] = post_id
     if isinstance(result, MentaLLaMAError):
         status = result.status.name if result.status else None
-        return {"index": index, "error": type(result).__name__, "message": result.message, "status": status,
+        return {**record, "error": type(result).__name__, "message": result.message, "status": status,
                 "request_id": result.request_id}  # fmt: skip
-    return {"index": index, **result.to_dict()}
+    return {**record, **result.to_dict()}
 
 
 @contextmanager
@@ -79,15 +146,38 @@ def _open_output(path: Path | None) -> Iterator[TextIO]:
         yield f
 
 
-PostArg = Annotated[str | None, typer.Argument(help="the post to analyse (or --input)", show_default=False)]
+PostArg = Annotated[
+    str | None,
+    typer.Argument(metavar="[POST]", help="the post to analyse, quoted; or give --input FILE instead",
+                   show_default=False),  # fmt: skip
+]
 AspectOpt = Annotated[str | None, typer.Option(help="aspect for Irf / MultiWD (risk or wellness dimension)")]
 InputOpt = Annotated[
-    Path | None, typer.Option("--input", "-i", exists=True, dir_okay=False, help="CSV or JSONL file of posts")
+    Path | None,
+    typer.Option("--input", "-i", exists=True, dir_okay=False, help="CSV or JSONL file of posts", show_default=False),
 ]
 FieldOpt = Annotated[str, typer.Option(help="CSV column / JSONL key holding the post")]
-OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="JSONL results (default: stdout)")]
+IdFieldOpt = Annotated[
+    str | None,
+    typer.Option(help="CSV column / JSONL key with the post's own id, copied into each output row",
+                 show_default=False),  # fmt: skip
+]
+EncodingOpt = Annotated[str, typer.Option(help="text encoding of --input (e.g. latin-1, cp1252)")]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="JSONL results, written as they finish (default: stdout)", show_default=False),
+]
 StreamOpt = Annotated[bool, typer.Option(help="print the answer as it is generated (single post)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the single result as JSON")]
+
+
+def check_task(task: str, aspect: str | None) -> None:
+    """A bad task or aspect is one usage error (exit 2), not one per post; suggests the closest task."""
+    try:
+        get_task(task).question_for(aspect)
+    except ValueError as exc:
+        hint = suggest(task, task_names(aliases=True)) if "unknown task" in str(exc) else ""
+        fail(f"{exc}{hint}", code=2)
 
 
 def analyze(
@@ -96,6 +186,8 @@ def analyze(
     aspect: AspectOpt = None,
     input: InputOpt = None,  # noqa: A002 - the option is --input
     field: FieldOpt = "post",
+    id_field: IdFieldOpt = None,
+    encoding: EncodingOpt = "utf-8",
     output: OutputOpt = None,
     stream: StreamOpt = False,
     as_json: JsonOpt = False,
@@ -110,36 +202,66 @@ def analyze(
     certificate_chain: CertChainOpt = None,
     private_key: PrivateKeyOpt = None,
 ) -> None:
-    """Analyse a post (or a file of posts) for one task. Not a diagnosis: non-clinical research only."""
+    """Analyse a post (or a file of posts) for one task. Not a diagnosis: non-clinical research only.
+
+    POST is the post's text, quoted; or give --input FILE (CSV or JSONL) instead. With --input, each
+    result is written as soon as it and those before it are done (input order); Ctrl-C keeps what
+    finished and says where it is."""
     if (post is None) == (input is None):
         fail("give either a post or --input FILE", code=2)
-    try:
-        get_task(task).question_for(aspect)  # a bad task or aspect is one usage error, not one per post
-    except ValueError as exc:
-        fail(str(exc), code=2)
-    with client_from_options(endpoint, model, timeout, tls, root_certificates, certificate_chain,
-                             private_key) as client:
-        if input is None:
-            assert post is not None
+    check_task(task, aspect)
+    if input is not None and stream:
+        fail("--stream works with a single post, not with --input", code=2)
+    connection = (endpoint, model, timeout, tls, root_certificates, certificate_chain, private_key)
+    if input is None:
+        assert post is not None
+        with client_from_options(*connection) as client:
+            preflight(client)
             _analyze_one(client, post, task, aspect, stream=stream, as_json=as_json, max_tokens=max_tokens,
                          chat=chat)  # fmt: skip
-            return
-        if stream:
-            fail("--stream works with a single post, not with --input", code=2)
+        return
+    try:
+        posts = read_posts(input, field, encoding, id_field)
+    except InputError as exc:
+        fail(str(exc), code=2)
+    except OSError as exc:
+        fail(f"{input}: cannot read it ({exc.strerror or exc})", code=2)
+    with client_from_options(*connection) as client:
+        preflight(client)  # one line for a missing server or model, not one error row per post
+    _analyze_file(connection, posts, task, aspect, id_field, output, concurrency, max_tokens, chat)
+
+
+def _analyze_file(connection: tuple, posts: Posts, task: str, aspect: str | None, id_field: str | None,
+                  output: Path | None, concurrency: int, max_tokens: int, chat: bool) -> None:  # fmt: skip
+    total = len(posts.texts)
+    counts = {"failed": 0, "unparsed": 0}
+    where = str(output) if output is not None else "stdout"
+    with _open_output(output) as out, progress_bar(total, f"analyze {task}", "post") as bar:
+        writer = OrderedWriter(out, lambda i, r: result_record(i, r, id_field, posts.ids[i]))
+
+        def done(index: int, result: Analysis | MentaLLaMAError) -> None:
+            counts["failed"] += isinstance(result, MentaLLaMAError)
+            counts["unparsed"] += isinstance(result, Analysis) and result.label is None
+            writer.add(index, result)
+            bar.update()
+
+        async def run() -> None:
+            async with client_from_options(*connection, asynchronous=True) as client:
+                await client.analyze_many(posts.texts, task, aspect=aspect, concurrency=concurrency,
+                                          max_tokens=max_tokens, chat=chat, on_result=done)  # fmt: skip
+
         try:
-            posts = read_posts(input, field)
-        except (ValueError, OSError) as exc:
-            fail(str(exc), code=2)
-        with tqdm(total=len(posts), desc=f"analyze {task}", unit="post", file=sys.stderr) as bar:
-            results = client.analyze_many(posts, task, aspect=aspect, concurrency=concurrency,
-                                          max_tokens=max_tokens, chat=chat,
-                                          on_result=lambda _i, _r: bar.update())  # fmt: skip
-    failed = sum(isinstance(r, MentaLLaMAError) for r in results)
-    unparsed = sum(isinstance(r, Analysis) and r.label is None for r in results)
-    with _open_output(output) as out:
-        for index, result in enumerate(results):
-            out.write(json.dumps(result_record(index, result), ensure_ascii=False) + "\n")
-    summary = f"{len(results) - failed} analysed ({unparsed} without a label), {failed} failed."
+            asyncio.run(run())
+        except KeyboardInterrupt:
+            writer.flush_all()
+            bar.close()
+            ids = f" and {id_field!r}" if id_field else ""
+            typer.echo(f"interrupted: {writer.written} of {total} posts done ({counts['failed']} failed), written "
+                       f"to {where}; each row carries its input 'index'{ids}, so the rest can be sent again.",
+                       err=True)  # fmt: skip
+            raise typer.Exit(130) from None
+    failed = counts["failed"]
+    summary = f"{total - failed} analysed ({counts['unparsed']} without a label), {failed} failed; written to {where}."
     typer.echo(f"{summary} {DISCLAIMER}", err=True)
     if failed:
         raise typer.Exit(1)

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
-import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from tqdm import tqdm
 
 from .._exceptions import MentaLLaMAError
-from ..evaluation import ImhiExample, TaskScore, count_label_sources, load_imhi, score_examples
+from ..evaluation import ImhiExample, TaskScore, count_label_sources, find_task_files, load_imhi, score_examples
 from ..parsing import parse_response
 from ..prompts import wrap_chat
+from ..tasks import task_names
 from ..types import Analysis, Generation
 from ._cli_utils import (
     DEFAULTS,
@@ -25,12 +26,16 @@ from ._cli_utils import (
     EndpointOpt,
     MaxTokensOpt,
     ModelOpt,
+    OrderedWriter,
     PrivateKeyOpt,
     RootCertOpt,
     TimeoutOpt,
     TlsOpt,
     client_from_options,
     fail,
+    preflight,
+    progress_bar,
+    suggest,
 )
 from .catalog import format_table
 
@@ -86,7 +91,13 @@ def to_analysis(example: ImhiExample, result: Generation | MentaLLaMAError) -> A
     return parse_response(example.task, result.text.lstrip()).with_generation(result)
 
 
-ImhiDirOpt = Annotated[Path, typer.Option(exists=True, file_okay=False, help="IMHI folder (root or a split)")]
+IMHI_SOURCE = "https://github.com/SteveKGYang/MentalLLaMA (folder IMHI)"
+ImhiDirOpt = Annotated[
+    Path,
+    typer.Option(exists=True, file_okay=False,
+                 help=f"IMHI data from {IMHI_SOURCE}: its root (test_instruction/ is read) or a folder of task CSVs "
+                 "such as expert/"),
+]  # fmt: skip
 TasksOpt = Annotated[
     list[str] | None,
     typer.Option("--tasks", help="task(s) to run; repeat or comma-separate (default: every task with a CSV)",
@@ -95,7 +106,9 @@ TasksOpt = Annotated[
 LimitOpt = Annotated[int | None, typer.Option(min=0, help="at most N queries per task")]
 OutputDirOpt = Annotated[
     Path | None,
-    typer.Option("--output", "-o", file_okay=False, help="folder for raw_outputs.jsonl, scores.md/.csv"),
+    typer.Option("--output", "-o", file_okay=False,
+                 help="folder for raw_outputs.jsonl (written as answers arrive), scores.md/.csv, run.json",
+                 show_default=False),  # fmt: skip
 ]
 
 
@@ -116,37 +129,77 @@ def evaluate(
     private_key: PrivateKeyOpt = None,
 ) -> None:
     """Score the served model on the IMHI test set: accuracy and weighted F1 per task, and how many
-    labels the answers stated vs how many the label model inferred from the explanation."""
+    labels the answers stated vs how many the label model inferred from the explanation.
+
+    The IMHI data comes from the MentaLLaMA authors' repository (https://github.com/SteveKGYang/MentalLLaMA,
+    folder IMHI); eval reads its test split, test_instruction/ (one CSV per task, columns query and
+    answer), or the folder of task CSVs given. Ctrl-C keeps the raw outputs received so far."""
     wanted = [t.strip() for item in tasks for t in item.split(",") if t.strip()] if tasks else None
     try:
         examples = load_imhi(imhi_dir, wanted, limit)
+        split = next(iter(find_task_files(imhi_dir).values()), imhi_dir / "?").parent
     except (ValueError, OSError) as exc:
-        fail(str(exc), code=2)
+        message = str(exc)
+        if "unknown task" in message and wanted:
+            bad = next((t for t in wanted if t.lower() not in {n.lower() for n in task_names(aliases=True)}), "")
+            message += suggest(bad, task_names(aliases=True))
+        fail(message, code=2)
     if not examples:
-        fail(f"no IMHI queries found in {imhi_dir}", code=2)
+        fail(f"no IMHI queries found in {imhi_dir}: expected task CSVs (DR.csv, ...) in it or in its "
+             f"test_instruction/; the data is in {IMHI_SOURCE}", code=2)  # fmt: skip
     # The queries are sent byte for byte as the benchmark wrote them (they are what build_prompt makes).
     prompts = [wrap_chat(e.query) if chat else e.query for e in examples]
-    with client_from_options(endpoint, model, timeout, tls, root_certificates, certificate_chain,
-                             private_key) as client, \
-            tqdm(total=len(prompts), desc="eval", unit="query", file=sys.stderr) as bar:  # fmt: skip
-        generations = client.generate_many(prompts, concurrency=concurrency, max_tokens=max_tokens,
-                                           on_result=lambda _i, _r: bar.update())  # fmt: skip
-    results = [to_analysis(e, g) for e, g in zip(examples, generations, strict=True)]
-    predictions = [r.label if isinstance(r, Analysis) else None for r in results]
-    failed: dict[str, int] = {}
-    for example, result in zip(examples, results, strict=True):
-        failed[example.task] = failed.get(example.task, 0) + isinstance(result, MentaLLaMAError)
-    sources = count_label_sources(examples, [r.label_source if isinstance(r, Analysis) else None for r in results])
-    rows = score_rows(score_examples(examples, predictions), failed, sources)
-    typer.echo(format_table([list(COLUMNS)] + [[str(row[c]) for c in COLUMNS] for row in rows]))
+    connection = (endpoint, model, timeout, tls, root_certificates, certificate_chain, private_key)
+    with client_from_options(*connection) as client:
+        preflight(client)
+        run_info = {"split": str(split), "tasks": list(dict.fromkeys(e.task for e in examples)),
+                    "limit_per_task": limit, "queries": len(examples), "model": client.model,
+                    "endpoints": list(client.endpoints), "max_tokens": max_tokens, "chat": chat,
+                    "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        with (output / "raw_outputs.jsonl").open("w", encoding="utf-8") as f:
-            for example, result in zip(examples, results, strict=True):
-                f.write(json.dumps(raw_record(example, result), ensure_ascii=False) + "\n")
-        (output / "scores.md").write_text(markdown_table(rows), encoding="utf-8")
+    results: list[Analysis | MentaLLaMAError | None] = [None] * len(examples)
+    raw_path = output / "raw_outputs.jsonl" if output is not None else None
+    raw_file = raw_path.open("w", encoding="utf-8") if raw_path is not None else io.StringIO()
+    with raw_file, progress_bar(len(prompts), "eval", "query") as bar:
+        writer = OrderedWriter(raw_file, lambda i, r: raw_record(examples[i], r))
+
+        def done(index: int, generation: Generation | MentaLLaMAError) -> None:
+            results[index] = to_analysis(examples[index], generation)
+            writer.add(index, results[index])
+            bar.update()
+
+        async def run() -> None:
+            async with client_from_options(*connection, asynchronous=True) as aclient:
+                await aclient.generate_many(prompts, concurrency=concurrency, max_tokens=max_tokens,
+                                            on_result=done)  # fmt: skip
+
+        try:
+            asyncio.run(run())
+        except KeyboardInterrupt:
+            writer.flush_all()
+            bar.close()
+            where = f"kept in {raw_path}" if raw_path is not None else "not kept (no --output)"
+            typer.echo(f"interrupted: {writer.written} of {len(examples)} answers received, {where}; "
+                       "no scores were computed", err=True)  # fmt: skip
+            raise typer.Exit(130) from None
+    finished = [r for r in results if r is not None]
+    predictions = [r.label if isinstance(r, Analysis) else None for r in finished]
+    failed: dict[str, int] = {}
+    for example, result in zip(examples, finished, strict=True):
+        failed[example.task] = failed.get(example.task, 0) + isinstance(result, MentaLLaMAError)
+    sources = count_label_sources(examples, [r.label_source if isinstance(r, Analysis) else None for r in finished])
+    rows = score_rows(score_examples(examples, predictions), failed, sources)
+    run_info["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    header = (f"split {run_info['split']}; model {run_info['model']} at {', '.join(run_info['endpoints'])}; "
+              f"{run_info['finished_at']}")  # fmt: skip
+    typer.echo(header)
+    typer.echo(format_table([list(COLUMNS)] + [[str(row[c]) for c in COLUMNS] for row in rows]))
+    if output is not None:
+        (output / "scores.md").write_text(f"{header}\n\n{markdown_table(rows)}", encoding="utf-8")
         (output / "scores.csv").write_text(csv_table(rows), encoding="utf-8")
-        typer.echo(f"wrote {output}/raw_outputs.jsonl, scores.md, scores.csv", err=True)
+        (output / "run.json").write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
+        typer.echo(f"wrote {output}/raw_outputs.jsonl, scores.md, scores.csv, run.json", err=True)
     if sum(failed.values()):
         typer.echo(f"{sum(failed.values())} request(s) failed (counted as unparseable)", err=True)
         raise typer.Exit(1)
