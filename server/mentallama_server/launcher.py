@@ -85,7 +85,9 @@ PRIVATE_UMASK = 0o077
 def make_shm_regions_private(prefix: str) -> list[Path]:
     """chmod 0600 this server's /dev/shm regions that another user could open; returns those changed.
     Boost.Interprocess, which the Python backend uses, sets a region's mode itself (0644), so the umask
-    alone does not keep it private; the launcher tightens each region once the server is ready."""
+    alone does not keep it private; the launcher tightens each region while the server starts (every 0.5 s)
+    and once it is ready. A local user who opened a region in the fraction of a second between its creation
+    and the chmod keeps that file handle: no request has passed through it yet, but later ones would."""
     changed = []
     for region in SHM_DIR.glob(f"{prefix}*"):
         with contextlib.suppress(FileNotFoundError):
@@ -363,6 +365,7 @@ class TritonProcess:
                 raise LaunchError(
                     f"tritonserver exited with code {self.proc.returncode}; log {self.log_path}:\n{self.log_tail()}"
                 )
+            make_shm_regions_private(self.opts.shm_prefix)  # as soon as each appears, long before any request
             if self.is_ready():
                 self.expected_stubs = self.stub_pids()
                 make_shm_regions_private(self.opts.shm_prefix)
