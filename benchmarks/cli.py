@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import grpc
 import typer
+from tritonclient.grpc import service_pb2_grpc
 
 from benchmarks.backends import BACKENDS, DEFAULT_MODEL, Backend, make_backend
 from benchmarks.compare import compare_summaries, format_comparison
@@ -23,10 +26,21 @@ from benchmarks.records import SamplingParams
 from benchmarks.report import fixed_width, format_table
 from benchmarks.runner import COUNT_MODES, LoadSpec, RunResult, SessionConfig, StopSpec, run_session
 from benchmarks.tokens import load_tokenizer
+from mentallama import __version__
+from mentallama._constants import DEFAULT_MAX_TOKENS
+from mentallama.cli._cli_utils import HELP_OPTIONS, START_SERVER_HINT, endpoint_problem, plain_help, version_option
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=False, pretty_exceptions_show_locals=False)
+plain_help()
+app = typer.Typer(
+    add_completion=False,
+    help=__doc__,
+    no_args_is_help=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+    context_settings=HELP_OPTIONS,
+)
 
 DEFAULT_GRPC = "127.0.0.1:8001"
 HTTP_PORT, METRICS_PORT = 8000, 8002
@@ -83,109 +97,133 @@ def _engine_backend(checkpoint: Path | None, options: list[str], request_timeout
     return EngineBackend(checkpoint, engine_settings(pairs), request_timeout)
 
 
+def endpoint_problems(kinds: list[str], grpc_endpoints: list[str], http_endpoints: list[str], model: str,
+                      timeout: float = 5.0) -> list[str]:  # fmt: skip
+    """One line per endpoint that cannot serve `model` (no server there, not ready, unknown model)."""
+    problems = []
+    if any(k.startswith("triton-grpc") for k in kinds):
+        for endpoint in grpc_endpoints:
+            with grpc.insecure_channel(endpoint.split("://", 1)[-1]) as channel:
+                problem = endpoint_problem(service_pb2_grpc.GRPCInferenceServiceStub(channel), endpoint, model, timeout)
+            if problem:
+                problems.append(problem)
+    if "triton-http" in kinds:
+        for endpoint in http_endpoints:
+            address = endpoint.split("://", 1)[-1].split("/", 1)[0]
+            host, _, port = address.rpartition(":")
+            try:
+                socket.create_connection((host or "127.0.0.1", int(port or 80)), timeout=timeout).close()
+            except (OSError, ValueError) as exc:
+                problems.append(f"no server at {endpoint} (HTTP: {exc}); {START_SERVER_HINT}")
+    return problems
+
+
 @app.command()
 def bench(
     endpoint: Annotated[
         list[str] | None,
-        typer.Option("--endpoint", "-e", help="Triton gRPC HOST:PORT; repeat for several (round-robin)."),
+        typer.Option("--endpoint", "-e", help="Triton gRPC HOST:PORT; repeat for several (round-robin)"),
     ] = None,
     backend: Annotated[
-        str, typer.Option(help=f"Comma list of {', '.join(BACKENDS)}; several = same load on each.")
+        str, typer.Option(help=f"comma list of {', '.join(BACKENDS)}; several = same load on each")
     ] = "triton-grpc",
     http_endpoint: Annotated[
         list[str] | None,
-        typer.Option(help="Triton HTTP HOST:PORT for triton-http (default: gRPC hosts, port 8000)."),
+        typer.Option(help="Triton HTTP HOST:PORT for triton-http (default: gRPC hosts, port 8000)"),
     ] = None,
-    model: Annotated[str, typer.Option(help="Triton model: mentallama or ensemble.")] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(help="Triton model: mentallama or ensemble")] = DEFAULT_MODEL,
     concurrency: Annotated[
         str | None,
-        typer.Option("--concurrency", "-c", help="Closed-loop clients; a comma list sweeps (1,2,4,...)."),
+        typer.Option("--concurrency", "-c", help="closed-loop clients; a comma list sweeps (1,2,4,...)"),
     ] = None,
     request_rate: Annotated[
-        str | None, typer.Option(help="Open-loop requests/s (comma list sweeps; inf = all at once).")
+        str | None, typer.Option(help="open-loop requests/s (comma list sweeps; inf = all at once)")
     ] = None,
     burstiness: Annotated[
-        float, typer.Option(help="Gamma shape of arrival gaps: 1 = Poisson, <1 burstier.")
+        float, typer.Option(help="gamma shape of arrival gaps: 1 = Poisson, <1 burstier")
     ] = 1.0,
     max_concurrency: Annotated[
-        int | None, typer.Option(help="Cap on requests in flight with --request-rate.")
+        int | None, typer.Option(help="cap on requests in flight with --request-rate")
     ] = None,
     requests: Annotated[
         int | None,
-        typer.Option("--requests", "-n", help="Measured requests per run (default 100 unless --duration)."),
+        typer.Option("--requests", "-n", help="measured requests per run (default 100 unless --duration)"),
     ] = None,
     duration: Annotated[
-        float | None, typer.Option(help="Stop issuing requests after this many seconds per run.")
+        float | None, typer.Option(help="stop issuing requests after this many seconds per run")
     ] = None,
-    warmup: Annotated[int, typer.Option(help="Warm-up requests before each run (not measured).")] = 2,
-    seed: Annotated[int, typer.Option(help="Seed for prompt order and arrivals: same seed, same run.")] = 0,
+    warmup: Annotated[int, typer.Option(help="warm-up requests before each run (not measured)")] = 2,
+    seed: Annotated[int, typer.Option(help="seed for prompt order and arrivals: same seed, same run")] = 0,
     data: Annotated[
         Path | None,
         typer.Option(
-            help="IMHI data folder (test_instruction/*.csv, column query). Without it: synthetic prompts."
+            help="IMHI data folder (test_instruction/*.csv, column query). Without it: synthetic prompts"
         ),
     ] = None,
     tasks: Annotated[
-        str | None, typer.Option(help="IMHI task mix, e.g. 'DR:2,dreaddit:1' (default: natural mix).")
+        str | None, typer.Option(help="IMHI task mix, e.g. 'DR:2,dreaddit:1' (default: natural mix)")
     ] = None,
-    max_tokens: Annotated[int, typer.Option(help="max_tokens per IMHI request.")] = 128,
+    max_tokens: Annotated[int, typer.Option(help="max_tokens per IMHI request (as `mentallama analyze`)")] = (
+        DEFAULT_MAX_TOKENS
+    ),
     max_input_tokens: Annotated[
-        int | None, typer.Option(help="Skip IMHI prompts longer than this (needs --tokenizer).")
+        int | None, typer.Option(help="skip IMHI prompts longer than this (needs --tokenizer)")
     ] = None,
     input_len: Annotated[
-        int, typer.Option(help="Synthetic prompt length in tokens (words without --tokenizer).")
+        int, typer.Option(help="synthetic prompt length in tokens (words without --tokenizer)")
     ] = 128,
-    output_len: Annotated[int, typer.Option(help="Synthetic max_tokens per request.")] = 128,
+    output_len: Annotated[int, typer.Option(help="synthetic max_tokens per request")] = 128,
     force_output_len: Annotated[
-        bool, typer.Option(help="Send min_tokens = max_tokens so every request generates the same length.")
+        bool, typer.Option(help="send min_tokens = max_tokens so every request generates the same length")
     ] = False,
     temperature: Annotated[
-        float | None, typer.Option(help="Sampling temperature (server default if unset).")
+        float | None, typer.Option(help="sampling temperature (server default if unset)")
     ] = None,
-    top_k: Annotated[int | None, typer.Option(help="top_k (server default if unset).")] = None,
-    top_p: Annotated[float | None, typer.Option(help="top_p (server default if unset).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="top_k (server default if unset)")] = None,
+    top_p: Annotated[float | None, typer.Option(help="top_p (server default if unset)")] = None,
     sampling_seed: Annotated[
-        int | None, typer.Option(help="Per-request sampling seed sent to the server.")
+        int | None, typer.Option(help="per-request sampling seed sent to the server")
     ] = None,
     tokenizer: Annotated[
-        Path | None, typer.Option(help="Checkpoint folder with the served model's tokenizer.")
+        Path | None, typer.Option(help="checkpoint folder with the served model's tokenizer")
     ] = None,
     count_tokens: Annotated[
-        str, typer.Option(help=f"Output token count source: {', '.join(COUNT_MODES)}.")
+        str, typer.Option(help=f"output token count source: {', '.join(COUNT_MODES)}")
     ] = "auto",
     slo: Annotated[
-        str | None, typer.Option(help="Goodput SLOs in ms, e.g. 'ttft:500,itl:100,e2e:10000'.")
+        str | None, typer.Option(help="goodput SLOs in ms, e.g. 'ttft:500,itl:100,e2e:10000'")
     ] = None,
     metrics_url: Annotated[
-        list[str] | None, typer.Option(help="Prometheus URL to scrape (default http://HOST:8002/metrics).")
+        list[str] | None, typer.Option(help="Prometheus URL to scrape (default http://HOST:8002/metrics)")
     ] = None,
-    metrics: Annotated[bool, typer.Option(help="Scrape server metrics before/after each run.")] = True,
+    metrics: Annotated[bool, typer.Option(help="scrape server metrics before/after each run")] = True,
     request_timeout: Annotated[
-        float, typer.Option(help="Seconds before one request is abandoned (DEADLINE_EXCEEDED).")
+        float, typer.Option(help="seconds before one request is abandoned (DEADLINE_EXCEEDED)")
     ] = 600.0,
     ready_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for the server and model to be ready.")
+        float, typer.Option(help="seconds to wait for the server and model to be ready")
     ] = 60.0,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Results folder; nothing is written without it.")
+        Path | None, typer.Option("--output", "-o", help="results folder; nothing is written without it")
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="Session folder name under --output (default: a timestamp).")
+        str | None, typer.Option(help="session folder name under --output (default: a timestamp)")
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Live progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(help="live progress bar (only when stderr is a terminal)")] = True,
     compare_engine: Annotated[
         bool,
         typer.Option(
-            help="Also run each load on the bare OpenVINO engine in-process and print served/engine ratios."
+            help="also run each load on the bare OpenVINO engine in-process and print served/engine ratios"
         ),
     ] = False,
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint folder for --compare-engine (default: --tokenizer).")
+        Path | None, typer.Option(help="checkpoint folder for --compare-engine (default: --tokenizer)")
     ] = None,
+    version: Annotated[bool, version_option("mentallama-bench", __version__)] = False,
     engine_option: Annotated[
         list[str] | None,
         typer.Option(
-            help="Engine setting KEY=VALUE as mentallama-serve names it (engine_max_batch_size, ...)."
+            help="engine setting KEY=VALUE as mentallama-serve names it (engine_max_batch_size, ...)"
         ),
     ] = None,
 ) -> None:
@@ -226,6 +264,11 @@ def bench(
         )
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from exc
+    # A missing server or model is one line now, not "not ready after 60 s" from every backend later.
+    problems = endpoint_problems(kinds, grpc_endpoints, http_endpoints, model)
+    if problems:
+        typer.echo("error: " + "; ".join(problems), err=True)
+        raise typer.Exit(1)
 
     folder = None
     if output is not None:
@@ -233,13 +276,25 @@ def bench(
 
     def show(result: RunResult) -> None:
         counts = result.summary["requests"]
-        typer.echo(f"{result.label}: {counts['completed']} ok, {counts['failed']} failed")
+        cut = " (interrupted)" if result.interrupted else ""
+        typer.echo(f"{result.label}: {counts['completed']} ok, {counts['failed']} failed{cut}")
+
+    finished: list[RunResult] = []
+
+    def keep(result: RunResult) -> None:
+        finished.append(result)
+        show(result)
 
     try:
-        results = asyncio.run(run_session(groups, dataset, config, folder, tok, on_result=show))
+        results = asyncio.run(run_session(groups, dataset, config, folder, tok, on_result=keep))
     except TimeoutError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except KeyboardInterrupt:
+        records = sum(len(r.records) for r in finished)
+        where = f"kept in {folder} (the cut run is marked interrupted)" if folder else "not kept (no --output)"
+        typer.echo(f"interrupted: {len(finished)} run(s), {records} finished request records, {where}", err=True)
+        raise typer.Exit(130) from None
     typer.echo("")
     typer.echo(format_table([r.summary for r in results]))
     sources = sorted({s for r in results for s in r.summary["token_count_source"]})

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ from benchmarks.tokens import count_output_tokens
 __all__ = [
     "COUNT_MODES",
     "LoadSpec",
+    "RunInterrupted",
     "RunResult",
     "SessionConfig",
     "StopSpec",
@@ -101,6 +103,14 @@ class Sent:
     outcome: RequestOutcome
 
 
+@dataclass
+class DriveState:
+    """What `drive` has finished so far; the caller keeps it, so a cancelled run keeps its requests."""
+
+    t0: float = 0.0
+    sent: list[Sent] = field(default_factory=list)
+
+
 async def drive(
     backends: Sequence[Backend],
     samples: Iterator[SampleRequest],
@@ -109,12 +119,16 @@ async def drive(
     stop: StopSpec,
     seed: int = 0,
     on_done: Callable[[Sent], None] | None = None,
+    state: DriveState | None = None,
 ) -> tuple[float, list[Sent]]:
-    """Send requests round-robin over `backends`; returns (start perf_counter, every request sent)."""
-    t0 = time.perf_counter()
+    """Send requests round-robin over `backends`; returns (start perf_counter, every request sent).
+
+    `state` (optional) sees every finished request as it ends, also when the run is cancelled."""
+    state = state if state is not None else DriveState()
+    t0 = state.t0 = time.perf_counter()
     deadline = None if stop.duration_s is None else t0 + stop.duration_s
     counter = itertools.count()
-    sent: list[Sent] = []
+    sent = state.sent
 
     def claim() -> tuple[int, SampleRequest] | None:
         """The next request to issue (its index picks the backend), or None once the stop is reached.
@@ -218,6 +232,18 @@ class RunResult:
     summary: dict[str, Any]
     folder: Path | None = None
 
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.summary.get("run", {}).get("interrupted"))
+
+
+class RunInterrupted(Exception):  # noqa: N818 - it is not an error: the run was stopped (Ctrl-C)
+    """A measured run was cancelled; `result` holds the requests that had finished."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(f"{result.label} interrupted after {len(result.records)} requests")
+        self.result = result
+
 
 async def _scrape_all(urls: Sequence[str]) -> dict[str, MetricsSnapshot | str]:
     """Snapshot per URL, or the error text (a missing metrics port must not stop a benchmark)."""
@@ -279,8 +305,10 @@ async def run_load(
     before = await _scrape_all(metrics_urls)
     bar = _progress(config, label)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    state = DriveState()
+    interrupted = False
     try:
-        t0, sent = await drive(
+        await drive(
             backends,
             dataset.iter_samples(config.seed),
             config.params,
@@ -288,13 +316,16 @@ async def run_load(
             config.stop,
             config.seed,
             on_done=(lambda _item: bar.update(1)) if bar is not None else None,
+            state=state,
         )
+    except asyncio.CancelledError:  # Ctrl-C: keep the requests that finished (in-flight ones are dropped)
+        interrupted = True
     finally:
         if bar is not None:
             bar.close()
-    after = await _scrape_all(metrics_urls)
+    after = {} if interrupted else await _scrape_all(metrics_urls)
     records = sorted(
-        (make_record(s, t0, tokenizer, config.count_tokens) for s in sent), key=lambda r: r.start_s
+        (make_record(s, state.t0, tokenizer, config.count_tokens) for s in state.sent), key=lambda r: r.start_s
     )
     summary = summarize(records, config.slo)
     summary["run"] = {
@@ -312,12 +343,18 @@ async def run_load(
         "token_counting": config.count_tokens,
         "tokenizer": tokenizer is not None,
     }
+    if interrupted:
+        summary["run"]["interrupted"] = True
     summary["server"] = _server_section(before, after)
-    return RunResult(label, records, summary)
+    result = RunResult(label, records, summary)
+    if interrupted:
+        raise RunInterrupted(result)
+    return result
 
 
 def _progress(config: SessionConfig, label: str) -> Any:
-    if not config.progress:
+    """A tqdm bar on stderr, only when stderr is a terminal (no carriage-return lines in logs)."""
+    if not config.progress or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
@@ -335,26 +372,42 @@ async def run_session(
     """Every load against every backend group (one group per backend kind, several endpoints each).
 
     Each run is written as soon as it ends, so an interrupted sweep keeps what it measured; the
-    session report (tables, plots, Markdown) is written at the end.
+    session report (tables, plots, Markdown) is written at the end. When the session is cancelled
+    (Ctrl-C), the requests of the run in progress that had finished are written as that run (marked
+    `interrupted` in its summary), the session report covers what was measured, and the
+    cancellation goes on to the caller.
     """
     from benchmarks import report
 
     results: list[RunResult] = []
-    async with contextlib.AsyncExitStack() as stack:
-        for group in backend_groups:
-            for backend in group:
-                await stack.enter_async_context(backend)
-                await backend.wait_ready(config.ready_timeout_s)
-        # Load-major order: each load runs on every backend back to back, so slow drift of the machine
-        # (other work, thermal) affects the compared runs alike.
-        for load in config.loads:
+
+    def keep(result: RunResult) -> None:
+        if output is not None:
+            result.folder = report.write_run(output / result.label, result.records, result.summary)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    try:
+        async with contextlib.AsyncExitStack() as stack:
             for group in backend_groups:
-                result = await run_load(group, dataset, load, config, tokenizer)
-                if output is not None:
-                    result.folder = report.write_run(output / result.label, result.records, result.summary)
-                results.append(result)
-                if on_result is not None:
-                    on_result(result)
+                for backend in group:
+                    await stack.enter_async_context(backend)
+                    await backend.wait_ready(config.ready_timeout_s)
+            # Load-major order: each load runs on every backend back to back, so slow drift of the machine
+            # (other work, thermal) affects the compared runs alike.
+            for load in config.loads:
+                for group in backend_groups:
+                    try:
+                        result = await run_load(group, dataset, load, config, tokenizer)
+                    except RunInterrupted as stopped:
+                        keep(stopped.result)
+                        raise asyncio.CancelledError from None
+                    keep(result)
+    except asyncio.CancelledError:
+        if output is not None and results:
+            report.write_session(output, results)
+        raise
     if output is not None:
         report.write_session(output, results)
     return results

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,13 +61,58 @@ def test_cli_rejects_conflicting_loads() -> None:
     assert "not both" in result.output
 
 
-def test_cli_reports_an_unreachable_server() -> None:
-    result = CliRunner().invoke(
-        app,
-        ["--endpoint", "127.0.0.1:1", "--ready-timeout", "0.2", "--no-metrics", "--no-progress", "-n", "1"],
-    )
-    assert result.exit_code == 2
-    assert "not ready" in result.output
+def dead_endpoint() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_cli_reports_an_unreachable_server_in_one_line() -> None:
+    endpoint = dead_endpoint()
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["--endpoint", endpoint, "--no-metrics", "--no-progress", "-n", "1"])
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"no server at {endpoint}" in result.stderr and "mentallama-serve" in result.stderr
+    assert "not ready" not in result.output and time.monotonic() - started < 30  # no 60 s wait
+
+
+def test_cli_unknown_model_lists_the_served_ones(fake_triton) -> None:
+    args = ["--endpoint", fake_triton.grpc_url, "--model", "mentalama", "--no-metrics", "--no-progress", "-n", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "model 'mentalama' is not served" in result.stderr and "it has: mentallama" in result.stderr
+
+
+def test_cli_help_and_version() -> None:
+    from mentallama import __version__
+
+    assert CliRunner().invoke(app, ["--version"]).stdout.strip() == f"mentallama-bench {__version__}"
+    short = CliRunner().invoke(app, ["-h"], env={"COLUMNS": "80"})
+    assert short.exit_code == 0 and "Usage:" in short.stdout and "…" not in short.stdout
+    assert "[default: 256]" in short.stdout  # --max-tokens as in `mentallama analyze`
+
+
+def test_ctrl_c_keeps_the_finished_records(fake_triton, tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("mentallama-bench")
+    args = [str(exe), "-e", fake_triton.grpc_url, "-c", "2", "-n", "100000", "--warmup", "0", "--input-len", "5",
+            "--output-len", "20", "--no-metrics", "-o", str(tmp_path), "--name", "s"]  # fmt: skip
+    before = fake_triton.stats.success
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while fake_triton.stats.success - before < 5 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    os.kill(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    summary = json.loads((tmp_path / "s" / "triton-grpc-c2" / "summary.json").read_text())
+    records = json.loads((tmp_path / "s" / "triton-grpc-c2" / "requests.json").read_text())
+    assert summary["run"]["interrupted"] is True and len(records) >= 5
+    assert summary["requests"]["completed"] == len(records)
+    assert (tmp_path / "s" / "report.md").exists()
+    assert f"interrupted: 1 run(s), {len(records)} finished request records" in stderr
+    assert "(interrupted)" in stdout and "Traceback" not in stderr
 
 
 def test_option_helpers() -> None:
