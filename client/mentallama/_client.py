@@ -49,7 +49,7 @@ from ._transport import (
 )
 from .parsing import parse_response
 from .prompts import build_prompt
-from .tasks import TaskInfo
+from .tasks import TaskInfo, get_task
 from .types import Analysis, Generation
 
 __all__ = ["AnalysisResult", "AsyncMentaLLaMAClient", "BaseClient", "GenerationResult", "MentaLLaMAClient"]
@@ -106,6 +106,17 @@ def _aspects(aspect: str | Sequence[str | None] | None, count: int) -> list[str 
     if len(aspects) != count:
         raise ValueError(f"aspect has {len(aspects)} values for {count} posts")
     return aspects
+
+
+def _check_batch(task: str | TaskInfo, aspect: str | Sequence[str | None] | None) -> None:
+    """Raise :class:`InvalidRequestError` once, before sending, for a task (or a single aspect) that
+    would be wrong for every post; per-post aspects stay per-post errors."""
+    try:
+        info = get_task(task)
+        if aspect is None or isinstance(aspect, str):
+            info.question_for(aspect)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequestError(str(exc)) from None
 
 
 def _new_request_id() -> str:
@@ -466,8 +477,12 @@ class MentaLLaMAClient(BaseClient):
         check with ``isinstance(result, MentaLLaMAError)``). ``aspect`` is one value for all posts
         or one per post. ``on_result(index, result)`` is called as each request completes (for
         progress bars), from the calling thread. ``timeout`` applies to each request.
+
+        Raises :class:`InvalidRequestError` once, before sending anything, when ``task`` (or a
+        single ``aspect``) is wrong for every post.
         """
         items = list(posts)
+        _check_batch(task, aspect)
         aspects = _aspects(aspect, len(items))
         options = _per_request_options(locals())
         return self._map(lambda i: self.analyze(items[i], task, aspect=aspects[i], **options),
@@ -761,6 +776,7 @@ class AsyncMentaLLaMAClient(BaseClient):
     ) -> list[AnalysisResult]:
         """See :meth:`MentaLLaMAClient.analyze_many`. Cancelling it cancels the requests in flight."""
         items = list(posts)
+        _check_batch(task, aspect)
         aspects = _aspects(aspect, len(items))
         options = _per_request_options(locals())
         return await self._map(lambda i: self.analyze(items[i], task, aspect=aspects[i], **options),

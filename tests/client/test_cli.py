@@ -258,3 +258,24 @@ class TestWithServer:
         raw = [json.loads(line) for line in (out / "raw_outputs.jsonl").read_text().splitlines()]
         assert 2 <= len(raw) < 30 and all(r["task"] == "DR" and "raw" in r for r in raw)
         assert f"interrupted: {len(raw)} of 30 answers received" in done.stderr
+
+
+def test_sdk_analyze_many_raises_once_for_a_task_wrong_for_every_post():
+    """The SDK side of the CLI's one-usage-error rule: nothing is sent (a dead endpoint would fail each post)."""
+    import asyncio
+
+    from mentallama import AsyncMentaLLaMAClient, InvalidRequestError, MentaLLaMAClient
+
+    endpoint = dead_endpoint()
+    with MentaLLaMAClient(endpoint, timeout=5) as client:
+        with pytest.raises(InvalidRequestError, match="unknown task 'depresion'"):
+            client.analyze_many(["a", "b", "c"], "depresion")
+        with pytest.raises(InvalidRequestError, match="aspect"):
+            client.analyze_many(["a", "b"], "irf")  # Irf needs an aspect: wrong for every post
+
+    async def run() -> None:
+        async with AsyncMentaLLaMAClient(endpoint, timeout=5) as client:
+            with pytest.raises(InvalidRequestError, match="unknown task"):
+                await client.analyze_many(["a", "b"], "depresion")
+
+    asyncio.run(run())
