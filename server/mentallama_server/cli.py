@@ -16,15 +16,43 @@ from mentallama_server.render import RenderError
 from mentallama_server.serve import CheckpointError, new_run_dir, render_cpu, resolve_checkpoint, start_cpu_server
 from mentallama_server.settings import CpuSettings
 
-app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_show_locals=False)
+try:  # click's plain help: wrapped to the terminal, nothing cut to "…" (the helper lives with the SDK's CLI)
+    from mentallama.cli._cli_utils import plain_help
+
+    plain_help()
+except ImportError:  # pragma: no cover - the SDK is part of every install
+    pass
+app = typer.Typer(
+    add_completion=False,
+    help=__doc__,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mentallama-serve {version('mentallama-serving')}")
+        except PackageNotFoundError:  # pragma: no cover - a source tree without an install
+            typer.echo("mentallama-serve (not installed)")
+        raise typer.Exit()
 
 
 @app.command()
 def serve(
     profile: Annotated[str, typer.Option(help="cpu (OpenVINO engine) or trtllm (TensorRT-LLM)")] = "cpu",
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(help="cpu: tiny, bench (built if missing) or a LLaMA-2 HF folder [default: tiny]"),
+    ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="cpu: tiny, bench (built if missing) or a LLaMA-2 HF folder; default tiny"),
+        typer.Option(help="deprecated spelling of --checkpoint (in mentallama and mentallama-bench --model is the "
+                     "served model's name)", show_default=False),
     ] = None,
     engine: Annotated[
         Path | None,
@@ -40,9 +68,9 @@ def serve(
         "/opt/tritonserver/bin/tritonserver"
     ),
     host: Annotated[str, typer.Option(help="address to bind; keep 127.0.0.1 unless a proxy fronts it")] = "127.0.0.1",
-    grpc_port: int = 8001,
-    http_port: int = 8000,
-    metrics_port: int = 8002,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (the SDK, the CLIs and TensorRT-LLM's clients)")] = 8001,
+    http_port: Annotated[int, typer.Option(help="HTTP/REST port (health, generate, generate_stream)")] = 8000,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (/metrics)")] = 8002,
     http: Annotated[bool, typer.Option(help="serve the HTTP/REST endpoint too")] = True,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM server certificate: gRPC over TLS")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM server private key")] = None,
@@ -68,7 +96,9 @@ def serve(
     shm_pool_mib: Annotated[
         int, typer.Option(help="shared-memory pool per Python model instance in /dev/shm, MiB (see README)")
     ] = ServerOptions.shm_pool_mib,
-    ready_timeout: float = 300.0,
+    ready_timeout: Annotated[
+        float, typer.Option(help="seconds to wait for the server to be ready (the first start builds the engine)")
+    ] = 300.0,
     engine_max_batch_size: Annotated[
         int, typer.Option(help="cpu: sequences decoded together (the scheduler's max_num_seqs)")
     ] = CpuSettings.engine_max_batch_size,
@@ -96,14 +126,31 @@ def serve(
     num_threads: Annotated[int, typer.Option(help="cpu: OpenVINO threads; 0 = one per core")] = (
         CpuSettings.num_threads
     ),
-    max_input_len: int = CpuSettings.max_input_len,
-    max_output_len: int = CpuSettings.max_output_len,
-    max_queue_size: int = CpuSettings.max_queue_size,
+    max_input_len: Annotated[
+        int, typer.Option(help="cpu: longest prompt in tokens (fitted to the model's context with --max-output-len)")
+    ] = CpuSettings.max_input_len,
+    max_output_len: Annotated[int, typer.Option(help="cpu: largest max_tokens a request may ask for")] = (
+        CpuSettings.max_output_len
+    ),
+    max_queue_size: Annotated[
+        int, typer.Option(help="cpu: requests waiting beyond the running batch; more are refused as overloaded")
+    ] = CpuSettings.max_queue_size,
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_show_version, is_eager=True, help="print the version and exit")
+    ] = False,
 ) -> None:
     """Serve MentaLLaMA on Triton. Predictions are for non-clinical research only."""
     # A SIGTERM while the server starts must still stop it: turn it into an exception that the start-up
     # path cleans up after (the default action would leave tritonserver running without its launcher).
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    if model is not None:
+        if checkpoint is not None and checkpoint != model:
+            typer.echo("error: give --checkpoint only (--model is its deprecated spelling)", err=True)
+            raise typer.Exit(2)
+        typer.echo("note: --model is deprecated here; use --checkpoint (in mentallama and mentallama-bench, --model "
+                   "names the served model)", err=True)
+        checkpoint = model
+    model = checkpoint
     opts = ServerOptions(
         host=host,
         grpc_port=grpc_port,
@@ -165,6 +212,8 @@ def _serve(server: TritonProcess, profile: str, opts: ServerOptions, demo: bool)
     typer.echo(f"  metrics {opts.metrics_url}")
     admin = "need the admin key" if opts.admin_key else "closed (no --admin-key given)"
     typer.echo(f"  admin APIs (shared memory, repository, statistics, trace, logging): {admin}")
+    if not demo:
+        typer.echo("Press Ctrl-C to stop the server (or send SIGTERM to this process).")
     try:
         if demo:
             from mentallama_server.demo import run_demo

@@ -226,9 +226,11 @@ def bundled_server(repository: Path, run_dir: Path, opts: ServerOptions) -> tupl
 
 def check_ports(opts: ServerOptions) -> None:
     ports = (("grpc", opts.grpc_port), ("http", opts.http_port if opts.http else None), ("metrics", opts.metrics_port))
-    for name, port in ports:
-        if port is not None and not port_free(opts.host, port):
-            raise LaunchError(f"{name} port {port} on {opts.host} is already in use; pick another with --{name}-port")
+    taken = [(name, port) for name, port in ports if port is not None and not port_free(opts.host, port)]
+    if taken:  # all of them at once, not one per attempt
+        used = "; ".join(f"{name} port {port} on {opts.host} is already in use" for name, port in taken)
+        flags = " / ".join(f"--{name}-port" for name, _ in taken)
+        raise LaunchError(f"{used}; pick {'another' if len(taken) == 1 else 'others'} with {flags}")
 
 
 class TritonProcess:
