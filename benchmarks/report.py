@@ -28,9 +28,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PLOT_FILES",
+    "SERVER_TIME_NOTE",
     "fixed_width",
     "format_table",
+    "make_figures",
+    "min_samples",
     "plot_session",
+    "settings_line",
     "summary_row",
     "write_run",
     "write_session",
@@ -141,6 +145,33 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(out)
 
 
+def min_samples(pct: float) -> int:
+    """Samples a percentile needs before it says anything beyond the maximum: at least one sample
+    above it (p50: 2, p90: 10, p99: 100)."""
+    return math.ceil(100 / (100 - pct) - 1e-9)
+
+
+def settings_line(summaries: Sequence[dict[str, Any]]) -> str:
+    """What the figures measured, for their title: model, prompt and answer lengths, requests, loads."""
+    if not summaries:
+        return ""
+    run = summaries[0]["run"]
+    data = run.get("dataset") or {}
+    if "input_len" in data:
+        lengths = f"input {data['input_len']} / output {data['output_len']} tokens"
+        if data.get("lengths", "tokenizer") != "tokenizer":
+            lengths += " (words)"
+    else:
+        lengths = f"{data.get('name', 'dataset')} prompts, max_tokens {data.get('max_tokens', '?')}"
+    if run.get("sampling", {}).get("force_output_len"):
+        lengths += ", forced"
+    stop = run.get("stop") or {}
+    requests = f"{stop['requests']} requests/run" if stop.get("requests") else f"{stop.get('duration_s')} s/run"
+    loads = ", ".join(dict.fromkeys(s["run"]["load"]["label"] for s in summaries))
+    backends = ", ".join(dict.fromkeys(s["run"]["backend"] for s in summaries))
+    return f"model {run.get('model')} ({backends}); {lengths}; {requests}; loads {loads} (c = concurrency, r = req/s)"
+
+
 def _x_axis(summaries: Sequence[dict[str, Any]]) -> tuple[str, list[float]]:
     loads = [s["run"]["load"] for s in summaries]
     if all(load.get("concurrency") for load in loads):
@@ -157,27 +188,52 @@ def _by_backend(summaries: Sequence[dict[str, Any]]) -> dict[str, list[dict[str,
     return groups
 
 
-def plot_session(folder: Path, summaries: Sequence[dict[str, Any]]) -> dict[str, Path]:
-    """Write the PNG plots; returns name -> path. Needs matplotlib (headless Agg backend)."""
+_THIN_NOTE = "hollow markers: percentile from too few samples (p50 < 2, p90 < 10, p99 < 100 requests)"
+
+
+def _plot_percentile(ax: Any, x: Sequence[float], runs: Sequence[dict[str, Any]], metric: str, pct: int,
+                     style: str, color: str, label: str) -> bool:  # fmt: skip
+    """A percentile line; points from too few samples get hollow markers. True when any did."""
+    y = [s[metric][f"p{pct}"] if s[metric][f"p{pct}"] is not None else math.nan for s in runs]
+    marker, line = style[0], style[1:]
+    ax.plot(x, y, line, color=color, label=label, marker=marker)
+    thin = [i for i, s in enumerate(runs) if (s[metric].get("count") or 0) < min_samples(pct)]
+    if thin:
+        ax.plot([x[i] for i in thin], [y[i] for i in thin], linestyle="none", marker=marker, color=color,
+                markerfacecolor="white", markeredgewidth=1.5)  # fmt: skip
+    return bool(thin)
+
+
+def _finish(fig: Any, summaries: Sequence[dict[str, Any]], thin: bool) -> None:
+    """Run settings on top, the few-samples note at the bottom when it applies."""
+    fig.suptitle(settings_line(summaries), fontsize=8)
+    if thin:
+        fig.text(0.01, 0.01, _THIN_NOTE, fontsize=7, style="italic")
+    fig.tight_layout(rect=(0, 0.04 if thin else 0, 1, 0.95))
+
+
+def make_figures(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The matplotlib figures by name (PLOT_FILES' keys); y axes start at zero, concurrency ticks are
+    the concurrencies run, each figure's title states the run settings."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
-    (folder / "plots").mkdir(parents=True, exist_ok=True)
     groups = _by_backend(summaries)
-    written: dict[str, Path] = {}
+    figures: dict[str, Any] = {}
 
     for name, metric, title in (
         ("throughput_vs_ttft", "ttft", "Time to first token"),
         ("throughput_vs_itl", "itl", "Inter-token latency"),
     ):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(7, 4.8))
+        thin = False
         for color, (backend, runs) in enumerate(groups.items()):
             x = [s["output_token_throughput"] or 0.0 for s in runs]
-            for pct, style in (("p50", "o-"), ("p99", "s--")):
-                y = [s[metric][pct] if s[metric][pct] is not None else math.nan for s in runs]
-                ax.plot(x, y, style, color=f"C{color}", label=f"{backend} {pct}")
+            for pct, style in ((50, "o-"), (99, "s--")):
+                thin |= _plot_percentile(ax, x, runs, metric, pct, style, f"C{color}", f"{backend} p{pct}")
             for s, xi in zip(runs, x, strict=True):
                 yi = s[metric]["p50"]
                 if yi is not None:
@@ -190,35 +246,65 @@ def plot_session(folder: Path, summaries: Sequence[dict[str, Any]]) -> dict[str,
                     )
         ax.set_xlabel("output token throughput (tok/s)")
         ax.set_ylabel(f"{title} (ms)")
-        ax.set_title(f"Throughput vs {title.lower()}")
+        ax.set_title(f"Throughput vs {title.lower()}", fontsize=10)
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        written[name] = folder / PLOT_FILES[name]
-        fig.savefig(written[name], dpi=100)
-        plt.close(fig)
+        _finish(fig, summaries, thin)
+        figures[name] = fig
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+    thin = False
     for ax, (metric, title) in zip(
         axes, (("ttft", "TTFT"), ("itl", "ITL"), ("e2e_latency", "E2E latency")), strict=True
     ):
+        ticks: set[float] = set()
+        xlabel = "run"
         for color, (backend, runs) in enumerate(groups.items()):
             xlabel, x = _x_axis(runs)
-            for pct, style in (("p50", "o-"), ("p90", "^:"), ("p99", "s--")):
-                y = [s[metric][pct] if s[metric][pct] is not None else math.nan for s in runs]
-                ax.plot(x, y, style, color=f"C{color}", label=f"{backend} {pct}")
-            ax.set_xlabel(xlabel)
-            if xlabel.startswith("concurrency") and len(set(x)) > 1:
-                ax.set_xscale("log", base=2)
+            ticks.update(x)
+            for pct, style in ((50, "o-"), (90, "^:"), (99, "s--")):
+                thin |= _plot_percentile(ax, x, runs, metric, pct, style, f"C{color}", f"{backend} p{pct}")
+        ax.set_xlabel(xlabel)
+        if xlabel.startswith("concurrency") and len(ticks) > 1:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(ticks))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_ylim(bottom=0)
         ax.set_ylabel(f"{title} (ms)")
-        ax.set_title(f"{title} percentiles")
+        ax.set_title(f"{title} percentiles", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    written["latency_vs_load"] = folder / PLOT_FILES["latency_vs_load"]
-    fig.savefig(written["latency_vs_load"], dpi=100)
-    plt.close(fig)
+    _finish(fig, summaries, thin)
+    figures["latency_vs_load"] = fig
+    return figures
+
+
+def plot_session(folder: Path, summaries: Sequence[dict[str, Any]]) -> dict[str, Path]:
+    """Write the PNG plots; returns name -> path. Needs matplotlib (headless Agg backend)."""
+    import matplotlib.pyplot as plt
+
+    (folder / "plots").mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name, fig in make_figures(summaries).items():
+        written[name] = folder / PLOT_FILES[name]
+        fig.savefig(written[name], dpi=100)
+        plt.close(fig)
     return written
+
+
+SERVER_TIME_NOTE = (
+    "Why `avg request ms` here is far below the client's E2E latency: the front model `mentallama` and the "
+    "CPU `tensorrt_llm` step are decoupled Python models, whose `execute()` returns once it has handed the "
+    "request on, before the generation ends; Triton's request duration counter "
+    "(`nv_inference_request_duration_us`) stops there. It measures accepting the request (about a "
+    "millisecond), not generating its tokens, which are sent afterwards as streamed responses. "
+    "The client's TTFT, ITL and E2E above include "
+    "the generation, the queueing in the engine's batch and the network; compare those, not this column, "
+    "with other servers."
+)
 
 
 def _server_lines(results: Sequence[RunResult]) -> list[str]:
@@ -243,7 +329,8 @@ def _server_lines(results: Sequence[RunResult]) -> list[str]:
                 )
             changed.append(f"- {r.label} ({url}): " + ", ".join(f"`{f}`" for f in section["changed"]))
     lines = ["## Server side (Prometheus, after - before each run)", ""]
-    lines += [_markdown_table(header, rows), ""] if rows else ["No per-model Triton counters changed.", ""]
+    lines += [_markdown_table(header, rows), "", SERVER_TIME_NOTE, ""] if rows else [
+        "No per-model Triton counters changed.", ""]
     if changed:
         lines += [
             "Metric families that changed (full deltas in each run's `summary.json`, key `server`):",
@@ -282,6 +369,8 @@ def write_session(folder: Path, results: Sequence[RunResult]) -> dict[str, Path]
         f"- stop: `{json.dumps(first.get('stop'))}`; seed: {first.get('seed')}",
         f"- output tokens counted by: {', '.join(sources) or '-'} (mode `{first.get('token_counting')}`)",
         f"- SLO (ms): `{json.dumps(summaries[0]['slo']) if summaries else '-'}`",
+        *(["- **interrupted** (Ctrl-C): " + ", ".join(r.label for r in results if r.interrupted)
+           + " kept only the requests that had finished"] if any(r.interrupted for r in results) else []),
         "",
         "Latencies in ms; throughput in requests/s and output tokens/s; goodput in good requests/s.",
         "Definitions: see `benchmarks/README.md`.",
