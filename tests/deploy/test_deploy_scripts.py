@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from mentallama_server.trtllm_profile import mpi_command
+from tests.deploy.deploy_support import alive, free_base_port, free_port, port_free, script_env, stop, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -64,7 +65,7 @@ def test_shellcheck_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("script", [s for s in SCRIPTS if s != COMMON], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [s for s in SCRIPTS if s.parent.name != "lib"], ids=lambda p: p.name)
 def test_runnable_scripts_are_strict_and_executable(script: Path) -> None:
     text = script.read_text()
     assert text.startswith("#!/usr/bin/env bash\n")
@@ -147,13 +148,6 @@ def test_manifests_agree_with_each_other() -> None:
 # ---- Behaviour of the scripts ----------------------------------------------------------------------------
 
 
-def script_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CUDA_VISIBLE"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update({"MENTALLAMA_REPO": str(REPO), "ML_POLL_S": "0.2", "ML_STOP_GRACE_S": "5", **extra})
-    return env
-
-
 def test_run_triton_dry_run_prints_the_mpi_command_argv() -> None:
     result = subprocess.run(
         [str(DEPLOY / "apptainer" / "run_triton.sh"), "--model-repo", "/runs/repo dir", "--world-size", "2",
@@ -223,12 +217,6 @@ def test_wait_ready_polls_until_ready(health_server: str) -> None:
     assert _Health.calls == 3
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_wait_ready_times_out_and_notices_a_dead_server() -> None:
     started = time.monotonic()
     result = bash(f"ml_wait_ready http://127.0.0.1:{free_port()} 1")
@@ -236,25 +224,6 @@ def test_wait_ready_times_out_and_notices_a_dead_server() -> None:
     assert time.monotonic() - started < 20
     dead = bash(f"true & pid=$!; wait $pid; ml_wait_ready http://127.0.0.1:{free_port()} 30 $pid")
     assert dead.returncode == 2 and "exited before" in dead.stderr
-
-
-def wait_for(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill -0; look at its state.
-    status = Path(f"/proc/{pid}/status")
-    return not (status.exists() and "State:\tZ" in status.read_text())
 
 
 @pytest.mark.parametrize("ignores_term", [False, True])
@@ -284,17 +253,6 @@ def test_sigterm_stops_tracked_children(tmp_path: Path, ignores_term: bool) -> N
         assert ("SIGKILL" in stderr) == ignores_term
     finally:
         stop(proc)
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    """End a script under test the way Slurm would (SIGTERM runs its teardown), SIGKILL as a last resort."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 FAKE_RUNTIME = """#!{python}
@@ -338,25 +296,6 @@ def fake_runtime(tmp_path: Path) -> tuple[Path, Path]:
     return runtime, record
 
 
-def free_base_port(stride: int, count: int) -> int:
-    for _ in range(50):
-        base = free_port()
-        ports = [base + i * stride + k for i in range(count) for k in range(3)]
-        if max(ports) < 65536 and all(_port_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free; a listener is not
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def test_node_replicas_start_publish_and_tear_down(tmp_path: Path, fake_runtime: tuple[Path, Path]) -> None:
     runtime, record = fake_runtime
     base = free_base_port(stride=10, count=2)
@@ -388,7 +327,7 @@ def test_node_replicas_start_publish_and_tear_down(tmp_path: Path, fake_runtime:
         assert proc.wait(timeout=30) == 143
         assert list(endpoints.glob("*")) == []
         wait_for(lambda: not any(alive(s["pid"]) for s in servers.values()), timeout=10)
-        assert _port_free(base) and _port_free(base + 10)
+        assert port_free(base) and port_free(base + 10)
     finally:
         stop(proc)
 
