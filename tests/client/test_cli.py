@@ -102,6 +102,12 @@ def test_unknown_task_suggests_the_closest_name():
     assert imhi.exit_code == 2 and "did you mean 'loneliness'" in imhi.stderr
 
 
+def test_eval_without_the_imhi_data_says_where_it_comes_from(tmp_path):
+    result = runner.invoke(app, ["eval", "--imhi-dir", str(tmp_path / "imhi"), "-e", dead_endpoint()])
+    assert result.exit_code == 2 and "github.com/SteveKGYang/MentalLLaMA" in result.stderr
+    assert str(tmp_path / "imhi") in result.stderr
+
+
 def test_help_and_version():
     from mentallama import __version__
 

@@ -94,7 +94,7 @@ def to_analysis(example: ImhiExample, result: Generation | MentaLLaMAError) -> A
 IMHI_SOURCE = "https://github.com/SteveKGYang/MentalLLaMA (folder IMHI)"
 ImhiDirOpt = Annotated[
     Path,
-    typer.Option(exists=True, file_okay=False,
+    typer.Option(file_okay=False,
                  help=f"IMHI data from {IMHI_SOURCE}: its root (test_instruction/ is read) or a folder of task CSVs "
                  "such as expert/"),
 ]  # fmt: skip
@@ -134,6 +134,10 @@ def evaluate(
     The IMHI data comes from the MentaLLaMA authors' repository (https://github.com/SteveKGYang/MentalLLaMA,
     folder IMHI); eval reads its test split, test_instruction/ (one CSV per task, columns query and
     answer), or the folder of task CSVs given. Ctrl-C keeps the raw outputs received so far."""
+    if not imhi_dir.is_dir():
+        clone = "git clone --depth 1 https://github.com/SteveKGYang/MentalLLaMA"
+        fail(f"{imhi_dir}: no such folder. The IMHI data is in {IMHI_SOURCE}: clone it ({clone}) and pass "
+             "--imhi-dir MentalLLaMA/IMHI", code=2)  # fmt: skip
     wanted = [t.strip() for item in tasks for t in item.split(",") if t.strip()] if tasks else None
     try:
         examples = load_imhi(imhi_dir, wanted, limit)
