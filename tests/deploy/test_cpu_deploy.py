@@ -256,6 +256,31 @@ def test_dry_run_names_the_engine_as_ensure_engine_does(
     assert not (tmp_path / "engines").exists()  # a dry run writes nothing
 
 
+def test_job_commands_parse_with_the_real_clis(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The build and serve argv the job prints are accepted, value for value, by mentallama-build and -serve."""
+    import typer.main
+
+    from engine_build import cli as build_cli
+    from mentallama_server import cli as serve_cli
+
+    out = dry_run(
+        CHECKPOINT=str(tiny_checkpoint), ENGINE_ROOT=str(tmp_path), WEIGHT_FORMAT="int4", GROUP_SIZE="64",
+        SLURM_JOB_ID="7", SLURM_NTASKS="2", SLURM_TASKS_PER_NODE="2", SLURM_CPUS_PER_TASK="6",
+    )  # fmt: skip
+    group = typer.main.get_command(build_cli.app)
+    build_args = out["build"][out["build"].index("mentallama-build") + 1 :]
+    build = group.get_command(group.make_context("mentallama-build", ["--help"], resilient_parsing=True), "openvino")
+    params = build.make_context("openvino", build_args[1:]).params
+    assert (params["weight_format"], params["group_size"], params["ratio"]) == ("int4", 64, None)
+    assert str(params["output"]) == out["engine"] and not params["dry_run"]
+
+    serve = typer.main.get_command(serve_cli.app)
+    for local, argv in out["serve"].items():
+        params = serve.make_context("mentallama-serve", argv[argv.index("mentallama-serve") + 1 :]).params
+        assert params["profile"] == "cpu" and params["num_threads"] == 6 and params["cache_num_blocks"] == 1024
+        assert str(params["engine"]) == out["engine"] and params["http_port"] == 8000 + 10 * local
+
+
 def test_build_refuses_bad_options(tiny_checkpoint: Path, tmp_path: Path) -> None:
     result = subprocess.run(
         [str(BUILD), "--checkpoint", str(tiny_checkpoint), "--engine-root", str(tmp_path), "--weight-format", "int3",
