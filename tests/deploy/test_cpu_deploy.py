@@ -191,6 +191,14 @@ def test_plan_derives_replicas_threads_and_ports_from_the_allocation(case: str) 
         assert run_dir.startswith(f"{REPO}/artifacts/runs/slurm-4242/") and f"{run_dir}:{run_dir}" in argv
 
 
+def test_launch_leaves_binding_to_an_inherited_hint() -> None:
+    env = {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "2", "SLURM_TASKS_PER_NODE": "2", "SLURM_CPUS_PER_TASK": "4",
+           "ENGINE_DIR": "/e"}  # fmt: skip
+    hinted = dry_run(SLURM_HINT="nomultithread", **env)["launch"]  # srun refuses --hint with --cpu-bind
+    assert not any(a.startswith("--cpu-bind") for a in hinted) and "--cpus-per-task=4" in hinted
+    assert "--cpu-bind=sockets" in dry_run(SLURM_HINT="nomultithread", ML_CPU_BIND="sockets", **env)["launch"]
+
+
 def test_plan_port_bases_and_stride() -> None:
     out = dry_run(
         SLURM_JOB_ID="1", SLURM_NTASKS="2", SLURM_TASKS_PER_NODE="2", SLURM_CPUS_PER_TASK="4", ENGINE_DIR="/e",
