@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -15,6 +17,23 @@ INPUT_NAMES = tuple(spec.name for spec in ENSEMBLE_INPUTS)
 # The front model always streams from the engine (to watch for cancellation between chunks) and
 # adds the prompt text itself, so these two ensemble inputs are not passed through.
 _NOT_PASSED = {"stream", "exclude_input_in_output"}
+# An engine that declares this output reports a failure after its first response in it (a final response
+# without error), when the request's parameters ask for it: Triton 2.51's BLS loses an error response that
+# is not a call's first (docs/RELIABILITY.md, "Attacks"). The ensemble does not ask, and gets the error.
+ENGINE_ERROR_OUTPUT = "error_message"
+ERRORS_IN_BAND = "errors_in_band"
+
+
+def engine_declares_output(model_repository: str | Path, name: str, engine: str = "tensorrt_llm") -> bool:
+    """Whether the engine model's config.pbtxt, beside the front model's folder `model_repository` (the
+    path Triton passes to `initialize`) or inside it, declares an output `name`."""
+    folder = Path(model_repository)
+    for config in (folder.parent / engine / "config.pbtxt", folder / engine / "config.pbtxt"):
+        if config.is_file():
+            text = config.read_text(encoding="utf-8")
+            block = re.search(r"^\s*output\s*\[", text, re.MULTILINE)
+            return block is not None and re.search(rf'name:\s*"{re.escape(name)}"', text[block.start() :]) is not None
+    return False
 
 
 @dataclass

@@ -34,6 +34,9 @@ def _start(checkpoint: Path, run_dir: Path, fake: bool) -> TritonProcess:
     repository = render_cpu(checkpoint, settings, run_dir / "model_repository")
     if fake:
         shutil.copy2(FAKE_ENGINE, repository / "tensorrt_llm" / "1" / "model.py")
+        engine_config = repository / "tensorrt_llm" / "config.pbtxt"
+        declared = 'output [\n  { name: "error_message" data_type: TYPE_STRING dims: [ 1 ] },'
+        engine_config.write_text(engine_config.read_text().replace("output [", declared, 1))
     config = repository / "mentallama" / "config.pbtxt"
     stall = f'parameters {{ key: "engine_stall_timeout_s" value: {{ string_value: "{STALL_S:g}" }} }}\n'
     config.write_text(config.read_text() + stall)
@@ -83,6 +86,15 @@ def test_engine_error_after_accepting_reaches_the_client(servers, model, stream)
 @pytest.mark.parametrize("model", ["mentallama", "ensemble"])
 def test_engine_error_as_first_response_keeps_its_cause(servers, model, stream):
     error, _, seconds = _ask(servers["fake"], model, stream, seed=_seed(2))
+    assert error is not None and FAKE_ERROR in error, error
+    assert seconds < 1.5
+
+
+@pytest.mark.parametrize("model", ["mentallama", "ensemble"])
+def test_engine_error_in_band_after_chunks_reaches_a_streaming_client_with_its_cause(servers, model):
+    """The engine-step contract (docs/RELIABILITY.md): asked by the front model, an engine that declares an
+    `error_message` output ends a failed request with it; the ensemble, which does not ask, gets the error."""
+    error, _, seconds = _ask(servers["fake"], model, True, seed=_seed(5))
     assert error is not None and FAKE_ERROR in error, error
     assert seconds < 1.5
 

@@ -76,6 +76,8 @@ def front():
         model.max_calls = 8
         model.stall_timeout_s = 0.3
         model.abandoned = 0
+        model.errors_in_band = True
+        model.engine_outputs = [*module.ENGINE_OUTPUTS, "error_message"]
         model.calls, model.calls_lock, model.pb_lock = {}, threading.Lock(), threading.RLock()
         model.stopping = threading.Event()
         model.retired = module.collections.deque()
@@ -172,3 +174,28 @@ def test_engine_is_asked_to_stream_only_for_streaming_clients(front, stream):
     assert _run(module, model, stream).finished.wait(3)
     inputs = {t.name: t.array for t in pb.InferenceRequest.call_args.kwargs["inputs"]}
     assert bool(inputs["streaming"].reshape(-1)[0]) is stream
+
+
+def test_engine_error_in_band_ends_the_call_with_its_message(front):
+    module, model, pb = front
+    failure = _Response([_Tensor("error_message", np.array([[b"every token is banned"]], dtype=object))])
+    _engine(pb, [_chunk(), failure], then_block=True)  # nothing after it: the front must not wait
+    sender = _run(module, model)
+    assert sender.finished.wait(3)
+    response, flags = sender.sent[-1]
+    assert flags == FINAL and response.error().message() == "every token is banned"
+    assert pb.InferenceRequest.call_args.kwargs["parameters"] == {"errors_in_band": True}
+    assert "error_message" in pb.InferenceRequest.call_args.kwargs["requested_output_names"]
+
+
+def test_engine_declares_output_reads_the_engine_config(tmp_path):
+    from mentallama_server.front import engine_declares_output
+
+    (tmp_path / "mentallama").mkdir()
+    (tmp_path / "tensorrt_llm").mkdir()
+    config = tmp_path / "tensorrt_llm" / "config.pbtxt"
+    config.write_text('input [ { name: "error_message" } ]\noutput [ { name: "output_ids" } ]')
+    assert not engine_declares_output(tmp_path / "mentallama", "error_message")
+    config.write_text('output [ { name: "output_ids" }, { name: "error_message" } ]')
+    assert engine_declares_output(tmp_path / "mentallama", "error_message")
+    assert not engine_declares_output(tmp_path / "elsewhere" / "mentallama", "error_message")

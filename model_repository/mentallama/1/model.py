@@ -11,10 +11,12 @@ The Python-backend stub of Triton 2.51 crashed when threads used it at once (doc
 
 An engine failure after the engine's first response never reaches a BLS caller in Triton 2.51: the
 Python backend does not carry the request's id with an error response, so the stub files the error under
-no iterator and `next()` waits forever (the `ensemble` gets the same error at once). Two defences:
+no iterator and `next()` waits forever (the `ensemble` gets the same error at once). Three defences:
 requests whose client does not stream ask the engine for one response (an error then is the first
-response, and arrives with its cause); for streamed ones the watcher ends a call whose engine has sent
-nothing for `engine_stall_timeout_s` after its first response with an error, and stops the engine request.
+response, and arrives with its cause); an engine whose config declares the output `error_message` is asked
+(request parameter `errors_in_band`) to end a failed request with a final response carrying its error
+there, which arrives; and the watcher ends a call whose engine has sent nothing for
+`engine_stall_timeout_s` after its first response with an error, and stops the engine request.
 The worker thread blocked in that `next()` cannot be woken: it is abandoned (counted, logged, and each
 call runs on its own daemon thread so abandoned ones never hold back others).
 
@@ -35,7 +37,15 @@ import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from mentallama_server.front import INPUT_NAMES, FrontRequest, engine_inputs, parse_front_request
+from mentallama_server.front import (
+    ENGINE_ERROR_OUTPUT,
+    ERRORS_IN_BAND,
+    INPUT_NAMES,
+    FrontRequest,
+    engine_declares_output,
+    engine_inputs,
+    parse_front_request,
+)
 from mentallama_server.postprocess import ChunkDecoder
 from mentallama_server.preprocess import Limits, Preprocessor, RequestError
 from mentallama_server.text_tokenizer import load_tokenizer
@@ -87,6 +97,8 @@ class TritonPythonModel:
         self.max_calls = get_parameter(config, "max_concurrent_requests", int)
         self.stall_timeout_s = get_parameter(config, "engine_stall_timeout_s", float, ENGINE_STALL_TIMEOUT_S)
         self.abandoned = 0  # worker threads left blocked on an engine response that was lost
+        self.errors_in_band = engine_declares_output(args.get("model_repository", ""), ENGINE_ERROR_OUTPUT)
+        self.engine_outputs = ENGINE_OUTPUTS + ([ENGINE_ERROR_OUTPUT] if self.errors_in_band else [])
         self.calls: dict[str, _Call] = {}
         self.calls_lock = threading.Lock()
         self.pb_lock = threading.RLock()
@@ -137,12 +149,15 @@ class TritonPythonModel:
     def _generate(self, call: _Call, front: FrontRequest):
         with self.pb_lock:
             tensors = [pb_utils.Tensor(k, v) for k, v in engine_inputs(front, streaming=front.stream).items()]
-            infer = pb_utils.InferenceRequest(
+            options = dict(
                 model_name="tensorrt_llm",
                 inputs=tensors,
-                requested_output_names=ENGINE_OUTPUTS,
+                requested_output_names=self.engine_outputs,
                 request_id=call.engine_id,
             )
+            if self.errors_in_band:
+                options["parameters"] = {ERRORS_IN_BAND: True}
+            infer = pb_utils.InferenceRequest(**options)
         # exec() waits until the engine answers: holding the lock there would stall every other request.
         responses = iter(infer.exec(decoupled=True))
         try:
@@ -185,6 +200,13 @@ class TritonPythonModel:
         if response.has_error():
             self._finish(call, _engine_error(response.error()))
             return None
+        if self.errors_in_band:
+            failure = pb_utils.get_output_tensor_by_name(response, ENGINE_ERROR_OUTPUT)
+            message = "" if failure is None else failure.as_numpy().reshape(-1)[0]
+            if message:
+                text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+                self._finish(call, _error(text, pb_utils.TritonError.INTERNAL))
+                return None
         ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
         if ids_tensor is None:  # the engine's bare final flag
             return 0.0, 0

@@ -8,9 +8,13 @@ no engine behind (tests/reliability/test_rel_engine_failure.py). Seeds (`PATTERN
 - 2: an error with the final flag as the first response
 - 3: three chunks, then silence (an engine that never finishes)
 - 4: two chunks, then a bare final flag
+- 5: three chunks, then the error in the `error_message` output of a final response when the request's
+  parameters say `errors_in_band` (the front model's), else as pattern 1 (the ensemble's)
 - anything else: three chunks, the last one final
 A request that does not stream gets one response: the error, or every token at once with the final flag.
 """
+
+import json
 
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
@@ -19,7 +23,7 @@ import triton_python_backend_utils as pb_utils
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 TOKEN = 450  # one whole word in the LLaMA tokenizer (" of" in the tiny one): decodes alone
 ERROR = "fake engine: generation failed after accepting the request (every token is banned)"
-PATTERNS = {1: "error after chunks", 2: "error first", 3: "silence after chunks", 4: "bare final"}
+PATTERNS = {1: "error after chunks", 2: "error first", 3: "silence after chunks", 4: "bare final", 5: "in band"}
 
 
 def _chunk(count: int):
@@ -50,7 +54,7 @@ class TritonPythonModel:
                 continue
             pattern = int(_input(request, "seed", 0))
             streaming = bool(_input(request, "streaming", False))
-            if pattern == 2 or (pattern == 1 and not streaming):
+            if pattern == 2 or (pattern in (1, 5) and not streaming):
                 sender.send(_error(), flags=FINAL)
             elif not streaming:
                 sender.send(_chunk(3), flags=FINAL)
@@ -62,6 +66,14 @@ class TritonPythonModel:
                 for _ in range(3):
                     sender.send(_chunk(1))
                 self.silent.append(sender)
+            elif pattern == 5:
+                for _ in range(3):
+                    sender.send(_chunk(1))
+                if json.loads(request.parameters() or "{}").get("errors_in_band"):
+                    failure = pb_utils.Tensor("error_message", np.array([[ERROR.encode()]], dtype=object))
+                    sender.send(pb_utils.InferenceResponse([failure]), flags=FINAL)
+                else:
+                    sender.send(_error(), flags=FINAL)
             elif pattern == 4:
                 for _ in range(2):
                     sender.send(_chunk(1))
