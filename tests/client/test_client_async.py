@@ -26,7 +26,7 @@ from mentallama import (
 )
 
 POST = "Work has been piling up for weeks and my manager keeps adding more tasks to my list."
-LONG = {"max_tokens": 200, "min_tokens": 200}
+LONG = {"max_tokens": 1024, "min_tokens": 1024}  # the server's limit: ~1 s even for the fast tiny engine
 
 
 def dead_endpoint() -> str:

@@ -47,7 +47,11 @@ PROMPT = "Tell me a story about a long night"
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory) -> Iterator[Replica]:
     settings = CpuSettings(
-        engine_max_batch_size=SLOTS, max_queue_size=0, max_output_len=LONG_TOKENS, cache_num_blocks=1024
+        engine_max_batch_size=SLOTS,
+        max_queue_size=0,
+        max_input_len=512,  # with LONG_TOKENS, within the tiny model's 4096-token context
+        max_output_len=LONG_TOKENS,
+        cache_num_blocks=1024,
     )
     replica = Replica(tiny_checkpoint, settings, loopback_options(), tmp_path_factory.mktemp("clients"))
     start_replicas([replica])
