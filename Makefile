@@ -27,10 +27,10 @@ checkpoints: setup
 	$(BIN)/mentallama-build tiny --size bench --output artifacts/checkpoints/bench
 
 run: setup
-	$(BIN)/mentallama-serve --profile cpu --model $(MODEL) --demo
+	$(BIN)/mentallama-serve --profile cpu --checkpoint $(MODEL) --demo
 
 serve: setup
-	$(BIN)/mentallama-serve --profile cpu --model $(MODEL)
+	$(BIN)/mentallama-serve --profile cpu --checkpoint $(MODEL)
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
