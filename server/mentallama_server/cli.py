@@ -178,7 +178,7 @@ def serve(
                 model = "tiny"
             server = start_cpu_server(model, settings, opts, run_dir, ready_timeout, engine)
         elif profile == "trtllm":
-            from mentallama_server.serve_trtllm import render_trtllm, start_trtllm_server
+            from mentallama_server.serve_trtllm import render_checked, start_trtllm_server
             from mentallama_server.trtllm_profile import ProfileError, load_profile
 
             try:
@@ -187,7 +187,7 @@ def serve(
             except ProfileError as exc:
                 raise LaunchError(str(exc)) from None
             if render is not None:
-                typer.echo(f"rendered the trtllm profile to {render_trtllm(trt, render)}")
+                typer.echo(f"rendered the trtllm profile to {render_checked(trt, render)}")
                 return
             server = start_trtllm_server(
                 trt, opts, run_dir or new_run_dir(), tritonserver=tritonserver, ready_timeout_s=ready_timeout

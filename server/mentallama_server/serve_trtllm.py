@@ -1,8 +1,8 @@
 """Glue of `mentallama-serve --profile trtllm`: the same shared models in front of TensorRT-LLM.
 
 Runs inside the NGC `tritonserver:26.0x-trtllm-python-py3` container (TensorRT-LLM 1.2.1), whose
-tritonserver has the `tensorrtllm` backend. Rendering needs no engine; starting a server checks the
-engine's build manifest against the tokenizer and the profile against the engine's limits first.
+tritonserver has the `tensorrtllm` backend. Rendering (`--render`) and starting a server both check the
+engine's build manifest against the tokenizer and fit the profile to the engine's limits first.
 """
 
 from __future__ import annotations
@@ -53,6 +53,13 @@ def checked_profile(profile: TrtllmProfile) -> tuple[TrtllmProfile, int]:
     return profile, limits.world_size
 
 
+def render_checked(profile: TrtllmProfile, output: Path) -> Path:
+    """`--render`: the same manifest check and limit fitting as a launch, so that a repository rendered
+    ahead (deploy/) agrees with its engine; refuses without --engine and --tokenizer."""
+    fitted, _ = checked_profile(profile)
+    return render_trtllm(fitted, output)
+
+
 def start_trtllm_server(
     profile: TrtllmProfile,
     opts: ServerOptions,
@@ -72,6 +79,7 @@ def start_trtllm_server(
         http_port=opts.http_port,
         metrics_port=opts.metrics_port,
         shm_prefix=opts.shm_prefix,
+        shm_pool_mib=opts.shm_pool_mib,
         rank0_args=endpoint_args(opts),
     )
     return launch(argv, dict(os.environ), run_dir, opts, ready_timeout_s)

@@ -38,6 +38,7 @@ __all__ = [
     "load_profile",
     "mpi_command",
     "read_engine_limits",
+    "shm_pool_args",
 ]
 
 # --- The `tensorrt_llm` model's tensor interface (name -> (data_type, dims, optional)) -------------------
@@ -385,6 +386,21 @@ def fit_to_engine(profile: TrtllmProfile, limits: EngineLimits) -> TrtllmProfile
 # --- Launching one tritonserver rank per GPU ---------------------------------------------------------------
 
 TRITONSERVER = "/opt/tritonserver/bin/tritonserver"
+SHM_POOL_MIB = 16
+"""Default Python-backend pool per model instance, the same as `mentallama-serve --shm-pool-mib`."""
+
+
+def shm_pool_args(mib: int) -> list[str]:
+    """Python-backend pool flags: start at `mib` MiB and grow by as much. Triton 2.51's stub grows a full
+    pool by replacing the allocator that other threads use (docs/RELIABILITY.md); a pool that starts large
+    enough never grows."""
+    if mib < 1:
+        raise ValueError(f"the shared-memory pool needs at least 1 MiB, got {mib}")
+    size = mib * 2**20
+    return [
+        f"--backend-config=python,shm-default-byte-size={size}",
+        f"--backend-config=python,shm-growth-byte-size={size}",
+    ]
 
 
 def mpi_command(
@@ -398,6 +414,7 @@ def mpi_command(
     log_file: str | None = None,
     model_name: str = "tensorrt_llm",
     shm_prefix: str = "prefix",
+    shm_pool_mib: int = SHM_POOL_MIB,
     oversubscribe: bool = False,
     rank0_args: Sequence[str] = (),
     mpirun: str = "mpirun",
@@ -405,15 +422,22 @@ def mpi_command(
     """argv starting `world_size` (= tp x pp) tritonserver ranks, as TensorRT-LLM's
     `triton_backend/scripts/launch_triton_server.py` builds it (leader mode):
 
-        mpirun --allow-run-as-root -n 1 tritonserver --model-repository=R --grpc-port=G --http-port=H
-            --metrics-port=M [rank 0: --log-file=F, rank0_args] --disable-auto-complete-config
-            --backend-config=python,shm-region-prefix-name=prefix0_ : -n 1 tritonserver ... (rank 1) ...
+        mpirun --allow-run-as-root --bind-to none -n 1 tritonserver --model-repository=R --grpc-port=G
+            --http-port=H --metrics-port=M [rank 0: --log-file=F, rank0_args] --disable-auto-complete-config
+            --backend-config=python,shm-region-prefix-name=prefix0_ [shm pool flags]
+            : -n 1 tritonserver ... (rank 1) ...
 
     Rank 0 serves every model and the endpoints. Ranks > 0 load only `model_name` (explicit model control)
     and stay inside its load as executor workers, so they never bind the ports they are given. Each rank
     gets its own Python-backend shared-memory prefix; give `shm_prefix` a distinct value per server when
-    several servers share a node. world_size 1 returns the plain tritonserver argv (no MPI needed, as with
-    the script's --no-mpi). Differences from the script: no trailing ':' and no duplicated port flags.
+    several servers share a node. Every rank gets the Python-backend pool flags `mentallama-serve` uses
+    (`shm_pool_args`: a pool allocated whole, never grown; see launcher.ServerOptions.shm_pool_mib) unless
+    `rank0_args` already carries them. world_size 1 returns the plain tritonserver argv (no MPI needed, as
+    with the script's --no-mpi). Differences from the script: no trailing ':', no duplicated port flags,
+    and `--bind-to none`: Open MPI's default binds each of these 1-process ranks to one core, so rank 0's
+    tritonserver, its Python models' stubs and (on a node with several tp > 1 replicas) every replica's
+    rank 0 would share core 0. Unbound, the kernel schedules them; a site that wants pinning binds the
+    whole job (Slurm's --cpu-bind, cgroups), which mpirun then inherits.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -436,11 +460,13 @@ def mpi_command(
             "--disable-auto-complete-config",
             f"--backend-config=python,shm-region-prefix-name={shm_prefix}{rank}_",
         ]
+        args += [flag for flag in pool if flag not in args]
         return args
 
+    pool = shm_pool_args(shm_pool_mib)
     if world_size == 1:
         return rank_args(0)
-    cmd = [mpirun, "--allow-run-as-root"] + (["--oversubscribe"] if oversubscribe else [])
+    cmd = [mpirun, "--allow-run-as-root", "--bind-to", "none"] + (["--oversubscribe"] if oversubscribe else [])
     for rank in range(world_size):
         if rank:
             cmd.append(":")
@@ -461,6 +487,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     mpi.add_argument("--metrics-port", type=int, default=8002)
     mpi.add_argument("--log-file")
     mpi.add_argument("--shm-prefix", default="prefix")
+    mpi.add_argument("--shm-pool-mib", type=int, default=SHM_POOL_MIB, help="Python-backend pool per model instance")
     mpi.add_argument("--oversubscribe", action="store_true")
     mpi.add_argument("--print0", action="store_true", help="NUL-separated (for bash mapfile -d '')")
     args, rank0 = parser.parse_known_args(argv)  # unknown options go to rank 0's tritonserver
@@ -473,6 +500,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         metrics_port=args.metrics_port,
         log_file=args.log_file,
         shm_prefix=args.shm_prefix,
+        shm_pool_mib=args.shm_pool_mib,
         oversubscribe=args.oversubscribe,
         rank0_args=[a for a in rank0 if a != "--"],
     )

@@ -30,6 +30,7 @@ from mentallama_server.trtllm_profile import (
     load_profile,
     mpi_command,
     read_engine_limits,
+    shm_pool_args,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -265,37 +266,55 @@ def test_engine_without_paged_context_fmha_refuses_chunking_and_reuse(tmp_path: 
 # ---- MPI launch argv -------------------------------------------------------------------------------------
 
 
+POOL = [
+    "--backend-config=python,shm-default-byte-size=16777216",
+    "--backend-config=python,shm-growth-byte-size=16777216",
+]
+
+
 def test_mpi_command_single_gpu_is_plain_tritonserver() -> None:
     assert mpi_command(1, "/repo", http_port=9000, grpc_port=9001, metrics_port=9002) == [
         "/opt/tritonserver/bin/tritonserver", "--model-repository=/repo", "--grpc-port=9001",
         "--http-port=9000", "--metrics-port=9002", "--disable-auto-complete-config",
-        "--backend-config=python,shm-region-prefix-name=prefix0_",
+        "--backend-config=python,shm-region-prefix-name=prefix0_", *POOL,
     ]  # fmt: skip
 
 
 def test_mpi_command_matches_launch_triton_server_form() -> None:
     """Form of TensorRT-LLM's triton_backend/scripts/launch_triton_server.py: `mpirun --allow-run-as-root`,
-    then per rank `-n 1 tritonserver ...`, ranks > 0 loading only tensorrt_llm, ranks separated by ':'."""
+    then per rank `-n 1 tritonserver ...`, ranks > 0 loading only tensorrt_llm, ranks separated by ':'; ours
+    adds `--bind-to none` (issue 12) and the Python-backend pool flags of mentallama-serve."""
     cmd = mpi_command(2, "/repo", log_file="/logs/t.log", rank0_args=["--exit-timeout-secs=30"])
     rank = [
         "/opt/tritonserver/bin/tritonserver", "--model-repository=/repo", "--grpc-port=8001",
         "--http-port=8000", "--metrics-port=8002",
     ]  # fmt: skip
     assert cmd == [
-        "mpirun", "--allow-run-as-root",
+        "mpirun", "--allow-run-as-root", "--bind-to", "none",
         "-n", "1", *rank, "--log-file=/logs/t.log", "--exit-timeout-secs=30",
-        "--disable-auto-complete-config", "--backend-config=python,shm-region-prefix-name=prefix0_",
+        "--disable-auto-complete-config", "--backend-config=python,shm-region-prefix-name=prefix0_", *POOL,
         ":",
         "-n", "1", *rank, "--model-control-mode=explicit", "--load-model=tensorrt_llm",
-        "--disable-auto-complete-config", "--backend-config=python,shm-region-prefix-name=prefix1_",
+        "--disable-auto-complete-config", "--backend-config=python,shm-region-prefix-name=prefix1_", *POOL,
     ]  # fmt: skip
     four = mpi_command(4, "/repo", shm_prefix="node1_r0_", oversubscribe=True)
-    assert four[:3] == ["mpirun", "--allow-run-as-root", "--oversubscribe"]
+    assert four[:5] == ["mpirun", "--allow-run-as-root", "--bind-to", "none", "--oversubscribe"]
     assert four.count(":") == 3 and four.count("--load-model=tensorrt_llm") == 3
-    prefixes = [a for a in four if a.startswith("--backend-config=python")]
+    prefixes = [a for a in four if a.startswith("--backend-config=python,shm-region")]
     assert prefixes == [f"--backend-config=python,shm-region-prefix-name=node1_r0_{i}_" for i in range(4)]
     with pytest.raises(ValueError):
         mpi_command(0, "/repo")
+
+
+def test_mpi_command_pool_flags_are_not_doubled_and_follow_the_size() -> None:
+    """mentallama-serve passes its own pool flags in rank0_args (endpoint_args): rank 0 keeps one copy."""
+    cmd = mpi_command(2, "/repo", shm_pool_mib=32, rank0_args=shm_pool_args(32))
+    size = 32 * 2**20
+    assert cmd.count(f"--backend-config=python,shm-default-byte-size={size}") == 2  # once per rank
+    assert cmd.count(f"--backend-config=python,shm-growth-byte-size={size}") == 2
+    assert not any("byte-size=16777216" in a for a in cmd)
+    with pytest.raises(ValueError, match="at least 1 MiB"):
+        mpi_command(1, "/repo", shm_pool_mib=0)
 
 
 def test_module_cli_prints_the_same_argv() -> None:
