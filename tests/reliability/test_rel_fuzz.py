@@ -37,9 +37,9 @@ BUDGET_S = 150.0  # per test, all cases together
 MODELS = ("mentallama", "ensemble")
 
 _NP = {"TYPE_STRING": object, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32, "TYPE_BOOL": bool,
-       "TYPE_UINT64": np.uint64}  # fmt: skip
+       "TYPE_UINT64": np.uint64, "TYPE_INT64": np.int64, "TYPE_FP16": np.float16}  # fmt: skip
 _WIRE = {object: "BYTES", np.int32: "INT32", np.float32: "FP32", bool: "BOOL", np.uint64: "UINT64",
-         np.int64: "INT64", np.float64: "FP64", np.int8: "INT8"}  # fmt: skip
+         np.int64: "INT64", np.float64: "FP64", np.int8: "INT8", np.float16: "FP16"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def _value(rng: random.Random, dtype) -> object:
                            bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 64)))])  # fmt: skip
     if dtype is bool:
         return rng.random() < 0.5
-    if dtype in (np.float32, np.float64):
+    if dtype in (np.float16, np.float32, np.float64):
         return rng.choice([0.0, -1.0, 0.5, 1.0, 2.0, 1e-38, 3e38, -3e38, float("nan"), float("inf"), -float("inf")])
     info = np.iinfo(dtype)
     return rng.choice([v for v in (0, 1, -1, 4, 31, 32, 33, 10**6, info.max, info.min) if info.min <= v <= info.max])
@@ -85,7 +85,7 @@ def _grpc_case(rng: random.Random) -> list[grpcclient.InferInput]:
         if spec.name in inputs and rng.random() < 0.2:
             del inputs[spec.name]
         else:
-            inputs[spec.name] = _tensor(rng, spec.name, _NP[spec.data_type])
+            inputs[spec.name] = _tensor(rng, spec.name, _NP.get(spec.data_type, np.float32))
     return list(inputs.values())
 
 
@@ -152,7 +152,7 @@ def _json_case(rng: random.Random) -> dict[str, object]:
         elif rng.random() < 0.2:
             body[spec.name] = _json_value(rng)
         else:
-            value = rng.choice(_JSON_TYPED[spec.data_type])
+            value = rng.choice(_JSON_TYPED.get(spec.data_type, _JSON_TYPED["TYPE_FP32"]))
             body[spec.name] = [value] * rng.randint(0, 3) if spec.dims == (-1,) else value
     if rng.random() < 0.1:
         body["unknown_field"] = _json_value(rng)
