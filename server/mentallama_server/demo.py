@@ -10,7 +10,10 @@ SAMPLE_POST = (
 )
 
 
-def run_demo(endpoint: str, max_tokens: int = 64) -> str:
+RANDOM_WEIGHTS = ("tiny", "bench")
+
+
+def run_demo(endpoint: str, max_tokens: int = 160, model: str | None = None) -> str:
     from mentallama import MentaLLaMAClient
 
     with MentaLLaMAClient(endpoint) as client:
@@ -20,5 +23,10 @@ def run_demo(endpoint: str, max_tokens: int = 64) -> str:
                 sys.stdout.write(delta)
                 sys.stdout.flush()
             analysis = stream.final()
-    print(f"\n\nParsed label: {analysis.label!r} (the embedded tiny model has random weights: expect noise)")
+    print(f"\n\nParsed label: {analysis.label!r} ({analysis.label_source or 'not found'})")
+    if analysis.reasoning:
+        print(f"Explanation: {analysis.reasoning}")
+    if model in RANDOM_WEIGHTS:
+        print(f"(the {model} checkpoint has random weights: expect noise)")
+    print("Non-clinical research output: not a diagnosis.")
     return analysis.raw
