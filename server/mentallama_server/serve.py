@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mentallama_server.launcher import ServerOptions, TritonProcess, bundled_server, launch
-from mentallama_server.paths import RUNS
+from mentallama_server.paths import REPO_ROOT, RUNS
 from mentallama_server.render import render_repository
 from mentallama_server.settings import CpuSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-BUILTIN_MODELS = ("tiny", "bench")
+BUILTIN_MODELS = ("tiny", "bench")  # generated with random weights on first use
+SHIPPED_MODELS = {"nano": "models/mentallama-nano"}  # trained, committed in the repository
 
 
 class CheckpointError(ValueError):
@@ -25,13 +26,21 @@ class CheckpointError(ValueError):
 
 
 def resolve_checkpoint(model: str) -> Path:
-    """`tiny`/`bench` build the embedded checkpoint when missing; anything else is a folder path."""
+    """`tiny`/`bench` build the embedded checkpoint when missing, `nano` is the shipped trained model; anything
+    else is a folder path."""
     from engine_build.check import check_checkpoint
     from engine_build.tiny import ensure_checkpoint
 
-    path = ensure_checkpoint(model) if model in BUILTIN_MODELS else Path(model).expanduser().resolve()
+    if model in BUILTIN_MODELS:
+        path = ensure_checkpoint(model)
+    elif model in SHIPPED_MODELS:
+        path = REPO_ROOT / SHIPPED_MODELS[model]
+    else:
+        path = Path(model).expanduser().resolve()
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint folder {path} does not exist (use tiny, bench or a LLaMA-2 HF folder)")
+        raise CheckpointError(
+            f"checkpoint folder {path} does not exist (use nano, tiny, bench or a LLaMA-2 HF folder)"
+        )
     report = check_checkpoint(path)
     if report.problems:
         raise CheckpointError(f"checkpoint {path} is not servable:\n" + "\n".join(f"  - {p}" for p in report.problems))
