@@ -7,10 +7,11 @@ the `mentallama` front model talk to the CPU and GPU profiles the same way.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from mentallama_server.batching import split_batch
 from mentallama_server.detokenize import byte_token_map, utf8_safe_boundary
 from mentallama_server.engine_types import GenerationRequest
 from mentallama_server.preprocess import Limits, RequestError, from_word_list, scalar
@@ -28,6 +29,8 @@ class StepRequest:
     return_log_probs: bool
     return_num_input_tokens: bool
     return_num_output_tokens: bool
+    batch_index: int = 0
+    """Row of this prompt in a request of N prompts (`[N, 1]` tensors); sent back as `batch_index`."""
 
 
 def _value(inputs: Inputs, name: str, cast: type, default):
@@ -52,6 +55,20 @@ def parse_sampling(inputs: Inputs) -> Sampling:
     beam_width = _value(inputs, "beam_width", int, 1)
     if beam_width != 1:
         raise RequestError(f"beam_width must be 1 on the CPU profile (no beam search), got {beam_width}")
+    sequences = _value(inputs, "num_return_sequences", int, 1)
+    if sequences != 1:
+        raise RequestError(
+            f"num_return_sequences must be 1 here (one sequence per prompt; send the prompt several times "
+            f"with different seeds instead), got {sequences}"
+        )
+    if _value(inputs, "return_perf_metrics", bool, False):
+        raise RequestError(
+            "return_perf_metrics is not supported here: the CPU engine (OpenVINO GenAI) does not report "
+            "per-request KV-cache blocks or scheduling times; Triton's metrics endpoint has the engine's counters"
+        )
+    # len_penalty (length_penalty) only scores beams in beam search: with beam_width 1 TensorRT-LLM ignores
+    # it too, so it is accepted and has no effect.
+    _value(inputs, "len_penalty", float, 1.0)
     top_k = _value(inputs, "runtime_top_k", int, 0)
     if top_k < 0:
         raise RequestError(f"top_k must be >= 0, got {top_k}")
@@ -68,8 +85,17 @@ def parse_sampling(inputs: Inputs) -> Sampling:
     return Sampling(top_k=top_k, top_p=top_p, temperature=temperature, min_tokens=min_tokens)
 
 
+def parse_batch(inputs: Inputs, request_id: str, limits: Limits) -> list[StepRequest]:
+    """Validate a request of one or more prompts (`[N, ...]` tensors): one StepRequest per prompt, with
+    its `batch_index` and engine request id `<request_id>/<index>`. Any bad prompt refuses the request."""
+    return [
+        replace(parse_request(item, f"{request_id}/{i}", limits), batch_index=i)
+        for i, item in enumerate(split_batch(inputs))
+    ]
+
+
 def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepRequest:
-    """Validate the engine inputs of one request; a `RequestError` names the bad field."""
+    """Validate the engine inputs of one prompt; a `RequestError` names the bad field."""
     ids = inputs.get("input_ids")
     if ids is None:
         raise RequestError("input_ids is required")
@@ -175,7 +201,7 @@ class ResponseAssembler:
         out = {
             "output_ids": np.array([[tokens]], dtype=np.int32).reshape(1, 1, len(tokens)),
             "sequence_length": np.array([[len(tokens)]], dtype=np.int32),
-            "batch_index": np.array([[0]], dtype=np.int32),
+            "batch_index": np.array([[self.request.batch_index]], dtype=np.int32),
         }
         if self.request.return_log_probs:
             lp = chunk_log_probs if chunk_log_probs is not None else []

@@ -3,7 +3,16 @@
 Both entry models (`ensemble` and the `mentallama` BLS front model) and both profiles (cpu, trtllm)
 render their `input`/`output` blocks from these tuples, so a client written for TensorRT-LLM's
 ensemble works unchanged against either. Names, data types and dims follow TensorRT-LLM 1.2.1's
-`inflight_batcher_llm/ensemble/config.pbtxt`; `max_batch_size` > 0, so each request sends `[1, 1]`.
+`inflight_batcher_llm/ensemble/config.pbtxt`; `max_batch_size` > 0, so each request sends `[N, 1]`
+tensors: `[1, 1]` for one prompt, `[N, 1]` for a batch of N prompts (upstream's `--batch-inputs`), answered
+by responses of one prompt each, tagged with `batch_index`. `text_output` is flat over (prompt, sequence),
+shape `[1]` per response, as upstream's postprocessing returns it; the engine's outputs (`cum_log_probs`
+`[1, 1]`, `output_log_probs` `[1, 1, n]`, `batch_index` `[1, 1]`, ...) keep the engine's shapes.
+
+Every optional input of upstream's ensemble and BLS model is declared, so none gets Triton's "unexpected
+inference input": the engine step serves or refuses those in ENGINE_INPUT_NAMES (e.g. the CPU engine
+refuses `num_return_sequences` > 1 and `return_perf_metrics`), and `preprocessing` (or the front model)
+refuses those in UNSERVED_INPUTS, with the reason given there.
 """
 
 from __future__ import annotations
@@ -47,7 +56,49 @@ ENSEMBLE_INPUTS: tuple[TensorSpec, ...] = (
     _opt("return_log_probs", "TYPE_BOOL"),
     _opt("return_num_input_tokens", "TYPE_BOOL"),
     _opt("return_num_output_tokens", "TYPE_BOOL"),
+    _opt("num_return_sequences", "TYPE_INT32"),
+    _opt("length_penalty", "TYPE_FP32"),
+    _opt("return_perf_metrics", "TYPE_BOOL"),
 )
+
+_NO_LOGITS = "needs an engine built with gather_context_logits / gather_generation_logits, which ours are not"
+_TEXT_ONLY = "MentaLLaMA is a LLaMA-2 text model served without"
+# Inputs of upstream's ensemble / BLS model that no engine of ours serves: name -> (tensor, why refused).
+UNSERVED_INPUTS: dict[str, tuple[TensorSpec, str]] = {
+    "return_context_logits": (_opt("return_context_logits", "TYPE_BOOL"), f"context logits {_NO_LOGITS}"),
+    "return_generation_logits": (
+        _opt("return_generation_logits", "TYPE_BOOL"),
+        f"generation logits {_NO_LOGITS}",
+    ),
+    "embedding_bias_words": (_opt("embedding_bias_words", "TYPE_STRING", (-1,)), "embedding bias is not served"),
+    "embedding_bias_weights": (_opt("embedding_bias_weights", "TYPE_FP32", (-1,)), "embedding bias is not served"),
+    "num_draft_tokens": (_opt("num_draft_tokens", "TYPE_INT32"), f"{_TEXT_ONLY} a draft model"),
+    "use_draft_logits": (_opt("use_draft_logits", "TYPE_BOOL"), f"{_TEXT_ONLY} a draft model"),
+    "lora_task_id": (_opt("lora_task_id", "TYPE_UINT64"), f"{_TEXT_ONLY} LoRA adapters"),
+    "lora_weights": (_opt("lora_weights", "TYPE_FP16", (-1, -1)), f"{_TEXT_ONLY} LoRA adapters"),
+    "lora_config": (_opt("lora_config", "TYPE_INT32", (-1, 3)), f"{_TEXT_ONLY} LoRA adapters"),
+    "prompt_embedding_table": (_opt("prompt_embedding_table", "TYPE_FP16", (-1, -1)), f"{_TEXT_ONLY} p-tuning"),
+    "prompt_vocab_size": (_opt("prompt_vocab_size", "TYPE_INT32"), f"{_TEXT_ONLY} p-tuning"),
+    "prompt_table_extra_id": (_opt("prompt_table_extra_id", "TYPE_UINT64"), f"{_TEXT_ONLY} p-tuning"),
+    "guided_decoding_guide_type": (
+        _opt("guided_decoding_guide_type", "TYPE_STRING"),
+        "guided decoding is not served (no guided-decoding backend configured)",
+    ),
+    "guided_decoding_guide": (
+        _opt("guided_decoding_guide", "TYPE_STRING"),
+        "guided decoding is not served (no guided-decoding backend configured)",
+    ),
+    "decoder_text_input": (_opt("decoder_text_input", "TYPE_STRING"), f"{_TEXT_ONLY} an encoder-decoder model"),
+}
+
+
+# Declared by both entry models (after the served ones), so a request that sets one gets its reason.
+ENSEMBLE_INPUTS = (*ENSEMBLE_INPUTS, *(spec for spec, _ in UNSERVED_INPUTS.values()))
+
+
+def unserved_reason(name: str) -> str:
+    """The error for a request that sets an input of UNSERVED_INPUTS."""
+    return f"{name} is not supported: {UNSERVED_INPUTS[name][1]}"
 
 ENSEMBLE_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("text_output", "TYPE_STRING", (-1,)),
@@ -56,6 +107,24 @@ ENSEMBLE_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("batch_index", "TYPE_INT32", (1,)),
     TensorSpec("num_input_tokens", "TYPE_INT32", (1,)),
     TensorSpec("num_output_tokens", "TYPE_INT32", (1,)),
+    TensorSpec("sequence_index", "TYPE_INT32", (1,)),
+    TensorSpec("kv_cache_alloc_new_blocks", "TYPE_INT32", (1,)),
+    TensorSpec("kv_cache_reused_blocks", "TYPE_INT32", (1,)),
+    TensorSpec("kv_cache_alloc_total_blocks", "TYPE_INT32", (1,)),
+    TensorSpec("arrival_time_ns", "TYPE_INT64", (1,)),
+    TensorSpec("first_scheduled_time_ns", "TYPE_INT64", (1,)),
+    TensorSpec("first_token_time_ns", "TYPE_INT64", (1,)),
+    TensorSpec("last_token_time_ns", "TYPE_INT64", (1,)),
+    TensorSpec("acceptance_rate", "TYPE_FP32", (1,)),
+    TensorSpec("total_accepted_draft_tokens", "TYPE_INT32", (1,)),
+    TensorSpec("total_draft_tokens", "TYPE_INT32", (1,)),
+    # Declared so that a client asking for them gets the refusal of return_*_logits, not "unexpected output".
+    TensorSpec("context_logits", "TYPE_FP32", (-1, -1)),
+    TensorSpec("generation_logits", "TYPE_FP32", (-1, -1, -1)),
+)
+# Ensemble outputs taken from the engine step under the same name (the rest come from postprocessing).
+ENGINE_OUTPUT_NAMES: tuple[str, ...] = tuple(
+    spec.name for spec in ENSEMBLE_OUTPUTS if spec.name not in ("text_output", "context_logits", "generation_logits")
 )
 
 # Ensemble inputs that the engine step takes directly, under the `tensorrt_llm` model's names.
@@ -74,6 +143,9 @@ ENGINE_INPUT_NAMES: dict[str, str] = {
     "return_log_probs": "return_log_probs",
     "return_num_input_tokens": "return_num_input_tokens",
     "return_num_output_tokens": "return_num_output_tokens",
+    "num_return_sequences": "num_return_sequences",
+    "length_penalty": "len_penalty",
+    "return_perf_metrics": "return_perf_metrics",
 }
 
 

@@ -12,7 +12,14 @@ import string
 from collections.abc import Mapping
 from pathlib import Path
 
-from mentallama_server.interface import ENGINE_INPUT_NAMES, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, pbtxt_tensors
+from mentallama_server.interface import (
+    ENGINE_INPUT_NAMES,
+    ENGINE_OUTPUT_NAMES,
+    ENSEMBLE_INPUTS,
+    ENSEMBLE_OUTPUTS,
+    UNSERVED_INPUTS,
+    pbtxt_tensors,
+)
 from mentallama_server.paths import TEMPLATES, python_path
 
 SHARED_MODELS = ("ensemble", "preprocessing", "postprocessing", "mentallama")
@@ -30,10 +37,15 @@ def interface_values() -> dict[str, str]:
         f'      input_map {{ key: "{engine}" value: "{name}" }}'
         for name, engine in ENGINE_INPUT_NAMES.items()
     )
+    engine_outputs = "\n".join(f'      output_map {{ key: "{name}" value: "{name}" }}' for name in ENGINE_OUTPUT_NAMES)
+    unserved_map = "\n".join(f'      input_map {{ key: "{name}" value: "{name}" }}' for name in UNSERVED_INPUTS)
     return {
         "ensemble_inputs": pbtxt_tensors(ENSEMBLE_INPUTS),
         "ensemble_outputs": pbtxt_tensors(ENSEMBLE_OUTPUTS),
         "engine_passthrough_inputs": passthrough,
+        "engine_passthrough_outputs": engine_outputs,
+        "unserved_inputs": pbtxt_tensors(spec for spec, _ in UNSERVED_INPUTS.values()),
+        "unserved_input_map": unserved_map,
         "python_path": os.pathsep.join(python_path()),
     }
 

@@ -81,13 +81,14 @@ def test_wrong_data_type(cpu_server, model):
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_batch_of_texts_in_one_request_is_refused(cpu_server, model):
+def test_batch_whose_rows_disagree_is_refused(cpu_server, model):
+    """A batch of prompts is served (tests/server/test_trtllm_compat.py); its tensors must agree on N."""
     texts = grpcclient.InferInput("text_input", [2, 1], "BYTES")
     texts.set_data_from_numpy(np.array([[b"one"], [b"two"]], dtype=object))
-    tokens = grpcclient.InferInput("max_tokens", [2, 1], "INT32")
-    tokens.set_data_from_numpy(np.array([[4], [4]], dtype=np.int32))
+    tokens = grpcclient.InferInput("max_tokens", [1, 1], "INT32")
+    tokens.set_data_from_numpy(np.array([[4]], dtype=np.int32))
     message = _error_of(cpu_server.grpc_url, model, [texts, tokens])
-    assert "one" in message and "per request" in message
+    assert "batch size does not match" in message
     assert_still_serving(cpu_server.grpc_url, model)
 
 

@@ -19,12 +19,11 @@ class TritonPythonModel:
         for request in requests:
             tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()  # [batch, beam, len]
             lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()  # [batch, beam]
+            # Flat over (batch, beam), as TensorRT-LLM's postprocessing returns it: [1] for one sequence.
             texts = [
-                [
-                    self.decoder.decode(tokens[b, beam, : lengths[b, beam]]).encode("utf-8")
-                    for beam in range(tokens.shape[1])
-                ]
+                self.decoder.decode(tokens[b, beam, : lengths[b, beam]]).encode("utf-8")
                 for b in range(tokens.shape[0])
+                for beam in range(tokens.shape[1])
             ]
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", np.array(texts, dtype=object))]))
         return responses

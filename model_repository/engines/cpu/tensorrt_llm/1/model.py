@@ -17,7 +17,7 @@ import uuid
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import triton_python_backend_utils as pb_utils
 
-from mentallama_server.engine_step import ResponseAssembler, Utf8Boundary, parse_request, parse_stop
+from mentallama_server.engine_step import ResponseAssembler, Utf8Boundary, parse_batch, parse_stop
 from mentallama_server.ov_engine import OpenVinoEngine
 from mentallama_server.preprocess import Limits, RequestError
 from mentallama_server.text_tokenizer import TextTokenizer
@@ -46,20 +46,33 @@ INPUT_NAMES = (
     "stop",
     "return_num_input_tokens",
     "return_num_output_tokens",
+    "num_return_sequences",
+    "len_penalty",
+    "return_perf_metrics",
 )
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 WATCH_INTERVAL_S = 0.05
 
 
-class _Active:
-    """Per-request state; `done` guards the sender, which must not be touched after the final flag."""
+class _Request:
+    """One Triton request of N prompts (N generations) and its sender; `done` guards the sender, which must
+    not be touched after the final flag, sent with the last prompt's last response."""
 
-    def __init__(self, sender, assembler: ResponseAssembler, client_id: str) -> None:
+    def __init__(self, sender, prompts: int) -> None:
         self.sender = sender
-        self.assembler = assembler
-        self.client_id = client_id
+        self.remaining = prompts
         self.done = False
         self.lock = threading.Lock()
+
+
+class _Active:
+    """Per-generation state (one prompt of a request)."""
+
+    def __init__(self, request: _Request, assembler: ResponseAssembler, client_id: str) -> None:
+        self.request = request
+        self.sender = request.sender
+        self.assembler = assembler
+        self.client_id = client_id
 
 
 class TritonPythonModel:
@@ -130,23 +143,29 @@ class TritonPythonModel:
                 self._stop(client_id)
                 sender.send(flags=FINAL)
                 return
+            steps = parse_batch(inputs, f"{client_id}#{uuid.uuid4().hex}", self.limits)
             with self.active_lock:
                 pending = len(self.active)
-            if pending >= self.max_pending:
+            if pending + len(steps) > self.max_pending:
                 error = pb_utils.TritonError(
                     f"server overloaded: {pending} requests in flight (limit {self.max_pending}); retry later",
                     pb_utils.TritonError.UNAVAILABLE,
                 )
                 sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
                 return
-            step = parse_request(inputs, f"{client_id}#{uuid.uuid4().hex}", self.limits)
-            state = _Active(sender, ResponseAssembler(step, self.boundary), client_id)
+            group = _Request(sender, len(steps))
+            states = [_Active(group, ResponseAssembler(step, self.boundary), client_id) for step in steps]
             with self.active_lock:
-                self.active[step.generation.request_id] = state
-            self.engine.submit(step.generation, lambda event, s=state: self._on_event(s, event))
+                for step, state in zip(steps, states, strict=True):
+                    self.active[step.generation.request_id] = state
+            for step, state in zip(steps, states, strict=True):
+                self.engine.submit(step.generation, lambda event, s=state: self._on_event(s, event))
         except (RequestError, ValueError) as exc:
             with self.active_lock:
+                mine = [k for k, v in self.active.items() if v.sender is sender]
                 self.active = {k: v for k, v in self.active.items() if v.sender is not sender}
+            for rid in mine:  # prompts of this request already submitted
+                self.engine.cancel(rid)
             sender.send(
                 pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)),
                 flags=FINAL,
@@ -162,27 +181,39 @@ class TritonPythonModel:
             self.engine.cancel(rid)
 
     def _on_event(self, state: _Active, event):
-        with state.lock:
-            if state.done:
+        request = state.request
+        siblings = []
+        with request.lock:
+            if request.done:
                 return
             if event.error:
-                state.done = True
+                # An error ends the whole request (the final flag): its other prompts are stopped.
+                request.done = True
+                with self.active_lock:
+                    siblings = [rid for rid, s in self.active.items() if s.request is request]
                 with self.pb_lock:
                     error = pb_utils.TritonError(event.error)
                     state.sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
             else:
                 tensors = state.assembler.add(list(event.new_token_ids), event.log_probs, event.finished)
-                flags = FINAL if event.finished else 0
+                last = event.finished and request.remaining == 1
+                flags = FINAL if last else 0
                 with self.pb_lock:
                     if tensors is not None:
                         outputs = [pb_utils.Tensor(k, v) for k, v in tensors.items()]
                         state.sender.send(pb_utils.InferenceResponse(outputs), flags=flags)
-                    elif event.finished:
+                    elif last:
                         state.sender.send(flags=FINAL)
-                state.done = event.finished
-        if event.finished:
+                if event.finished:
+                    request.remaining -= 1
+                request.done = last
+        for rid in siblings:
+            if rid != event.request_id:
+                self.engine.cancel(rid)
+        if event.finished or event.error:
             with self.active_lock:
-                self.active.pop(event.request_id, None)
+                for rid in siblings or [event.request_id]:
+                    self.active.pop(rid, None)
 
     def _watch(self):
         while not self.stopping.wait(WATCH_INTERVAL_S):
@@ -195,8 +226,8 @@ class TritonPythonModel:
         with self.active_lock:
             items = list(self.active.items())
         for rid, state in items:
-            with state.lock, self.pb_lock:
-                cancelled = not state.done and state.sender.is_cancelled()
+            with state.request.lock, self.pb_lock:
+                cancelled = not state.request.done and state.sender.is_cancelled()
             if cancelled:
                 self.engine.cancel(rid)
         stats = self.engine.stats()
