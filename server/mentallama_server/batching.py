@@ -27,8 +27,7 @@ def batch_size(inputs: Inputs) -> int:
     wrong = sorted(name for name, size in sizes.items() if size != n)
     if wrong:
         raise RequestError(
-            f"every input needs one row per prompt ({n} prompts): {', '.join(wrong)} "
-            f"has {sizes[wrong[0]]} row(s)"
+            f"every input needs one row per prompt ({n} prompts): {', '.join(wrong)} has {sizes[wrong[0]]} row(s)"
         )
     if n < 1:
         raise RequestError("the request holds no prompt (batch of 0)")
@@ -37,6 +36,7 @@ def batch_size(inputs: Inputs) -> int:
 
 def split_batch(inputs: Inputs) -> list[dict[str, np.ndarray | None]]:
     """One mapping per prompt, each tensor sliced to its row (`[1, ...]`)."""
+
     def row(array: np.ndarray | None, i: int) -> np.ndarray | None:
         if array is None or np.asarray(array).ndim == 0:
             return array

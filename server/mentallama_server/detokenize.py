@@ -185,8 +185,10 @@ class IncrementalDetokenizer:
         *,
         max_held: int = DEFAULT_MAX_HELD,
         byte_of: Mapping[int, int] | None = None,
+        decoder: AnchoredDecoder | None = None,
     ) -> None:
-        self._decoder = AnchoredDecoder(tokenizer, skip_special_tokens)
+        # A server passes one `decoder` (and `byte_of`) for all requests: building them scans the vocabulary.
+        self._decoder = AnchoredDecoder(tokenizer, skip_special_tokens) if decoder is None else decoder
         self._byte_of = byte_token_map(tokenizer) if byte_of is None else byte_of
         self._max_held = max_held
         self._held: list[int] = []

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mentallama_server.batching import refuse_unserved, split_batch
 from mentallama_server.engine_step import parse_sampling
 from mentallama_server.interface import ENGINE_INPUT_NAMES, ENSEMBLE_INPUTS
 from mentallama_server.preprocess import Preprocessor, RequestError, scalar, to_word_list
@@ -50,6 +51,8 @@ class FrontRequest:
     return_num_input_tokens: bool
     return_num_output_tokens: bool
     passthrough: dict[str, np.ndarray] = field(default_factory=dict)
+    batch_index: int = 0
+    """Row of this prompt in a request of N prompts; sent back as `batch_index`."""
 
 
 def _flag(inputs: Mapping[str, np.ndarray | None], name: str) -> bool:
@@ -57,8 +60,19 @@ def _flag(inputs: Mapping[str, np.ndarray | None], name: str) -> bool:
     return bool(value) if value is not None else False
 
 
+def parse_front_batch(inputs: Mapping[str, np.ndarray | None], preprocessor: Preprocessor) -> list[FrontRequest]:
+    """A request of N prompts (`[N, 1]` tensors, `[1, 1]` for one): one FrontRequest per prompt, with its
+    `batch_index`, as TensorRT-LLM serves them; any bad prompt refuses the request (`RequestError`)."""
+    refuse_unserved(inputs)
+    fronts = [parse_front_request(item, preprocessor) for item in split_batch(inputs)]
+    for i, front in enumerate(fronts):
+        front.batch_index = i
+    return fronts
+
+
 def parse_front_request(inputs: Mapping[str, np.ndarray | None], preprocessor: Preprocessor) -> FrontRequest:
-    """Validate and tokenise; raises `RequestError` naming the bad field."""
+    """Validate and tokenise one prompt; raises `RequestError` naming the bad field."""
+    refuse_unserved(inputs)
     for name, array in inputs.items():
         if array is not None and np.asarray(array).ndim >= 1 and np.asarray(array).shape[0] != 1:
             raise RequestError(

@@ -72,7 +72,8 @@ def front():
         spec.loader.exec_module(module)
         model = module.TritonPythonModel()
         model.preprocessor = mock.MagicMock()
-        model.decoder = mock.MagicMock(decode=lambda ids: " x" * len(ids))
+        model.decoder = mock.MagicMock(raw=lambda ids: " x" * len(ids), first=lambda ids: " x" * len(ids))
+        model.byte_of = {}  # no byte-fallback tokens: every chunk decodes at once
         model.max_calls = 8
         model.stall_timeout_s = 0.3
         model.abandoned = 0

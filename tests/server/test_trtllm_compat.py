@@ -25,7 +25,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 pytestmark = pytest.mark.server
-MODEL = "ensemble"
+MODELS = ("ensemble", "mentallama")  # upstream's client takes ensemble or tensorrt_llm_bls: mentallama is ours
 PROMPTS = ["Hello world", "Question: does the poster suffer from stress?", "Exams next week and I cannot sleep"]
 MAX_TOKENS = 24
 
@@ -50,7 +50,7 @@ class Outcome:
     results: list = field(default_factory=list)
 
 
-def run(url: str, inputs: dict[str, np.ndarray], outputs: list[str], *, stream: bool, model: str = MODEL) -> Outcome:
+def run(url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str], *, stream: bool) -> Outcome:
     """One request on one gRPC stream, parsed as the end-to-end client parses it."""
     tensors = []
     for name, array in inputs.items():
@@ -94,78 +94,83 @@ def url(cpu_server) -> str:
     return cpu_server.grpc_url
 
 
+@pytest.fixture(scope="module", params=MODELS)
+def model(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def whole(url: str) -> dict[str, str]:
+def whole(url: str, model: str) -> dict[str, str]:
     """Non-streamed greedy answers of each prompt, prompt included (exclude_input_in_output false)."""
     out = {}
     for prompt in PROMPTS:
-        outcome = run(url, upstream_inputs(prompt, stream=False), ["text_output"], stream=False)
+        outcome = run(url, model, upstream_inputs(prompt, stream=False), ["text_output"], stream=False)
         assert outcome.errors == []
         out[prompt] = outcome.texts[0]
     return out
 
 
-def test_text_output_is_flat_as_upstream(url: str, whole: dict[str, str]) -> None:
-    outcome = run(url, upstream_inputs(PROMPTS[0], stream=False), ["text_output"], stream=False)
+def test_text_output_is_flat_as_upstream(url: str, model: str, whole: dict[str, str]) -> None:
+    outcome = run(url, model, upstream_inputs(PROMPTS[0], stream=False), ["text_output"], stream=False)
     shapes = [r.as_numpy("text_output").shape for r in outcome.results if r.as_numpy("text_output") is not None]
     assert shapes == [(1,)]
     for prompt, text in whole.items():
         assert text.startswith(prompt) and len(text) > len(prompt)
 
 
-def test_streaming_chunks_are_the_continuation(url: str, whole: dict[str, str]) -> None:
+def test_streaming_chunks_are_the_continuation(url: str, model: str, whole: dict[str, str]) -> None:
     for prompt in PROMPTS:
-        outcome = run(url, upstream_inputs(prompt, stream=True), ["text_output"], stream=True)
+        outcome = run(url, model, upstream_inputs(prompt, stream=True), ["text_output"], stream=True)
         assert outcome.errors == []
         assert len([r for r in outcome.results if r.as_numpy("text_output") is not None]) > 1
         assert prompt + outcome.texts[0] == whole[prompt]
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_batch_inputs(url: str, whole: dict[str, str], stream: bool) -> None:
+def test_batch_inputs(url: str, model: str, whole: dict[str, str], stream: bool) -> None:
     batch = stacked([upstream_inputs(p, stream=stream) for p in PROMPTS])
     assert batch["text_input"].shape == (3, 1)
-    outcome = run(url, batch, ["text_output", "batch_index"], stream=stream)
+    outcome = run(url, model, batch, ["text_output", "batch_index"], stream=stream)
     assert outcome.errors == []
     assert sorted(outcome.texts) == [0, 1, 2]
     for i, prompt in enumerate(PROMPTS):
         assert (prompt + outcome.texts[i] if stream else outcome.texts[i]) == whole[prompt]
 
 
-def test_batch_with_a_bad_prompt_is_refused_whole(url: str) -> None:
+def test_batch_with_a_bad_prompt_is_refused_whole(url: str, model: str) -> None:
     batch = stacked([upstream_inputs(p, stream=False) for p in PROMPTS[:2]])
     batch["max_tokens"] = np.array([[MAX_TOKENS], [0]], dtype=np.int32)
-    outcome = run(url, batch, ["text_output", "batch_index"], stream=False)
+    outcome = run(url, model, batch, ["text_output", "batch_index"], stream=False)
     assert len(outcome.errors) == 1 and "max_tokens" in outcome.errors[0] and outcome.texts == {}
 
 
-def test_penalties_stop_words_and_exclude_input(url: str, whole: dict[str, str]) -> None:
+def test_penalties_stop_words_and_exclude_input(url: str, model: str, whole: dict[str, str]) -> None:
     prompt = PROMPTS[1]
     penalties = {
         "repetition_penalty": np.array([[1.1]], dtype=np.float32),
         "presence_penalty": np.array([[0.2]], dtype=np.float32),
         "frequency_penalty": np.array([[0.2]], dtype=np.float32),
     }
-    outcome = run(url, upstream_inputs(prompt, stream=False, **penalties), ["text_output"], stream=False)
+    outcome = run(url, model, upstream_inputs(prompt, stream=False, **penalties), ["text_output"], stream=False)
     assert outcome.errors == [] and outcome.texts[0].startswith(prompt)
 
     continuation = whole[prompt][len(prompt) :]
     word = continuation.split()[len(continuation.split()) // 2]
     stop = {"stop_words": np.array([[word]], dtype=object)}
-    outcome = run(url, upstream_inputs(prompt, stream=False, **stop), ["text_output"], stream=False)
+    outcome = run(url, model, upstream_inputs(prompt, stream=False, **stop), ["text_output"], stream=False)
     assert outcome.errors == []
     stopped = outcome.texts[0]
     assert whole[prompt].startswith(stopped) and len(stopped) < len(whole[prompt]) and stopped.endswith(word)
 
     exclude = {"exclude_input_in_output": np.array([[True]], dtype=bool)}
-    outcome = run(url, upstream_inputs(prompt, stream=False, **exclude), ["text_output"], stream=False)
+    outcome = run(url, model, upstream_inputs(prompt, stream=False, **exclude), ["text_output"], stream=False)
     assert outcome.texts[0] == continuation
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_return_log_probs(url: str, stream: bool) -> None:
+def test_return_log_probs(url: str, model: str, stream: bool) -> None:
     inputs = upstream_inputs(PROMPTS[0], stream=stream, return_log_probs=np.array([[True]], dtype=bool))
-    outcome = run(url, inputs, ["text_output", "cum_log_probs", "output_log_probs"], stream=stream)
+    outcome = run(url, model, inputs, ["text_output", "cum_log_probs", "output_log_probs"], stream=stream)
     assert outcome.errors == []
     with_text = [r for r in outcome.results if r.as_numpy("text_output") is not None]
     cum = with_text[-1].as_numpy("cum_log_probs")
@@ -203,25 +208,27 @@ REFUSED = [
 
 @pytest.mark.parametrize(("extra", "outputs", "reason"), REFUSED, ids=[next(iter(r[0])) for r in REFUSED])
 def test_what_the_cpu_engine_cannot_do_is_refused_with_its_reason(
-    url: str, extra: dict[str, np.ndarray], outputs: list[str], reason: str
+    url: str, model: str, extra: dict[str, np.ndarray], outputs: list[str], reason: str
 ) -> None:
-    outcome = run(url, upstream_inputs(PROMPTS[0], stream=False, **extra), ["text_output", *outputs], stream=False)
+    outcome = run(
+        url, model, upstream_inputs(PROMPTS[0], stream=False, **extra), ["text_output", *outputs], stream=False
+    )
     assert len(outcome.errors) == 1, outcome
     assert reason in outcome.errors[0]
     assert "unexpected inference" not in outcome.errors[0]
 
 
-def test_false_flags_ask_for_nothing(url: str, whole: dict[str, str]) -> None:
+def test_false_flags_ask_for_nothing(url: str, model: str, whole: dict[str, str]) -> None:
     """Clients send `return_context_logits: false` and the like by default: served as if absent."""
     off = {
         name: np.array([[False]], dtype=bool)
         for name in ("return_context_logits", "return_generation_logits", "return_perf_metrics")
     }
-    outcome = run(url, upstream_inputs(PROMPTS[0], stream=False, **off), ["text_output"], stream=False)
+    outcome = run(url, model, upstream_inputs(PROMPTS[0], stream=False, **off), ["text_output"], stream=False)
     assert outcome.errors == [] and outcome.texts[0] == whole[PROMPTS[0]]
 
 
-def test_vllm_trt_llm_benchmark_request(cpu_server, whole: dict[str, str]) -> None:
+def test_vllm_trt_llm_benchmark_request(cpu_server, model: str, whole: dict[str, str]) -> None:
     """vLLM's `tensorrt-llm` backend: generate_stream with accumulate_tokens, greedy by temperature 0."""
     prompt = PROMPTS[2]
     payload = {
@@ -233,7 +240,7 @@ def test_vllm_trt_llm_benchmark_request(cpu_server, whole: dict[str, str]) -> No
         "stream": True,
     }
     request = urllib.request.Request(
-        f"{cpu_server.http_url}/v2/models/{MODEL}/generate_stream",
+        f"{cpu_server.http_url}/v2/models/{model}/generate_stream",
         data=json.dumps(payload).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",

@@ -1,9 +1,11 @@
 """Front model with the ensemble's interface: tokenise -> `tensorrt_llm` (BLS, streaming) -> text.
 
-Each request runs in a worker thread that streams the engine's chunks; chunks end on UTF-8
-boundaries (the engine step guarantees it) and are decoded behind an anchor, so streamed text
-concatenates to exactly the non-streamed text. A watcher thread notices cancelled clients and sends
-the engine a `stop` request for them, which Triton 2.51 would not forward by itself.
+Each request runs in a worker thread that streams the engine's chunks (a request of N prompts runs N, one
+per prompt, sharing the client's sender). Each call decodes its chunks incrementally behind an anchor
+(`detokenize.IncrementalDetokenizer`): the C++ engine ends chunks anywhere, even inside the byte-fallback
+tokens of one character, so a character's bytes are held back until it is complete; streamed text never
+carries a partial character and concatenates to exactly the non-streamed text. A watcher thread notices
+cancelled clients and sends the engine a `stop` request for them, which Triton 2.51 would not forward by itself.
 
 Every call into `pb_utils` (building, sending and reading tensors and responses, `is_cancelled`) holds one
 lock; issuing a BLS request and waiting for the engine's next response do not (both wait on the engine).
@@ -37,6 +39,7 @@ import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from mentallama_server.detokenize import AnchoredDecoder, IncrementalDetokenizer, byte_token_map
 from mentallama_server.front import (
     ENGINE_ERROR_OUTPUT,
     ERRORS_IN_BAND,
@@ -44,9 +47,8 @@ from mentallama_server.front import (
     FrontRequest,
     engine_declares_output,
     engine_inputs,
-    parse_front_request,
+    parse_front_batch,
 )
-from mentallama_server.postprocess import ChunkDecoder
 from mentallama_server.preprocess import Limits, Preprocessor, RequestError
 from mentallama_server.text_tokenizer import load_tokenizer
 from mentallama_server.triton_params import get_parameter, parse_model_config
@@ -75,10 +77,42 @@ def _engine_error(error):
     return _error(message, error.code())
 
 
+class _BatchSender:
+    """The response sender of a request of N prompts, shared by its N calls (one per prompt, as TensorRT-LLM
+    serves `[N, 1]` requests): a call's final response goes out without the final flag until the last call
+    ends; an error ends the whole request, and the watcher then stops the other calls (`is_cancelled`)."""
+
+    def __init__(self, sender, prompts: int) -> None:
+        self.sender = sender
+        self.remaining = prompts
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def send(self, response=None, flags=0):
+        with self.lock:
+            if self.closed:
+                return
+            if flags & FINAL:
+                self.remaining -= 1
+                if self.remaining == 0 or (response is not None and response.has_error()):
+                    self.closed = True
+                else:
+                    flags = 0
+            if response is not None:
+                self.sender.send(response, flags=flags)
+            elif flags:
+                self.sender.send(flags=flags)
+
+    def is_cancelled(self):
+        return self.closed or self.sender.is_cancelled()
+
+
 class _Call:
     def __init__(self, sender, engine_id: str) -> None:
         self.sender = sender
         self.engine_id = engine_id
+        self.detokenizer = None  # IncrementalDetokenizer of this call's output, set when it starts
+        self.pending_log_probs: list[float] = []  # of tokens whose text is held back (partial character)
         self.cancelled = False
         self.done = False
         self.stalled = False
@@ -93,7 +127,10 @@ class TritonPythonModel:
         tokenizer = load_tokenizer(get_parameter(config, "tokenizer_dir", str))
         limits = Limits(get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int))
         self.preprocessor = Preprocessor(tokenizer, limits)
-        self.decoder = ChunkDecoder(tokenizer)
+        # Engine chunks are decoded incrementally per call: the C++ engine ends chunks anywhere, even inside
+        # the byte-fallback tokens of one character; held back until the character is complete.
+        self.decoder = AnchoredDecoder(tokenizer, skip_special_tokens=True)
+        self.byte_of = byte_token_map(tokenizer)
         self.max_calls = get_parameter(config, "max_concurrent_requests", int)
         self.stall_timeout_s = get_parameter(config, "engine_stall_timeout_s", float, ENGINE_STALL_TIMEOUT_S)
         self.abandoned = 0  # worker threads left blocked on an engine response that was lost
@@ -119,20 +156,23 @@ class TritonPythonModel:
                 for name in INPUT_NAMES:
                     tensor = pb_utils.get_input_tensor_by_name(request, name)
                     inputs[name] = None if tensor is None else tensor.as_numpy()
-                front = parse_front_request(inputs, self.preprocessor)
+                fronts = parse_front_batch(inputs, self.preprocessor)  # one per prompt of [N, 1]
             except RequestError as exc:
                 sender.send(_error(str(exc)), flags=FINAL)
                 continue
-            call = _Call(sender, f"{request.request_id()}#{uuid.uuid4().hex}")
-            with self.calls_lock:
-                busy = len(self.calls) >= self.max_calls
-                if not busy:
-                    self.calls[call.engine_id] = call
-            if busy:
-                message = f"server overloaded: {self.max_calls} requests in flight; retry later"
-                sender.send(_error(message, pb_utils.TritonError.UNAVAILABLE), flags=FINAL)
-                continue
-            threading.Thread(target=self._run, args=(call, front), name="front-call", daemon=True).start()
+            if len(fronts) > 1:
+                sender = _BatchSender(sender, len(fronts))
+            for front in fronts:
+                call = _Call(sender, f"{request.request_id()}#{uuid.uuid4().hex}")
+                with self.calls_lock:
+                    busy = len(self.calls) >= self.max_calls
+                    if not busy:
+                        self.calls[call.engine_id] = call
+                if busy:  # ends the request; calls of its earlier prompts are stopped by the watcher
+                    message = f"server overloaded: {self.max_calls} requests in flight; retry later"
+                    sender.send(_error(message, pb_utils.TritonError.UNAVAILABLE), flags=FINAL)
+                    break
+                threading.Thread(target=self._run, args=(call, front), name="front-call", daemon=True).start()
 
     def _run(self, call: _Call, front: FrontRequest):
         try:
@@ -175,6 +215,9 @@ class TritonPythonModel:
             self.retired.popleft()
 
     def _stream(self, call: _Call, front: FrontRequest, responses):
+        call.detokenizer = IncrementalDetokenizer(
+            self.preprocessor.tokenizer, front.input_ids, byte_of=self.byte_of, decoder=self.decoder
+        )
         texts: list[str] = []
         log_probs: list[float] = []
         cum_log_prob = 0.0
@@ -212,7 +255,7 @@ class TritonPythonModel:
             return 0.0, 0
         lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy()
         ids = ids_tensor.as_numpy()[0, 0, : int(lengths.reshape(-1)[0])]
-        text = self.decoder.decode(ids)
+        text = call.detokenizer.add([int(i) for i in ids])  # "" while a character's bytes are incomplete
         cum_log_prob, chunk_lp = 0.0, None
         if front.return_log_probs:
             cum_log_prob = float(
@@ -220,7 +263,10 @@ class TritonPythonModel:
             )
             chunk_lp = pb_utils.get_output_tensor_by_name(response, "output_log_probs").as_numpy().reshape(-1)
             log_probs.extend(chunk_lp.tolist())
+            call.pending_log_probs.extend(chunk_lp.tolist())
         if front.stream and text and not call.cancelled:
+            chunk_lp = call.pending_log_probs if front.return_log_probs else None
+            call.pending_log_probs = []
             self._send(call, self._response(front, text, chunk_lp, cum_log_prob, None), 0)
         else:
             texts.append(text)
@@ -230,19 +276,22 @@ class TritonPythonModel:
         if call.cancelled:
             self._finish(call, None)
             return
+        rest = call.detokenizer.flush() if call.detokenizer is not None else ""
         if front.stream:
-            final = self._response(front, "", [] if front.return_log_probs else None, cum_log_prob, num_output)
+            lp = call.pending_log_probs if front.return_log_probs else None
+            final = self._response(front, rest, lp, cum_log_prob, num_output)
         else:
-            text = "".join(texts)
+            text = "".join(texts) + rest
             if not front.exclude_input_in_output:
-                text = self.decoder.decode([self.preprocessor.tokenizer.bos_token_id, *front.input_ids]) + text
+                text = self.decoder.first([self.preprocessor.tokenizer.bos_token_id, *front.input_ids]) + text
             final = self._response(front, text, log_probs if front.return_log_probs else None, cum_log_prob, num_output)
         self._finish(call, final)
 
     def _response(self, front: FrontRequest, text: str, log_probs, cum_log_prob: float, num_output: int | None):
         tensors = [
-            pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=object)),
-            pb_utils.Tensor("batch_index", np.array([[0]], dtype=np.int32)),
+            # flat, one string per (prompt, sequence): [1], as TensorRT-LLM's postprocessing returns it
+            pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=object)),
+            pb_utils.Tensor("batch_index", np.array([[front.batch_index]], dtype=np.int32)),
         ]
         if log_probs is not None:
             lp = np.asarray(log_probs, dtype=np.float32).reshape(1, 1, -1)
