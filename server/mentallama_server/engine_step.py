@@ -55,16 +55,19 @@ def parse_sampling(inputs: Inputs) -> Sampling:
     beam_width = _value(inputs, "beam_width", int, 1)
     if beam_width != 1:
         raise RequestError(f"beam_width must be 1 on the CPU profile (no beam search), got {beam_width}")
+    # Also the front model's rules on every profile: it relays neither sequence_index nor the perf metrics.
     sequences = _value(inputs, "num_return_sequences", int, 1)
     if sequences != 1:
         raise RequestError(
-            f"num_return_sequences must be 1 here (one sequence per prompt; send the prompt several times "
-            f"with different seeds instead), got {sequences}"
+            f"num_return_sequences must be 1, got {sequences}: the CPU engine and the `mentallama` model return "
+            "one sequence per prompt (the `ensemble` on the GPU profile serves more; or send the prompt several "
+            "times with different seeds)"
         )
     if _value(inputs, "return_perf_metrics", bool, False):
         raise RequestError(
-            "return_perf_metrics is not supported here: the CPU engine (OpenVINO GenAI) does not report "
-            "per-request KV-cache blocks or scheduling times; Triton's metrics endpoint has the engine's counters"
+            "return_perf_metrics is not supported: the CPU engine (OpenVINO GenAI) reports no per-request "
+            "KV-cache blocks or scheduling times and the `mentallama` model does not relay them (the `ensemble` "
+            "on the GPU profile serves them; Triton's metrics endpoint has the CPU engine's counters)"
         )
     # len_penalty (length_penalty) only scores beams in beam search: with beam_width 1 TensorRT-LLM ignores
     # it too, so it is accepted and has no effect.
