@@ -54,10 +54,10 @@ REFUSALS = [
     ("top_p 0", _with(number("top_p", "FP32", 0.0)), "top_p"),
     ("negative temperature", _with(number("temperature", "FP32", -1.0)), "temperature"),
     ("negative top_k", _with(number("top_k", "INT32", -1)), "top_k"),
-    (
-        "batch of two texts",
-        [text("text_input", "one", "two", shape=(2, 1)), number("max_tokens", "INT32", 4, 4, shape=(2, 1))],
-        "per request",
+    (  # a batch of prompts is served (issue 12); one bad prompt refuses the whole request
+        "batch with a bad second prompt",
+        [text("text_input", "one", "two", shape=(2, 1)), number("max_tokens", "INT32", 4, 0, shape=(2, 1))],
+        "max_tokens",
     ),
     # Shapes, types and sizes: Triton's core checks, before any model runs.
     ("text_input without batch dim", _with(text("text_input", "Hello", shape=(1,))), "text_input"),
