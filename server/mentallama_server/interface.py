@@ -89,6 +89,20 @@ UNSERVED_INPUTS: dict[str, tuple[TensorSpec, str]] = {
         "guided decoding is not served (no guided-decoding backend configured)",
     ),
     "decoder_text_input": (_opt("decoder_text_input", "TYPE_STRING"), f"{_TEXT_ONLY} an encoder-decoder model"),
+    "lookahead_window_size": (_opt("lookahead_window_size", "TYPE_INT32"), f"{_TEXT_ONLY} lookahead decoding"),
+    "lookahead_ngram_size": (_opt("lookahead_ngram_size", "TYPE_INT32"), f"{_TEXT_ONLY} lookahead decoding"),
+    "lookahead_verification_set_size": (
+        _opt("lookahead_verification_set_size", "TYPE_INT32"),
+        f"{_TEXT_ONLY} lookahead decoding",
+    ),
+    "return_kv_cache_reuse_stats": (
+        _opt("return_kv_cache_reuse_stats", "TYPE_BOOL"),
+        "KV-cache reuse statistics are not reported per request",
+    ),
+    "image_input": (_opt("image_input", "TYPE_FP16", (3, -1, -1)), f"{_TEXT_ONLY} a vision encoder"),
+    "image_bytes_input": (_opt("image_bytes_input", "TYPE_UINT8", (-1, -1, -1, -1)), f"{_TEXT_ONLY} a vision encoder"),
+    "image_url_input": (_opt("image_url_input", "TYPE_STRING"), f"{_TEXT_ONLY} a vision encoder"),
+    "video_bytes_input": (_opt("video_bytes_input", "TYPE_UINT8", (-1, -1, -1, -1)), f"{_TEXT_ONLY} a vision encoder"),
 }
 
 

@@ -203,6 +203,8 @@ REFUSED = [
         "embedding bias",
     ),
     ({"guided_decoding_guide_type": np.array([["json"]], dtype=object)}, [], "guided decoding"),
+    ({"image_url_input": np.array([["http://x/y.png"]], dtype=object)}, [], "vision encoder"),
+    ({"lookahead_window_size": np.array([[4]], dtype=np.int32)}, [], "lookahead decoding"),
 ]
 
 
