@@ -13,6 +13,7 @@
 #   --gpus LIST           CUDA_VISIBLE_DEVICES inside the container (default: inherited)
 #   --bind DIR            folder bound at the same path (repeat: engine dir, tokenizer dir, ...)
 #   --shm-prefix NAME     Python-backend shared-memory prefix, distinct per server on a node
+#   --shm-pool-mib MIB    Python-backend pool per model instance, allocated whole (default 16, as mentallama-serve)
 #   --log-file FILE       Triton log file (rank 0)
 #   --dry-run             print the container command instead of running it
 set -euo pipefail
@@ -28,6 +29,7 @@ GRPC_PORT=8001
 METRICS_PORT=8002
 GPUS=${CUDA_VISIBLE_DEVICES:-}
 SHM_PREFIX=prefix
+SHM_POOL_MIB=16
 LOG_FILE=""
 DRY_RUN=0
 BINDS=()
@@ -49,6 +51,7 @@ while (($#)); do
     --gpus) GPUS=$2; shift 2 ;;
     --bind) BINDS+=("$2"); shift 2 ;;
     --shm-prefix) SHM_PREFIX=$2; shift 2 ;;
+    --shm-pool-mib) SHM_POOL_MIB=$2; shift 2 ;;
     --log-file) LOG_FILE=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h | --help) usage 0 ;;
@@ -77,7 +80,7 @@ fi
 CONTAINER+=("$IMAGE")
 
 GEN=(python3 -m mentallama_server.trtllm_profile mpi-command --print0
-  --world-size "$WORLD_SIZE" --model-repo "$MODEL_REPO" --shm-prefix "$SHM_PREFIX"
+  --world-size "$WORLD_SIZE" --model-repo "$MODEL_REPO" --shm-prefix "$SHM_PREFIX" --shm-pool-mib "$SHM_POOL_MIB"
   --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT")
 if [[ -n $LOG_FILE ]]; then
   GEN+=(--log-file "$LOG_FILE")
