@@ -61,7 +61,7 @@ ENSEMBLE_INPUTS: tuple[TensorSpec, ...] = (
     _opt("return_perf_metrics", "TYPE_BOOL"),
 )
 
-_NO_LOGITS = "needs an engine built with gather_context_logits / gather_generation_logits, which ours are not"
+_NO_LOGITS = "need an engine built with gather_context_logits / gather_generation_logits, which ours are not"
 _TEXT_ONLY = "MentaLLaMA is a LLaMA-2 text model served without"
 # Inputs of upstream's ensemble / BLS model that no engine of ours serves: name -> (tensor, why refused).
 UNSERVED_INPUTS: dict[str, tuple[TensorSpec, str]] = {
