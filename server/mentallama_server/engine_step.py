@@ -118,6 +118,8 @@ def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepReques
     if not 0 < max_new <= limits.max_output_len:
         raise RequestError(f"max_tokens must be in [1, {limits.max_output_len}], got {max_new}")
     sampling = parse_sampling(inputs)
+    if sampling.min_tokens > max_new:
+        raise RequestError(f"min_tokens ({sampling.min_tokens}) must not exceed max_tokens ({max_new})")
     seed = scalar(inputs.get("seed"), "seed")
     generation = GenerationRequest(
         request_id=request_id,
@@ -125,7 +127,7 @@ def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepReques
         max_new_tokens=max_new,
         end_id=_value(inputs, "end_id", int, None),
         pad_id=_value(inputs, "pad_id", int, None),
-        min_new_tokens=min(sampling.min_tokens, max_new),
+        min_new_tokens=sampling.min_tokens,
         temperature=sampling.temperature,
         top_k=sampling.top_k,
         top_p=sampling.top_p,

@@ -11,13 +11,17 @@ the Python-backend stub of Triton 2.51 crashed (segfault in `send`) when the exe
 dispatcher thread sent responses at the same moment.
 """
 
+import json
 import threading
 import uuid
 
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mentallama_server.engine_step import ResponseAssembler, Utf8Boundary, parse_batch, parse_stop
+from mentallama_server.front import ENGINE_ERROR_OUTPUT as ERROR_OUTPUT
+from mentallama_server.front import ERRORS_IN_BAND
 from mentallama_server.ov_engine import OpenVinoEngine
 from mentallama_server.preprocess import Limits, RequestError
 from mentallama_server.text_tokenizer import TextTokenizer
@@ -54,14 +58,24 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 WATCH_INTERVAL_S = 0.05
 
 
+def _asks_errors_in_band(request) -> bool:
+    """The front model's request parameter: end a failure after output with an `error_message` response."""
+    try:
+        return json.loads(request.parameters() or "{}").get(ERRORS_IN_BAND) is True
+    except ValueError:
+        return False
+
+
 class _Request:
     """One Triton request of N prompts (N generations) and its sender; `done` guards the sender, which must
     not be touched after the final flag, sent with the last prompt's last response."""
 
-    def __init__(self, sender, prompts: int) -> None:
+    def __init__(self, sender, prompts: int, errors_in_band: bool) -> None:
         self.sender = sender
         self.remaining = prompts
         self.done = False
+        self.errors_in_band = errors_in_band
+        self.sent_output = False
         self.lock = threading.Lock()
 
 
@@ -153,7 +167,7 @@ class TritonPythonModel:
                 )
                 sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
                 return
-            group = _Request(sender, len(steps))
+            group = _Request(sender, len(steps), _asks_errors_in_band(request))
             states = [_Active(group, ResponseAssembler(step, self.boundary), client_id) for step in steps]
             with self.active_lock:
                 for step, state in zip(steps, states, strict=True):
@@ -192,8 +206,14 @@ class TritonPythonModel:
                 with self.active_lock:
                     siblings = [rid for rid, s in self.active.items() if s.request is request]
                 with self.pb_lock:
-                    error = pb_utils.TritonError(event.error)
-                    state.sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+                    if request.errors_in_band and request.sent_output:
+                        # Triton 2.51 loses an error response that follows a normal one on a BLS stream: the
+                        # front model asked for the cause as an output of a final response instead.
+                        message = np.array([[event.error.encode("utf-8")]], dtype=object)
+                        response = pb_utils.InferenceResponse([pb_utils.Tensor(ERROR_OUTPUT, message)])
+                    else:
+                        response = pb_utils.InferenceResponse(error=pb_utils.TritonError(event.error))
+                    state.sender.send(response, flags=FINAL)
             else:
                 tensors = state.assembler.add(list(event.new_token_ids), event.log_probs, event.finished)
                 last = event.finished and request.remaining == 1
@@ -202,6 +222,7 @@ class TritonPythonModel:
                     if tensors is not None:
                         outputs = [pb_utils.Tensor(k, v) for k, v in tensors.items()]
                         state.sender.send(pb_utils.InferenceResponse(outputs), flags=flags)
+                        request.sent_output = True
                     elif last:
                         state.sender.send(flags=FINAL)
                 if event.finished:
