@@ -78,14 +78,17 @@ async def _closing(backend: Backend, work: Any) -> Any:
         await backend.close()
 
 
-def authors_way(checkpoint: Path, prompts: list[str], output_len: int) -> dict[str, Any]:
-    """transformers `generate()`, static batches of 8, left padding, greedy, exactly `output_len` new tokens."""
+def authors_way(checkpoint: Path, prompts: list[str], output_len: int, dtype: str = "auto") -> dict[str, Any]:
+    """transformers `generate()`, static batches of 8, left padding, greedy, exactly `output_len` new tokens.
+
+    `dtype` "auto" loads the checkpoint's own (bfloat16 for `bench`); "float32" is often faster on CPUs."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, padding_side="left")
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.unk_token
-    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+    model = model.eval()
     tokens = 0
     started = time.perf_counter()
     with torch.no_grad():
@@ -163,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--weight-formats", default="int8,fp16")
     parser.add_argument("--skip-authors", action="store_true", help="leave out the transformers baseline")
+    parser.add_argument("--authors-dtype", default="auto", help="auto (the checkpoint's), float32 or bfloat16")
     parser.add_argument("--footprint", action="store_true", help="also measure the tiny server's start and RSS")
     parser.add_argument("--output", type=Path, default=Path("results/cpu_engine_bench.json"))
     args = parser.parse_args(argv)
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(samples)} IMHI queries, {args.output_len} new tokens each, {checkpoint.name}", flush=True)
     report: dict[str, Any] = {"model": checkpoint.name, "queries": len(samples), "output_len": args.output_len}
     if not args.skip_authors:
-        report["authors"] = authors_way(checkpoint, [s.prompt for s in samples], args.output_len)
+        report["authors"] = authors_way(checkpoint, [s.prompt for s in samples], args.output_len, args.authors_dtype)
         print(f"  authors' way (generate, batches of 8): {report['authors']['tok_s']:.1f} tok/s", flush=True)
     report["formats"] = {
         fmt: measure_format(checkpoint, fmt, samples, concurrencies) for fmt in args.weight_formats.split(",")
