@@ -60,7 +60,7 @@ def test_server_killed_mid_stream_raises_a_retryable_error_with_the_request_id(r
     assert error.request_id == "killed-1" and error.status is grpc.StatusCode.UNAVAILABLE
     assert RetryPolicy().retryable(error, responses_received=0)  # a transient failure, not a refusal
     with MentaLLaMAClient(other.grpc_url, timeout=60) as client:
-        reference = client.generate("Tell me a story", max_tokens=64, stream=True).text
+        reference = client.generate("Tell me a story", max_tokens=1000, min_tokens=1000, stream=True).text
     partial = "".join(seen)
     assert len(seen) >= 3 and reference.startswith(partial)  # nothing repeated, nothing re-sent
 
