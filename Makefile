@@ -39,7 +39,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 bench: setup
-	$(BIN)/python benchmarks/serving_overhead.py --model bench --concurrency 1,4,16
+	$(BIN)/python benchmarks/cpu_engine_bench.py --model bench --imhi-dir ../shared/imhi --weight-formats int8,fp16
 
 clean:
 	rm -rf artifacts/runs .pytest_cache
