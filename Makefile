@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-MODEL  ?= tiny
+MODEL  ?= nano
 PYTEST_ARGS ?=
 
 .PHONY: setup run serve test lint checkpoints bench clean

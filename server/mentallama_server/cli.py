@@ -13,7 +13,14 @@ import typer
 
 from mentallama_server.launcher import LaunchError, ServerOptions, TritonProcess, read_admin_key
 from mentallama_server.render import RenderError
-from mentallama_server.serve import CheckpointError, new_run_dir, render_cpu, resolve_checkpoint, start_cpu_server
+from mentallama_server.serve import (
+    DEFAULT_CHECKPOINT,
+    CheckpointError,
+    new_run_dir,
+    render_cpu,
+    resolve_checkpoint,
+    start_cpu_server,
+)
 from mentallama_server.settings import CpuSettings
 
 try:  # click's plain help: wrapped to the terminal, nothing cut to "…" (the helper lives with the SDK's CLI)
@@ -47,7 +54,9 @@ def serve(
     profile: Annotated[str, typer.Option(help="cpu (OpenVINO engine) or trtllm (TensorRT-LLM)")] = "cpu",
     checkpoint: Annotated[
         str | None,
-        typer.Option(help="cpu: tiny, bench (built if missing) or a LLaMA-2 HF folder [default: tiny]"),
+        typer.Option(
+            help="cpu: nano (shipped, trained), tiny, bench (built if missing) or a LLaMA-2 HF folder [default: nano]"
+        ),
     ] = None,
     model: Annotated[
         str | None,
@@ -171,11 +180,11 @@ def serve(
         if profile == "cpu":
             settings = CpuSettings(**{f.name: given[f.name] for f in fields(CpuSettings) if f.name in given})
             if render is not None:
-                checkpoint = resolve_checkpoint(model or "tiny") if model or engine is None else None
+                checkpoint = resolve_checkpoint(model or DEFAULT_CHECKPOINT) if model or engine is None else None
                 typer.echo(f"rendered the cpu profile to {render_cpu(checkpoint, settings, render, engine)}")
                 return
             if model is None and engine is None:
-                model = "tiny"
+                model = DEFAULT_CHECKPOINT
             server = start_cpu_server(model, settings, opts, run_dir, ready_timeout, engine)
         elif profile == "trtllm":
             from mentallama_server.serve_trtllm import render_checked, start_trtllm_server
@@ -197,14 +206,14 @@ def serve(
     except (CheckpointError, LaunchError, RenderError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    _serve(server, profile, opts, demo)
+    _serve(server, profile, opts, demo, model)
 
 
 def _exit_on_signal(signum: int, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def _serve(server: TritonProcess, profile: str, opts: ServerOptions, demo: bool) -> None:
+def _serve(server: TritonProcess, profile: str, opts: ServerOptions, demo: bool, model: str | None = None) -> None:
     typer.echo(f"Triton is ready (profile {profile}, log {server.log_path})")
     typer.echo(f"  gRPC    {opts.grpc_url}   models: mentallama (default), ensemble")
     if opts.http:
@@ -218,7 +227,7 @@ def _serve(server: TritonProcess, profile: str, opts: ServerOptions, demo: bool)
         if demo:
             from mentallama_server.demo import run_demo
 
-            run_demo(opts.grpc_url)
+            run_demo(opts.grpc_url, model=model)
             return
         _wait_for_signal(server)
     finally:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 BUILTIN_MODELS = ("tiny", "bench")  # generated with random weights on first use
 SHIPPED_MODELS = {"nano": "models/mentallama-nano"}  # trained, committed in the repository
+DEFAULT_CHECKPOINT = "nano"
 
 
 class CheckpointError(ValueError):
