@@ -16,7 +16,6 @@ Torch, transformers and optimum-intel are imported only while exporting: they be
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +33,7 @@ from typing import Any
 
 from engine_build.check import check_checkpoint
 from engine_build.engine_config import ModelShape, shape_from_report
+from engine_build.locks import file_lock
 from engine_build.manifest import MANIFEST_NAME, _sha256_file, _version, checkpoint_digest, tokenizer_digest
 
 __all__ = [
@@ -332,20 +332,8 @@ def ensure_engine(checkpoint: Path, options: OpenVinoOptions, *, say: Callable[[
     target = cached_engine_dir(checkpoint, options)
     if not verify_engine(target, checkpoint):
         return target
-    with _lock(target.parent / f".{target.name}.lock"):
+    with file_lock(target.parent / f".{target.name}.lock"):
         if verify_engine(target, checkpoint):
             say(f"building the OpenVINO engine of {checkpoint} (first use of this checkpoint and options)")
             build_engine(checkpoint, target, options, say=say)
     return target
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """Serialise builders of one engine across processes (tests and launchers may race for it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

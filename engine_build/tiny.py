@@ -8,19 +8,17 @@ Each tensor draws from its own generator, seeded from its name, so the values do
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine_build.corpus import DEFAULT_SEED
+from engine_build.locks import file_lock
 from engine_build.safetensors_io import read_header, write_safetensors
 from engine_build.shapes import llama_tensor_shapes, parameter_count
 from engine_build.tokenizer import (
@@ -236,16 +234,6 @@ def _replace_dir(new: Path, target: Path) -> None:
         os.rename(new, target)
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """Serialize builders of one checkpoint across processes (tests and launcher may race for it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_checkpoint(size: str = "tiny") -> Path:
@@ -253,7 +241,7 @@ def ensure_checkpoint(size: str = "tiny") -> Path:
     path = default_checkpoint_dir(size)
     if is_current(path, size):
         return path
-    with _lock(path.parent / f".{size}.lock"):
+    with file_lock(path.parent / f".{size}.lock"):
         if not is_current(path, size):
             build_checkpoint(path, size, force=True)
     return path
