@@ -20,7 +20,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mentallama-build {version('mentallama-serving')}")
+        except PackageNotFoundError:  # a source tree without an install
+            typer.echo("mentallama-build (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Checkpoint tooling for MentaLLaMA serving: generated test checkpoints, checks, engine builds (OpenVINO for
+    CPUs, TensorRT-LLM for NVIDIA GPUs)."""
 
 
 class Size(str, Enum):

@@ -134,3 +134,10 @@ def test_serve_refuses_a_prebuilt_engine_of_another_checkpoint(
     assert ok.returncode == 0, ok.stderr
     config = (tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt").read_text()
     assert f'string_value: "{tiny_engine}"' in config
+
+
+def test_build_cli_has_short_help_and_version() -> None:
+    version = subprocess.run([*BUILD, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("mentallama-build ")
+    short = subprocess.run([*BUILD, "openvino", "-h"], capture_output=True, text=True, timeout=60)
+    assert short.returncode == 0 and "--weight-format" in short.stdout
