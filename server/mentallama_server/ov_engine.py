@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -303,7 +304,7 @@ class OpenVinoEngine:
             if request.top_k > 0:
                 config.top_k = request.top_k
             config.top_p = request.top_p if 0.0 < request.top_p < 1.0 else 1.0
-            config.rng_seed = request.seed if request.seed is not None else int.from_bytes(_random_bytes(), "little")
+            config.rng_seed = request.seed if request.seed is not None else secrets.randbits(32)
         if request.return_log_probs:
             config.logprobs = 1
         return config
@@ -420,12 +421,6 @@ class OpenVinoEngine:
                 tracked.cancel_requested = True
                 tracked.callback_error = message
                 self._wake.notify_all()
-
-
-def _random_bytes() -> bytes:
-    import secrets
-
-    return secrets.token_bytes(4)
 
 
 def _eos_ids(engine_dir: Path, config: dict) -> tuple[int, ...]:
