@@ -257,7 +257,8 @@ class OpenVinoEngine:
             metrics = self._pipe.get_metrics()
             with self._lock:
                 self._metrics = (int(metrics.requests), int(metrics.scheduled_requests), float(metrics.cache_usage))
-            stale_metrics = self._metrics[0] > 0 and not self._pipe_busy()
+            requests, _, usage = self._metrics
+            stale_metrics = (requests > 0 or usage > 0) and not self._pipe_busy()
             # Let the dispatcher send what this step produced before the next step starts (a fast model
             # otherwise fills several steps into one Python time slice and its stream arrives in one chunk).
             time.sleep(0)
