@@ -13,6 +13,8 @@ import typer
 from engine_build.check import check_checkpoint
 from engine_build.engine_cli import engine
 from engine_build.tiny import build_checkpoint, default_checkpoint_dir, describe
+from mentallama import __version__
+from mentallama.cli._cli_utils import version_option
 
 app = typer.Typer(
     help="Checkpoint tooling for MentaLLaMA serving: generated test checkpoints, checks, engine builds "
@@ -24,22 +26,9 @@ app = typer.Typer(
 )
 
 
-def _show_version(value: bool) -> None:
-    if value:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            typer.echo(f"mentallama-build {version('mentallama-serving')}")
-        except PackageNotFoundError:  # a source tree without an install
-            typer.echo("mentallama-build (not installed)")
-        raise typer.Exit()
-
-
 @app.callback()
 def _main(
-    version: Annotated[
-        bool, typer.Option("--version", "-V", callback=_show_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
+    version: Annotated[bool, version_option("mentallama-build", __version__)] = False,
 ) -> None:
     """Checkpoint tooling for MentaLLaMA serving: generated test checkpoints, checks, engine builds (OpenVINO for
     CPUs, TensorRT-LLM for NVIDIA GPUs)."""

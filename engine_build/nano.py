@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine_build.safetensors_io import write_safetensors
+from engine_build.tiny import checkpoint_config
 from engine_build.tokenizer import BOS_ID, EOS_ID, UNK_ID, write_json, write_tokenizer
 
 if TYPE_CHECKING:
@@ -250,30 +251,17 @@ def encode_examples(tokenizer: Tokenizer, examples: Sequence[TrainExample], reci
 
 
 def nano_config(recipe: NanoRecipe, vocab_size: int) -> dict[str, Any]:
-    """`config.json` in LLaMA-2's key set, as `engine_build.tiny.checkpoint_config` writes it."""
+    """`config.json`: the generated checkpoints' LLaMA-2 key set (`tiny.checkpoint_config`) with nano's shape."""
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "bos_token_id": BOS_ID,
-        "eos_token_id": EOS_ID,
-        "hidden_act": "silu",
+        **checkpoint_config("tiny"),
         "hidden_size": recipe.hidden_size,
-        "initializer_range": 0.02,
         "intermediate_size": recipe.intermediate_size,
         "max_position_embeddings": recipe.context_length,
-        "mlp_bias": False,
-        "model_type": "llama",
         "num_attention_heads": recipe.num_attention_heads,
         "num_hidden_layers": recipe.num_hidden_layers,
         "num_key_value_heads": recipe.num_attention_heads,
-        "pretraining_tp": 1,
-        "rms_norm_eps": 1e-05,
-        "rope_scaling": None,
-        "rope_theta": 10000.0,
         "tie_word_embeddings": True,
         "torch_dtype": recipe.dtype,
-        "use_cache": True,
         "vocab_size": vocab_size,
     }
 
