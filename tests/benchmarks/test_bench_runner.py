@@ -81,7 +81,11 @@ def test_duration_stops_issuing_fake_triton(fake_triton) -> None:
     config = _config([LoadSpec(concurrency=2)], StopSpec(duration_s=0.3), warmup=0)
     [result] = _run([[TritonGrpcBackend(fake_triton.grpc_url)]], ScriptedPrompts(), config)
     assert len(result.records) >= 2
-    assert all(r.start_s < 0.3 for r in result.records)
+    # Each request is claimed before the deadline; its send time follows by the event loop's jitter,
+    # which a loaded 2-core machine stretches to a few tens of ms (seen: a start at 0.3 + 4 ms).
+    assert all(r.start_s < 0.3 + 0.2 for r in result.records)
+    # No client issued a request after the deadline passed: at most one late start per client.
+    assert sum(r.start_s >= 0.3 for r in result.records) <= 2
 
 
 def test_errors_are_counted_never_dropped_fake_triton(fake_triton) -> None:
