@@ -11,7 +11,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Installs the project (editable) with its pinned dependencies; re-runs when pyproject.toml changes.
+# Installs the project (editable) with everything: `dev` pulls in the server, build and bench extras and the
+# test tools, all pinned (a plain `pip install .` is the SDK alone); re-runs when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@# optimum-intel pulls in torchvision, whose PyPI build does not load beside the pinned torch and then breaks
