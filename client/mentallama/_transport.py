@@ -1,9 +1,13 @@
 """gRPC transport: request building, one ``ModelStreamInfer`` call per generation, error mapping.
 
 The served models are decoupled, so Triton refuses unary inference: every generation, even one
-that answers once, opens its own bidirectional stream on a channel shared per endpoint. One stream
-per generation is what makes cancellation per request: cancelling the call cancels that request
-on the server (and the ``mentallama`` model stops the engine for it).
+that answers once, opens its own bidirectional stream on a channel shared per endpoint.
+
+A generation left early is stopped in band where the model offers it (the ``mentallama`` model's
+``stop`` input, found in the model's metadata): a request with ``stop`` and the same request id ends it,
+the server sends the stream's last response and closes it normally. Cancelling the gRPC call instead,
+the fallback (e.g. for ``ensemble``), is a pattern Triton 2.51 mishandles under load: it aborted after a
+few hundred cancelled streams per minute (docs/RELIABILITY.md).
 
 Requests are encoded straight into Triton's protobuf (``raw_input_contents``) with the generated
 stubs that ship with ``tritonclient``; no numpy round trip. Every gRPC failure goes through
@@ -72,6 +76,7 @@ INPUT_TYPES: dict[str, tuple[str, str]] = {
     "return_log_probs": ("BOOL", "<?"),
     "return_num_input_tokens": ("BOOL", "<?"),
     "return_num_output_tokens": ("BOOL", "<?"),
+    "stop": ("BOOL", "<?"),
 }
 
 # Triton 2.51 reports a stream's errors in-band (``error_message``, no code); the statuses are guessed
@@ -88,6 +93,8 @@ _HEALTH_TIMEOUT = 5.0
 _SERVER_UNAVAILABLE_HINTS = ("queue", "not ready", "unknown model", "exceeds", "unavailable: model", "overloaded")
 # Triton's refusal of a restricted protocol without its key ("This API is restricted, expecting header ...").
 _RESTRICTED_HINT = "restricted"
+# Seconds a stopped generation may take to send its last response before its call is cancelled instead.
+_STOP_GRACE = 5.0
 
 
 # --- endpoints ------------------------------------------------------------------------------------
@@ -377,6 +384,15 @@ def _health_checks(stub: service_pb2_grpc.GRPCInferenceServiceStub, model: str) 
     ]
 
 
+def stop_request(request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferRequest:
+    """The request that stops ``request`` in band (same model and id, ``stop`` true; the text is not read)."""
+    return build_request(request.model_name, request.id, {"text_input": "", "max_tokens": 1, "stop": True})
+
+
+def _offers_stop(metadata: service_pb2.ModelMetadataResponse) -> bool:
+    return any(tensor.name == "stop" for tensor in metadata.inputs)
+
+
 def _drain(call: Any) -> None:
     """Wait for the server to close a stream whose final response arrived.
 
@@ -390,9 +406,11 @@ def _drain(call: Any) -> None:
         pass  # the answer is complete; a late status changes nothing
 
 
-async def _drain_async(call: Any) -> None:
-    """See :func:`_drain`."""
+async def _drain_async(call: Any, reading: asyncio.Future | None = None) -> None:
+    """See :func:`_drain`; ``reading`` is a read of ``call`` still in flight, awaited first."""
     try:
+        if reading is not None and await reading is grpc.aio.EOF:
+            return
         while await call.read() is not grpc.aio.EOF:
             pass
     except grpc.RpcError:
@@ -406,6 +424,7 @@ class _TransportBase:
         self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._offers_stop: dict[tuple[str, str], bool] = {}  # (endpoint, model) -> the model has a `stop` input
 
     def _new_channel(self, target: str) -> Any:
         raise NotImplementedError
@@ -470,7 +489,36 @@ class SyncTransport(_TransportBase):
             if final_seen:
                 _drain(call)
             elif not ended:
-                call.cancel()  # stopped early: the server cancels the request
+                self._stop(endpoint, request, call, headers)
+
+    def _stop(
+        self, endpoint: str, request: service_pb2.ModelInferRequest, call: Any, headers: Mapping[str, str]
+    ) -> None:
+        """End a generation left early: in band where the model offers it, else by cancelling the call."""
+        if not self._stop_in_band(endpoint, request, headers):
+            call.cancel()
+            return
+        timer = threading.Timer(_STOP_GRACE, call.cancel)  # a server that does not end it in time
+        timer.daemon = True
+        timer.start()
+        _drain(call)
+        timer.cancel()
+
+    def _stop_in_band(self, endpoint: str, request: service_pb2.ModelInferRequest, headers: Mapping[str, str]) -> bool:
+        stub, md = self.stub(endpoint), _metadata(headers)
+        key = (endpoint, request.model_name)
+        try:
+            if key not in self._offers_stop:
+                metadata = stub.ModelMetadata(
+                    service_pb2.ModelMetadataRequest(name=request.model_name), timeout=_STOP_GRACE, metadata=md
+                )
+                self._offers_stop[key] = _offers_stop(metadata)
+            if not self._offers_stop[key]:
+                return False
+            stop = stub.ModelStreamInfer(iter((stop_request(request),)), timeout=_STOP_GRACE, metadata=md)
+            return all(not message.error_message for message in stop)
+        except (grpc.RpcError, MentaLLaMAError):
+            return False
 
     def health(self, endpoint: str, model: str, *, timeout: float, headers: Mapping[str, str]) -> bool:
         md, t = _metadata(headers), min(timeout, _HEALTH_TIMEOUT)
@@ -523,9 +571,14 @@ class AsyncTransport(_TransportBase):
         stub = self.stub(endpoint)
         call = stub.ModelStreamInfer(iter((request,)), timeout=timeout, metadata=_metadata(headers))
         final_seen = ended = False
+        reading: asyncio.Future | None = None
         try:
             while True:
-                message = await call.read()
+                # Shielded: grpc.aio cancels the call when a read is cancelled, and a cancelled task should
+                # stop the generation in band instead (see _stop).
+                reading = asyncio.ensure_future(call.read())
+                message = await asyncio.shield(reading)
+                reading = None
                 if message is grpc.aio.EOF:
                     ended = True
                     raise APIConnectionError("stream closed before the final response", request_id=request.id)
@@ -541,7 +594,51 @@ class AsyncTransport(_TransportBase):
             if final_seen:
                 await _drain_async(call)
             elif not ended:
-                call.cancel()  # stopped early (or the task was cancelled): the server cancels the request
+                await self._stop(endpoint, request, call, headers, reading)
+
+    async def _stop(
+        self,
+        endpoint: str,
+        request: service_pb2.ModelInferRequest,
+        call: Any,
+        headers: Mapping[str, str],
+        reading: asyncio.Future | None,
+    ) -> None:
+        """End a generation left early (or whose task was cancelled): in band where the model offers it, else
+        by cancelling the call; also when the server is slow to end it or the task is cancelled again."""
+        stopped = False
+        try:
+            if await self._stop_in_band(endpoint, request, headers):
+                await asyncio.wait_for(_drain_async(call, reading), _STOP_GRACE)
+                stopped = True
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if not stopped:
+                call.cancel()
+                if reading is not None:
+                    reading.cancel()
+
+    async def _stop_in_band(
+        self, endpoint: str, request: service_pb2.ModelInferRequest, headers: Mapping[str, str]
+    ) -> bool:
+        stub, md = self.stub(endpoint), _metadata(headers)
+        key = (endpoint, request.model_name)
+        try:
+            if key not in self._offers_stop:
+                metadata = await stub.ModelMetadata(
+                    service_pb2.ModelMetadataRequest(name=request.model_name), timeout=_STOP_GRACE, metadata=md
+                )
+                self._offers_stop[key] = _offers_stop(metadata)
+            if not self._offers_stop[key]:
+                return False
+            stop = stub.ModelStreamInfer(iter((stop_request(request),)), timeout=_STOP_GRACE, metadata=md)
+            ok = True
+            while (message := await stop.read()) is not grpc.aio.EOF:
+                ok = ok and not message.error_message
+            return ok
+        except (grpc.RpcError, MentaLLaMAError):
+            return False
 
     async def health(self, endpoint: str, model: str, *, timeout: float, headers: Mapping[str, str]) -> bool:
         md, t = _metadata(headers), min(timeout, _HEALTH_TIMEOUT)

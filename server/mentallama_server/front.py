@@ -11,10 +11,10 @@ import numpy as np
 
 from mentallama_server.batching import refuse_unserved, split_batch
 from mentallama_server.engine_step import parse_sampling
-from mentallama_server.interface import ENGINE_INPUT_NAMES, ENSEMBLE_INPUTS
+from mentallama_server.interface import ENGINE_INPUT_NAMES, FRONT_INPUTS
 from mentallama_server.preprocess import Preprocessor, RequestError, scalar, to_word_list
 
-INPUT_NAMES = tuple(spec.name for spec in ENSEMBLE_INPUTS)
+INPUT_NAMES = tuple(spec.name for spec in FRONT_INPUTS)
 # The front model always streams from the engine (to watch for cancellation between chunks) and
 # adds the prompt text itself, so these two ensemble inputs are not passed through.
 _NOT_PASSED = {"stream", "exclude_input_in_output"}
@@ -58,6 +58,11 @@ class FrontRequest:
 def _flag(inputs: Mapping[str, np.ndarray | None], name: str) -> bool:
     value = scalar(inputs.get(name), name)
     return bool(value) if value is not None else False
+
+
+def is_stop_request(inputs: Mapping[str, np.ndarray | None]) -> bool:
+    """Whether the request asks to stop the running request with its id (input `stop` true)."""
+    return _flag(inputs, "stop")
 
 
 def parse_front_batch(inputs: Mapping[str, np.ndarray | None], preprocessor: Preprocessor) -> list[FrontRequest]:

@@ -110,6 +110,13 @@ UNSERVED_INPUTS: dict[str, tuple[TensorSpec, str]] = {
 ENSEMBLE_INPUTS = (*ENSEMBLE_INPUTS, *(spec for spec, _ in UNSERVED_INPUTS.values()))
 
 
+# Inputs of the `mentallama` front model alone. `stop` (as on TensorRT-LLM's `tensorrt_llm` model): a request
+# with `stop` true ends the running request that has the same request id, and is answered at once with an
+# empty final response. Clients stop a stream this way instead of cancelling the gRPC call, which Triton 2.51
+# mishandles under load (docs/RELIABILITY.md). The ensemble cannot offer it: its steps run per request.
+FRONT_INPUTS: tuple[TensorSpec, ...] = (*ENSEMBLE_INPUTS, _opt("stop", "TYPE_BOOL"))
+
+
 def unserved_reason(name: str) -> str:
     """The error for a request that sets an input of UNSERVED_INPUTS."""
     return f"{name} is not supported: {UNSERVED_INPUTS[name][1]}"

@@ -17,6 +17,7 @@ from mentallama_server.interface import (
     ENGINE_OUTPUT_NAMES,
     ENSEMBLE_INPUTS,
     ENSEMBLE_OUTPUTS,
+    FRONT_INPUTS,
     UNSERVED_INPUTS,
     pbtxt_tensors,
 )
@@ -42,6 +43,7 @@ def interface_values() -> dict[str, str]:
     return {
         "ensemble_inputs": pbtxt_tensors(ENSEMBLE_INPUTS),
         "ensemble_outputs": pbtxt_tensors(ENSEMBLE_OUTPUTS),
+        "front_inputs": pbtxt_tensors(FRONT_INPUTS),
         "engine_passthrough_inputs": passthrough,
         "engine_passthrough_outputs": engine_outputs,
         "unserved_inputs": pbtxt_tensors(spec for spec, _ in UNSERVED_INPUTS.values()),

@@ -6,6 +6,8 @@ per prompt, sharing the client's sender). Each call decodes its chunks increment
 tokens of one character, so a character's bytes are held back until it is complete; streamed text never
 carries a partial character and concatenates to exactly the non-streamed text. A watcher thread notices
 cancelled clients and sends the engine a `stop` request for them, which Triton 2.51 would not forward by itself.
+A client can also stop a request in band, with a request carrying `stop` and the same request id (the SDK
+does, instead of cancelling the gRPC call: Triton 2.51 aborts under many stream cancellations).
 
 Every call into `pb_utils` (building, sending and reading tensors and responses, `is_cancelled`) holds one
 lock; issuing a BLS request and waiting for the engine's next response do not (both wait on the engine).
@@ -47,6 +49,7 @@ from mentallama_server.front import (
     FrontRequest,
     engine_declares_output,
     engine_inputs,
+    is_stop_request,
     parse_front_batch,
 )
 from mentallama_server.preprocess import Limits, Preprocessor, RequestError
@@ -156,6 +159,9 @@ class TritonPythonModel:
                 for name in INPUT_NAMES:
                     tensor = pb_utils.get_input_tensor_by_name(request, name)
                     inputs[name] = None if tensor is None else tensor.as_numpy()
+                if is_stop_request(inputs):
+                    self._stop_calls(request.request_id(), sender)
+                    continue
                 fronts = parse_front_batch(inputs, self.preprocessor)  # one per prompt of [N, 1]
             except RequestError as exc:
                 sender.send(_error(str(exc)), flags=FINAL)
@@ -174,6 +180,27 @@ class TritonPythonModel:
                     break
                 threading.Thread(target=self._run, args=(call, front), name="front-call", daemon=True).start()
 
+    def _stop_calls(self, request_id: str, sender) -> None:
+        """Answer a `stop` request: end the running calls of the request with the same id (their clients get
+        their final response, as after a cancellation) and reply with an empty final response. Stopping a
+        request that already ended, or is unknown, is not an error: the two can cross on the wire."""
+        if not request_id:
+            sender.send(_error("stop: give the request id of the request to stop"), flags=FINAL)
+            return
+        prefix = f"{request_id}#"
+        with self.calls_lock:
+            calls = [call for engine_id, call in self.calls.items() if engine_id.startswith(prefix)]
+        for call in calls:
+            with call.lock:
+                newly = not call.done and not call.cancelled
+                call.cancelled = True
+            if newly:  # the engine's answer to a stop waits on the engine: not on the execute thread
+                self._stop_engine_later(call.engine_id)
+        sender.send(flags=FINAL)
+
+    def _stop_engine_later(self, engine_id: str) -> None:
+        threading.Thread(target=self._stop_engine, args=(engine_id,), name="front-stop", daemon=True).start()
+
     def _run(self, call: _Call, front: FrontRequest):
         try:
             self._generate(call, front)
@@ -188,6 +215,9 @@ class TritonPythonModel:
 
     def _generate(self, call: _Call, front: FrontRequest):
         with self.pb_lock:
+            if call.cancelled:  # stopped before it reached the engine
+                self._finish(call, None)
+                return
             tensors = [pb_utils.Tensor(k, v) for k, v in engine_inputs(front, streaming=front.stream).items()]
             options = dict(
                 model_name="tensorrt_llm",
@@ -229,6 +259,9 @@ class TritonPythonModel:
                 break
             call.responses += 1
             call.last_response = time.monotonic()
+            if call.cancelled and call.responses == 1:
+                # A stop that came while the engine request was being issued may have missed it: repeat it.
+                self._stop_engine_later(call.engine_id)
             with self.pb_lock:
                 step = self._on_response(call, front, response, texts, log_probs)
             if step is None:
