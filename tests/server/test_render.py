@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from mentallama_server.interface import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS
+from mentallama_server.interface import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, FRONT_INPUTS
 from mentallama_server.render import SHARED_MODELS, RenderError, render_repository
 from mentallama_server.serve_trtllm import render_trtllm
 from mentallama_server.settings import CpuSettings
@@ -88,16 +88,18 @@ def test_ensemble_maps_connect_existing_tensors_with_matching_types(rendered, pr
 
 
 def test_entry_models_share_the_declared_interface(rendered):
-    declared_in = [(t.name, t.data_type, list(t.dims), t.optional) for t in ENSEMBLE_INPUTS]
     declared_out = [(t.name, t.data_type, list(t.dims)) for t in ENSEMBLE_OUTPUTS]
     for profile in ("cpu", "trtllm"):
-        for model in ("ensemble", "mentallama"):
+        for model, inputs in (("ensemble", ENSEMBLE_INPUTS), ("mentallama", FRONT_INPUTS)):
+            declared_in = [(t.name, t.data_type, list(t.dims), t.optional) for t in inputs]
             config = load(rendered[profile] / model / "config.pbtxt")
             got_in = [
                 (t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims), t.optional) for t in config.input
             ]
             got_out = [(t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in config.output]
             assert got_in == declared_in and got_out == declared_out
+    # The front model adds `stop` alone (in-band stop by request id) to the ensemble's inputs.
+    assert [t.name for t in FRONT_INPUTS] == [*(t.name for t in ENSEMBLE_INPUTS), "stop"]
 
 
 def test_shared_models_are_identical_in_both_profiles(rendered):
