@@ -77,7 +77,7 @@ def test_definition_installs_the_pinned_versions() -> None:
     lines = [line.strip() for line in post.splitlines()]
     torch = next(i for i, line in enumerate(lines) if f"torch=={pins['torch']}" in line and "pip install" in line)
     assert "--index-url https://download.pytorch.org/whl/cpu" in lines[torch]  # no CUDA wheels
-    project = lines.index("python3 -m pip install -e /opt/mentallama")
+    project = lines.index("python3 -m pip install -e '/opt/mentallama[server,build]'")
     uninstall = lines.index("python3 -m pip uninstall --yes torchvision")
     assert torch < project < uninstall
     assert 'get_config_var("Py_ENABLE_SHARED")' in post  # shared libpython for the Python-backend stub
