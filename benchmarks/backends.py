@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.records import RequestOutcome, SampleRequest, SamplingParams
+from mentallama_interface import ENSEMBLE_INPUTS, wire_types
 
 __all__ = [
     "BACKENDS",
@@ -113,18 +114,9 @@ class Backend(ABC):
 
 # --- Triton gRPC -------------------------------------------------------------------------------
 
+# Wire datatype and numpy dtype of each input this backend sends, from the one declaration of the interface.
 _GRPC_TYPES: dict[str, tuple[str, Any]] = {
-    "text_input": ("BYTES", np.object_),
-    "max_tokens": ("INT32", np.int32),
-    "min_tokens": ("INT32", np.int32),
-    "top_k": ("INT32", np.int32),
-    "temperature": ("FP32", np.float32),
-    "top_p": ("FP32", np.float32),
-    "seed": ("UINT64", np.uint64),
-    "stream": ("BOOL", np.bool_),
-    "exclude_input_in_output": ("BOOL", np.bool_),
-    "return_num_input_tokens": ("BOOL", np.bool_),
-    "return_num_output_tokens": ("BOOL", np.bool_),
+    name: (wire, np.dtype(dtype).type) for name, (wire, _, dtype) in wire_types(ENSEMBLE_INPUTS).items()
 }
 
 

@@ -29,6 +29,8 @@ import grpc
 import grpc.aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from mentallama_interface import SERVED_INPUTS, STOP_INPUT, wire_types
+
 from ._constants import ENDPOINT_COOLDOWN
 from ._exceptions import (
     APIConnectionError,
@@ -54,29 +56,10 @@ __all__ = [
     "parse_stream_response",
 ]
 
-# Ensemble input -> (Triton datatype, struct format of one element; "" for BYTES).
+# Input -> (Triton datatype, struct format of one element; "" for BYTES): the inputs the SDK may send, from
+# the one declaration of the interface (the served ensemble inputs and the front model's `stop`).
 INPUT_TYPES: dict[str, tuple[str, str]] = {
-    "text_input": ("BYTES", ""),
-    "max_tokens": ("INT32", "<i"),
-    "stream": ("BOOL", "<?"),
-    "end_id": ("INT32", "<i"),
-    "pad_id": ("INT32", "<i"),
-    "top_k": ("INT32", "<i"),
-    "top_p": ("FP32", "<f"),
-    "temperature": ("FP32", "<f"),
-    "repetition_penalty": ("FP32", "<f"),
-    "presence_penalty": ("FP32", "<f"),
-    "frequency_penalty": ("FP32", "<f"),
-    "min_tokens": ("INT32", "<i"),
-    "seed": ("UINT64", "<Q"),
-    "stop_words": ("BYTES", ""),
-    "bad_words": ("BYTES", ""),
-    "exclude_input_in_output": ("BOOL", "<?"),
-    "beam_width": ("INT32", "<i"),
-    "return_log_probs": ("BOOL", "<?"),
-    "return_num_input_tokens": ("BOOL", "<?"),
-    "return_num_output_tokens": ("BOOL", "<?"),
-    "stop": ("BOOL", "<?"),
+    name: (wire, fmt) for name, (wire, fmt, _) in wire_types((*SERVED_INPUTS, STOP_INPUT)).items()
 }
 
 # Triton 2.51 reports a stream's errors in-band (``error_message``, no code); the statuses are guessed

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mentallama_server.interface import UNSERVED_INPUTS, unserved_reason
+from mentallama_interface import UNSERVED_INPUTS, unserved_reason
 from mentallama_server.preprocess import RequestError
 
 Inputs = Mapping[str, "np.ndarray | None"]

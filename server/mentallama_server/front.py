@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mentallama_interface import ENGINE_INPUT_NAMES, FRONT_INPUTS
 from mentallama_server.batching import refuse_unserved, split_batch
 from mentallama_server.engine_step import parse_sampling
-from mentallama_server.interface import ENGINE_INPUT_NAMES, FRONT_INPUTS
 from mentallama_server.preprocess import Preprocessor, RequestError, scalar, to_word_list
 
 INPUT_NAMES = tuple(spec.name for spec in FRONT_INPUTS)

@@ -12,7 +12,7 @@ import string
 from collections.abc import Mapping
 from pathlib import Path
 
-from mentallama_server.interface import (
+from mentallama_interface import (
     ENGINE_INPUT_NAMES,
     ENGINE_OUTPUT_NAMES,
     ENSEMBLE_INPUTS,

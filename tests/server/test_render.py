@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from mentallama_server.interface import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, FRONT_INPUTS
+from mentallama_interface import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, FRONT_INPUTS
 from mentallama_server.render import SHARED_MODELS, RenderError, render_repository
 from mentallama_server.serve_trtllm import render_trtllm
 from mentallama_server.settings import CpuSettings

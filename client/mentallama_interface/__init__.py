@@ -1,4 +1,9 @@
-"""The ensemble interface, declared once.
+"""The ensemble interface, declared once: the wire contract between the SDK and the server.
+
+Standard library only, and outside the `mentallama` package so that Triton's model processes can import it
+without the SDK's gRPC stack. The server renders its model configs from it and its front model reads its
+inputs by it; the SDK encodes requests by it (`mentallama._transport.INPUT_TYPES`) and so do the benchmark
+backends.
 
 Both entry models (`ensemble` and the `mentallama` BLS front model) and both profiles (cpu, trtllm)
 render their `input`/`output` blocks from these tuples, so a client written for TensorRT-LLM's
@@ -35,7 +40,8 @@ def _opt(name: str, data_type: str, dims: tuple[int, ...] = (1,)) -> TensorSpec:
     return TensorSpec(name, data_type, dims, optional=True)
 
 
-ENSEMBLE_INPUTS: tuple[TensorSpec, ...] = (
+# The inputs that our engines serve (or refuse by value, e.g. beam_width > 1 on the CPU).
+SERVED_INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("text_input", "TYPE_STRING", (1,)),
     TensorSpec("max_tokens", "TYPE_INT32", (1,)),
     _opt("stream", "TYPE_BOOL"),
@@ -107,14 +113,33 @@ UNSERVED_INPUTS: dict[str, tuple[TensorSpec, str]] = {
 
 
 # Declared by both entry models (after the served ones), so a request that sets one gets its reason.
-ENSEMBLE_INPUTS = (*ENSEMBLE_INPUTS, *(spec for spec, _ in UNSERVED_INPUTS.values()))
+ENSEMBLE_INPUTS: tuple[TensorSpec, ...] = (*SERVED_INPUTS, *(spec for spec, _ in UNSERVED_INPUTS.values()))
 
 
 # Inputs of the `mentallama` front model alone. `stop` (as on TensorRT-LLM's `tensorrt_llm` model): a request
 # with `stop` true ends the running request that has the same request id, and is answered at once with an
 # empty final response. Clients stop a stream this way instead of cancelling the gRPC call, which Triton 2.51
 # mishandles under load (docs/RELIABILITY.md). The ensemble cannot offer it: its steps run per request.
-FRONT_INPUTS: tuple[TensorSpec, ...] = (*ENSEMBLE_INPUTS, _opt("stop", "TYPE_BOOL"))
+STOP_INPUT = _opt("stop", "TYPE_BOOL")
+FRONT_INPUTS: tuple[TensorSpec, ...] = (*ENSEMBLE_INPUTS, STOP_INPUT)
+
+# Config data type -> (wire datatype of a gRPC/HTTP request, struct format of one element ("" for BYTES),
+# numpy dtype name).
+WIRE_TYPES: dict[str, tuple[str, str, str]] = {
+    "TYPE_STRING": ("BYTES", "", "object"),
+    "TYPE_BOOL": ("BOOL", "<?", "bool"),
+    "TYPE_INT32": ("INT32", "<i", "int32"),
+    "TYPE_INT64": ("INT64", "<q", "int64"),
+    "TYPE_UINT64": ("UINT64", "<Q", "uint64"),
+    "TYPE_UINT8": ("UINT8", "<B", "uint8"),
+    "TYPE_FP16": ("FP16", "<e", "float16"),
+    "TYPE_FP32": ("FP32", "<f", "float32"),
+}
+
+
+def wire_types(tensors: Iterable[TensorSpec]) -> dict[str, tuple[str, str, str]]:
+    """Name -> WIRE_TYPES entry of each tensor: how a client encodes it."""
+    return {t.name: WIRE_TYPES[t.data_type] for t in tensors}
 
 
 def unserved_reason(name: str) -> str:
