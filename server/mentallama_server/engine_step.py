@@ -18,6 +18,37 @@ from mentallama_server.preprocess import Limits, RequestError, from_word_list, s
 
 Inputs = Mapping[str, "np.ndarray | None"]
 
+# What `parse_stop` and `parse_batch` read. The CPU model reads the inputs its config.pbtxt declares and
+# refuses to load when they differ from these (an input declared but not read would be ignored silently);
+# a test checks that the parsers read exactly these.
+INPUTS = (
+    "input_ids",
+    "input_lengths",
+    "request_output_len",
+    "end_id",
+    "pad_id",
+    "streaming",
+    "runtime_top_k",
+    "runtime_top_p",
+    "temperature",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "min_tokens",
+    "seed",
+    "stop_words_list",
+    "bad_words_list",
+    "beam_width",
+    "return_log_probs",
+    "exclude_input_in_output",
+    "stop",
+    "return_num_input_tokens",
+    "return_num_output_tokens",
+    "num_return_sequences",
+    "len_penalty",
+    "return_perf_metrics",
+)
+
 
 @dataclass
 class StepRequest:

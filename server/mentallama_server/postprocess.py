@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from mentallama_server.detokenize import AnchoredDecoder
+from mentallama_server.preprocess import RequestError
+
+INPUTS = ("TOKENS_BATCH", "SEQUENCE_LENGTH")
 
 
 class ChunkDecoder:
@@ -24,3 +29,27 @@ class ChunkDecoder:
         if ids and ids[0] == self.bos_id:
             return self.decoder.first(ids)
         return self.decoder.raw(ids)
+
+
+def decode_batch(decoder: ChunkDecoder, tokens: np.ndarray | None, lengths: np.ndarray | None) -> np.ndarray:
+    """The `OUTPUT` tensor of one request: `TOKENS_BATCH` `[batch, beam, len]` cut to `SEQUENCE_LENGTH`
+    `[batch, beam]` and decoded, flat over (batch, beam) as TensorRT-LLM's postprocessing returns it: `[1]`
+    for one sequence. A `RequestError` names the bad input."""
+    if tokens is None:
+        raise RequestError("TOKENS_BATCH is required")
+    if lengths is None:
+        raise RequestError("SEQUENCE_LENGTH is required")
+    if tokens.ndim != 3:
+        raise RequestError(f"TOKENS_BATCH must be [batch, beam, len], got shape {list(tokens.shape)}")
+    if lengths.shape != tokens.shape[:2]:
+        raise RequestError(
+            f"SEQUENCE_LENGTH must be [batch, beam] = {list(tokens.shape[:2])}, got shape {list(lengths.shape)}"
+        )
+    if lengths.size and not (lengths.min() >= 0 and lengths.max() <= tokens.shape[2]):
+        raise RequestError(f"SEQUENCE_LENGTH must be in [0, {tokens.shape[2]}] (TOKENS_BATCH's length)")
+    texts = [
+        decoder.decode(tokens[b, beam, : lengths[b, beam]]).encode("utf-8")
+        for b in range(tokens.shape[0])
+        for beam in range(tokens.shape[1])
+    ]
+    return np.array(texts, dtype=object)

@@ -1,8 +1,9 @@
-"""Typed access to `parameters` of a Triton model config (as the Python backend passes it, JSON)."""
+"""Typed access to `parameters` and inputs of a Triton model config (as the Python backend passes it, JSON)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T", int, float, str, bool)
@@ -26,3 +27,22 @@ def get_parameter(model_config: dict[str, Any], name: str, pytype: type[T], defa
     if pytype is bool:
         return raw.strip().lower() in ("1", "true", "yes", "on")  # type: ignore[return-value]
     return pytype(raw)
+
+
+def input_names(model_config: dict[str, Any]) -> tuple[str, ...]:
+    """The inputs the model's config.pbtxt declares, in order: the one list of what a request may carry."""
+    return tuple(spec["name"] for spec in model_config.get("input", []))
+
+
+def check_inputs(model_config: dict[str, Any], handled: Iterable[str]) -> None:
+    """Refuse to load a model whose config declares inputs its code does not read (they would be ignored
+    silently) or lacks inputs its code reads (clients could never send them)."""
+    declared, known = set(input_names(model_config)), set(handled)
+    problems = []
+    if declared - known:
+        problems.append(f"declared but not read: {', '.join(sorted(declared - known))}")
+    if known - declared:
+        problems.append(f"read but not declared: {', '.join(sorted(known - declared))}")
+    if problems:
+        name = model_config.get("name")
+        raise ValueError(f"model {name!r}: config.pbtxt inputs and code differ; {'; '.join(problems)}")
