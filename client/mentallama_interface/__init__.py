@@ -173,6 +173,13 @@ ENGINE_OUTPUT_NAMES: tuple[str, ...] = tuple(
     spec.name for spec in ENSEMBLE_OUTPUTS if spec.name not in ("text_output", "context_logits", "generation_logits")
 )
 
+# An engine step that declares this output reports a failure after its first response in it (a final response
+# without error) when the request's parameters ask for it (`errors_in_band`): Triton 2.51's BLS loses an error
+# response that is not a call's first (docs/RELIABILITY.md, "Attacks"). The CPU engine step declares it and the
+# `mentallama` front model asks; the ensemble does not ask, and gets the error.
+ENGINE_ERROR_OUTPUT = "error_message"
+ERRORS_IN_BAND = "errors_in_band"
+
 # Ensemble inputs that the engine step takes directly, under the `tensorrt_llm` model's names.
 ENGINE_INPUT_NAMES: dict[str, str] = {
     "stream": "streaming",

@@ -6,7 +6,6 @@ the `mentallama` front model talk to the CPU and GPU profiles the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -15,8 +14,7 @@ from mentallama_server.batching import split_batch
 from mentallama_server.detokenize import byte_token_map, utf8_safe_boundary
 from mentallama_server.engine_types import GenerationRequest
 from mentallama_server.preprocess import Limits, RequestError, from_word_list, scalar
-
-Inputs = Mapping[str, "np.ndarray | None"]
+from mentallama_server.sampling import Inputs, Sampling, check_sampling_values, input_value
 
 # What `parse_stop` and `parse_batch` read. The CPU model reads the inputs its config.pbtxt declares and
 # refuses to load when they differ from these (an input declared but not read would be ignored silently);
@@ -64,59 +62,29 @@ class StepRequest:
     """Row of this prompt in a request of N prompts (`[N, 1]` tensors); sent back as `batch_index`."""
 
 
-def _value(inputs: Inputs, name: str, cast: type, default):
-    value = scalar(inputs.get(name), name)
-    return default if value is None else cast(value)
-
-
 def parse_stop(inputs: Inputs) -> bool:
-    return bool(_value(inputs, "stop", bool, False))
-
-
-@dataclass(frozen=True)
-class Sampling:
-    top_k: int
-    top_p: float
-    temperature: float
-    min_tokens: int
+    return bool(input_value(inputs, "stop", bool, False))
 
 
 def parse_sampling(inputs: Inputs) -> Sampling:
-    """Check the sampling inputs (engine names); shared with the front model so it refuses them early."""
-    beam_width = _value(inputs, "beam_width", int, 1)
+    """The CPU engine's sampling: one sequence per prompt, no beam search, no perf metrics; values as
+    `check_sampling_values` allows."""
+    beam_width = input_value(inputs, "beam_width", int, 1)
     if beam_width != 1:
         raise RequestError(f"beam_width must be 1 on the CPU profile (no beam search), got {beam_width}")
-    # Also the front model's rules on every profile: it relays neither sequence_index nor the perf metrics.
-    sequences = _value(inputs, "num_return_sequences", int, 1)
+    sequences = input_value(inputs, "num_return_sequences", int, 1)
     if sequences != 1:
         raise RequestError(
-            f"num_return_sequences must be 1, got {sequences}: the CPU engine and the `mentallama` model return "
-            "one sequence per prompt (the `ensemble` on the GPU profile serves more; or send the prompt several "
-            "times with different seeds)"
+            f"num_return_sequences must be 1, got {sequences}: the CPU engine returns one sequence per prompt "
+            "(the `ensemble` on the GPU profile serves more; or send the prompt several times with different seeds)"
         )
-    if _value(inputs, "return_perf_metrics", bool, False):
+    if input_value(inputs, "return_perf_metrics", bool, False):
         raise RequestError(
             "return_perf_metrics is not supported: the CPU engine (OpenVINO GenAI) reports no per-request "
-            "KV-cache blocks or scheduling times and the `mentallama` model does not relay them (the `ensemble` "
-            "on the GPU profile serves them; Triton's metrics endpoint has the CPU engine's counters)"
+            "KV-cache blocks or scheduling times (the `ensemble` on the GPU profile serves them; Triton's metrics "
+            "endpoint has the CPU engine's counters)"
         )
-    # len_penalty (length_penalty) only scores beams in beam search: with beam_width 1 TensorRT-LLM ignores
-    # it too, so it is accepted and has no effect.
-    _value(inputs, "len_penalty", float, 1.0)
-    top_k = _value(inputs, "runtime_top_k", int, 0)
-    if top_k < 0:
-        raise RequestError(f"top_k must be >= 0, got {top_k}")
-    # Absent top_k and top_p mean greedy decoding, as in TensorRT-LLM; an explicit top_p must be usable.
-    top_p = _value(inputs, "runtime_top_p", float, 0.0)
-    if inputs.get("runtime_top_p") is not None and not 0.0 < top_p <= 1.0:
-        raise RequestError(f"top_p must be in (0, 1], got {top_p}")
-    temperature = _value(inputs, "temperature", float, 1.0)
-    if temperature < 0.0:
-        raise RequestError(f"temperature must be >= 0, got {temperature}")
-    min_tokens = _value(inputs, "min_tokens", int, 0)
-    if min_tokens < 0:
-        raise RequestError(f"min_tokens must be >= 0, got {min_tokens}")
-    return Sampling(top_k=top_k, top_p=top_p, temperature=temperature, min_tokens=min_tokens)
+    return check_sampling_values(inputs)
 
 
 def parse_batch(inputs: Inputs, request_id: str, limits: Limits) -> list[StepRequest]:
@@ -137,13 +105,13 @@ def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepReques
     if ids.ndim == 2 and ids.shape[0] != 1:
         raise RequestError(f"one sequence per request is supported, got a batch of {ids.shape[0]}")
     input_ids = [int(i) for i in ids.reshape(-1)]
-    length = _value(inputs, "input_lengths", int, len(input_ids))
+    length = input_value(inputs, "input_lengths", int, len(input_ids))
     if not 0 < length <= len(input_ids):
         raise RequestError(f"input_lengths is {length}, but input_ids holds {len(input_ids)} tokens")
     input_ids = input_ids[:length]
     if length > limits.max_input_len:
         raise RequestError(f"input is {length} tokens, above the limit of {limits.max_input_len}")
-    max_new = _value(inputs, "request_output_len", int, None)
+    max_new = input_value(inputs, "request_output_len", int, None)
     if max_new is None:
         raise RequestError("request_output_len (max_tokens) is required")
     if not 0 < max_new <= limits.max_output_len:
@@ -156,28 +124,28 @@ def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepReques
         request_id=request_id,
         input_ids=input_ids,
         max_new_tokens=max_new,
-        end_id=_value(inputs, "end_id", int, None),
-        pad_id=_value(inputs, "pad_id", int, None),
+        end_id=input_value(inputs, "end_id", int, None),
+        pad_id=input_value(inputs, "pad_id", int, None),
         min_new_tokens=sampling.min_tokens,
         temperature=sampling.temperature,
         top_k=sampling.top_k,
         top_p=sampling.top_p,
-        repetition_penalty=_value(inputs, "repetition_penalty", float, 1.0),
-        presence_penalty=_value(inputs, "presence_penalty", float, 0.0),
-        frequency_penalty=_value(inputs, "frequency_penalty", float, 0.0),
+        repetition_penalty=input_value(inputs, "repetition_penalty", float, 1.0),
+        presence_penalty=input_value(inputs, "presence_penalty", float, 0.0),
+        frequency_penalty=input_value(inputs, "frequency_penalty", float, 0.0),
         seed=None if seed is None else int(seed),
         stop_words=from_word_list(inputs.get("stop_words_list")),
         bad_words=from_word_list(inputs.get("bad_words_list")),
-        return_log_probs=bool(_value(inputs, "return_log_probs", bool, False)),
-        streaming=bool(_value(inputs, "streaming", bool, False)),
+        return_log_probs=bool(input_value(inputs, "return_log_probs", bool, False)),
+        streaming=bool(input_value(inputs, "streaming", bool, False)),
     )
     return StepRequest(
         generation=generation,
         streaming=generation.streaming,
-        exclude_input_in_output=bool(_value(inputs, "exclude_input_in_output", bool, False)),
+        exclude_input_in_output=bool(input_value(inputs, "exclude_input_in_output", bool, False)),
         return_log_probs=generation.return_log_probs,
-        return_num_input_tokens=bool(_value(inputs, "return_num_input_tokens", bool, False)),
-        return_num_output_tokens=bool(_value(inputs, "return_num_output_tokens", bool, False)),
+        return_num_input_tokens=bool(input_value(inputs, "return_num_input_tokens", bool, False)),
+        return_num_output_tokens=bool(input_value(inputs, "return_num_output_tokens", bool, False)),
     )
 
 

@@ -11,18 +11,13 @@ import numpy as np
 
 from mentallama_interface import ENGINE_INPUT_NAMES, FRONT_INPUTS
 from mentallama_server.batching import refuse_unserved, split_batch
-from mentallama_server.engine_step import parse_sampling
 from mentallama_server.preprocess import Preprocessor, RequestError, scalar, to_word_list
+from mentallama_server.sampling import Inputs, Sampling, check_sampling_values, input_value
 
 INPUT_NAMES = tuple(spec.name for spec in FRONT_INPUTS)
 # The front model always streams from the engine (to watch for cancellation between chunks) and
 # adds the prompt text itself, so these two ensemble inputs are not passed through.
 _NOT_PASSED = {"stream", "exclude_input_in_output"}
-# An engine that declares this output reports a failure after its first response in it (a final response
-# without error), when the request's parameters ask for it: Triton 2.51's BLS loses an error response that
-# is not a call's first (docs/RELIABILITY.md, "Attacks"). The ensemble does not ask, and gets the error.
-ENGINE_ERROR_OUTPUT = "error_message"
-ERRORS_IN_BAND = "errors_in_band"
 
 
 def engine_declares_output(model_repository: str | Path, name: str, engine: str = "tensorrt_llm") -> bool:
@@ -65,6 +60,29 @@ def is_stop_request(inputs: Mapping[str, np.ndarray | None]) -> bool:
     return _flag(inputs, "stop")
 
 
+def check_front_sampling(inputs: Inputs) -> Sampling:
+    """What the front model relays, on every profile: one sequence per prompt (the first beam's tokens alone
+    are read), no per-request perf metrics; values as every engine allows them."""
+    beam_width = input_value(inputs, "beam_width", int, 1)
+    if beam_width != 1:
+        raise RequestError(
+            f"beam_width must be 1 on the `mentallama` model (it returns one sequence per prompt), got {beam_width}; "
+            "beam search is served by the `ensemble` on the GPU (trtllm) profile"
+        )
+    sequences = input_value(inputs, "num_return_sequences", int, 1)
+    if sequences != 1:
+        raise RequestError(
+            f"num_return_sequences must be 1 on the `mentallama` model (one sequence per prompt), got {sequences}; "
+            "the `ensemble` on the GPU profile serves more, or send the prompt several times with different seeds"
+        )
+    if input_value(inputs, "return_perf_metrics", bool, False):
+        raise RequestError(
+            "return_perf_metrics is not supported by the `mentallama` model (it does not relay the engine's "
+            "per-request metrics); the `ensemble` on the GPU profile serves them"
+        )
+    return check_sampling_values(inputs)
+
+
 def parse_front_batch(inputs: Mapping[str, np.ndarray | None], preprocessor: Preprocessor) -> list[FrontRequest]:
     """A request of N prompts (`[N, 1]` tensors, `[1, 1]` for one): one FrontRequest per prompt, with its
     `batch_index`, as TensorRT-LLM serves them; any bad prompt refuses the request (`RequestError`)."""
@@ -101,7 +119,7 @@ def parse_front_request(inputs: Mapping[str, np.ndarray | None], preprocessor: P
         for name in ENGINE_INPUT_NAMES
         if name not in _NOT_PASSED and inputs.get(name) is not None
     }
-    sampling = parse_sampling(passthrough)  # refuse bad sampling values here, with INVALID_ARGUMENT
+    sampling = check_front_sampling(passthrough)  # refuse bad sampling values here, with INVALID_ARGUMENT
     if sampling.min_tokens > prepared.max_tokens:
         raise RequestError(f"min_tokens ({sampling.min_tokens}) is above max_tokens ({prepared.max_tokens})")
     return FrontRequest(
