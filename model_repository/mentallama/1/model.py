@@ -41,10 +41,9 @@ import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from mentallama_interface import ENGINE_ERROR_OUTPUT, ERRORS_IN_BAND
 from mentallama_server.detokenize import AnchoredDecoder, IncrementalDetokenizer, byte_token_map
 from mentallama_server.front import (
-    ENGINE_ERROR_OUTPUT,
-    ERRORS_IN_BAND,
     INPUT_NAMES,
     FrontRequest,
     engine_declares_output,
