@@ -9,28 +9,18 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.support.servers import ServerUrls, loopback_options
+
 if TYPE_CHECKING:
     from mentallama_server.launcher import ServerOptions
 
 
 @dataclass(frozen=True)
-class RunningServer:
+class RunningServer(ServerUrls):
     opts: ServerOptions
     checkpoint: Path
     run_dir: Path
     log_path: Path
-
-    @property
-    def grpc_url(self) -> str:
-        return self.opts.grpc_url
-
-    @property
-    def http_url(self) -> str:
-        return self.opts.http_url
-
-    @property
-    def metrics_url(self) -> str:
-        return self.opts.metrics_url
 
 
 @pytest.fixture(scope="session")
@@ -51,14 +41,10 @@ def tiny_engine(tiny_checkpoint: Path) -> Path:
 @pytest.fixture(scope="session")
 def cpu_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A real tritonserver on loopback, free ports, CPU profile with the tiny checkpoint."""
-    from mentallama_server.launcher import ServerOptions, free_port
     from mentallama_server.serve import start_cpu_server
     from mentallama_server.settings import CpuSettings
 
-    host = "127.0.0.1"
-    opts = ServerOptions(
-        host=host, grpc_port=free_port(host), http_port=free_port(host), metrics_port=free_port(host)
-    )
+    opts = loopback_options()
     run_dir = tmp_path_factory.mktemp("triton-run")
     # A small cache and short limits keep the suite fast and make limit errors easy to reach.
     settings = CpuSettings(max_input_len=1024, max_output_len=1024, cache_num_blocks=256)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmarks.cli import app, build_loads, default_http_endpoints, default_metrics_urls, parse_list
+from tests.support.endpoints import dead_endpoint
 
 
 def test_cli_sweep_writes_the_session_fake_triton(fake_triton, tmp_path: Path) -> None:
@@ -59,12 +59,6 @@ def test_cli_rejects_conflicting_loads() -> None:
     result = CliRunner().invoke(app, ["--concurrency", "1", "--request-rate", "2", "--no-progress"])
     assert result.exit_code == 2
     assert "not both" in result.output
-
-
-def dead_endpoint() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 def test_cli_reports_an_unreachable_server_in_one_line() -> None:

@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,12 @@ from typer.testing import CliRunner
 from mentallama.cli import app
 from mentallama.evaluation import load_imhi
 from mentallama.tasks import TASKS
+from tests.support.endpoints import dead_endpoint
 
 IMHI_MINI = Path(__file__).parent / "fixtures" / "imhi_mini"
 POSTS = ["Exams next week and I cannot sleep.", "", "The landlord raised the rent again and my pay stayed."]
 
 runner = CliRunner()
-
-
-def dead_endpoint() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 def test_tasks_lists_the_catalog():

@@ -13,22 +13,19 @@ from pathlib import Path
 
 import psutil
 
-from mentallama_server.launcher import ServerOptions, free_port
-from tests.reliability.rel_servers import HOST, READY_TIMEOUT_S
+from tests.support.servers import READY_TIMEOUT_S, ServerUrls, loopback_options
 
 SERVE = str(Path(sys.executable).parent / "mentallama-serve")
 
 
-class LaunchedServer:
+class LaunchedServer(ServerUrls):
     """`mentallama-serve --profile cpu` in a subprocess, on free loopback ports; a context manager.
 
     Its output is read by a thread (kept in `output`), so the launcher never blocks on a full pipe.
     """
 
     def __init__(self, checkpoint: Path, run_dir: Path, *flags: str, env: dict[str, str] | None = None) -> None:
-        self.opts = ServerOptions(
-            host=HOST, grpc_port=free_port(HOST), http_port=free_port(HOST), metrics_port=free_port(HOST)
-        )
+        self.opts = loopback_options()
         self.run_dir = run_dir
         argv = [
             SERVE, "--profile=cpu", f"--model={checkpoint}", f"--run-dir={run_dir}",
@@ -53,18 +50,6 @@ class LaunchedServer:
     @property
     def output(self) -> str:
         return "".join(self.lines)
-
-    @property
-    def grpc_url(self) -> str:
-        return self.opts.grpc_url
-
-    @property
-    def http_url(self) -> str:
-        return self.opts.http_url
-
-    @property
-    def metrics_url(self) -> str:
-        return self.opts.metrics_url
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> LaunchedServer:
         if not self._ready.wait(timeout_s) or self.proc.poll() is not None:

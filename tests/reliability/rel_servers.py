@@ -9,28 +9,18 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mentallama_server.launcher import ServerOptions, TritonProcess, bundled_server, free_port
+from mentallama_server.launcher import ServerOptions, TritonProcess, bundled_server
 from mentallama_server.serve import render_cpu
 from mentallama_server.settings import CpuSettings
-from tests.server.triton_io import scrape_metric
-
-READY_TIMEOUT_S = 240.0
-HOST = "127.0.0.1"
-
-
-def loopback_options(**changes: object) -> ServerOptions:
-    """Default server options on free loopback ports."""
-    ports = dict(grpc_port=free_port(HOST), http_port=free_port(HOST), metrics_port=free_port(HOST))
-    return ServerOptions(host=HOST, **{**ports, **changes})  # type: ignore[arg-type]
+from tests.support.servers import READY_TIMEOUT_S, ServerUrls
 
 
 @dataclass
-class Replica:
+class Replica(ServerUrls):
     """One server that a test may kill (SIGKILL, like a lost machine) and start again on the same ports."""
 
     checkpoint: Path
@@ -39,18 +29,6 @@ class Replica:
     run_dir: Path
     process: TritonProcess | None = None
     starts: int = field(default=0)
-
-    @property
-    def grpc_url(self) -> str:
-        return self.opts.grpc_url
-
-    @property
-    def http_url(self) -> str:
-        return self.opts.http_url
-
-    @property
-    def metrics_url(self) -> str:
-        return self.opts.metrics_url
 
     @property
     def pid(self) -> int:
@@ -111,39 +89,3 @@ def stop_all(replicas: Sequence[Replica]) -> None:
         stopper.start()
     for stopper in stoppers:
         stopper.join()
-
-
-# --- the engine's Prometheus gauges ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EngineGauges:
-    active: float | None
-    tracked: float | None
-    blocks_used: float | None
-
-    @property
-    def idle(self) -> bool:
-        return self.active == 0 and self.tracked == 0
-
-
-def engine_gauges(metrics_url: str) -> EngineGauges:
-    return EngineGauges(
-        scrape_metric(metrics_url, "mentallama_engine_requests", 'state="active"'),
-        scrape_metric(metrics_url, "mentallama_engine_tracked_requests"),
-        scrape_metric(metrics_url, "mentallama_engine_kv_cache_blocks", 'state="used"'),
-    )
-
-
-def wait_gauges(
-    metrics_url: str, condition: Callable[[EngineGauges], bool], timeout_s: float = 30.0
-) -> tuple[EngineGauges, float]:
-    """Poll the gauges until `condition` holds; returns the last reading and the seconds it took
-    (the reading that failed the condition when it timed out)."""
-    started = time.monotonic()
-    while True:
-        gauges = engine_gauges(metrics_url)
-        elapsed = time.monotonic() - started
-        if condition(gauges) or elapsed > timeout_s:
-            return gauges, elapsed
-        time.sleep(0.05)

@@ -28,15 +28,10 @@ from mentallama import (
 )
 from mentallama_server.settings import CpuSettings
 from tests.reliability.rel_policy import RecordingPolicy
-from tests.reliability.rel_servers import (
-    Replica,
-    engine_gauges,
-    loopback_options,
-    start_replicas,
-    stop_all,
-    wait_gauges,
-)
+from tests.reliability.rel_servers import Replica, start_replicas, stop_all
 from tests.server.triton_io import StreamCall, make_inputs
+from tests.support.metrics import engine_gauges, wait_gauges
+from tests.support.servers import loopback_options
 
 pytestmark = pytest.mark.server
 SLOTS = 16

@@ -19,8 +19,8 @@ import pytest
 from mentallama_server.launcher import TritonProcess, bundled_server
 from mentallama_server.serve import render_cpu
 from mentallama_server.settings import CpuSettings
-from tests.reliability.rel_servers import READY_TIMEOUT_S, loopback_options
 from tests.server.triton_io import StreamCall, http_generate, make_inputs
+from tests.support.servers import READY_TIMEOUT_S, loopback_options
 
 pytestmark = pytest.mark.server
 FAKE_ENGINE = Path(__file__).parent / "fake_engine" / "model.py"

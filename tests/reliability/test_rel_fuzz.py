@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from mentallama_server.interface import ENSEMBLE_INPUTS
+from mentallama_interface import ENSEMBLE_INPUTS
 from mentallama_server.launcher import TritonProcess, bundled_server
 from mentallama_server.serve import render_cpu
 from mentallama_server.settings import CpuSettings
-from tests.reliability.rel_servers import READY_TIMEOUT_S, loopback_options
 from tests.server.triton_io import StreamCall
+from tests.support.servers import READY_TIMEOUT_S, loopback_options
 
 pytestmark = pytest.mark.server
 SEED = 15

@@ -20,8 +20,8 @@ from mentallama import AuthenticationError, RetryPolicy
 from mentallama._transport import error_from_rpc
 from mentallama_server.launcher import SHM_DIR
 from tests.reliability.rel_launched import LaunchedServer
-from tests.reliability.rel_servers import wait_gauges
 from tests.server.triton_io import StreamCall, make_inputs
+from tests.support.metrics import wait_gauges
 
 pytestmark = pytest.mark.server
 MAX_OUTPUT = 1024

@@ -18,8 +18,9 @@ import pytest
 from mentallama import Analysis, APIConnectionError, MentaLLaMAClient, MentaLLaMAError, RetryPolicy
 from mentallama_server.settings import CpuSettings
 from tests.reliability.rel_policy import RecordingPolicy
-from tests.reliability.rel_servers import Replica, loopback_options, start_replicas, stop_all, wait_gauges
-from tests.server.triton_io import scrape_metric
+from tests.reliability.rel_servers import Replica, start_replicas, stop_all
+from tests.support.metrics import scrape_metric, wait_gauges
+from tests.support.servers import loopback_options
 
 pytestmark = pytest.mark.server
 # Per answer; min_tokens = max_tokens, so every complete answer has exactly this many. Long enough that

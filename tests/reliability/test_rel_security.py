@@ -24,10 +24,11 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from mentallama import Analysis, APIConnectionError, MentaLLaMAClient
 from mentallama_server.launcher import ADMIN_HEADER, port_free
 from mentallama_server.settings import CpuSettings
-from tests.pki import Pki, make_pki
 from tests.reliability.rel_launched import LaunchedServer
-from tests.reliability.rel_servers import HOST, Replica, loopback_options, start_replicas, stop_all
+from tests.reliability.rel_servers import Replica, start_replicas, stop_all
 from tests.server.triton_io import http_generate
+from tests.support.pki import Pki, make_pki
+from tests.support.servers import HOST, loopback_options
 
 pytestmark = pytest.mark.server
 ADMIN_KEY = "s3cret-admin-key"

@@ -23,8 +23,8 @@ from mentallama_server.launcher import TritonProcess, bundled_server
 from mentallama_server.serve import render_cpu
 from mentallama_server.settings import CpuSettings
 from mentallama_server.text_tokenizer import load_tokenizer
-from tests.reliability.rel_servers import READY_TIMEOUT_S, loopback_options
 from tests.server.triton_io import StreamCall, make_inputs
+from tests.support.servers import READY_TIMEOUT_S, loopback_options
 
 pytestmark = pytest.mark.server
 DOUBLE = Path(__file__).parent / "cxx_chunking_double" / "model.py"

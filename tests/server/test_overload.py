@@ -10,7 +10,8 @@ import pytest
 from mentallama_server.launcher import ServerOptions, TritonProcess, free_port
 from mentallama_server.serve import start_cpu_server
 from mentallama_server.settings import CpuSettings
-from tests.server.triton_io import StreamCall, infer, make_inputs, scrape_metric
+from tests.server.triton_io import StreamCall, infer, make_inputs
+from tests.support.metrics import scrape_metric
 
 pytestmark = pytest.mark.server
 LONG = "Consider this post: I can't sleep. Question: Does the poster suffer from depression?"

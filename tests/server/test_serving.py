@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.server.triton_io import StreamCall, http_generate, infer, make_inputs, scrape_metric
+from tests.server.triton_io import StreamCall, http_generate, infer, make_inputs
+from tests.support.metrics import scrape_metric
 
 pytestmark = pytest.mark.server
 MODELS = ("mentallama", "ensemble")

@@ -139,12 +139,3 @@ def http_generate(base_url: str, model: str, payload: dict, stream: bool = False
         return status, [json.loads(body)]
     events = [json.loads(line[len("data: ") :]) for line in body.splitlines() if line.startswith("data: ")]
     return status, events
-
-
-def scrape_metric(metrics_url: str, name: str, labels: str = "") -> float | None:
-    """Value of one Prometheus sample, e.g. `mentallama_engine_requests`, `state="active"`."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(name) and (not labels or labels in line):
-                return float(line.rsplit(" ", 1)[1])
-    return None

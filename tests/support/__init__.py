@@ -1,0 +1,1 @@
+"""Test support shared by the test folders: servers, fakes, PKI, metric scraping."""
