@@ -12,7 +12,7 @@ import pytest
 from mentallama import AsyncMentaLLaMAClient, InvalidRequestError, MentaLLaMAClient
 from mentallama import _transport as transport_module
 from mentallama._transport import SyncTransport, build_request, stop_request
-from tests.client.test_client_sync import wait_engine_busy, wait_engine_idle
+from tests.support.metrics import wait_engine
 
 pytestmark = pytest.mark.server
 
@@ -47,7 +47,7 @@ def test_stop_request_ends_the_running_request_with_its_id(cpu_server) -> None:
     assert rest and rest[-1].final
     assert (rest[-1].num_output_tokens or 0) < LONG["max_tokens"]
     assert elapsed < 5
-    wait_engine_idle(cpu_server.metrics_url)
+    wait_engine(cpu_server.metrics_url, busy=False, within_s=5)
 
 
 def test_stop_of_an_unknown_or_finished_request_is_answered_without_error(cpu_server) -> None:
@@ -113,9 +113,9 @@ def test_sdk_stops_a_stream_left_early_without_cancelling_the_call(cpu_server, m
     with MentaLLaMAClient(cpu_server.grpc_url, max_retries=0, timeout=60) as client:
         with client.generate_stream("Tell me a story", **LONG) as stream:
             next(stream)
-            wait_engine_busy(cpu_server.metrics_url)
+            wait_engine(cpu_server.metrics_url, busy=True, within_s=2)
         assert stream.final().finish_reason == "cancelled"
-        wait_engine_idle(cpu_server.metrics_url)
+        wait_engine(cpu_server.metrics_url, busy=False, within_s=5)
 
     async def leave_async_stream_and_cancel_a_task() -> None:
         async with AsyncMentaLLaMAClient(cpu_server.grpc_url, max_retries=0, timeout=60) as client:
@@ -130,5 +130,5 @@ def test_sdk_stops_a_stream_left_early_without_cancelling_the_call(cpu_server, m
                 await task
 
     asyncio.run(leave_async_stream_and_cancel_a_task())
-    wait_engine_idle(cpu_server.metrics_url)
+    wait_engine(cpu_server.metrics_url, busy=False, within_s=5)
     assert spy.cancelled == 0
