@@ -12,7 +12,7 @@ import pytest
 from tests.support.servers import ServerUrls, loopback_options
 
 if TYPE_CHECKING:
-    from mentallama_server.launcher import ServerOptions
+    from mentallama_server.launch.launcher import ServerOptions
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class RunningServer(ServerUrls):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint() -> Path:
-    from engine_build.tiny import ensure_checkpoint
+    from mentallama_build.tiny import ensure_checkpoint
 
     return ensure_checkpoint("tiny")
 
@@ -33,7 +33,7 @@ def tiny_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_checkpoint: Path) -> Path:
     """The tiny checkpoint's fp32 OpenVINO engine, as `mentallama-serve` builds it on first use."""
-    from engine_build.openvino_build import OpenVinoOptions, ensure_engine
+    from mentallama_build.openvino_build import OpenVinoOptions, ensure_engine
 
     return ensure_engine(tiny_checkpoint, OpenVinoOptions("fp32"))
 
@@ -41,8 +41,8 @@ def tiny_engine(tiny_checkpoint: Path) -> Path:
 @pytest.fixture(scope="session")
 def cpu_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A real tritonserver on loopback, free ports, CPU profile with the tiny checkpoint."""
-    from mentallama_server.serve import start_cpu_server
-    from mentallama_server.settings import CpuSettings
+    from mentallama_server.launch.cpu_profile import CpuSettings
+    from mentallama_server.launch.serve_cpu import start_cpu_server
 
     opts = loopback_options()
     run_dir = tmp_path_factory.mktemp("triton-run")

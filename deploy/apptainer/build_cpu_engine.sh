@@ -63,10 +63,10 @@ CHECKPOINT=$(cd "$CHECKPOINT" && pwd -P)
 ((DRY_RUN)) || mkdir -p "$ENGINE_ROOT"
 ml_cpu_container "$IMAGE" "$CHECKPOINT" "$ENGINE_ROOT" "${BINDS[@]}"
 
-# The folder name, from engine_build's own cached_engine_dir (options checked first).
+# The folder name, from mentallama_build's own cached_engine_dir (options checked first).
 NAME_PY='import sys
 from pathlib import Path
-from engine_build.openvino_build import OpenVinoOptions, cached_engine_dir, option_problems
+from mentallama_build.openvino_build import OpenVinoOptions, cached_engine_dir, option_problems
 ckpt, fmt, group, ratio = sys.argv[1:5]
 opts = OpenVinoOptions(fmt, int(group) if group else None, float(ratio) if ratio else None)
 problems = option_problems(opts)
@@ -76,7 +76,7 @@ print(cached_engine_dir(Path(ckpt), opts).name)'
 # Exit 0 when ENGINE matches CHECKPOINT (manifest, file digests); with "loud", say why not.
 VERIFY_PY='import sys
 from pathlib import Path
-from engine_build.openvino_build import verify_engine
+from mentallama_build.openvino_build import verify_engine
 problems = verify_engine(Path(sys.argv[1]), Path(sys.argv[2]))
 if problems and sys.argv[3] == "loud":
     print("\n".join("  - " + p for p in problems), file=sys.stderr)

@@ -65,7 +65,7 @@ done
 RUNTIME=$(ml_container_runtime)
 
 # Same path inside and outside: the rendered configs name host paths (engine, tokenizer, code).
-CONTAINER=("$RUNTIME" exec --nv --cleanenv --env "PYTHONPATH=$REPO/server")
+CONTAINER=("$RUNTIME" exec --nv --cleanenv --env "PYTHONPATH=$REPO/src")
 if [[ -n $GPUS ]]; then
   CONTAINER+=(--env "CUDA_VISIBLE_DEVICES=$GPUS")
 fi
@@ -79,7 +79,7 @@ if [[ -n $LOG_FILE ]]; then
 fi
 CONTAINER+=("$IMAGE")
 
-GEN=(python3 -m mentallama_server.trtllm_profile mpi-command --print0
+GEN=(python3 -m mentallama_server.launch.trtllm_profile mpi-command --print0
   --world-size "$WORLD_SIZE" --model-repo "$MODEL_REPO" --shm-prefix "$SHM_PREFIX" --shm-pool-mib "$SHM_POOL_MIB"
   --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT")
 if [[ -n $LOG_FILE ]]; then
@@ -87,11 +87,11 @@ if [[ -n $LOG_FILE ]]; then
 fi
 GEN+=(-- "${RANK0_ARGS[@]}")
 
-# The launch argv comes from mentallama_server.trtllm_profile.mpi_command (one definition, tested):
+# The launch argv comes from mentallama_server.launch.trtllm_profile.mpi_command (one definition, tested):
 # host python3 when it can run it, else the container's.
 argv_file=$(mktemp)
 trap 'rm -f "$argv_file"' EXIT
-if ! PYTHONPATH="$REPO/server" python3 "${GEN[@]:1}" >"$argv_file" 2>/dev/null; then
+if ! PYTHONPATH="$REPO/src" python3 "${GEN[@]:1}" >"$argv_file" 2>/dev/null; then
   if ((DRY_RUN)); then
     printf '%q ' "${CONTAINER[@]}" "${GEN[@]}"
     printf '\n'

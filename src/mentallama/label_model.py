@@ -2,7 +2,7 @@
 
 One linear classifier per task that has IMHI training answers (DR, dreaddit, SAD, Irf, MultiWD),
 over TF-IDF word 1-2-grams of the explanation, trained by ``mentallama-build label-model`` (module
-``engine_build.label_model``) on the IMHI *training* answers with the verdict sentence removed.
+``mentallama_build.label_model``) on the IMHI *training* answers with the verdict sentence removed.
 :func:`mentallama.parsing.parse_response` asks it when an answer does not state its label plainly.
 Irf and MultiWD are yes/no per aspect in the task catalog; their model is one yes/no classifier per
 task over the explanation (which names the aspect), shared by every aspect.

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.records import RequestOutcome, SampleRequest, SamplingParams
+from mentallama_bench.records import RequestOutcome, SampleRequest, SamplingParams
 from mentallama_interface import ENSEMBLE_INPUTS, wire_types
 
 __all__ = [

@@ -18,17 +18,17 @@ import grpc
 import typer
 from tritonclient.grpc import service_pb2_grpc
 
-from benchmarks.backends import BACKENDS, DEFAULT_MODEL, Backend, make_backend
-from benchmarks.compare import compare_summaries, format_comparison
-from benchmarks.datasets import BenchmarkDataset, ImhiDataset, SyntheticDataset, parse_task_mix
-from benchmarks.metrics import SLO
-from benchmarks.records import SamplingParams
-from benchmarks.report import fixed_width, format_table
-from benchmarks.runner import COUNT_MODES, LoadSpec, RunResult, SessionConfig, StopSpec, run_session
-from benchmarks.tokens import load_tokenizer
 from mentallama import __version__
 from mentallama._constants import DEFAULT_MAX_TOKENS
 from mentallama.cli._cli_utils import HELP_OPTIONS, START_SERVER_HINT, endpoint_problem, plain_help, version_option
+from mentallama_bench.backends import BACKENDS, DEFAULT_MODEL, Backend, make_backend
+from mentallama_bench.compare import compare_summaries, format_comparison
+from mentallama_bench.datasets import BenchmarkDataset, ImhiDataset, SyntheticDataset, parse_task_mix
+from mentallama_bench.metrics import SLO
+from mentallama_bench.records import SamplingParams
+from mentallama_bench.report import fixed_width, format_table
+from mentallama_bench.runner import COUNT_MODES, LoadSpec, RunResult, SessionConfig, StopSpec, run_session
+from mentallama_bench.tokens import load_tokenizer
 
 __all__ = ["app", "main"]
 
@@ -89,7 +89,7 @@ def _engine_backend(checkpoint: Path | None, options: list[str], request_timeout
     """The in-process OpenVinoEngine with mentallama-serve's default settings, plus KEY=VALUE overrides."""
     if checkpoint is None:
         raise ValueError("--compare-engine needs --checkpoint (or --tokenizer): the folder the server serves")
-    from benchmarks.engine_backend import EngineBackend, engine_settings
+    from mentallama_bench.engine_backend import EngineBackend, engine_settings
 
     pairs = dict(o.split("=", 1) for o in options if "=" in o)
     if len(pairs) != len(options):

@@ -9,7 +9,7 @@ machines are noisy, so the ratios are what to read:
 - authors' way: transformers `generate()` on the checkpoint in static batches of 8 with left padding, as the
   MentaLLaMA authors' evaluation script runs it (one figure: a static batch has no concurrency).
 
-    python benchmarks/cpu_engine_bench.py --model bench --imhi-dir ../shared/imhi --weight-formats int8,fp16
+    python src/mentallama_bench/cpu_engine_bench.py --model bench --imhi-dir ../shared/imhi --weight-formats int8,fp16
 
 `--footprint` also starts the tiny model's server once its engine exists and reports the time to ready and
 the resident memory of tritonserver and its Python stubs.
@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.backends import Backend, TritonGrpcBackend
-from benchmarks.engine_backend import EngineBackend
-from benchmarks.records import SampleRequest, SamplingParams
-from mentallama_server.launcher import ServerOptions, free_port
-from mentallama_server.serve import resolve_checkpoint, start_cpu_server
-from mentallama_server.settings import CpuSettings
+from mentallama_bench.backends import Backend, TritonGrpcBackend
+from mentallama_bench.engine_backend import EngineBackend
+from mentallama_bench.records import SampleRequest, SamplingParams
+from mentallama_server.launch.cpu_profile import CpuSettings
+from mentallama_server.launch.launcher import ServerOptions, free_port
+from mentallama_server.launch.serve_cpu import resolve_checkpoint, start_cpu_server
 
 PER_FILE = 8
 AUTHORS_BATCH = 8

@@ -17,8 +17,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from benchmarks.records import SampleRequest
-from benchmarks.tokens import count_input_tokens
+from mentallama_bench.records import SampleRequest
+from mentallama_bench.tokens import count_input_tokens
 
 __all__ = [
     "BenchmarkDataset",

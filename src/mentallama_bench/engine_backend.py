@@ -1,7 +1,7 @@
 """The bare CPU engine in-process (no Triton, no gRPC): the baseline of the comparison mode.
 
 `EngineBackend` sends the same `SampleRequest`s as the Triton backends straight to
-`mentallama_server.ov_engine.OpenVinoEngine`, on the engine `mentallama-serve` would serve for the checkpoint
+`mentallama_server.engine.ov_engine.OpenVinoEngine`, on the engine `mentallama-serve` would serve for the checkpoint
 (built on first use, shared with the server): it tokenises like the server's preprocessing
 (`tokenizer.encode(text)`, BOS included), maps the sampling settings the same way, and stamps each
 event carrying new tokens when the benchmark's event loop receives it. The clock starts before
@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.backends import Backend
-from benchmarks.records import RequestOutcome, SampleRequest, SamplingParams
+from mentallama_bench.backends import Backend
+from mentallama_bench.records import RequestOutcome, SampleRequest, SamplingParams
 
 __all__ = ["EngineBackend", "engine_kwargs", "engine_settings"]
 
@@ -40,7 +40,7 @@ def engine_settings(overrides: dict[str, str] | None = None) -> Any:
     """`mentallama-serve`'s defaults (`CpuSettings`) plus `KEY=VALUE` overrides named like the serve flags
     (`engine_max_batch_size`, `cache_num_blocks`, `weight_format`, ...), so the bare engine runs with the
     settings the server runs with."""
-    from mentallama_server.settings import CpuSettings
+    from mentallama_server.launch.cpu_profile import CpuSettings
 
     settings = CpuSettings()
     for key, value in (overrides or {}).items():
@@ -84,9 +84,9 @@ class EngineBackend(Backend):
     async def open(self) -> None:
         if self._engine is not None:
             return
-        from mentallama_server.ov_engine import OpenVinoEngine
-        from mentallama_server.serve import resolve_engine
-        from mentallama_server.text_tokenizer import TextTokenizer
+        from mentallama_server.engine.ov_engine import OpenVinoEngine
+        from mentallama_server.launch.serve_cpu import resolve_engine
+        from mentallama_server.models.text_tokenizer import TextTokenizer
 
         def build() -> Any:
             engine_dir, settings = resolve_engine(Path(self.endpoint), self.settings)
@@ -107,7 +107,7 @@ class EngineBackend(Backend):
         return self._engine is not None
 
     def _request(self, sample: SampleRequest, params: SamplingParams, input_ids: list[int]) -> Any:
-        from mentallama_server.engine_types import GenerationRequest
+        from mentallama_server.engine.types import GenerationRequest
 
         extra: dict[str, Any] = {}
         if params.force_output_len:

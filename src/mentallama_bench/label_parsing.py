@@ -17,7 +17,7 @@ rules read from the reference answer's own verdict:
    and the explanation). Goal >= 95 %.
 4. **Speed**: seconds to parse 10,000 reference answers (all tasks, in file order), best of 3. Goal < 2 s.
 
-    python benchmarks/label_parsing.py --imhi ../shared/imhi [--json results/label_parsing.json]
+    python src/mentallama_bench/label_parsing.py --imhi ../shared/imhi [--json results/label_parsing.json]
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engine_build.label_model import TASK_ORDER, Example, TrainConfig, load_task_examples
 from mentallama.parsing import parse_response, read_rules
 from mentallama.tasks import TASKS, get_task
+from mentallama_build.label_model import TASK_ORDER, Example, TrainConfig, load_task_examples
 
 STYLES = ("no verdict", "hedged", "options")
 

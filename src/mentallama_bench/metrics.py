@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.records import RequestRecord
+from mentallama_bench.records import RequestRecord
 
 __all__ = [
     "PERCENTILES",

@@ -19,12 +19,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.compare import compare_summaries, format_comparison
-from benchmarks.metrics import flatten_summary
-from benchmarks.records import RequestRecord
+from mentallama_bench.compare import compare_summaries, format_comparison
+from mentallama_bench.metrics import flatten_summary
+from mentallama_bench.records import RequestRecord
 
 if TYPE_CHECKING:
-    from benchmarks.runner import RunResult
+    from mentallama_bench.runner import RunResult
 
 __all__ = [
     "PLOT_FILES",
@@ -373,7 +373,7 @@ def write_session(folder: Path, results: Sequence[RunResult]) -> dict[str, Path]
            + " kept only the requests that had finished"] if any(r.interrupted for r in results) else []),
         "",
         "Latencies in ms; throughput in requests/s and output tokens/s; goodput in good requests/s.",
-        "Definitions: see `benchmarks/README.md`.",
+        "Definitions: see `src/mentallama_bench/README.md`.",
         "",
         "## Results",
         "",

@@ -2,7 +2,7 @@
 
 `drive()` only sends requests and collects outcomes; `run_load()` wraps one measured run (warm-up,
 Prometheus before/after, token counting, summary); `run_session()` runs a list of loads against one
-or more backends and writes every artefact through `benchmarks.report`.
+or more backends and writes every artefact through `mentallama_bench.report`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.arrivals import iter_arrival_offsets
-from benchmarks.backends import Backend
-from benchmarks.datasets import BenchmarkDataset
-from benchmarks.metrics import SLO, summarize
-from benchmarks.prometheus import MetricsSnapshot, diff_snapshots, scrape, triton_model_stats
-from benchmarks.records import RequestOutcome, RequestRecord, SampleRequest, SamplingParams
-from benchmarks.tokens import count_output_tokens
+from mentallama_bench.arrivals import iter_arrival_offsets
+from mentallama_bench.backends import Backend
+from mentallama_bench.datasets import BenchmarkDataset
+from mentallama_bench.metrics import SLO, summarize
+from mentallama_bench.prometheus import MetricsSnapshot, diff_snapshots, scrape, triton_model_stats
+from mentallama_bench.records import RequestOutcome, RequestRecord, SampleRequest, SamplingParams
+from mentallama_bench.tokens import count_output_tokens
 
 __all__ = [
     "COUNT_MODES",
@@ -377,7 +377,7 @@ async def run_session(
     `interrupted` in its summary), the session report covers what was measured, and the
     cancellation goes on to the caller.
     """
-    from benchmarks import report
+    from mentallama_bench import report
 
     results: list[RunResult] = []
 

@@ -11,8 +11,8 @@ interleaved (their order rotating) so that server drift hits every mode alike; t
 p50/p90 of per-request latency, the p50 ratio to the raw baseline, the same ratio paired round by
 round (robust on a shared machine), and client CPU per request (goal: SDK p50 at most 5% above raw).
 
-    python benchmarks/sdk_overhead.py                       # starts a tiny CPU server on free ports
-    python benchmarks/sdk_overhead.py --endpoint host:8001  # an already running server
+    python src/mentallama_bench/sdk_overhead.py                       # starts a tiny CPU server on free ports
+    python src/mentallama_bench/sdk_overhead.py --endpoint host:8001  # an already running server
 """
 
 from __future__ import annotations
@@ -202,10 +202,10 @@ def tiny_server() -> Iterator[str]:
     """A CPU-profile server with the tiny checkpoint on free loopback ports (like the test fixture)."""
     import tempfile
 
-    from engine_build.tiny import ensure_checkpoint
-    from mentallama_server.launcher import ServerOptions, free_port
-    from mentallama_server.serve import start_cpu_server
-    from mentallama_server.settings import CpuSettings
+    from mentallama_build.tiny import ensure_checkpoint
+    from mentallama_server.launch.cpu_profile import CpuSettings
+    from mentallama_server.launch.launcher import ServerOptions, free_port
+    from mentallama_server.launch.serve_cpu import start_cpu_server
 
     host = "127.0.0.1"
     ports = {name: free_port(host) for name in ("grpc_port", "http_port", "metrics_port")}

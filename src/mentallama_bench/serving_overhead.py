@@ -5,7 +5,7 @@ synthetic load (fixed prompt and output lengths, same seed) against the served `
 against `CpuEngine` built with the server's own settings, one concurrency at a time, and prints the
 served/in-process ratios measured in this one run (`make bench`).
 
-    python benchmarks/serving_overhead.py --model bench --concurrency 1,4,16 --requests 32 --output-len 128
+    python src/mentallama_bench/serving_overhead.py --model bench --concurrency 1,4,16 --requests 32 --output-len 128
 
 Short answers make a CPU engine prefill-bound, where concurrency buys little: the README shows both.
 """
@@ -16,10 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.cli import main as bench_main
-from mentallama_server.launcher import ServerOptions, free_port
-from mentallama_server.serve import resolve_checkpoint, start_cpu_server
-from mentallama_server.settings import CpuSettings
+from mentallama_bench.cli import main as bench_main
+from mentallama_server.launch.cpu_profile import CpuSettings
+from mentallama_server.launch.launcher import ServerOptions, free_port
+from mentallama_server.launch.serve_cpu import resolve_checkpoint, start_cpu_server
 
 
 def main(argv: list[str] | None = None) -> int:

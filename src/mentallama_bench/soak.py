@@ -14,7 +14,7 @@ the RSS of the tritonserver process and each Python-backend stub after warm-up a
 
 Usage (server started separately, e.g. ``mentallama-serve --profile cpu --model tiny``)::
 
-    python -m benchmarks.soak --endpoint 127.0.0.1:8001 --metrics http://127.0.0.1:8002/metrics \\
+    python -m mentallama_bench.soak --endpoint 127.0.0.1:8001 --metrics http://127.0.0.1:8002/metrics \\
         --minutes 10 --concurrency 32 --json soak.json
 
 Goals: zero unexpected errors, RSS growth under 10% after warm-up. Posts are synthetic and are never

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine_build.engine_config import BuildConfig, ModelShape
+from mentallama_build.engine_config import BuildConfig, ModelShape
 
 __all__ = [
     "BYTES_PER_ELEMENT",

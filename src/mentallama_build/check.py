@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine_build.safetensors_io import read_header
-from engine_build.shapes import REQUIRED_SHAPE_KEYS, llama_tensor_shapes, parameter_count
+from mentallama_build.safetensors_io import read_header
+from mentallama_build.shapes import REQUIRED_SHAPE_KEYS, llama_tensor_shapes, parameter_count
 
 __all__ = ["SUPPORTED_DTYPES", "CheckReport", "check_checkpoint"]
 

@@ -10,11 +10,11 @@ from typing import Annotated
 
 import typer
 
-from engine_build.check import check_checkpoint
-from engine_build.engine_cli import engine
-from engine_build.tiny import build_checkpoint, default_checkpoint_dir, describe
 from mentallama import __version__
 from mentallama.cli._cli_utils import version_option
+from mentallama_build.check import check_checkpoint
+from mentallama_build.engine_cli import engine
+from mentallama_build.tiny import build_checkpoint, default_checkpoint_dir, describe
 
 app = typer.Typer(
     help="Checkpoint tooling for MentaLLaMA serving: generated test checkpoints, checks, engine builds "
@@ -94,7 +94,7 @@ def openvino(
     dry_run: Annotated[bool, typer.Option(help="Check and plan only; export nothing.")] = False,
 ) -> None:
     """Compile a checkpoint into an OpenVINO engine for the CPU profile (mentallama-serve --engine DIR)."""
-    from engine_build.openvino_build import EngineBuildError, OpenVinoOptions, build_engine
+    from mentallama_build.openvino_build import EngineBuildError, OpenVinoOptions, build_engine
 
     if kv_cache_precision not in ("f32", "f16", "bf16", "u8"):
         typer.echo(f"error: --kv-cache-precision must be f32, f16, bf16 or u8, got {kv_cache_precision!r}", err=True)
@@ -121,8 +121,8 @@ def label_model(
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.npz).")],
     limit: Annotated[int | None, typer.Option(help="At most this many rows per CSV (smoke tests).")] = None,
 ) -> None:
-    """Train the SDK's label models (explanation -> label); see engine_build/label_model.py."""
-    from engine_build.label_model import TrainConfig, train_label_models
+    """Train the SDK's label models (explanation -> label); see src/mentallama_build/label_model.py."""
+    from mentallama_build.label_model import TrainConfig, train_label_models
 
     try:
         train_label_models(data, output, TrainConfig(limit=limit), echo=typer.echo)
@@ -148,8 +148,8 @@ def nano(
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     vocab_size: Annotated[int, typer.Option(help="SentencePiece pieces (a few dozen rows hold ~1,000).")] = 8000,
 ) -> None:
-    """Train MentaLLaMA-nano (a small LLaMA) on the IMHI training data, on the CPU; see engine_build/nano.py."""
-    from engine_build.nano import NanoRecipe, default_exclude, describe_result, train_nano
+    """Train MentaLLaMA-nano (a small LLaMA) on the IMHI training data, on the CPU; see src/mentallama_build/nano.py."""
+    from mentallama_build.nano import NanoRecipe, default_exclude, describe_result, train_nano
 
     try:
         result = train_nano(

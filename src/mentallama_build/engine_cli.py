@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from engine_build.capacity import DEFAULT_RUNTIME_OVERHEAD_GIB, format_plan, plan_for_build, plan_problems
-from engine_build.engine_config import (
+from mentallama_build.capacity import DEFAULT_RUNTIME_OVERHEAD_GIB, format_plan, plan_for_build, plan_problems
+from mentallama_build.engine_config import (
     DEFAULT_CONTAINER_IMAGE,
     PRESETS,
     TRTLLM_VERSION,
@@ -30,8 +30,8 @@ from engine_build.engine_config import (
     shape_from_report,
     validate,
 )
-from engine_build.manifest import write_manifest
-from engine_build.trtllm_commands import TRTLLM_BUILD, StepFailed, build_steps, run_steps
+from mentallama_build.manifest import write_manifest
+from mentallama_build.trtllm_commands import TRTLLM_BUILD, StepFailed, build_steps, run_steps
 
 __all__ = ["engine"]
 
@@ -62,10 +62,10 @@ class Quantization(str, Enum):
 def _checkpoint_shape(checkpoint: Path, preset: str, validation: Validation) -> ModelShape:
     """Run the checkpoint check; its problems refuse the build. Falls back to the preset's LLaMA-2 shape."""
     try:
-        from engine_build.check import check_checkpoint
+        from mentallama_build.check import check_checkpoint
     except ImportError:
         validation.warnings.append(
-            "engine_build.check unavailable: checkpoint not checked, preset shape used"
+            "mentallama_build.check unavailable: checkpoint not checked, preset shape used"
         )
         return PRESETS[preset].shape
     report = check_checkpoint(checkpoint)

@@ -225,7 +225,7 @@ def _fact(report: Any, *names: str) -> Any:
 
 
 def shape_from_report(report: Any) -> ModelShape | None:
-    """Model facts from `engine_build.check.check_checkpoint`'s report (object or dict).
+    """Model facts from `mentallama_build.check.check_checkpoint`'s report (object or dict).
 
     None when a fact is missing."""
     facts = _fact(report, "facts")

@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from engine_build.engine_config import BuildConfig, GpuInfo, ModelShape
+from mentallama_build.engine_config import BuildConfig, GpuInfo, ModelShape
 
 __all__ = [
     "MANIFEST_NAME",

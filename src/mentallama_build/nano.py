@@ -1,7 +1,7 @@
 """MentaLLaMA-nano: a small LLaMA trained on the CPU on the IMHI instruction training data.
 
 The result is a plain Hugging Face LLaMA folder (`config.json`, `generation_config.json`,
-`model.safetensors`, the four tokenizer files of `engine_build.tokenizer`), so it loads through exactly
+`model.safetensors`, the four tokenizer files of `mentallama_build.tokenizer`), so it loads through exactly
 the code that loads `tiny`, `bench` and MentaLLaMA-7B.
 
 What the model sees is what the SDK sends: `mentallama.analyze` sends the plain IMHI query
@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine_build.safetensors_io import write_safetensors
-from engine_build.tiny import checkpoint_config
-from engine_build.tokenizer import BOS_ID, EOS_ID, UNK_ID, write_json, write_tokenizer
+from mentallama_build.safetensors_io import write_safetensors
+from mentallama_build.tiny import checkpoint_config
+from mentallama_build.tokenizer import BOS_ID, EOS_ID, UNK_ID, write_json, write_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -177,7 +177,7 @@ def train_tokenizer(examples: Sequence[TrainExample], vocab_size: int, seed: int
 
     import sentencepiece as spm
 
-    from engine_build.tokenizer import _TRAINER_SETTINGS
+    from mentallama_build.tokenizer import _TRAINER_SETTINGS
 
     def sentences() -> Iterator[str]:
         for example in examples:

@@ -31,10 +31,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from engine_build.check import check_checkpoint
-from engine_build.engine_config import ModelShape, shape_from_report
-from engine_build.locks import file_lock
-from engine_build.manifest import MANIFEST_NAME, _sha256_file, _version, checkpoint_digest, tokenizer_digest
+from mentallama_build.check import check_checkpoint
+from mentallama_build.engine_config import ModelShape, shape_from_report
+from mentallama_build.locks import file_lock
+from mentallama_build.manifest import MANIFEST_NAME, _sha256_file, _version, checkpoint_digest, tokenizer_digest
 
 __all__ = [
     "ENGINE_FILES",
@@ -52,7 +52,7 @@ __all__ = [
 OPENVINO_MANIFEST_VERSION = 1
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")
 ENGINE_FILES = ("openvino_model.xml", "openvino_model.bin")
-KV_BLOCK_TOKENS = 32  # OpenVINO 2026.4 CPU plugin's paged-attention block (mentallama_server.ov_engine)
+KV_BLOCK_TOKENS = 32  # OpenVINO 2026.4 CPU plugin's paged-attention block (mentallama_server.engine.ov_engine)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENGINE_CACHE = REPO_ROOT / "artifacts" / "engines"
 

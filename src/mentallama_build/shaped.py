@@ -5,7 +5,7 @@ float16, the dtype MentaLLaMA-chat-7B ships in. The folder is a sharded Hugging 
 safetensors shard per layer plus `model.safetensors.index.json`, like the real 7B's), with the project's
 SentencePiece tokenizer, and loads through the same code as the real model.
 
-Vocabulary: the tokenizer is the one `tiny` and `bench` use (`engine_build.tokenizer`, 4000 pieces: the
+Vocabulary: the tokenizer is the one `tiny` and `bench` use (`mentallama_build.tokenizer`, 4000 pieces: the
 synthetic corpus saturates a little above 4k, so a 32000-piece BPE cannot be trained on it), and the
 embedding and LM head get that many rows, since an engine must never emit ids the tokenizer cannot decode.
 Per generated token that drops 2 x 4096 x 28000 FLOPs of LM head from ~13.2 GFLOPs (1.7%, see
@@ -13,7 +13,7 @@ Per generated token that drops 2 x 4096 x 28000 FLOPs of LM head from ~13.2 GFLO
 
 Weights are drawn on `device` (a GPU draws 6.7B values in well under a second) from one generator per
 tensor, seeded from its name as in `tiny`, and shards are written by a few threads while the next ones are
-drawn. Build with `python -m engine_build.shaped OUTPUT --device cuda`.
+drawn. Build with `python -m mentallama_build.shaped OUTPUT --device cuda`.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine_build.corpus import DEFAULT_SEED
-from engine_build.safetensors_io import write_safetensors
-from engine_build.shapes import llama_tensor_shapes, parameter_count
-from engine_build.tiny import CONTEXT_LENGTH, INIT_STD, ModelSize, checkpoint_config
-from engine_build.tokenizer import BOS_ID, EOS_ID, UNK_ID, train_sentencepiece, write_json, write_tokenizer
+from mentallama_build.corpus import DEFAULT_SEED
+from mentallama_build.safetensors_io import write_safetensors
+from mentallama_build.shapes import llama_tensor_shapes, parameter_count
+from mentallama_build.tiny import CONTEXT_LENGTH, INIT_STD, ModelSize, checkpoint_config
+from mentallama_build.tokenizer import BOS_ID, EOS_ID, UNK_ID, train_sentencepiece, write_json, write_tokenizer
 
 if TYPE_CHECKING:
     import torch

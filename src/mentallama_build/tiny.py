@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine_build.corpus import DEFAULT_SEED
-from engine_build.locks import file_lock
-from engine_build.safetensors_io import read_header, write_safetensors
-from engine_build.shapes import llama_tensor_shapes, parameter_count
-from engine_build.tokenizer import (
+from mentallama_build.corpus import DEFAULT_SEED
+from mentallama_build.locks import file_lock
+from mentallama_build.safetensors_io import read_header, write_safetensors
+from mentallama_build.shapes import llama_tensor_shapes, parameter_count
+from mentallama_build.tokenizer import (
     BOS_ID,
     DEFAULT_VOCAB_SIZE,
     EOS_ID,

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine_build.corpus import DEFAULT_SEED, generate_corpus
+from mentallama_build.corpus import DEFAULT_SEED, generate_corpus
 
 __all__ = [
     "BOS_ID",

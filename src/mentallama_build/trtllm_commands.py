@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from engine_build.engine_config import BuildConfig
+from mentallama_build.engine_config import BuildConfig
 
 __all__ = [
     "CONVERT_SCRIPT",

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.arrivals import arrival_offsets, index_of_dispersion, iter_arrival_offsets
+from mentallama_bench.arrivals import arrival_offsets, index_of_dispersion, iter_arrival_offsets
 
 N = 20_000
 RATE = 10.0

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from benchmarks.backends import BACKENDS, SseParser, TritonGrpcBackend, TritonHttpBackend, make_backend
-from benchmarks.records import SampleRequest, SamplingParams
+from mentallama_bench.backends import BACKENDS, SseParser, TritonGrpcBackend, TritonHttpBackend, make_backend
+from mentallama_bench.records import SampleRequest, SamplingParams
 
 
 def _sample(prompt: str = "hello there", max_tokens: int = 5) -> SampleRequest:

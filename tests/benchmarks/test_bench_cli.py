@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.cli import app, build_loads, default_http_endpoints, default_metrics_urls, parse_list
+from mentallama_bench.cli import app, build_loads, default_http_endpoints, default_metrics_urls, parse_list
 from tests.support.endpoints import dead_endpoint
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.compare import compare_summaries, format_comparison
-from benchmarks.datasets import SyntheticDataset
-from benchmarks.records import SamplingParams
-from benchmarks.runner import LoadSpec, SessionConfig, StopSpec, run_session
-from benchmarks.tokens import load_tokenizer
+from mentallama_bench.compare import compare_summaries, format_comparison
+from mentallama_bench.datasets import SyntheticDataset
+from mentallama_bench.records import SamplingParams
+from mentallama_bench.runner import LoadSpec, SessionConfig, StopSpec, run_session
+from mentallama_bench.tokens import load_tokenizer
 
 
 def _summary(backend: str, load: str, ttft_p50: float, tok_s: float) -> dict:
@@ -44,7 +44,7 @@ def test_ratios_are_served_over_engine_per_load() -> None:
 
 
 def test_engine_backend_runs_the_same_load_in_process(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from benchmarks.engine_backend import EngineBackend, engine_kwargs, engine_settings
+    from mentallama_bench.engine_backend import EngineBackend, engine_kwargs, engine_settings
 
     settings = engine_settings({"engine_max_batch_size": "4", "cache_num_blocks": "64", "prefix_caching": "true"})
     kwargs = engine_kwargs(settings)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.datasets import ImhiDataset, SyntheticDataset, parse_task_mix
-from benchmarks.tokens import count_input_tokens, load_tokenizer
+from mentallama_bench.datasets import ImhiDataset, SyntheticDataset, parse_task_mix
+from mentallama_bench.tokens import count_input_tokens, load_tokenizer
 
 WORDS = [f"w{i}" for i in range(200)]
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.metrics import SLO, benchmark_duration, describe, flatten_summary, summarize
-from benchmarks.records import RequestRecord
+from mentallama_bench.metrics import SLO, benchmark_duration, describe, flatten_summary, summarize
+from mentallama_bench.records import RequestRecord
 
 
 def _rec(i: int, start: float, ttft: float, e2e: float, out: int, **kw) -> RequestRecord:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.prometheus import diff_snapshots, parse_exposition, triton_model_stats
+from mentallama_bench.prometheus import diff_snapshots, parse_exposition, triton_model_stats
 
 BEFORE = """
 # HELP nv_inference_request_success Number of successful inference requests, all batch sizes

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.backends import TritonGrpcBackend, TritonHttpBackend
-from benchmarks.datasets import BenchmarkDataset, SyntheticDataset
-from benchmarks.metrics import SLO, summarize
-from benchmarks.records import RequestRecord, SampleRequest, SamplingParams
-from benchmarks.runner import LoadSpec, SessionConfig, StopSpec, run_session
+from mentallama_bench.backends import TritonGrpcBackend, TritonHttpBackend
+from mentallama_bench.datasets import BenchmarkDataset, SyntheticDataset
+from mentallama_bench.metrics import SLO, summarize
+from mentallama_bench.records import RequestRecord, SampleRequest, SamplingParams
+from mentallama_bench.runner import LoadSpec, SessionConfig, StopSpec, run_session
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -71,7 +71,7 @@ def test_poisson_run_paces_requests_fake_triton(fake_triton) -> None:
     config = _config([LoadSpec(rate=40.0)], StopSpec(requests=10), warmup=0, seed=5)
     [result] = _run([[TritonGrpcBackend(fake_triton.grpc_url)]], ScriptedPrompts(), config)
     scheduled = sorted(r.scheduled_s for r in result.records)
-    from benchmarks.arrivals import arrival_offsets
+    from mentallama_bench.arrivals import arrival_offsets
 
     assert scheduled == pytest.approx(list(arrival_offsets(10, 40.0, seed=5)), abs=1e-9)
     assert all(r.start_s >= r.scheduled_s - 1e-6 for r in result.records)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.cli import app
-from benchmarks.metrics import SLO, summarize
-from benchmarks.records import RequestRecord
+from mentallama_bench.cli import app
+from mentallama_bench.metrics import SLO, summarize
+from mentallama_bench.records import RequestRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -167,7 +167,7 @@ def test_parsing_is_fast() -> None:
 @pytest.mark.skipif(IMHI is None, reason=NO_IMHI)
 def test_training_is_reproducible_and_matches_the_sdk(tmp_path: Path) -> None:
     """Two runs on a slice write the same bytes; the loaded file predicts exactly as the trained model."""
-    from engine_build.label_model import TrainConfig, train_label_models
+    from mentallama_build.label_model import TrainConfig, train_label_models
 
     assert IMHI is not None
     config = TrainConfig(limit=150, max_iter=60)
@@ -191,7 +191,7 @@ def test_training_is_reproducible_and_matches_the_sdk(tmp_path: Path) -> None:
 @pytest.mark.skipif(IMHI is None, reason=NO_IMHI)
 def test_shipped_dr_model_is_what_the_command_trains(tmp_path: Path) -> None:
     """Retrain DR with the shipped settings: the same arrays as in the shipped file (reproducible)."""
-    from engine_build.label_model import TrainConfig, train_label_models
+    from mentallama_build.label_model import TrainConfig, train_label_models
 
     assert IMHI is not None
     retrained = train_label_models(IMHI / "train_instruction", tmp_path / "dr.npz", TrainConfig(), tasks=["DR"],
@@ -207,7 +207,7 @@ def test_shipped_dr_model_is_what_the_command_trains(tmp_path: Path) -> None:
 def test_cli_command_is_wired(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from engine_build.cli import app
+    from mentallama_build.cli import app
 
     result = CliRunner().invoke(app, ["label-model", "--help"])
     assert result.exit_code == 0 and "--data" in result.output and "--output" in result.output

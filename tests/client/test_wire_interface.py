@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.backends import _GRPC_TYPES
 from mentallama._transport import INPUT_TYPES, build_request
+from mentallama_bench.backends import _GRPC_TYPES
 from mentallama_interface import ENSEMBLE_INPUTS, SERVED_INPUTS, STOP_INPUT, WIRE_TYPES
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_build.openvino_build import OpenVinoOptions, cached_engine_dir, verify_engine
+from mentallama_build.openvino_build import OpenVinoOptions, cached_engine_dir, verify_engine
 from tests.deploy.deploy_support import (
     DEPLOY,
     REPO,
@@ -95,9 +95,9 @@ def test_definition_base_and_files() -> None:
     assert "--nv" not in DEF.read_text() and "nvcr.io" not in DEF.read_text()
 
     copied = {line.split()[0] for line in sections["files"].splitlines() if line.strip()}
-    package_dirs = re.findall(r'^"?[\w.]+"? = "([\w/]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
-    assert package_dirs and {d.split("/")[0] for d in package_dirs} <= copied
-    assert {"pyproject.toml", "README.md", "model_repository"} <= copied
+    package_roots = re.search(r'where = \["(\w+)"\]', (REPO / "pyproject.toml").read_text())
+    assert package_roots and package_roots[1] in copied  # the one import root (src/)
+    assert {"pyproject.toml", "README.md", "model_repository", "models"} <= copied
     assert all((REPO / path).exists() for path in copied)
 
 
@@ -268,8 +268,8 @@ def test_job_commands_parse_with_the_real_clis(tiny_checkpoint: Path, tmp_path: 
     """The build and serve argv the job prints are accepted, value for value, by mentallama-build and -serve."""
     import typer.main
 
-    from engine_build import cli as build_cli
-    from mentallama_server import cli as serve_cli
+    from mentallama_build import cli as build_cli
+    from mentallama_server.launch import cli as serve_cli
 
     out = dry_run(
         CHECKPOINT=str(tiny_checkpoint), ENGINE_ROOT=str(tmp_path), WEIGHT_FORMAT="int4", GROUP_SIZE="64",
@@ -327,7 +327,7 @@ FAKE_BUILD = """#!{python}
 # real build does (a temporary folder renamed into place), after FAKE_BUILD_SLEEP seconds.
 import os, shutil, sys, time
 from pathlib import Path
-from engine_build.openvino_build import OpenVinoOptions, _shape, _write_manifest
+from mentallama_build.openvino_build import OpenVinoOptions, _shape, _write_manifest
 args = dict(zip(sys.argv[2::2], sys.argv[3::2]))
 checkpoint, output = Path(args["--checkpoint"]), Path(args["--output"])
 with open(os.environ["FAKE_RECORD"] + "/builds", "a") as f:
@@ -380,7 +380,7 @@ def fake_image(tmp_path: Path) -> dict[str, str]:
     for path in bin_dir.iterdir():
         path.chmod(0o755)
     env = script_env(ML_CONTAINER_RUNTIME=str(runtime), ML_IMAGE="fake.sif", FAKE_IMAGE="fake.sif",
-                     FAKE_RECORD=str(record), PYTHONPATH=str(REPO))  # fmt: skip
+                     FAKE_RECORD=str(record), PYTHONPATH=str(REPO / "src"))  # fmt: skip
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     return env
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mentallama_server.trtllm_profile import mpi_command
+from mentallama_server.launch.trtllm_profile import mpi_command
 from tests.deploy.deploy_support import alive, free_base_port, free_port, port_free, script_env, stop, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,7 +133,7 @@ def test_manifests_agree_with_each_other() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
     assert any(m["mountPath"] == "/dev/shm" for m in container["volumeMounts"])
-    assert "mentallama_server.trtllm_profile mpi-command" in container["args"][0]
+    assert "mentallama_server.launch.trtllm_profile mpi-command" in container["args"][0]
 
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
@@ -160,7 +160,7 @@ def test_run_triton_dry_run_prints_the_mpi_command_argv() -> None:
     image_at = argv.index("/images/trtllm.sif")
     container, server = argv[:image_at], argv[image_at + 1 :]
     assert container[:4] == ["apptainer", "exec", "--nv", "--cleanenv"]
-    assert f"PYTHONPATH={REPO}/server" in container and "CUDA_VISIBLE_DEVICES=2,3" in container
+    assert f"PYTHONPATH={REPO}/src" in container and "CUDA_VISIBLE_DEVICES=2,3" in container
     for folder in (str(REPO), "/runs/repo dir", "/engines/13b"):
         assert f"{folder}:{folder}" in container
     assert server == mpi_command(

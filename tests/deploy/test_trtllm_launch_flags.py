@@ -47,4 +47,4 @@ def test_run_triton_single_gpu_gets_the_default_pool() -> None:
 def test_kubernetes_builds_its_argv_with_mpi_command() -> None:
     deployment = yaml.safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text())
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert "mentallama_server.trtllm_profile mpi-command" in container["args"][0]
+    assert "mentallama_server.launch.trtllm_profile mpi-command" in container["args"][0]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_build.capacity import (
+from mentallama_build.capacity import (
     capacity_plan,
     format_plan,
     kv_bytes_per_token,
@@ -17,7 +17,7 @@ from engine_build.capacity import (
     plan_problems,
     weight_bytes,
 )
-from engine_build.engine_config import PRESETS, BuildConfig
+from mentallama_build.engine_config import PRESETS, BuildConfig
 
 GIB = 2**30
 S7, S13 = PRESETS["7b"].shape, PRESETS["13b"].shape

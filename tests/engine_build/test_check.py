@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from engine_build.check import check_checkpoint
-from engine_build.cli import app
-from engine_build.safetensors_io import write_safetensors
-from engine_build.shapes import llama_tensor_shapes
-from engine_build.tokenizer import train_sentencepiece
+from mentallama_build.check import check_checkpoint
+from mentallama_build.cli import app
+from mentallama_build.safetensors_io import write_safetensors
+from mentallama_build.shapes import llama_tensor_shapes
+from mentallama_build.tokenizer import train_sentencepiece
 
 LLAMA2_7B_PARAMETERS = 6_738_415_616
 LLAMA2_7B_CONFIG = {

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine_build.cli import app
-from engine_build.engine_config import (
+from mentallama_build.cli import app
+from mentallama_build.engine_config import (
     PRESETS,
     QUANTIZATIONS,
     BuildConfig,
@@ -24,15 +24,15 @@ from engine_build.engine_config import (
     parse_nvidia_smi,
     validate,
 )
-from engine_build.manifest import (
+from mentallama_build.manifest import (
     MANIFEST_NAME,
     checkpoint_digest,
     read_manifest,
     verify_manifest,
     write_manifest,
 )
-from engine_build.shapes import llama_tensor_shapes, parameter_count
-from engine_build.trtllm_commands import Step, StepFailed, build_steps, run_steps
+from mentallama_build.shapes import llama_tensor_shapes, parameter_count
+from mentallama_build.trtllm_commands import Step, StepFailed, build_steps, run_steps
 
 # ---- Options the TensorRT-LLM 1.2.1 command lines accept ------------------------------------------------
 # trtllm-build: tensorrt_llm/commands/build.py parse_arguments() plus the plugin options that

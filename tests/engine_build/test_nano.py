@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine_build.check import check_checkpoint
-from engine_build.cli import app
-from engine_build.nano import default_exclude, load_test_queries, load_training_rows
+from mentallama_build.check import check_checkpoint
+from mentallama_build.cli import app
+from mentallama_build.nano import default_exclude, load_test_queries, load_training_rows
 
 REPO = Path(__file__).resolve().parents[2]
 IMHI = REPO.parent / "shared" / "imhi"
@@ -75,9 +75,9 @@ def test_shipped_checkpoint_passes_check() -> None:
 
 
 def test_shipped_checkpoint_greedy_analyses_parse_to_a_label() -> None:
-    from engine_build.nano_eval import generate_answers, load_model
     from mentallama import build_prompt, parse_response
     from mentallama.tasks import get_task
+    from mentallama_build.nano_eval import generate_answers, load_model
 
     model, tokenizer = load_model(SHIPPED)
     prompts = [build_prompt(task, post, aspect=aspect) for task, aspect, post in POSTS]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine_build.engine_config import PRESETS
-from engine_build.manifest import MANIFEST_NAME
-from engine_build.openvino_build import (
+from mentallama_build.engine_config import PRESETS
+from mentallama_build.manifest import MANIFEST_NAME
+from mentallama_build.openvino_build import (
     EngineBuildError,
     OpenVinoOptions,
     build_engine,
@@ -24,8 +24,8 @@ from engine_build.openvino_build import (
     verify_engine,
 )
 
-BUILD = [sys.executable, "-m", "engine_build.cli"]
-SERVE = [sys.executable, "-c", "from mentallama_server.cli import main; main()"]
+BUILD = [sys.executable, "-m", "mentallama_build.cli"]
+SERVE = [sys.executable, "-c", "from mentallama_server.launch.cli import main; main()"]
 
 
 def test_capacity_plan_of_llama2_7b_matches_hand_arithmetic() -> None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engine_build.check import check_checkpoint
-from engine_build.safetensors_io import read_header
-from engine_build.shaped import (
+from mentallama_build.check import check_checkpoint
+from mentallama_build.safetensors_io import read_header
+from mentallama_build.shaped import (
     INDEX_FILE,
     LLAMA2_7B,
     LLAMA2_VOCAB_SIZE,
@@ -19,9 +19,9 @@ from engine_build.shaped import (
     shaped_config,
     vocab_flops_share,
 )
-from engine_build.shapes import llama_tensor_shapes, parameter_count
-from engine_build.tiny import ModelSize
-from engine_build.tokenizer import DEFAULT_VOCAB_SIZE
+from mentallama_build.shapes import llama_tensor_shapes, parameter_count
+from mentallama_build.tiny import ModelSize
+from mentallama_build.tokenizer import DEFAULT_VOCAB_SIZE
 
 SMALL = ModelSize("small", 64, 160, 3, 4, 2, "float16")
 

@@ -16,10 +16,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from typer.testing import CliRunner
 
-from engine_build.cli import app
-from engine_build.corpus import generate_corpus
-from engine_build.shapes import llama_tensor_shapes, parameter_count
-from engine_build.tiny import (
+from mentallama_build.cli import app
+from mentallama_build.corpus import generate_corpus
+from mentallama_build.shapes import llama_tensor_shapes, parameter_count
+from mentallama_build.tiny import (
     CHECKPOINT_FILES,
     RECIPE_KEY,
     build_checkpoint,
@@ -28,7 +28,7 @@ from engine_build.tiny import (
     describe,
     is_current,
 )
-from engine_build.tokenizer import BOS_ID, EOS_ID, UNK_ID
+from mentallama_build.tokenizer import BOS_ID, EOS_ID, UNK_ID
 
 HELLO = "Hello world"
 BYTE_FALLBACK_TEXT = "naïve café 😊 心"
@@ -74,7 +74,7 @@ def test_two_builds_are_byte_identical(built: Path, tmp_path: Path) -> None:
     # Built in another process with another hash seed: per-process randomness (Python's str hashing,
     # Rust HashMap order in native writers) would show up here and not in a same-process rebuild.
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    command = [sys.executable, "-m", "engine_build.cli", "tiny", "--output", str(tmp_path / "again")]
+    command = [sys.executable, "-m", "mentallama_build.cli", "tiny", "--output", str(tmp_path / "again")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert _digests(tmp_path / "again") == _digests(built)

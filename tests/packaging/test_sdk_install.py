@@ -21,7 +21,7 @@ import pytest
 pytestmark = [pytest.mark.install, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "client", "server", "engine_build", "benchmarks")
+SOURCES = ("pyproject.toml", "README.md", "src")
 # Distributions of the server, build and benchmark extras that the SDK must not pull in.
 HEAVY = ("torch", "nvidia-pytriton", "openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel",
          "transformers", "tokenizers", "matplotlib")  # fmt: skip
@@ -99,7 +99,9 @@ print(json.dumps({
     "label": analysis.label,
     "reasoning": analysis.reasoning,
     "label_model": default_model() is not None,
-    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("mentallama_server", "engine_build", "benchmarks")),
+    "loaded": sorted(
+        m for m in sys.modules if m.split(".")[0] in ("mentallama_server", "mentallama_build", "mentallama_bench")
+    ),
 }))
 """
     done = sdk.python(code)

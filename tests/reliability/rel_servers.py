@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mentallama_server.launcher import ServerOptions, TritonProcess, bundled_server
-from mentallama_server.serve import render_cpu
-from mentallama_server.settings import CpuSettings
+from mentallama_server.launch.cpu_profile import CpuSettings
+from mentallama_server.launch.launcher import ServerOptions, TritonProcess, bundled_server
+from mentallama_server.launch.serve_cpu import render_cpu
 from tests.support.servers import READY_TIMEOUT_S, ServerUrls
 
 

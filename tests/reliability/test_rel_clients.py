@@ -26,7 +26,7 @@ from mentallama import (
     MentaLLaMAClient,
     ServerOverloadedError,
 )
-from mentallama_server.settings import CpuSettings
+from mentallama_server.launch.cpu_profile import CpuSettings
 from tests.reliability.rel_policy import RecordingPolicy
 from tests.reliability.rel_servers import Replica, start_replicas, stop_all
 from tests.server.triton_io import StreamCall, make_inputs
@@ -115,7 +115,7 @@ VANISHING_CLIENT = textwrap.dedent(
 
 def test_clients_killed_mid_stream_free_their_slots_and_cache(server):
     """A client process that dies (no cancel sent, its TCP connections just drop)."""
-    from mentallama_server.paths import REPO_ROOT
+    from mentallama_server.launch.paths import REPO_ROOT
 
     baseline = engine_gauges(server.metrics_url)
     script = VANISHING_CLIENT.format(

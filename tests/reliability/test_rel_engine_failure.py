@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from mentallama_server.launcher import TritonProcess, bundled_server
-from mentallama_server.serve import render_cpu
-from mentallama_server.settings import CpuSettings
+from mentallama_server.launch.cpu_profile import CpuSettings
+from mentallama_server.launch.launcher import TritonProcess, bundled_server
+from mentallama_server.launch.serve_cpu import render_cpu
 from tests.server.triton_io import StreamCall, http_generate, make_inputs
 from tests.support.servers import READY_TIMEOUT_S, loopback_options
 

@@ -22,9 +22,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from mentallama_interface import ENSEMBLE_INPUTS
-from mentallama_server.launcher import TritonProcess, bundled_server
-from mentallama_server.serve import render_cpu
-from mentallama_server.settings import CpuSettings
+from mentallama_server.launch.cpu_profile import CpuSettings
+from mentallama_server.launch.launcher import TritonProcess, bundled_server
+from mentallama_server.launch.serve_cpu import render_cpu
 from tests.server.triton_io import StreamCall
 from tests.support.servers import READY_TIMEOUT_S, loopback_options
 

@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from mentallama import AuthenticationError, RetryPolicy
 from mentallama._transport import error_from_rpc
-from mentallama_server.launcher import SHM_DIR
+from mentallama_server.launch.launcher import SHM_DIR
 from tests.reliability.rel_launched import LaunchedServer
 from tests.server.triton_io import StreamCall, make_inputs
 from tests.support.metrics import wait_gauges

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from mentallama import Analysis, APIConnectionError, MentaLLaMAClient, MentaLLaMAError, RetryPolicy
-from mentallama_server.settings import CpuSettings
+from mentallama_server.launch.cpu_profile import CpuSettings
 from tests.reliability.rel_policy import RecordingPolicy
 from tests.reliability.rel_servers import Replica, start_replicas, stop_all
 from tests.support.metrics import scrape_metric, wait_gauges

@@ -22,8 +22,8 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from mentallama import Analysis, APIConnectionError, MentaLLaMAClient
-from mentallama_server.launcher import ADMIN_HEADER, port_free
-from mentallama_server.settings import CpuSettings
+from mentallama_server.launch.cpu_profile import CpuSettings
+from mentallama_server.launch.launcher import ADMIN_HEADER, port_free
 from tests.reliability.rel_launched import LaunchedServer
 from tests.reliability.rel_servers import Replica, start_replicas, stop_all
 from tests.server.triton_io import http_generate

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.soak import ProcessMemory, SoakRecord, meets_goals, percentile, render, summarize
+from mentallama_bench.soak import ProcessMemory, SoakRecord, meets_goals, percentile, render, summarize
 
 
 def _records() -> list[SoakRecord]:

@@ -34,7 +34,7 @@ def tiny_tokenizer(tiny_checkpoint: Path) -> Any:
 @pytest.fixture(scope="module")
 def cpu_engine(tiny_engine: Path) -> Iterator[Any]:
     """One started engine per test module; tests must leave it idle (every request finished)."""
-    from mentallama_server.ov_engine import OpenVinoEngine
+    from mentallama_server.engine.ov_engine import OpenVinoEngine
 
     engine = OpenVinoEngine(tiny_engine, **ENGINE_KWARGS)
     engine.start()

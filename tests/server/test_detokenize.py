@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mentallama_server.detokenize import (
+from mentallama_server.models.detokenize import (
     IncrementalDetokenizer,
     byte_token_map,
     decode_continuation,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mentallama_server.engine_step import parse_sampling
-from mentallama_server.front import check_front_sampling
-from mentallama_server.preprocess import RequestError
+from mentallama_server.models.engine_step import parse_sampling
+from mentallama_server.models.front import check_front_sampling
+from mentallama_server.models.preprocess import RequestError
 
 
 @pytest.mark.parametrize(

@@ -190,7 +190,7 @@ def test_engine_error_in_band_ends_the_call_with_its_message(front):
 
 
 def test_engine_declares_output_reads_the_engine_config(tmp_path):
-    from mentallama_server.front import engine_declares_output
+    from mentallama_server.models.front import engine_declares_output
 
     (tmp_path / "mentallama").mkdir()
     (tmp_path / "tensorrt_llm").mkdir()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mentallama_server.launcher import free_port, port_free
+from mentallama_server.launch.launcher import free_port, port_free
 from tests.server.triton_io import infer
 
 SERVE = str(Path(sys.executable).parent / "mentallama-serve")
@@ -143,9 +143,9 @@ def test_dead_engine_process_stops_the_server_with_an_error(tmp_path, tiny_check
 
 @pytest.mark.server
 def test_shared_memory_is_preallocated_and_removed_even_after_a_kill(tmp_path, tiny_checkpoint):
-    from mentallama_server.launcher import SHM_DIR, ServerOptions
-    from mentallama_server.serve import start_cpu_server
-    from mentallama_server.settings import CpuSettings
+    from mentallama_server.launch.cpu_profile import CpuSettings
+    from mentallama_server.launch.launcher import SHM_DIR, ServerOptions
+    from mentallama_server.launch.serve_cpu import start_cpu_server
 
     opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     settings = CpuSettings(max_output_len=64, cache_num_blocks=64)
@@ -166,9 +166,9 @@ def test_shared_memory_is_preallocated_and_removed_even_after_a_kill(tmp_path, t
 @pytest.mark.server
 def test_a_dead_stub_is_named_even_when_tritonserver_dies_after_it(tmp_path, tiny_checkpoint):
     # Triton 2.51 sometimes aborts right after a stub dies; the launcher must still report the cause.
-    from mentallama_server.launcher import ServerOptions
-    from mentallama_server.serve import start_cpu_server
-    from mentallama_server.settings import CpuSettings
+    from mentallama_server.launch.cpu_profile import CpuSettings
+    from mentallama_server.launch.launcher import ServerOptions
+    from mentallama_server.launch.serve_cpu import start_cpu_server
 
     opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     server = start_cpu_server(str(tiny_checkpoint), CpuSettings(max_output_len=64, cache_num_blocks=64), opts, tmp_path)

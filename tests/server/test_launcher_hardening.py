@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from mentallama_server import launcher
-from mentallama_server.launcher import (
+from mentallama_server.launch import launcher
+from mentallama_server.launch.launcher import (
     ADMIN_APIS,
     LaunchError,
     ServerOptions,

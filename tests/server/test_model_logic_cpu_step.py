@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from mentallama_interface import ENGINE_ERROR_OUTPUT
-from mentallama_server.cpu_step import CpuStep, Reply, asks_errors_in_band
-from mentallama_server.engine_step import INPUTS, parse_request, parse_stop
-from mentallama_server.engine_types import GenerationRequest, TokenEvent
-from mentallama_server.preprocess import Limits
-from mentallama_server.triton_params import check_inputs, parse_model_config
+from mentallama_server.engine.types import GenerationRequest, TokenEvent
+from mentallama_server.models.cpu_step import CpuStep, Reply, asks_errors_in_band
+from mentallama_server.models.engine_step import INPUTS, parse_request, parse_stop
+from mentallama_server.models.preprocess import Limits
+from mentallama_server.models.triton_params import check_inputs, parse_model_config
 from tests.support import triton_stub
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mentallama_server.postprocess import INPUTS
-from mentallama_server.text_tokenizer import load_tokenizer
+from mentallama_server.models.postprocess import INPUTS
+from mentallama_server.models.text_tokenizer import load_tokenizer
 from tests.support import triton_stub
 from tests.support.triton_stub import TritonError, make_request
 

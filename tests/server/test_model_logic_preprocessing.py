@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from mentallama_interface import UNSERVED_INPUTS
-from mentallama_server.preprocess import WORD_LIST_PAD
-from mentallama_server.preprocessing_step import HANDLED_INPUTS
-from mentallama_server.text_tokenizer import load_tokenizer
+from mentallama_server.models.preprocess import WORD_LIST_PAD
+from mentallama_server.models.preprocessing_step import HANDLED_INPUTS
+from mentallama_server.models.text_tokenizer import load_tokenizer
 from tests.support import triton_stub
 from tests.support.triton_stub import TritonError, make_request
 

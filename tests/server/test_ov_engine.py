@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from mentallama_server.engine_types import GenerationRequest, TokenEvent
-from mentallama_server.ov_engine import OpenVinoEngine, UnsupportedRequestError
+from mentallama_server.engine.ov_engine import OpenVinoEngine, UnsupportedRequestError
+from mentallama_server.engine.types import GenerationRequest, TokenEvent
 
 EOS = 2
 TIMEOUT_S = 60.0

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from mentallama_server.launcher import ServerOptions, TritonProcess, free_port
-from mentallama_server.serve import start_cpu_server
-from mentallama_server.settings import CpuSettings
+from mentallama_server.launch.cpu_profile import CpuSettings
+from mentallama_server.launch.launcher import ServerOptions, TritonProcess, free_port
+from mentallama_server.launch.serve_cpu import start_cpu_server
 from tests.server.triton_io import StreamCall, infer, make_inputs
 from tests.support.metrics import scrape_metric
 

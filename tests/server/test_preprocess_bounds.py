@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mentallama_server.front import parse_front_request
-from mentallama_server.preprocess import (
+from mentallama_server.models.front import parse_front_request
+from mentallama_server.models.preprocess import (
     MAX_BYTES_PER_TOKEN,
     MAX_WORD_BYTES,
     MAX_WORDS,

@@ -9,10 +9,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from mentallama_interface import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, FRONT_INPUTS
-from mentallama_server.render import SHARED_MODELS, RenderError, render_repository
-from mentallama_server.serve_trtllm import render_trtllm
-from mentallama_server.settings import CpuSettings
-from mentallama_server.trtllm_profile import TrtllmProfile
+from mentallama_server.launch.cpu_profile import CpuSettings
+from mentallama_server.launch.render import SHARED_MODELS, RenderError, render_repository
+from mentallama_server.launch.serve_trtllm import render_trtllm
+from mentallama_server.launch.trtllm_profile import TrtllmProfile
 
 # Values of the shared models that depend on where and how a server runs, set alike in both profiles.
 SHARED = {

@@ -12,8 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mentallama_server import cli
-from mentallama_server.launcher import LaunchError, ServerOptions, check_ports
+from mentallama_server.launch import cli
+from mentallama_server.launch.launcher import LaunchError, ServerOptions, check_ports
 
 runner = CliRunner()
 

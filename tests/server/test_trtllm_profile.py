@@ -16,8 +16,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from mentallama_server.render import interface_values, render_repository
-from mentallama_server.trtllm_profile import (
+from mentallama_server.launch.render import interface_values, render_repository
+from mentallama_server.launch.trtllm_profile import (
     SCALAR_RESHAPED_INPUTS,
     TENSORRT_LLM_INPUTS,
     TENSORRT_LLM_OUTPUTS,
@@ -323,7 +323,7 @@ def test_mpi_command_pool_flags_are_not_doubled_and_follow_the_size() -> None:
 
 def test_module_cli_prints_the_same_argv() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "mentallama_server.trtllm_profile", "mpi-command", "--world-size", "2",
+        [sys.executable, "-m", "mentallama_server.launch.trtllm_profile", "mpi-command", "--world-size", "2",
          "--model-repo", "/repo dir", "--http-port", "8100", "--print0", "--", "--log-verbose=1"],
         capture_output=True, timeout=60, check=True,
     )  # fmt: skip

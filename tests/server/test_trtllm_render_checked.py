@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine_build.engine_config import PRESETS, BuildConfig, gpu_from_name
-from engine_build.manifest import write_manifest
-from mentallama_server import cli
+from mentallama_build.engine_config import PRESETS, BuildConfig, gpu_from_name
+from mentallama_build.manifest import write_manifest
+from mentallama_server.launch import cli
 
 
 def engine_with_manifest(tmp_path: Path, checkpoint: Path, *, max_input_len: int, max_seq_len: int) -> Path:

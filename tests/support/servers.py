@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from tests.support.endpoints import HOST, free_port
 
 if TYPE_CHECKING:
-    from mentallama_server.launcher import ServerOptions
+    from mentallama_server.launch.launcher import ServerOptions
 
 __all__ = ["HOST", "READY_TIMEOUT_S", "ServerUrls", "loopback_options"]
 
@@ -22,7 +22,7 @@ READY_TIMEOUT_S = 240.0
 
 def loopback_options(**changes: object) -> ServerOptions:
     """Default server options on free loopback ports."""
-    from mentallama_server.launcher import ServerOptions
+    from mentallama_server.launch.launcher import ServerOptions
 
     ports = dict(grpc_port=free_port(HOST), http_port=free_port(HOST), metrics_port=free_port(HOST))
     return ServerOptions(host=HOST, **{**ports, **changes})  # type: ignore[arg-type]

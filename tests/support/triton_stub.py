@@ -399,9 +399,9 @@ def model_args(model_dir: Path, overrides: Callable[[dict[str, Any]], None] | No
 def render_cpu_repository(engine_dir: Path, output: Path, **settings: Any) -> Path:
     """The CPU profile's model repository rendered as `mentallama-serve` renders it, for `engine_dir` (an engine
     folder, or a checkpoint where only the tokenizer is needed) and `CpuSettings` fields `settings`."""
-    from mentallama_server.render import render_repository
-    from mentallama_server.serve import cpu_values
-    from mentallama_server.settings import CpuSettings
+    from mentallama_server.launch.cpu_profile import CpuSettings
+    from mentallama_server.launch.render import render_repository
+    from mentallama_server.launch.serve_cpu import cpu_values
 
     return render_repository("cpu", cpu_values(Path(engine_dir), CpuSettings(**settings)), Path(output))
 

@@ -42,8 +42,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mentallama_interface import ENGINE_ERROR_OUTPUT, ERRORS_IN_BAND
-from mentallama_server.detokenize import AnchoredDecoder, IncrementalDetokenizer, byte_token_map
-from mentallama_server.front import (
+from mentallama_server.models.detokenize import AnchoredDecoder, IncrementalDetokenizer, byte_token_map
+from mentallama_server.models.front import (
     INPUT_NAMES,
     FrontRequest,
     engine_declares_output,
@@ -51,9 +51,9 @@ from mentallama_server.front import (
     is_stop_request,
     parse_front_batch,
 )
-from mentallama_server.preprocess import Limits, Preprocessor, RequestError
-from mentallama_server.text_tokenizer import load_tokenizer
-from mentallama_server.triton_params import get_parameter, parse_model_config
+from mentallama_server.models.preprocess import Limits, Preprocessor, RequestError
+from mentallama_server.models.text_tokenizer import load_tokenizer
+from mentallama_server.models.triton_params import get_parameter, parse_model_config
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 ENGINE_OUTPUTS = ["output_ids", "sequence_length", "cum_log_probs", "output_log_probs"]

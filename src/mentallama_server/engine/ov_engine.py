@@ -8,7 +8,7 @@ What each `GenerationRequest` field does here (nothing is silently ignored):
 - input_ids, max_new_tokens: validated against the vocabulary, the context and the KV cache's capacity.
 - end_id (None: the model's eos; negative: none): ends generation; not part of the output (TensorRT-LLM's rule).
 - temperature, top_k, top_p, seed: OpenVINO GenAI's multinomial sampler with the request's own `rng_seed`;
-  greedy when TensorRT-LLM's rule says so (`engine_types.is_greedy`).
+  greedy when TensorRT-LLM's rule says so (`types.is_greedy`).
 - repetition / presence / frequency penalties, min_new_tokens: OpenVINO GenAI's own logit processors.
 - stop_words: matched here on the output tokens; like TensorRT-LLM the stop word stays in the output and
   generation stops at once (`handle.stop()`, which frees the request's KV blocks).
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine_types import EngineStats, FinishReason, GenerationRequest, TokenEvent, is_greedy, validate_request
+from .types import EngineStats, FinishReason, GenerationRequest, TokenEvent, is_greedy, validate_request
 
 __all__ = ["KV_BLOCK_TOKENS", "EventCallback", "OpenVinoEngine", "UnsupportedRequestError", "check_supported"]
 

@@ -11,9 +11,10 @@ from typing import Annotated
 
 import typer
 
-from mentallama_server.launcher import LaunchError, ServerOptions, TritonProcess, read_admin_key
-from mentallama_server.render import RenderError
-from mentallama_server.serve import (
+from mentallama_server.launch.cpu_profile import CpuSettings
+from mentallama_server.launch.launcher import LaunchError, ServerOptions, TritonProcess, read_admin_key
+from mentallama_server.launch.render import RenderError
+from mentallama_server.launch.serve_cpu import (
     DEFAULT_CHECKPOINT,
     CheckpointError,
     new_run_dir,
@@ -21,7 +22,6 @@ from mentallama_server.serve import (
     resolve_checkpoint,
     start_cpu_server,
 )
-from mentallama_server.settings import CpuSettings
 
 try:  # click's plain help: wrapped to the terminal, nothing cut to "…" (the helper lives with the SDK's CLI)
     from mentallama.cli._cli_utils import plain_help
@@ -187,8 +187,8 @@ def serve(
                 model = DEFAULT_CHECKPOINT
             server = start_cpu_server(model, settings, opts, run_dir, ready_timeout, engine)
         elif profile == "trtllm":
-            from mentallama_server.serve_trtllm import render_checked, start_trtllm_server
-            from mentallama_server.trtllm_profile import ProfileError, load_profile
+            from mentallama_server.launch.serve_trtllm import render_checked, start_trtllm_server
+            from mentallama_server.launch.trtllm_profile import ProfileError, load_profile
 
             try:
                 paths = {k: str(v) for k, v in (("engine_dir", engine), ("tokenizer_dir", tokenizer)) if v}
@@ -225,7 +225,7 @@ def _serve(server: TritonProcess, profile: str, opts: ServerOptions, demo: bool,
         typer.echo("Press Ctrl-C to stop the server (or send SIGTERM to this process).")
     try:
         if demo:
-            from mentallama_server.demo import run_demo
+            from mentallama_server.launch.demo import run_demo
 
             run_demo(opts.grpc_url, model=model)
             return

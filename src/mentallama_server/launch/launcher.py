@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mentallama_server.paths import TritonInstall
+from mentallama_server.launch.paths import TritonInstall
 
 
 class LaunchError(RuntimeError):

@@ -9,7 +9,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]  # src/mentallama_server/launch/paths.py
 TEMPLATES = REPO_ROOT / "model_repository"
 RUNS = REPO_ROOT / "artifacts" / "runs"
 
@@ -17,7 +17,7 @@ RUNS = REPO_ROOT / "artifacts" / "runs"
 def python_path() -> list[str]:
     """Import roots the Python-backend stub needs: this interpreter's site-packages and our packages."""
     roots = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    roots += [str(REPO_ROOT / "server"), str(REPO_ROOT / "client"), str(REPO_ROOT)]
+    roots += [str(REPO_ROOT / "src")]
     return list(dict.fromkeys(roots))  # without duplicates, in order
 
 

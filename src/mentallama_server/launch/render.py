@@ -21,7 +21,7 @@ from mentallama_interface import (
     UNSERVED_INPUTS,
     pbtxt_tensors,
 )
-from mentallama_server.paths import TEMPLATES, python_path
+from mentallama_server.launch.paths import TEMPLATES, python_path
 
 SHARED_MODELS = ("ensemble", "preprocessing", "postprocessing", "mentallama")
 PROFILES = ("cpu", "trtllm")

@@ -9,10 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mentallama_server.launcher import ServerOptions, TritonProcess, bundled_server, launch
-from mentallama_server.paths import REPO_ROOT, RUNS
-from mentallama_server.render import render_repository
-from mentallama_server.settings import CpuSettings
+from mentallama_server.launch.cpu_profile import CpuSettings
+from mentallama_server.launch.launcher import ServerOptions, TritonProcess, bundled_server, launch
+from mentallama_server.launch.paths import REPO_ROOT, RUNS
+from mentallama_server.launch.render import render_repository
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,8 +29,8 @@ class CheckpointError(ValueError):
 def resolve_checkpoint(model: str) -> Path:
     """`tiny`/`bench` build the embedded checkpoint when missing, `nano` is the shipped trained model; anything
     else is a folder path."""
-    from engine_build.check import check_checkpoint
-    from engine_build.tiny import ensure_checkpoint
+    from mentallama_build.check import check_checkpoint
+    from mentallama_build.tiny import ensure_checkpoint
 
     if model in BUILTIN_MODELS:
         path = ensure_checkpoint(model)
@@ -74,7 +74,7 @@ def resolve_engine(
 
     With `engine`, a prebuilt folder is checked against its manifest (and against `checkpoint` when given);
     otherwise the checkpoint's engine is built on first use and reused afterwards (artifacts/engines/)."""
-    from engine_build.openvino_build import EngineBuildError, OpenVinoOptions, ensure_engine, verify_engine
+    from mentallama_build.openvino_build import EngineBuildError, OpenVinoOptions, ensure_engine, verify_engine
 
     problems = settings.problems()
     if problems:

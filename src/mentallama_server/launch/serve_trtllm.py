@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mentallama_server.launcher import LaunchError, ServerOptions, TritonProcess, endpoint_args, launch
-from mentallama_server.paths import REPO_ROOT
-from mentallama_server.render import render_repository
-from mentallama_server.trtllm_profile import (
+from mentallama_server.launch.launcher import LaunchError, ServerOptions, TritonProcess, endpoint_args, launch
+from mentallama_server.launch.paths import REPO_ROOT
+from mentallama_server.launch.render import render_repository
+from mentallama_server.launch.trtllm_profile import (
     ProfileError,
     TrtllmProfile,
     engine_problems,
@@ -25,7 +25,7 @@ from mentallama_server.trtllm_profile import (
 
 def container_python_path() -> list[str]:
     """Our package roots only: the container's own Python (3.12) brings numpy, transformers, torch."""
-    return [str(REPO_ROOT / "server"), str(REPO_ROOT / "client"), str(REPO_ROOT)]
+    return [str(REPO_ROOT / "src")]
 
 
 def render_trtllm(profile: TrtllmProfile, output: Path, python_path: list[str] | None = None) -> Path:
@@ -36,7 +36,7 @@ def render_trtllm(profile: TrtllmProfile, output: Path, python_path: list[str] |
 
 def checked_profile(profile: TrtllmProfile) -> tuple[TrtllmProfile, int]:
     """The profile fitted to the engine, and the engine's world size; refuses a mismatched engine."""
-    from engine_build.manifest import verify_manifest
+    from mentallama_build.manifest import verify_manifest
 
     if not profile.engine_dir or not profile.tokenizer_dir:
         raise LaunchError("the trtllm profile needs --engine DIR and --tokenizer DIR")

@@ -475,8 +475,8 @@ def mpi_command(
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """`python -m mentallama_server.trtllm_profile mpi-command ...`: print the launch argv (deploy/)."""
-    parser = argparse.ArgumentParser(prog="python -m mentallama_server.trtllm_profile")
+    """`python -m mentallama_server.launch.trtllm_profile mpi-command ...`: print the launch argv (deploy/)."""
+    parser = argparse.ArgumentParser(prog="python -m mentallama_server.launch.trtllm_profile")
     sub = parser.add_subparsers(dest="command", required=True)
     mpi = sub.add_parser("mpi-command", help="print the tritonserver launch argv for tp x pp ranks")
     mpi.add_argument("--world-size", type=int, required=True)

@@ -22,9 +22,9 @@ from typing import Literal, Protocol
 import numpy as np
 
 from mentallama_interface import ENGINE_ERROR_OUTPUT, ERRORS_IN_BAND
-from mentallama_server.engine_step import ResponseAssembler, Utf8Boundary, parse_batch, parse_stop
-from mentallama_server.engine_types import GenerationRequest, TokenEvent
-from mentallama_server.preprocess import Limits, RequestError
+from mentallama_server.engine.types import GenerationRequest, TokenEvent
+from mentallama_server.models.engine_step import ResponseAssembler, Utf8Boundary, parse_batch, parse_stop
+from mentallama_server.models.preprocess import Limits, RequestError
 
 Inputs = Mapping[str, "np.ndarray | None"]
 ErrorCode = Literal["INTERNAL", "INVALID_ARG", "UNAVAILABLE"]

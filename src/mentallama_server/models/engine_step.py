@@ -10,11 +10,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from mentallama_server.batching import split_batch
-from mentallama_server.detokenize import byte_token_map, utf8_safe_boundary
-from mentallama_server.engine_types import GenerationRequest
-from mentallama_server.preprocess import Limits, RequestError, from_word_list, scalar
-from mentallama_server.sampling import Inputs, Sampling, check_sampling_values, input_value
+from mentallama_server.engine.types import GenerationRequest
+from mentallama_server.models.batching import split_batch
+from mentallama_server.models.detokenize import byte_token_map, utf8_safe_boundary
+from mentallama_server.models.preprocess import Limits, RequestError, from_word_list, scalar
+from mentallama_server.models.sampling import Inputs, Sampling, check_sampling_values, input_value
 
 # What `parse_stop` and `parse_batch` read. The CPU model reads the inputs its config.pbtxt declares and
 # refuses to load when they differ from these (an input declared but not read would be ignored silently);

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from mentallama_interface import ENGINE_INPUT_NAMES, FRONT_INPUTS
-from mentallama_server.batching import refuse_unserved, split_batch
-from mentallama_server.preprocess import Preprocessor, RequestError, scalar, to_word_list
-from mentallama_server.sampling import Inputs, Sampling, check_sampling_values, input_value
+from mentallama_server.models.batching import refuse_unserved, split_batch
+from mentallama_server.models.preprocess import Preprocessor, RequestError, scalar, to_word_list
+from mentallama_server.models.sampling import Inputs, Sampling, check_sampling_values, input_value
 
 INPUT_NAMES = tuple(spec.name for spec in FRONT_INPUTS)
 # The front model always streams from the engine (to watch for cancellation between chunks) and

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mentallama_server.detokenize import AnchoredDecoder
-from mentallama_server.preprocess import RequestError
+from mentallama_server.models.detokenize import AnchoredDecoder
+from mentallama_server.models.preprocess import RequestError
 
 INPUTS = ("TOKENS_BATCH", "SEQUENCE_LENGTH")
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from mentallama_interface import UNSERVED_INPUTS
-from mentallama_server.batching import refuse_unserved, split_batch, stack_padded
-from mentallama_server.preprocess import WORD_LIST_PAD, PreparedRequest, Preprocessor, scalar, to_word_list
+from mentallama_server.models.batching import refuse_unserved, split_batch, stack_padded
+from mentallama_server.models.preprocess import WORD_LIST_PAD, PreparedRequest, Preprocessor, scalar, to_word_list
 
 Inputs = Mapping[str, "np.ndarray | None"]
 

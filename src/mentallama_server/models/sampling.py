@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mentallama_server.preprocess import RequestError, scalar
+from mentallama_server.models.preprocess import RequestError, scalar
 
 Inputs = Mapping[str, "np.ndarray | None"]
 

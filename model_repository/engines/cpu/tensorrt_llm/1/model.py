@@ -1,7 +1,7 @@
 """CPU engine step: the `tensorrt_llm` tensor interface over an OpenVINO engine (in-flight batching).
 
-Thin adapter: the request life cycle lives in `mentallama_server.cpu_step`, parsing and assembly in
-`mentallama_server.engine_step`, generation in `mentallama_server.ov_engine` (OpenVINO GenAI's
+Thin adapter: the request life cycle lives in `mentallama_server.models.cpu_step`, parsing and assembly in
+`mentallama_server.models.engine_step`, generation in `mentallama_server.engine.ov_engine` (OpenVINO GenAI's
 ContinuousBatchingPipeline). Requests are decoupled: `execute` only submits them; the engine's dispatcher
 thread sends responses as tokens are produced. A watcher thread forwards client cancellations to the engine
 and publishes the engine's counters as Prometheus metrics.
@@ -16,12 +16,12 @@ import threading
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import triton_python_backend_utils as pb_utils
 
-from mentallama_server.cpu_step import CpuStep, Reply, asks_errors_in_band
-from mentallama_server.engine_step import INPUTS, Utf8Boundary
-from mentallama_server.ov_engine import OpenVinoEngine
-from mentallama_server.preprocess import Limits
-from mentallama_server.text_tokenizer import TextTokenizer
-from mentallama_server.triton_params import check_inputs, get_parameter, input_names, parse_model_config
+from mentallama_server.engine.ov_engine import OpenVinoEngine
+from mentallama_server.models.cpu_step import CpuStep, Reply, asks_errors_in_band
+from mentallama_server.models.engine_step import INPUTS, Utf8Boundary
+from mentallama_server.models.preprocess import Limits
+from mentallama_server.models.text_tokenizer import TextTokenizer
+from mentallama_server.models.triton_params import check_inputs, get_parameter, input_names, parse_model_config
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 WATCH_INTERVAL_S = 0.05

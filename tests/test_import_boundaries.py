@@ -1,0 +1,96 @@
+"""Import boundaries between the packages (docs/ARCHITECTURE.md), checked two ways: what each module's source
+imports (every import statement, also inside functions) and what importing it really loads, in a fresh
+interpreter."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+OUR_PACKAGES = {"mentallama", "mentallama_interface", "mentallama_server", "mentallama_build", "mentallama_bench"}
+INFERENCE = {"openvino", "openvino_genai", "openvino_tokenizers", "torch", "transformers", "optimum", "nncf"}
+HEAVY = INFERENCE | {"matplotlib", "pytriton", "tritonserver"}
+
+
+def _modules(package: str) -> list[str]:
+    root = SRC / package.replace(".", "/")
+    names = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def _imported_roots(module: str, top_level_only: bool = False) -> set[str]:
+    """Top-level names of what a module's source imports (relative imports resolve to our own package)."""
+    parts = module.split(".")
+    path = SRC.joinpath(*parts)
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    roots = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            roots.add(parts[0] if node.level else (node.module or "").split(".")[0])
+    return roots - {"__future__", ""}
+
+
+def _loaded_by_importing(modules: list[str]) -> set[str]:
+    """Top-level packages in sys.modules after importing `modules` in a fresh interpreter."""
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=SRC.parent)
+    return set(json.loads(out.stdout))
+
+
+def test_the_sdk_imports_no_server_build_or_benchmark_code_and_nothing_heavy() -> None:
+    for module in _modules("mentallama") + _modules("mentallama_interface"):
+        roots = _imported_roots(module)
+        assert not roots & (OUR_PACKAGES - {"mentallama", "mentallama_interface"}), (module, roots)
+        assert not roots & HEAVY, (module, roots)
+    loaded = _loaded_by_importing(_modules("mentallama"))
+    assert not loaded & (HEAVY | OUR_PACKAGES - {"mentallama", "mentallama_interface"})
+
+
+def test_the_wire_interface_is_standard_library_only() -> None:
+    """Triton's model processes and the SDK both import it; neither must pay for the other's stack."""
+    for module in _modules("mentallama_interface"):
+        assert _imported_roots(module) <= set(sys.stdlib_module_names), module
+
+
+def test_the_trtllm_profile_is_standard_library_only() -> None:
+    """deploy/ runs it with the NGC container's own Python, where nothing of ours but src/ is installed."""
+    module = "mentallama_server.launch.trtllm_profile"
+    assert _imported_roots(module) <= set(sys.stdlib_module_names), _imported_roots(module)
+
+
+@pytest.mark.parametrize("package", ["mentallama_server.models", "mentallama_server.launch"])
+def test_model_logic_and_the_launch_side_load_no_inference_library(package: str) -> None:
+    """Model logic runs in every Python model (numpy and tokenizers only); the launcher and CLI start fast and
+    leave the engine to the engine step."""
+    for module in _modules(package):
+        assert not _imported_roots(module, top_level_only=True) & INFERENCE, module
+    assert not _loaded_by_importing(_modules(package)) & HEAVY
+
+
+def test_the_engine_loads_no_torch_or_transformers() -> None:
+    """The serving processes stay light: OpenVINO only (torch and optimum-intel belong to the build step)."""
+    for module in _modules("mentallama_server.engine"):
+        assert not _imported_roots(module) & {"torch", "transformers", "optimum"}, module
+    assert not _loaded_by_importing(_modules("mentallama_server.engine")) & {"torch", "transformers", "optimum"}
+
+
+def test_server_packages_do_not_reach_into_the_benchmarks() -> None:
+    for module in _modules("mentallama_server") + _modules("mentallama_build"):
+        assert "mentallama_bench" not in _imported_roots(module), module
