@@ -451,7 +451,7 @@ class SyncTransport(_TransportBase):
         timeout: float | None,
         headers: Mapping[str, str],
     ) -> Iterator[StreamEvent]:
-        """Events of one generation up to its final response; closing the iterator cancels the call."""
+        """Events of one generation up to its final response; closing the iterator early stops the generation."""
         stub = self.stub(endpoint)
         call = stub.ModelStreamInfer(iter((request,)), timeout=timeout, metadata=_metadata(headers))
         final_seen = ended = False
@@ -549,7 +549,7 @@ class AsyncTransport(_TransportBase):
         timeout: float | None,
         headers: Mapping[str, str],
     ) -> AsyncIterator[StreamEvent]:
-        """Events of one generation up to its final response; closing the iterator cancels the call."""
+        """Events of one generation up to its final response; closing the iterator early stops the generation."""
         # A request iterable (not call.write) so that a failed connection surfaces in read() as a status.
         stub = self.stub(endpoint)
         call = stub.ModelStreamInfer(iter((request,)), timeout=timeout, metadata=_metadata(headers))

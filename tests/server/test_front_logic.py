@@ -24,7 +24,7 @@ def test_front_refusals_name_the_front_model_not_a_profile(name: str, value, fie
 
 
 def test_cpu_engine_keeps_its_own_reasons() -> None:
-    with pytest.raises(RequestError, match="beam_width must be 1 on the CPU profile"):
+    with pytest.raises(RequestError, match="beam_width must be 1, got 2: the CPU profile has no beam search"):
         parse_sampling({"beam_width": np.array([[2]])})
 
 

@@ -14,7 +14,13 @@ from mentallama_server.engine.types import GenerationRequest
 from mentallama_server.models.batching import split_batch
 from mentallama_server.models.detokenize import byte_token_map, utf8_safe_boundary
 from mentallama_server.models.preprocess import Limits, RequestError, from_word_list, scalar
-from mentallama_server.models.sampling import Inputs, Sampling, check_sampling_values, input_value
+from mentallama_server.models.sampling import (
+    Inputs,
+    Sampling,
+    check_sampling_values,
+    input_value,
+    require_one_sequence,
+)
 
 # What `parse_stop` and `parse_batch` read. The CPU model reads the inputs its config.pbtxt declares and
 # refuses to load when they differ from these (an input declared but not read would be ignored silently);
@@ -66,24 +72,19 @@ def parse_stop(inputs: Inputs) -> bool:
     return bool(input_value(inputs, "stop", bool, False))
 
 
+_CPU_ENGINE_LIMITS = {
+    "beam_width": "the CPU profile has no beam search",
+    "num_return_sequences": "the CPU engine returns one sequence per prompt (the `ensemble` on the GPU profile "
+    "serves more; or send the prompt several times with different seeds)",
+    "return_perf_metrics": "the CPU engine (OpenVINO GenAI) reports no per-request KV-cache blocks or scheduling "
+    "times (the `ensemble` on the GPU profile serves them; Triton's metrics endpoint has the CPU engine's counters)",
+}
+
+
 def parse_sampling(inputs: Inputs) -> Sampling:
     """The CPU engine's sampling: one sequence per prompt, no beam search, no perf metrics; values as
     `check_sampling_values` allows."""
-    beam_width = input_value(inputs, "beam_width", int, 1)
-    if beam_width != 1:
-        raise RequestError(f"beam_width must be 1 on the CPU profile (no beam search), got {beam_width}")
-    sequences = input_value(inputs, "num_return_sequences", int, 1)
-    if sequences != 1:
-        raise RequestError(
-            f"num_return_sequences must be 1, got {sequences}: the CPU engine returns one sequence per prompt "
-            "(the `ensemble` on the GPU profile serves more; or send the prompt several times with different seeds)"
-        )
-    if input_value(inputs, "return_perf_metrics", bool, False):
-        raise RequestError(
-            "return_perf_metrics is not supported: the CPU engine (OpenVINO GenAI) reports no per-request "
-            "KV-cache blocks or scheduling times (the `ensemble` on the GPU profile serves them; Triton's metrics "
-            "endpoint has the CPU engine's counters)"
-        )
+    require_one_sequence(inputs, _CPU_ENGINE_LIMITS)
     return check_sampling_values(inputs)
 
 

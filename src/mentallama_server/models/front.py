@@ -12,7 +12,7 @@ import numpy as np
 from mentallama_interface import ENGINE_INPUT_NAMES, FRONT_INPUTS
 from mentallama_server.models.batching import refuse_unserved, split_batch
 from mentallama_server.models.preprocess import Preprocessor, RequestError, scalar, to_word_list
-from mentallama_server.models.sampling import Inputs, Sampling, check_sampling_values, input_value
+from mentallama_server.models.sampling import Inputs, Sampling, check_sampling_values, require_one_sequence
 
 INPUT_NAMES = tuple(spec.name for spec in FRONT_INPUTS)
 # The front model always streams from the engine (to watch for cancellation between chunks) and
@@ -60,26 +60,20 @@ def is_stop_request(inputs: Mapping[str, np.ndarray | None]) -> bool:
     return _flag(inputs, "stop")
 
 
+_FRONT_LIMITS = {
+    "beam_width": "the `mentallama` model returns one sequence per prompt; beam search is served by the "
+    "`ensemble` on the GPU (trtllm) profile",
+    "num_return_sequences": "the `mentallama` model returns one sequence per prompt; the `ensemble` on the GPU "
+    "profile serves more, or send the prompt several times with different seeds",
+    "return_perf_metrics": "the `mentallama` model does not relay the engine's per-request metrics; the "
+    "`ensemble` on the GPU profile serves them",
+}
+
+
 def check_front_sampling(inputs: Inputs) -> Sampling:
     """What the front model relays, on every profile: one sequence per prompt (the first beam's tokens alone
     are read), no per-request perf metrics; values as every engine allows them."""
-    beam_width = input_value(inputs, "beam_width", int, 1)
-    if beam_width != 1:
-        raise RequestError(
-            f"beam_width must be 1 on the `mentallama` model (it returns one sequence per prompt), got {beam_width}; "
-            "beam search is served by the `ensemble` on the GPU (trtllm) profile"
-        )
-    sequences = input_value(inputs, "num_return_sequences", int, 1)
-    if sequences != 1:
-        raise RequestError(
-            f"num_return_sequences must be 1 on the `mentallama` model (one sequence per prompt), got {sequences}; "
-            "the `ensemble` on the GPU profile serves more, or send the prompt several times with different seeds"
-        )
-    if input_value(inputs, "return_perf_metrics", bool, False):
-        raise RequestError(
-            "return_perf_metrics is not supported by the `mentallama` model (it does not relay the engine's "
-            "per-request metrics); the `ensemble` on the GPU profile serves them"
-        )
+    require_one_sequence(inputs, _FRONT_LIMITS)
     return check_sampling_values(inputs)
 
 

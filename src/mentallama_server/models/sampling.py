@@ -23,6 +23,19 @@ def input_value(inputs: Inputs, name: str, cast: type, default):
     return default if value is None else cast(value)
 
 
+def require_one_sequence(inputs: Inputs, why: Mapping[str, str]) -> None:
+    """Refuse beam search, several sequences per prompt and per-request perf metrics, each with the reason
+    the calling model gives (`why`: field -> reason)."""
+    beam_width = input_value(inputs, "beam_width", int, 1)
+    if beam_width != 1:
+        raise RequestError(f"beam_width must be 1, got {beam_width}: {why['beam_width']}")
+    sequences = input_value(inputs, "num_return_sequences", int, 1)
+    if sequences != 1:
+        raise RequestError(f"num_return_sequences must be 1, got {sequences}: {why['num_return_sequences']}")
+    if input_value(inputs, "return_perf_metrics", bool, False):
+        raise RequestError(f"return_perf_metrics is not supported: {why['return_perf_metrics']}")
+
+
 @dataclass(frozen=True)
 class Sampling:
     top_k: int
