@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mentallama_server.launch.paths import TritonInstall
+from mentallama_server.launch.stall_watch import StallWatch, read_progress
 
 
 class LaunchError(RuntimeError):
@@ -31,6 +32,7 @@ class LaunchError(RuntimeError):
 # segfaulted (tritonserver then aborted on the next request). The launcher stops the server instead, so that
 # readiness fails and a supervisor starts a clean one.
 STOPPED_STUB_GRACE_S = 1.0
+STALL_READ_INTERVAL_S = 5.0  # how often the launcher reads the server's progress (its metrics page)
 
 
 @dataclass
@@ -61,6 +63,9 @@ class ServerOptions:
     multi-threaded `mentallama` front model (docs/RELIABILITY.md); a pool that starts large enough never has
     to grow (the front model's grew to 3 MiB under 32 concurrent streams). The pool is allocated whole:
     4 instances x 16 MiB of /dev/shm per CPU server."""
+    stall_timeout_s: float = 60.0
+    """A model with requests waiting and none executed for this long makes the server unhealthy (see
+    `stall_watch`); 0 turns the check off."""
 
     @property
     def grpc_url(self) -> str:
@@ -244,6 +249,9 @@ class TritonProcess:
         self.args = argv
         self.expected_stubs: dict[int, str] = {}  # recorded once ready: the processes that must stay alive
         self._stopped_since: dict[int, float] = {}
+        self._stall_watch = StallWatch(opts.stall_timeout_s)
+        self._next_progress_read = 0.0
+        self._stalled: list[str] = []
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
             argv,
@@ -319,7 +327,24 @@ class TritonProcess:
                 f"for over {STOPPED_STUB_GRACE_S:g} s: Triton fails its requests while still reporting ready, "
                 "and the stub crashes when resumed"
             )
+        stalled = self.stalled_models()
+        if stalled:
+            return (
+                f"model(s) {', '.join(stalled)} have had requests waiting and none executed for "
+                f"{self.opts.stall_timeout_s:g} s: the server is wedged while it reports ready"
+            )
         return None
+
+    def stalled_models(self) -> list[str]:
+        """Models that stopped executing their waiting requests (`stall_watch`); read every few seconds."""
+        now = time.monotonic()
+        if self.opts.stall_timeout_s <= 0 or now < self._next_progress_read:
+            return self._stalled
+        self._next_progress_read = now + STALL_READ_INTERVAL_S
+        progress = read_progress(self.opts.metrics_url)
+        if progress is not None:
+            self._stalled = self._stall_watch.update(progress, now)
+        return self._stalled
 
     def stopped_stub_models(self) -> list[str]:
         """Models whose stub has been stopped (state T) since at least STOPPED_STUB_GRACE_S ago."""
