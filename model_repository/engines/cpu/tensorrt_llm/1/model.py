@@ -2,8 +2,8 @@
 
 Thin adapter: the request life cycle lives in `mentallama_server.models.cpu_step`, parsing and assembly in
 `mentallama_server.models.engine_step`, generation in `mentallama_server.engine.ov_engine` (OpenVINO GenAI's
-ContinuousBatchingPipeline). Requests are decoupled: `execute` only submits them; the engine's dispatcher
-thread sends responses as tokens are produced. A watcher thread forwards client cancellations to the engine
+ContinuousBatchingPipeline). Requests are decoupled: `execute` only hands them to an intake thread that
+submits them; the engine's dispatcher thread sends responses as tokens are produced. A watcher thread forwards client cancellations to the engine
 and publishes the engine's counters as Prometheus metrics.
 
 Every `pb_utils` call (reading requests, sending responses, `is_cancelled`, metrics) holds one lock:
@@ -11,6 +11,7 @@ the Python-backend stub of Triton 2.51 crashed (segfault in `send`) when the exe
 dispatcher thread sent responses at the same moment.
 """
 
+import queue
 import threading
 
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
@@ -79,6 +80,8 @@ class TritonPythonModel:
         self.pb_lock = threading.RLock()  # taken last: never acquire another lock while holding it
         self._init_metrics()
         self.stopping = threading.Event()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._intake, name="request-intake", daemon=True).start()
         self.watcher = threading.Thread(target=self._watch, name="cancel-watcher", daemon=True)
         self.watcher.start()
 
@@ -104,10 +107,26 @@ class TritonPythonModel:
         self.metric_tracked = self.metric_families["mentallama_engine_tracked_requests"].Metric(labels={})
 
     def execute(self, requests):
-        with self.pb_lock:
-            for request in requests:
-                self._submit(request)
+        # Handed to the intake thread, never waiting on pb_lock here: Triton waits for execute to return
+        # before it takes this stub's next message, and the thread holding pb_lock may be in a send that
+        # waits for Triton; that cycle wedged a soak (docs/RELIABILITY.md). Decoupled requests stay valid
+        # after execute returns.
+        self.inbox.put(requests)
         return None
+
+    def _intake(self):
+        while (requests := self.inbox.get()) is not None:
+            for request in requests:
+                with self.pb_lock:
+                    try:
+                        self._submit(request)
+                    except Exception as exc:  # the intake must survive; the request gets its error
+                        self._refuse(request, exc)
+
+    def _refuse(self, request, exc):
+        pb_utils.Logger.log_error(f"engine step intake: {type(exc).__name__}: {exc}")
+        error = pb_utils.TritonError(f"engine step failed: {exc}", pb_utils.TritonError.INTERNAL)
+        request.get_response_sender().send(pb_utils.InferenceResponse(error=error), flags=FINAL)
 
     def _submit(self, request):
         inputs = {}
@@ -133,4 +152,5 @@ class TritonPythonModel:
 
     def finalize(self):
         self.stopping.set()
+        self.inbox.put(None)
         self.engine.shutdown()
