@@ -3,8 +3,8 @@
 Thin adapter: the request life cycle lives in `mentallama_server.models.cpu_step`, parsing and assembly in
 `mentallama_server.models.engine_step`, generation in `mentallama_server.engine.ov_engine` (OpenVINO GenAI's
 ContinuousBatchingPipeline). Requests are decoupled: `execute` only hands them to an intake thread that
-submits them; the engine's dispatcher thread sends responses as tokens are produced. A watcher thread forwards client cancellations to the engine
-and publishes the engine's counters as Prometheus metrics.
+submits them; the engine's dispatcher thread sends responses as tokens are produced. A watcher thread
+forwards client cancellations to the engine and publishes the engine's counters as Prometheus metrics.
 
 Every `pb_utils` call (reading requests, sending responses, `is_cancelled`, metrics) holds one lock:
 the Python-backend stub of Triton 2.51 crashed (segfault in `send`) when the execute thread and the
