@@ -17,7 +17,7 @@ rules read from the reference answer's own verdict:
    and the explanation). Goal >= 95 %.
 4. **Speed**: seconds to parse 10,000 reference answers (all tasks, in file order), best of 3. Goal < 2 s.
 
-    python src/mentallama_bench/label_parsing.py --imhi ../shared/imhi [--json results/label_parsing.json]
+    mentallama-bench label-parsing --imhi ../shared/imhi [--json results/label_parsing.json]
 """
 
 from __future__ import annotations
@@ -188,8 +188,8 @@ def run(imhi: Path, seed: int = 11, echo: Callable[[str], None] = print) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--imhi", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "imhi",
+    parser = argparse.ArgumentParser(prog="mentallama-bench label-parsing", description=__doc__.split("\n")[0])
+    parser.add_argument("--imhi", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "imhi",
                         help="IMHI root (train_instruction/, test_instruction/, expert/)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=11, help="seed of the rewritten variants")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
@@ -203,8 +203,5 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 __all__ = ["STYLES", "run", "variant", "TASKS"]

@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import shlex
 import shutil
-from dataclasses import replace
-from enum import Enum
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
-from mentallama_build.capacity import DEFAULT_RUNTIME_OVERHEAD_GIB, format_plan, plan_for_build, plan_problems
+from mentallama_build.capacity import (
+    DEFAULT_RUNTIME_OVERHEAD_GIB,
+    CapacityPlan,
+    format_plan,
+    plan_for_build,
+    plan_problems,
+)
+from mentallama_build.cli_options import OptionGroup, with_option_groups
 from mentallama_build.engine_config import (
     DEFAULT_CONTAINER_IMAGE,
+    DTYPES,
     PRESETS,
+    QUANTIZATIONS,
     TRTLLM_VERSION,
     BuildConfig,
     GpuInfo,
@@ -31,32 +40,81 @@ from mentallama_build.engine_config import (
     validate,
 )
 from mentallama_build.manifest import write_manifest
-from mentallama_build.trtllm_commands import TRTLLM_BUILD, StepFailed, build_steps, run_steps
+from mentallama_build.trtllm_commands import TRTLLM_BUILD, Step, StepFailed, build_steps, run_steps
 
-__all__ = ["engine"]
+__all__ = ["EngineRequest", "engine", "plan_engine", "run_engine_build"]
 
 EXIT_REFUSED = 1
 EXIT_TOOLS_MISSING = 2
 EXIT_STEP_FAILED = 3
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # src/mentallama_build/engine_cli.py
+PLAN_PANEL = "Capacity plan"
+RUN_PANEL = "Running the build"
 
 
-class PresetName(str, Enum):
-    b7 = "7b"
-    b13 = "13b"
+def _flag(help: str, default: Any = MISSING, **meta: Any) -> Any:  # noqa: A002 - the key cli_options reads
+    return field(default=default, metadata={"help": help, **meta})
 
 
-class Dtype(str, Enum):
-    float16 = "float16"
-    bfloat16 = "bfloat16"
+@dataclass(frozen=True)
+class EngineRequest:
+    """Every input of `mentallama-build engine`, one flag per field (`mentallama_build.cli_options`): the build's
+    options, named as in `BuildConfig` (None takes the preset's value), the capacity plan's assumptions, and how
+    the build runs."""
+
+    checkpoint_dir: Path = _flag("Hugging Face checkpoint folder (MentaLLaMA-chat-7B/13B).", flags=("--checkpoint",))
+    output_dir: Path = _flag("Engine output folder (rank<i>.engine, config.json, manifest).", flags=("--output",))
+    preset: str = _flag("Model size defaults; 13b defaults to --tp 2.", "7b", choices=tuple(PRESETS))
+    dtype: str = _flag("Activation/weight dtype of unquantised parts.", "float16", choices=DTYPES)
+    quantization: str = _flag(
+        "none | int8_wo / int4_wo (weight-only) | fp8 (+fp8 KV cache, cc>=8.9) | int4_awq.", "none",
+        choices=QUANTIZATIONS,
+    )  # fmt: skip
+    tp: int | None = _flag("Tensor parallel size (default: preset).", None)
+    pp: int = _flag("Pipeline parallel size.", 1)
+    max_batch_size: int | None = _flag("Engine max batch size (default: preset).", None)
+    max_input_len: int = _flag("Longest prompt in tokens.", 3072)
+    max_seq_len: int = _flag("Longest prompt + output in tokens (<= model context).", 4096)
+    max_num_tokens: int = _flag("Tokens per engine iteration (batched, unpadded).", 8192)
+    workers: int = _flag("Parallel conversion/build workers (one GPU each).", 1)
+    gpu_memory_gib: float | None = _flag("GPU memory for the plan (default: GPU).", None, panel=PLAN_PANEL)
+    kv_cache_free_gpu_mem_fraction: float = _flag(
+        "Share of free GPU memory the runtime gives the KV cache (plan).", 0.9, panel=PLAN_PANEL
+    )
+    gpu_name: str | None = _flag(
+        "Target GPU, e.g. H100, A100-SXM4-80GB, L4 (default: nvidia-smi).", None, panel=PLAN_PANEL
+    )
+    plan_input_len: int = _flag("Prompt length for the concurrency plan.", 1024, panel=PLAN_PANEL)
+    plan_output_len: int = _flag("Output length for the concurrency plan.", 256, panel=PLAN_PANEL)
+    runtime_overhead_gib: float = _flag(
+        "Assumed non-weight, non-KV GPU memory per GPU (plan).", DEFAULT_RUNTIME_OVERHEAD_GIB, panel=PLAN_PANEL
+    )
+    trtllm_examples_dir: Path = _flag(
+        f"examples/ folder of TensorRT-LLM v{TRTLLM_VERSION}.", Path("TensorRT-LLM/examples"),
+        flags=("--trtllm-examples",), envvar="TRTLLM_EXAMPLES_DIR",
+    )  # fmt: skip
+    work_dir: Path | None = _flag("TensorRT-LLM checkpoint folder (default: <output>.tllm_checkpoint).", None)
+    calib_size: int | None = _flag("Calibration samples (fp8: 512, int4_awq: 32).", None)
+    calib_dataset: str | None = _flag("Local calibration dataset folder for ModelOpt (no hub access).", None)
+    container_image: str | None = _flag(
+        f"Print how to run the build in an image, e.g. {DEFAULT_CONTAINER_IMAGE}.", None, panel=RUN_PANEL
+    )
+    dry_run: bool = _flag("Print plan and commands; run nothing.", False, flags=("--dry-run",), panel=RUN_PANEL)
+    force: bool = _flag("Overwrite an existing engine in --output.", False, flags=("--force",), panel=RUN_PANEL)
+    step_timeout_s: float = _flag("Time limit per build step, seconds.", 6 * 3600.0, panel=RUN_PANEL)
+
+    def build_config(self) -> BuildConfig:
+        """The preset's defaults, then every `BuildConfig` field this request names and sets (not None)."""
+        named = {f.name for f in fields(BuildConfig)} & {f.name for f in fields(self)}
+        overrides = {name: getattr(self, name) for name in named - {"preset", "checkpoint_dir", "output_dir"}}
+        return BuildConfig.from_preset(self.preset, self.checkpoint_dir, self.output_dir, **overrides)
 
 
-class Quantization(str, Enum):
-    none = "none"
-    int8_wo = "int8_wo"
-    int4_wo = "int4_wo"
-    fp8 = "fp8"
-    int4_awq = "int4_awq"
+# The `BuildConfig` fields that no flag sets, and why (tests/engine_build/test_engine_cli_options.py checks that
+# every other field is one of EngineRequest's).
+BUILD_CONFIG_WITHOUT_FLAG = {
+    "max_beam_width": "MentaLLaMA serving decodes one beam (validate() warns about more); kept for the manifest",
+}
 
 
 def _checkpoint_shape(checkpoint: Path, preset: str, validation: Validation) -> ModelShape:
@@ -193,136 +251,86 @@ def _preflight(cfg: BuildConfig, target: GpuInfo | None, gpu: GpuInfo | None) ->
     return missing
 
 
-def engine(
-    checkpoint: Annotated[
-        Path, typer.Option(help="Hugging Face checkpoint folder (MentaLLaMA-chat-7B/13B).")
-    ],
-    output: Annotated[
-        Path, typer.Option(help="Engine output folder (rank<i>.engine, config.json, manifest).")
-    ],
-    preset: Annotated[
-        PresetName, typer.Option(help="Model size defaults; 13b defaults to --tp 2.")
-    ] = PresetName.b7,
-    dtype: Annotated[
-        Dtype, typer.Option(help="Activation/weight dtype of unquantised parts.")
-    ] = Dtype.float16,
-    quantization: Annotated[
-        Quantization,
-        typer.Option(
-            help="none | int8_wo / int4_wo (weight-only) | fp8 (+fp8 KV cache, cc>=8.9) | int4_awq."
-        ),
-    ] = Quantization.none,
-    tp: Annotated[int | None, typer.Option(help="Tensor parallel size (default: preset).")] = None,
-    pp: Annotated[int, typer.Option(help="Pipeline parallel size.")] = 1,
-    max_batch_size: Annotated[
-        int | None, typer.Option(help="Engine max batch size (default: preset).")
-    ] = None,
-    max_input_len: Annotated[int, typer.Option(help="Longest prompt in tokens.")] = 3072,
-    max_seq_len: Annotated[
-        int, typer.Option(help="Longest prompt + output in tokens (<= model context).")
-    ] = 4096,
-    max_num_tokens: Annotated[
-        int, typer.Option(help="Tokens per engine iteration (batched, unpadded).")
-    ] = 8192,
-    workers: Annotated[int, typer.Option(help="Parallel conversion/build workers (one GPU each).")] = 1,
-    gpu_memory_gib: Annotated[
-        float | None, typer.Option(help="GPU memory for the plan (default: GPU).")
-    ] = None,
-    kv_cache_free_gpu_mem_fraction: Annotated[
-        float, typer.Option(help="Share of free GPU memory the runtime gives the KV cache (plan).")
-    ] = 0.9,
-    gpu_name: Annotated[
-        str | None, typer.Option(help="Target GPU, e.g. H100, A100-SXM4-80GB, L4 (default: nvidia-smi).")
-    ] = None,
-    plan_input_len: Annotated[int, typer.Option(help="Prompt length for the concurrency plan.")] = 1024,
-    plan_output_len: Annotated[int, typer.Option(help="Output length for the concurrency plan.")] = 256,
-    runtime_overhead_gib: Annotated[
-        float, typer.Option(help="Assumed non-weight, non-KV GPU memory per GPU (plan).")
-    ] = DEFAULT_RUNTIME_OVERHEAD_GIB,
-    trtllm_examples: Annotated[
-        Path,
-        typer.Option(
-            envvar="TRTLLM_EXAMPLES_DIR", help=f"examples/ folder of TensorRT-LLM v{TRTLLM_VERSION}."
-        ),
-    ] = Path("TensorRT-LLM/examples"),
-    work_dir: Annotated[
-        Path | None, typer.Option(help="TensorRT-LLM checkpoint folder (default: <output>.tllm_checkpoint).")
-    ] = None,
-    calib_size: Annotated[
-        int | None, typer.Option(help="Calibration samples (fp8: 512, int4_awq: 32).")
-    ] = None,
-    calib_dataset: Annotated[
-        str | None, typer.Option(help="Local calibration dataset folder for ModelOpt (no hub access).")
-    ] = None,
-    container_image: Annotated[
-        str | None,
-        typer.Option(help=f"Print how to run the build in an image, e.g. {DEFAULT_CONTAINER_IMAGE}."),
-    ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print plan and commands; run nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing engine in --output.")] = False,
-    step_timeout_s: Annotated[float, typer.Option(help="Time limit per build step, seconds.")] = 6 * 3600.0,
-) -> None:
-    """Build a TensorRT-LLM engine (in-flight batching, paged KV cache) for MentaLLaMA-chat 7B/13B."""
-    overrides: dict[str, Any] = {
-        "dtype": dtype.value, "quantization": quantization.value, "tp": tp, "pp": pp,
-        "max_batch_size": max_batch_size, "max_input_len": max_input_len, "max_seq_len": max_seq_len,
-        "max_num_tokens": max_num_tokens, "workers": workers,
-        "kv_cache_free_gpu_mem_fraction": kv_cache_free_gpu_mem_fraction, "gpu_name": gpu_name,
-        "gpu_memory_gib": gpu_memory_gib, "trtllm_examples_dir": trtllm_examples, "work_dir": work_dir,
-        "calib_size": calib_size, "calib_dataset": calib_dataset, "container_image": container_image,
-    }  # fmt: skip
-    cfg = BuildConfig.from_preset(preset.value, checkpoint, output, **overrides)
-    gpu = _resolve_gpu(gpu_name, gpu_memory_gib)
+@dataclass(frozen=True)
+class EnginePlan:
+    """Everything decided before a step runs: the build config, the target GPU, the model shape, the capacity
+    plan, the commands, and the findings (problems refuse the build, warnings are printed)."""
 
+    cfg: BuildConfig
+    gpu: GpuInfo | None
+    shape: ModelShape
+    capacity: CapacityPlan
+    steps: list[Step]
+    findings: Validation
+
+
+def plan_engine(request: EngineRequest) -> EnginePlan:
+    """Check the checkpoint, the options and the capacity plan; every problem at once, nothing run."""
+    cfg = request.build_config()
+    gpu = _resolve_gpu(request.gpu_name, request.gpu_memory_gib)
     findings = Validation()
-    if not checkpoint.is_dir():
-        findings.problems.append(f"checkpoint folder {checkpoint} does not exist")
+    if not cfg.checkpoint_dir.is_dir():
+        findings.problems.append(f"checkpoint folder {cfg.checkpoint_dir} does not exist")
         shape = PRESETS[cfg.preset].shape
     else:
-        shape = _checkpoint_shape(checkpoint, cfg.preset, findings)
+        shape = _checkpoint_shape(cfg.checkpoint_dir, cfg.preset, findings)
     checked = validate(cfg, shape, gpu)
-    findings.problems += checked.problems + _output_problems(cfg, force)
+    findings.problems += checked.problems + _output_problems(cfg, request.force)
     findings.warnings += checked.warnings
-
-    plan = plan_for_build(
-        cfg, shape, gpu.memory_gib if gpu else None, plan_input_len, plan_output_len, runtime_overhead_gib
-    )
-    plan_p, plan_w = plan_problems(plan, cfg.max_seq_len)
+    capacity = plan_for_build(cfg, shape, gpu.memory_gib if gpu else None, request.plan_input_len,
+                              request.plan_output_len, request.runtime_overhead_gib)  # fmt: skip
+    plan_p, plan_w = plan_problems(capacity, cfg.max_seq_len)
     findings.problems += plan_p
     findings.warnings += plan_w
+    return EnginePlan(cfg, gpu, shape, capacity, build_steps(cfg), findings)
 
+
+def describe_plan(plan: EnginePlan) -> str:
+    """The header, the capacity plan, the exact commands and (with --container-image) how to run them there."""
+    gpu = plan.gpu
     gpu_text = "none detected" if gpu is None else f"{gpu.name} (cc {gpu.cc_text}, {gpu.memory_gib} GiB)"
-    typer.echo(f"TensorRT-LLM {TRTLLM_VERSION} engine build, preset {cfg.preset}, GPU: {gpu_text}")
-    typer.echo(format_plan(plan))
-    typer.echo("\nCommands:")
-    steps = build_steps(cfg)
-    for step in steps:
-        typer.echo(f"  # {step.name}\n  {step.shell()}")
-    if container_image:
-        typer.echo("\n" + container_hint(cfg, container_image))
-    for warning in findings.warnings:
-        typer.echo(f"warning: {warning}", err=True)
-    if findings.problems:
-        typer.echo("\nRefusing to build:", err=True)
-        for problem in findings.problems:
-            typer.echo(f"  - {problem}", err=True)
-        raise typer.Exit(EXIT_REFUSED)
-    if dry_run:
-        typer.echo("\n(dry run: nothing executed)")
-        return
+    lines = [f"TensorRT-LLM {TRTLLM_VERSION} engine build, preset {plan.cfg.preset}, GPU: {gpu_text}",
+             format_plan(plan.capacity), "\nCommands:"]  # fmt: skip
+    lines += [f"  # {step.name}\n  {step.shell()}" for step in plan.steps]
+    if plan.cfg.container_image:
+        lines.append("\n" + container_hint(plan.cfg, plan.cfg.container_image))
+    return "\n".join(lines)
 
+
+def run_engine_build(request: EngineRequest, out: Callable[[str], None], err: Callable[[str], None]) -> int:
+    """`mentallama-build engine`: plan and print; then refuse, stop (dry run), or check the tools and run every
+    step, writing the build manifest last. Returns the exit code."""
+    plan = plan_engine(request)
+    out(describe_plan(plan))
+    for warning in plan.findings.warnings:
+        err(f"warning: {warning}")
+    if plan.findings.problems:
+        err("\nRefusing to build:\n" + "\n".join(f"  - {problem}" for problem in plan.findings.problems))
+        return EXIT_REFUSED
+    if request.dry_run:
+        out("\n(dry run: nothing executed)")
+        return 0
     build_gpu = detect_gpu()
-    missing = _preflight(cfg, gpu, build_gpu)
+    missing = _preflight(plan.cfg, plan.gpu, build_gpu)
     if missing:
-        for item in missing:
-            typer.echo(f"error: {item}", err=True)
-        raise typer.Exit(EXIT_TOOLS_MISSING)
+        err("\n".join(f"error: {item}" for item in missing))
+        return EXIT_TOOLS_MISSING
+    cfg = plan.cfg
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     log_path = cfg.output_dir / "mentallama_build.log"
     try:
-        run_steps(steps, typer.echo, log_path=log_path, timeout_s=step_timeout_s)
+        run_steps(plan.steps, out, log_path=log_path, timeout_s=request.step_timeout_s)
     except StepFailed as exc:
-        typer.echo(f"error: {exc}; see the output above and {log_path}", err=True)
-        raise typer.Exit(EXIT_STEP_FAILED) from None
-    path = write_manifest(cfg.output_dir, cfg, gpu=build_gpu, shape=shape)
-    typer.echo(f"\nEngine written to {cfg.output_dir}; manifest {path.name}.")
+        err(f"error: {exc}; see the output above and {log_path}")
+        return EXIT_STEP_FAILED
+    path = write_manifest(cfg.output_dir, cfg, gpu=build_gpu, shape=plan.shape)
+    out(f"\nEngine written to {cfg.output_dir}; manifest {path.name}.")
+    return 0
+
+
+@with_option_groups(request=OptionGroup())
+def engine(request: EngineRequest) -> None:
+    """Build a TensorRT-LLM engine (in-flight batching, paged KV cache) for MentaLLaMA-chat 7B/13B."""
+    code = run_engine_build(request, out=typer.echo, err=lambda message: typer.echo(message, err=True))
+    if code:
+        raise typer.Exit(code)

@@ -53,7 +53,7 @@ OPENVINO_MANIFEST_VERSION = 1
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")
 ENGINE_FILES = ("openvino_model.xml", "openvino_model.bin")
 KV_BLOCK_TOKENS = 32  # OpenVINO 2026.4 CPU plugin's paged-attention block (mentallama_server.engine.ov_engine)
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # src/mentallama_build/<module>.py
 ENGINE_CACHE = REPO_ROOT / "artifacts" / "engines"
 
 # Bytes per weight as stored; int8/int4 add one fp16 scale (and a zero point for asymmetric int8) per output

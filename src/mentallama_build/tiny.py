@@ -56,7 +56,7 @@ INIT_STD = 0.02  # LLaMA-2's initializer_range
 RECIPE_VERSION = 1
 RECIPE_KEY = "mentallama_recipe"  # safetensors header metadata key; loaders ignore unknown metadata
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors", *TOKENIZER_FILES)
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # src/mentallama_build/<module>.py
 
 
 @dataclass(frozen=True)
