@@ -3,6 +3,9 @@
 Order of work, so that nothing long starts before everything cheap has been checked:
 checkpoint check -> option validation -> capacity plan -> the exact commands -> (unless --dry-run) tool
 preflight -> conversion/quantisation -> trtllm-build -> build manifest beside the engine.
+
+`EngineRequest` holds every input, one flag per field; `plan_engine` does the checks and `run_engine_build`
+the whole command, so the Typer command only hands them the parsed request.
 """
 
 from __future__ import annotations
@@ -10,9 +13,8 @@ from __future__ import annotations
 import shlex
 import shutil
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -23,7 +25,7 @@ from mentallama_build.capacity import (
     plan_for_build,
     plan_problems,
 )
-from mentallama_build.cli_options import OptionGroup, with_option_groups
+from mentallama_build.cli_options import OptionGroup, flag, with_option_groups
 from mentallama_build.engine_config import (
     DEFAULT_CONTAINER_IMAGE,
     DTYPES,
@@ -52,56 +54,54 @@ PLAN_PANEL = "Capacity plan"
 RUN_PANEL = "Running the build"
 
 
-def _flag(help: str, default: Any = MISSING, **meta: Any) -> Any:  # noqa: A002 - the key cli_options reads
-    return field(default=default, metadata={"help": help, **meta})
-
-
 @dataclass(frozen=True)
 class EngineRequest:
     """Every input of `mentallama-build engine`, one flag per field (`mentallama_build.cli_options`): the build's
     options, named as in `BuildConfig` (None takes the preset's value), the capacity plan's assumptions, and how
     the build runs."""
 
-    checkpoint_dir: Path = _flag("Hugging Face checkpoint folder (MentaLLaMA-chat-7B/13B).", flags=("--checkpoint",))
-    output_dir: Path = _flag("Engine output folder (rank<i>.engine, config.json, manifest).", flags=("--output",))
-    preset: str = _flag("Model size defaults; 13b defaults to --tp 2.", "7b", choices=tuple(PRESETS))
-    dtype: str = _flag("Activation/weight dtype of unquantised parts.", "float16", choices=DTYPES)
-    quantization: str = _flag(
-        "none | int8_wo / int4_wo (weight-only) | fp8 (+fp8 KV cache, cc>=8.9) | int4_awq.", "none",
+    checkpoint_dir: Path = flag(
+        help="Hugging Face checkpoint folder (MentaLLaMA-chat-7B/13B).", flags=("--checkpoint",)
+    )
+    output_dir: Path = flag(help="Engine output folder (rank<i>.engine, config.json, manifest).", flags=("--output",))
+    preset: str = flag("7b", "Model size defaults; 13b defaults to --tp 2.", choices=tuple(PRESETS))
+    dtype: str = flag("float16", "Activation/weight dtype of unquantised parts.", choices=DTYPES)
+    quantization: str = flag(
+        "none", "none | int8_wo / int4_wo (weight-only) | fp8 (+fp8 KV cache, cc>=8.9) | int4_awq.",
         choices=QUANTIZATIONS,
     )  # fmt: skip
-    tp: int | None = _flag("Tensor parallel size (default: preset).", None)
-    pp: int = _flag("Pipeline parallel size.", 1)
-    max_batch_size: int | None = _flag("Engine max batch size (default: preset).", None)
-    max_input_len: int = _flag("Longest prompt in tokens.", 3072)
-    max_seq_len: int = _flag("Longest prompt + output in tokens (<= model context).", 4096)
-    max_num_tokens: int = _flag("Tokens per engine iteration (batched, unpadded).", 8192)
-    workers: int = _flag("Parallel conversion/build workers (one GPU each).", 1)
-    gpu_memory_gib: float | None = _flag("GPU memory for the plan (default: GPU).", None, panel=PLAN_PANEL)
-    kv_cache_free_gpu_mem_fraction: float = _flag(
-        "Share of free GPU memory the runtime gives the KV cache (plan).", 0.9, panel=PLAN_PANEL
+    tp: int | None = flag(None, "Tensor parallel size (default: preset).")
+    pp: int = flag(1, "Pipeline parallel size.")
+    max_batch_size: int | None = flag(None, "Engine max batch size (default: preset).")
+    max_input_len: int = flag(3072, "Longest prompt in tokens.")
+    max_seq_len: int = flag(4096, "Longest prompt + output in tokens (<= model context).")
+    max_num_tokens: int = flag(8192, "Tokens per engine iteration (batched, unpadded).")
+    workers: int = flag(1, "Parallel conversion/build workers (one GPU each).")
+    gpu_memory_gib: float | None = flag(None, "GPU memory for the plan (default: GPU).", panel=PLAN_PANEL)
+    kv_cache_free_gpu_mem_fraction: float = flag(
+        0.9, "Share of free GPU memory the runtime gives the KV cache (plan).", panel=PLAN_PANEL
     )
-    gpu_name: str | None = _flag(
-        "Target GPU, e.g. H100, A100-SXM4-80GB, L4 (default: nvidia-smi).", None, panel=PLAN_PANEL
+    gpu_name: str | None = flag(
+        None, "Target GPU, e.g. H100, A100-SXM4-80GB, L4 (default: nvidia-smi).", panel=PLAN_PANEL
     )
-    plan_input_len: int = _flag("Prompt length for the concurrency plan.", 1024, panel=PLAN_PANEL)
-    plan_output_len: int = _flag("Output length for the concurrency plan.", 256, panel=PLAN_PANEL)
-    runtime_overhead_gib: float = _flag(
-        "Assumed non-weight, non-KV GPU memory per GPU (plan).", DEFAULT_RUNTIME_OVERHEAD_GIB, panel=PLAN_PANEL
+    plan_input_len: int = flag(1024, "Prompt length for the concurrency plan.", panel=PLAN_PANEL)
+    plan_output_len: int = flag(256, "Output length for the concurrency plan.", panel=PLAN_PANEL)
+    runtime_overhead_gib: float = flag(
+        DEFAULT_RUNTIME_OVERHEAD_GIB, "Assumed non-weight, non-KV GPU memory per GPU (plan).", panel=PLAN_PANEL
     )
-    trtllm_examples_dir: Path = _flag(
-        f"examples/ folder of TensorRT-LLM v{TRTLLM_VERSION}.", Path("TensorRT-LLM/examples"),
+    trtllm_examples_dir: Path = flag(
+        Path("TensorRT-LLM/examples"), f"examples/ folder of TensorRT-LLM v{TRTLLM_VERSION}.",
         flags=("--trtllm-examples",), envvar="TRTLLM_EXAMPLES_DIR",
     )  # fmt: skip
-    work_dir: Path | None = _flag("TensorRT-LLM checkpoint folder (default: <output>.tllm_checkpoint).", None)
-    calib_size: int | None = _flag("Calibration samples (fp8: 512, int4_awq: 32).", None)
-    calib_dataset: str | None = _flag("Local calibration dataset folder for ModelOpt (no hub access).", None)
-    container_image: str | None = _flag(
-        f"Print how to run the build in an image, e.g. {DEFAULT_CONTAINER_IMAGE}.", None, panel=RUN_PANEL
+    work_dir: Path | None = flag(None, "TensorRT-LLM checkpoint folder (default: <output>.tllm_checkpoint).")
+    calib_size: int | None = flag(None, "Calibration samples (fp8: 512, int4_awq: 32).")
+    calib_dataset: str | None = flag(None, "Local calibration dataset folder for ModelOpt (no hub access).")
+    container_image: str | None = flag(
+        None, f"Print how to run the build in an image, e.g. {DEFAULT_CONTAINER_IMAGE}.", panel=RUN_PANEL
     )
-    dry_run: bool = _flag("Print plan and commands; run nothing.", False, flags=("--dry-run",), panel=RUN_PANEL)
-    force: bool = _flag("Overwrite an existing engine in --output.", False, flags=("--force",), panel=RUN_PANEL)
-    step_timeout_s: float = _flag("Time limit per build step, seconds.", 6 * 3600.0, panel=RUN_PANEL)
+    dry_run: bool = flag(False, "Print plan and commands; run nothing.", flags=("--dry-run",), panel=RUN_PANEL)
+    force: bool = flag(False, "Overwrite an existing engine in --output.", flags=("--force",), panel=RUN_PANEL)
+    step_timeout_s: float = flag(6 * 3600.0, "Time limit per build step, seconds.", panel=RUN_PANEL)
 
     def build_config(self) -> BuildConfig:
         """The preset's defaults, then every `BuildConfig` field this request names and sets (not None)."""

@@ -5,23 +5,18 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from dataclasses import fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from mentallama_build.cli_options import OptionGroup, PanelledCommand, flag, with_option_groups
 from mentallama_server.launch.cpu_profile import CpuSettings
 from mentallama_server.launch.launcher import LaunchError, ServerOptions, TritonProcess, read_admin_key
 from mentallama_server.launch.render import RenderError
-from mentallama_server.launch.serve_cpu import (
-    DEFAULT_CHECKPOINT,
-    CheckpointError,
-    new_run_dir,
-    render_cpu,
-    resolve_checkpoint,
-    start_cpu_server,
-)
+from mentallama_server.launch.serve_cpu import CheckpointError, CpuLaunch
+from mentallama_server.launch.serve_trtllm import TrtllmLaunch, TrtllmOptions
 
 try:  # click's plain help: wrapped to the terminal, nothing cut to "…" (the helper lives with the SDK's CLI)
     from mentallama.cli._cli_utils import plain_help
@@ -37,6 +32,74 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+PROFILES = ("cpu", "trtllm")
+
+
+@dataclass
+class Endpoints:
+    """Where the server listens: the `ServerOptions` fields that are flags (defaults taken from it)."""
+
+    host: str = flag(ServerOptions.host, "address to bind; keep 127.0.0.1 unless a proxy fronts it")
+    grpc_port: int = flag(ServerOptions.grpc_port, "gRPC port (the SDK, the CLIs and TensorRT-LLM's clients)")
+    http_port: int = flag(ServerOptions.http_port, "HTTP/REST port (health, generate, generate_stream)")
+    metrics_port: int = flag(ServerOptions.metrics_port, "Prometheus metrics port (/metrics)")
+    http: bool = flag(ServerOptions.http, "serve the HTTP/REST endpoint too")
+    shm_pool_mib: int = flag(
+        ServerOptions.shm_pool_mib, "shared-memory pool per Python model instance in /dev/shm, MiB (see README)"
+    )
+
+
+@dataclass
+class Security:
+    """TLS and the admin APIs' key; closed admin APIs and no plaintext HTTP beside TLS unless asked."""
+
+    tls_cert: Path | None = flag(None, "PEM server certificate: gRPC over TLS")
+    tls_key: Path | None = flag(None, "PEM server private key")
+    tls_ca: Path | None = flag(None, "PEM CA for client certificates: mutual TLS")
+    admin_key: str | None = flag(
+        None,
+        "admin APIs (shared memory, repository, statistics, ...) need this key: HTTP header admin-key, "
+        "gRPC triton-grpc-protocol-admin-key; without one they are closed. Prefer --admin-key-file",
+        envvar="MENTALLAMA_ADMIN_KEY",
+    )
+    admin_key_file: Path | None = flag(
+        None, "read the admin key from this file (first line)", envvar="MENTALLAMA_ADMIN_KEY_FILE"
+    )
+    plaintext_http: bool = flag(False, "with --tls-cert, still serve HTTP (which has no TLS here) in plaintext")
+
+
+def server_options(endpoints: Endpoints, security: Security) -> ServerOptions:
+    """The launcher's options; the admin key file, when given, is read here (a LaunchError if it cannot be)."""
+    admin_key = security.admin_key if security.admin_key_file is None else read_admin_key(security.admin_key_file)
+    return ServerOptions(
+        host=endpoints.host, grpc_port=endpoints.grpc_port, http_port=endpoints.http_port,
+        metrics_port=endpoints.metrics_port, http=endpoints.http, shm_pool_mib=endpoints.shm_pool_mib,
+        tls_cert=security.tls_cert, tls_key=security.tls_key, tls_ca=security.tls_ca, admin_key=admin_key,
+        plaintext_http=security.plaintext_http,
+    )  # fmt: skip
+
+
+def profile_launch(
+    profile: str, checkpoint: str | None, engine: Path | None, cpu: CpuSettings, trtllm: TrtllmOptions
+) -> CpuLaunch | TrtllmLaunch:
+    if profile == "cpu":
+        return CpuLaunch(checkpoint, engine, cpu)
+    if profile == "trtllm":
+        return trtllm.launch(engine)
+    raise LaunchError(f"unknown profile {profile!r}: choose {' or '.join(PROFILES)}")
+
+
+def checkpointflag(checkpoint: str | None, model: str | None) -> str | None:
+    """--checkpoint, or its deprecated spelling --model (with a note); both, differing, is a usage error."""
+    if model is None:
+        return checkpoint
+    if checkpoint is not None and checkpoint != model:
+        typer.echo("error: give --checkpoint only (--model is its deprecated spelling)", err=True)
+        raise typer.Exit(2)
+    typer.echo("note: --model is deprecated here; use --checkpoint (in mentallama and mentallama-bench, --model "
+               "names the served model)", err=True)  # fmt: skip
+    return model
+
 
 def _show_version(value: bool) -> None:
     if value:
@@ -49,7 +112,13 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.command()
+@app.command(cls=PanelledCommand)
+@with_option_groups(
+    endpoints=OptionGroup("Server and endpoints"),
+    security=OptionGroup("Security"),
+    cpu=OptionGroup("CPU profile (--profile cpu)", help_prefix="cpu: "),
+    trtllm=OptionGroup("TensorRT-LLM profile (--profile trtllm)", help_prefix="trtllm: "),
+)
 def serve(
     profile: Annotated[str, typer.Option(help="cpu (OpenVINO engine) or trtllm (TensorRT-LLM)")] = "cpu",
     checkpoint: Annotated[
@@ -70,143 +139,37 @@ def serve(
             "trtllm: engine folder from `mentallama-build engine`"
         ),
     ] = None,
-    tokenizer: Annotated[Path | None, typer.Option(help="trtllm: the engine's HF checkpoint (tokenizer)")] = None,
-    profile_file: Annotated[Path | None, typer.Option(help="trtllm: settings file (.toml or .json)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="trtllm: override a setting, key=value")] = None,
-    tritonserver: Annotated[str, typer.Option(help="trtllm: the container's tritonserver")] = (
-        "/opt/tritonserver/bin/tritonserver"
-    ),
-    host: Annotated[str, typer.Option(help="address to bind; keep 127.0.0.1 unless a proxy fronts it")] = "127.0.0.1",
-    grpc_port: Annotated[int, typer.Option(help="gRPC port (the SDK, the CLIs and TensorRT-LLM's clients)")] = 8001,
-    http_port: Annotated[int, typer.Option(help="HTTP/REST port (health, generate, generate_stream)")] = 8000,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (/metrics)")] = 8002,
-    http: Annotated[bool, typer.Option(help="serve the HTTP/REST endpoint too")] = True,
-    tls_cert: Annotated[Path | None, typer.Option(help="PEM server certificate: gRPC over TLS")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="PEM server private key")] = None,
-    tls_ca: Annotated[Path | None, typer.Option(help="PEM CA for client certificates: mutual TLS")] = None,
-    admin_key: Annotated[
-        str | None,
-        typer.Option(
-            envvar="MENTALLAMA_ADMIN_KEY",
-            help="admin APIs (shared memory, repository, statistics, ...) need this key: HTTP header admin-key, "
-            "gRPC triton-grpc-protocol-admin-key; without one they are closed. Prefer --admin-key-file",
-        ),
-    ] = None,
-    admin_key_file: Annotated[
-        Path | None,
-        typer.Option(envvar="MENTALLAMA_ADMIN_KEY_FILE", help="read the admin key from this file (first line)"),
-    ] = None,
-    plaintext_http: Annotated[
-        bool, typer.Option(help="with --tls-cert, still serve HTTP (which has no TLS here) in plaintext")
-    ] = False,
     render: Annotated[Path | None, typer.Option(help="write the rendered repository here and exit")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="folder for the rendered repository and logs")] = None,
     demo: Annotated[bool, typer.Option(help="send one sample analysis (gRPC streaming), print it, stop")] = False,
-    shm_pool_mib: Annotated[
-        int, typer.Option(help="shared-memory pool per Python model instance in /dev/shm, MiB (see README)")
-    ] = ServerOptions.shm_pool_mib,
     ready_timeout: Annotated[
         float, typer.Option(help="seconds to wait for the server to be ready (the first start builds the engine)")
     ] = 300.0,
-    engine_max_batch_size: Annotated[
-        int, typer.Option(help="cpu: sequences decoded together (the scheduler's max_num_seqs)")
-    ] = CpuSettings.engine_max_batch_size,
-    cache_num_blocks: Annotated[int, typer.Option(help="cpu: KV-cache size in blocks of 32 tokens")] = (
-        CpuSettings.cache_num_blocks
-    ),
-    max_batch_tokens: Annotated[int, typer.Option(help="cpu: tokens per engine step (max_num_batched_tokens)")] = (
-        CpuSettings.max_batch_tokens
-    ),
-    dynamic_split_fuse: Annotated[bool, typer.Option(help="cpu: prefill long prompts in chunks")] = (
-        CpuSettings.dynamic_split_fuse
-    ),
-    prefix_caching: Annotated[bool, typer.Option(help="cpu: reuse KV blocks of identical prompt prefixes")] = (
-        CpuSettings.prefix_caching
-    ),
-    kv_cache_precision: Annotated[str, typer.Option(help="cpu: auto, f32, f16, bf16 or u8")] = (
-        CpuSettings.kv_cache_precision
-    ),
-    inference_precision: Annotated[str, typer.Option(help="cpu: auto, f32 or bf16")] = (
-        CpuSettings.inference_precision
-    ),
-    weight_format: Annotated[
-        str, typer.Option(help="cpu: engine weights when built on first use: auto, fp32, fp16, int8, int4")
-    ] = CpuSettings.weight_format,
-    num_threads: Annotated[int, typer.Option(help="cpu: OpenVINO threads; 0 = one per core")] = (
-        CpuSettings.num_threads
-    ),
-    max_input_len: Annotated[
-        int, typer.Option(help="cpu: longest prompt in tokens (fitted to the model's context with --max-output-len)")
-    ] = CpuSettings.max_input_len,
-    max_output_len: Annotated[int, typer.Option(help="cpu: largest max_tokens a request may ask for")] = (
-        CpuSettings.max_output_len
-    ),
-    max_queue_size: Annotated[
-        int, typer.Option(help="cpu: requests waiting beyond the running batch; more are refused as overloaded")
-    ] = CpuSettings.max_queue_size,
     version: Annotated[
         bool, typer.Option("--version", "-V", callback=_show_version, is_eager=True, help="print the version and exit")
     ] = False,
+    *,
+    endpoints: Endpoints,
+    security: Security,
+    cpu: CpuSettings,
+    trtllm: TrtllmOptions,
 ) -> None:
     """Serve MentaLLaMA on Triton. Predictions are for non-clinical research only."""
     # A SIGTERM while the server starts must still stop it: turn it into an exception that the start-up
     # path cleans up after (the default action would leave tritonserver running without its launcher).
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    if model is not None:
-        if checkpoint is not None and checkpoint != model:
-            typer.echo("error: give --checkpoint only (--model is its deprecated spelling)", err=True)
-            raise typer.Exit(2)
-        typer.echo("note: --model is deprecated here; use --checkpoint (in mentallama and mentallama-bench, --model "
-                   "names the served model)", err=True)
-        checkpoint = model
-    model = checkpoint
-    opts = ServerOptions(
-        host=host,
-        grpc_port=grpc_port,
-        http_port=http_port,
-        metrics_port=metrics_port,
-        http=http,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        tls_ca=tls_ca,
-        admin_key=admin_key,
-        shm_pool_mib=shm_pool_mib,
-        plaintext_http=plaintext_http,
-    )
-    given = locals()
+    checkpoint = checkpointflag(checkpoint, model)
     try:
-        if admin_key_file is not None:
-            opts.admin_key = read_admin_key(admin_key_file)
-        if profile == "cpu":
-            settings = CpuSettings(**{f.name: given[f.name] for f in fields(CpuSettings) if f.name in given})
-            if render is not None:
-                checkpoint = resolve_checkpoint(model or DEFAULT_CHECKPOINT) if model or engine is None else None
-                typer.echo(f"rendered the cpu profile to {render_cpu(checkpoint, settings, render, engine)}")
-                return
-            if model is None and engine is None:
-                model = DEFAULT_CHECKPOINT
-            server = start_cpu_server(model, settings, opts, run_dir, ready_timeout, engine)
-        elif profile == "trtllm":
-            from mentallama_server.launch.serve_trtllm import render_checked, start_trtllm_server
-            from mentallama_server.launch.trtllm_profile import ProfileError, load_profile
-
-            try:
-                paths = {k: str(v) for k, v in (("engine_dir", engine), ("tokenizer_dir", tokenizer)) if v}
-                trt = load_profile(profile_file, set_ or ()).with_overrides(paths)
-            except ProfileError as exc:
-                raise LaunchError(str(exc)) from None
-            if render is not None:
-                typer.echo(f"rendered the trtllm profile to {render_checked(trt, render)}")
-                return
-            server = start_trtllm_server(
-                trt, opts, run_dir or new_run_dir(), tritonserver=tritonserver, ready_timeout_s=ready_timeout
-            )
-        else:
-            raise LaunchError(f"unknown profile {profile!r}: choose cpu or trtllm")
+        opts = server_options(endpoints, security)
+        launch = profile_launch(profile, checkpoint, engine, cpu, trtllm)
+        if render is not None:
+            typer.echo(f"rendered the {profile} profile to {launch.render(render)}")
+            return
+        server = launch.start(opts, run_dir, ready_timeout)
     except (CheckpointError, LaunchError, RenderError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    _serve(server, profile, opts, demo, model)
+    _serve(server, profile, opts, demo, checkpoint)
 
 
 def _exit_on_signal(signum: int, _frame) -> None:

@@ -2,52 +2,70 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import TypeVar
 
 WEIGHT_FORMATS = ("auto", "fp32", "fp16", "int8", "int4")
 PRECISIONS = ("auto", "f32", "bf16")
 KV_PRECISIONS = ("auto", "f32", "f16", "bf16", "u8")
 
 
+T = TypeVar("T")
+
+
+def _flag(default: T, help: str) -> T:  # noqa: A002 - the metadata key mentallama_build.cli_options reads
+    """A field that is a `mentallama-serve` flag: `help` is its --help text (the docstring below a field says why
+    its default is what it is)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class CpuSettings:
-    """Everything the CPU profile's rendered configs take; every field is a `mentallama-serve` flag."""
+    """Everything the CPU profile's rendered configs take. Each field is a `mentallama-serve` flag of the same
+    name, or says in its metadata why it is not one (tests/server/test_serve_cli_options.py checks both)."""
 
-    max_batch_size: int = 64
+    max_batch_size: int = field(
+        default=64,
+        metadata={"not_a_flag": "Triton's per-model row limit, not a capacity: each request is one row and the "
+                  "engine's batch is --engine-max-batch-size; it only has to be > 0, as the ensemble needs"},
+    )  # fmt: skip
     """Triton `max_batch_size` of every model: > 0 as the TensorRT-LLM ensemble has it; each request is one row."""
-    engine_max_batch_size: int = 32
+    engine_max_batch_size: int = _flag(32, "sequences decoded together (the scheduler's max_num_seqs)")
     """The scheduler's `max_num_seqs`: sequences decoded together in one step (measured: throughput on 2 cores
     stops growing past ~16-32)."""
-    cache_num_blocks: int = 512
+    cache_num_blocks: int = _flag(512, "KV-cache size in blocks of 32 tokens")
     """KV-cache size in blocks of 32 tokens (512 x 32 = 16k tokens); explicit, so memory use is known."""
-    max_batch_tokens: int = 512
+    max_batch_tokens: int = _flag(512, "tokens per engine step (max_num_batched_tokens)")
     """The scheduler's `max_num_batched_tokens`: tokens per step, so a long prompt is prefilled in chunks
     while decoding requests keep streaming (with dynamic split-fuse)."""
-    dynamic_split_fuse: bool = True
+    dynamic_split_fuse: bool = _flag(True, "prefill long prompts in chunks")
     """Split long prompts across steps and fuse them with decoding (vLLM's chunked prefill)."""
-    prefix_caching: bool = False
+    prefix_caching: bool = _flag(False, "reuse KV blocks of identical prompt prefixes")
     """Keep KV blocks of finished prompts for reuse by identical prefixes (IMHI prompts share their
     instruction tail, not their start, so it rarely pays; off keeps cache-usage figures exact)."""
-    kv_cache_precision: str = "auto"
+    kv_cache_precision: str = _flag("auto", "auto, f32, f16, bf16 or u8")
     """KV-cache element type: auto (f32 with f32 inference, else the plugin's default), f32, f16, bf16, u8."""
-    inference_precision: str = "auto"
+    inference_precision: str = _flag("auto", "auto, f32 or bf16")
     """auto: f32 for float32 checkpoints (the tiny model's greedy output then equals transformers'), bf16
     otherwise; or f32 / bf16."""
-    weight_format: str = "auto"
+    weight_format: str = _flag("auto", "engine weights when built on first use: auto, fp32, fp16, int8, int4")
     """Engine weights when the engine is built on first use: auto (fp32 for float32 checkpoints, else int8),
     fp32, fp16, int8, int4."""
-    num_threads: int = 0
+    num_threads: int = _flag(0, "OpenVINO threads; 0 = one per core")
     """OpenVINO inference threads; 0 = the plugin's default (one per core)."""
-    max_input_len: int = 2048
+    max_input_len: int = _flag(2048, "longest prompt in tokens (fitted to the model's context with --max-output-len)")
     """Longest prompt in tokens (fitted to the model's context together with max_output_len)."""
-    max_output_len: int = 1024
+    max_output_len: int = _flag(1024, "largest max_tokens a request may ask for")
     """Largest `max_tokens` a request may ask for."""
-    max_queue_size: int = 128
+    max_queue_size: int = _flag(128, "requests waiting beyond the running batch; more are refused as overloaded")
     """Requests waiting for a place in the running batch; beyond engine_max_batch_size + this, new
     requests are refused at once with UNAVAILABLE ("server overloaded") instead of queueing unboundedly."""
-    preprocessing_instances: int = 1
-    postprocessing_instances: int = 1
-    front_max_concurrent_requests: int = 256
+    preprocessing_instances: int = _flag(1, "preprocessing model instances (each maps a --shm-pool-mib pool)")
+    """Tokenising a post takes about a millisecond, far less than the CPU engine spends on it, so one instance
+    keeps up; each instance maps its own shared-memory pool in /dev/shm."""
+    postprocessing_instances: int = _flag(1, "postprocessing model instances (each maps a --shm-pool-mib pool)")
+    """Detokenising a chunk is cheap next to a CPU decode step; as for preprocessing, each instance maps a pool."""
+    front_max_concurrent_requests: int = _flag(256, "requests the mentallama front model serves at once")
     """Requests the `mentallama` front model serves at once (threads blocked on the engine)."""
 
     def problems(self) -> list[str]:

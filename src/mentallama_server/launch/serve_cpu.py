@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,3 +135,25 @@ def start_cpu_server(
     repository = render_cpu(checkpoint, settings, run_dir / "model_repository", engine)
     argv, env = bundled_server(repository, run_dir, opts)
     return launch(argv, env, run_dir, opts, ready_timeout_s)
+
+
+@dataclass(frozen=True)
+class CpuLaunch:
+    """What `mentallama-serve --profile cpu` serves: a checkpoint (name or folder), a prebuilt engine, or both (the
+    engine is then checked against the checkpoint); neither means the shipped checkpoint."""
+
+    checkpoint: str | None
+    engine: Path | None
+    settings: CpuSettings
+
+    @property
+    def checkpoint_name(self) -> str | None:
+        return self.checkpoint or (DEFAULT_CHECKPOINT if self.engine is None else None)
+
+    def render(self, output: Path) -> Path:
+        """`--render`: write the repository a launch would serve to `output`; nothing is started."""
+        name = self.checkpoint_name
+        return render_cpu(None if name is None else resolve_checkpoint(name), self.settings, output, self.engine)
+
+    def start(self, opts: ServerOptions, run_dir: Path | None, ready_timeout_s: float) -> TritonProcess:
+        return start_cpu_server(self.checkpoint_name, self.settings, opts, run_dir, ready_timeout_s, self.engine)

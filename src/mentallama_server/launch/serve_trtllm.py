@@ -8,19 +8,24 @@ engine's build manifest against the tokenizer and fit the profile to the engine'
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mentallama_server.launch.launcher import LaunchError, ServerOptions, TritonProcess, endpoint_args, launch
 from mentallama_server.launch.paths import REPO_ROOT
 from mentallama_server.launch.render import render_repository
+from mentallama_server.launch.serve_cpu import new_run_dir
 from mentallama_server.launch.trtllm_profile import (
     ProfileError,
     TrtllmProfile,
     engine_problems,
     fit_to_engine,
+    load_profile,
     mpi_command,
     read_engine_limits,
 )
+
+CONTAINER_TRITONSERVER = "/opt/tritonserver/bin/tritonserver"
 
 
 def container_python_path() -> list[str]:
@@ -65,7 +70,7 @@ def start_trtllm_server(
     opts: ServerOptions,
     run_dir: Path,
     *,
-    tritonserver: str = "/opt/tritonserver/bin/tritonserver",
+    tritonserver: str = CONTAINER_TRITONSERVER,
     ready_timeout_s: float = 1800,
 ) -> TritonProcess:
     """One tritonserver rank per GPU (tp x pp) under MPI, as TensorRT-LLM's launcher does."""
@@ -83,3 +88,40 @@ def start_trtllm_server(
         rank0_args=endpoint_args(opts),
     )
     return launch(argv, dict(os.environ), run_dir, opts, ready_timeout_s)
+
+
+@dataclass(frozen=True)
+class TrtllmLaunch:
+    """What `mentallama-serve --profile trtllm` serves: a profile naming the engine and its tokenizer."""
+
+    profile: TrtllmProfile
+    tritonserver: str = CONTAINER_TRITONSERVER
+
+    def render(self, output: Path) -> Path:
+        return render_checked(self.profile, output)
+
+    def start(self, opts: ServerOptions, run_dir: Path | None, ready_timeout_s: float) -> TritonProcess:
+        return start_trtllm_server(self.profile, opts, run_dir or new_run_dir(), tritonserver=self.tritonserver,
+                                   ready_timeout_s=ready_timeout_s)  # fmt: skip
+
+
+@dataclass
+class TrtllmOptions:
+    """The `mentallama-serve` flags of the trtllm profile, one per field (help in the metadata, read by
+    `mentallama_build.cli_options`); the engine folder is the --engine flag both profiles share."""
+
+    tokenizer: Path | None = field(default=None, metadata={"help": "the engine's HF checkpoint (tokenizer)"})
+    profile_file: Path | None = field(default=None, metadata={"help": "settings file (.toml or .json)"})
+    overrides: list[str] | None = field(
+        default=None, metadata={"help": "override a setting, key=value", "flags": ("--set",)}
+    )
+    tritonserver: str = field(default=CONTAINER_TRITONSERVER, metadata={"help": "the container's tritonserver"})
+
+    def launch(self, engine: Path | None) -> TrtllmLaunch:
+        """The profile file with the overrides and paths applied; a bad file or override is a LaunchError."""
+        paths = {key: str(value) for key, value in (("engine_dir", engine), ("tokenizer_dir", self.tokenizer)) if value}
+        try:
+            profile = load_profile(self.profile_file, self.overrides or ()).with_overrides(paths)
+        except ProfileError as exc:
+            raise LaunchError(str(exc)) from None
+        return TrtllmLaunch(profile, self.tritonserver)
