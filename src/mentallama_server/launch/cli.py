@@ -82,6 +82,7 @@ def server_options(endpoints: Endpoints, security: Security) -> ServerOptions:
 def profile_launch(
     profile: str, checkpoint: str | None, engine: Path | None, cpu: CpuSettings, trtllm: TrtllmOptions
 ) -> CpuLaunch | TrtllmLaunch:
+    """The chosen profile's launch (render or start); each profile reads only its own settings."""
     if profile == "cpu":
         return CpuLaunch(checkpoint, engine, cpu)
     if profile == "trtllm":
@@ -89,7 +90,7 @@ def profile_launch(
     raise LaunchError(f"unknown profile {profile!r}: choose {' or '.join(PROFILES)}")
 
 
-def checkpointflag(checkpoint: str | None, model: str | None) -> str | None:
+def checkpoint_from_flags(checkpoint: str | None, model: str | None) -> str | None:
     """--checkpoint, or its deprecated spelling --model (with a note); both, differing, is a usage error."""
     if model is None:
         return checkpoint
@@ -158,7 +159,7 @@ def serve(
     # A SIGTERM while the server starts must still stop it: turn it into an exception that the start-up
     # path cleans up after (the default action would leave tritonserver running without its launcher).
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    checkpoint = checkpointflag(checkpoint, model)
+    checkpoint = checkpoint_from_flags(checkpoint, model)
     try:
         opts = server_options(endpoints, security)
         launch = profile_launch(profile, checkpoint, engine, cpu, trtllm)
