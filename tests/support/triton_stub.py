@@ -3,7 +3,8 @@
 
 It keeps the real module's names, signatures and constants and the checks that catch model bugs: a response
 sent after the final flag, a `send()` without a response and without the final flag, a counter that is set.
-It simulates no server: no BLS (`InferenceRequest.exec`), no tensor type conversion, no batching.
+It simulates no server: no tensor type conversion, no batching, and BLS (`InferenceRequest.exec`) reaches only
+the test double registered for the called model (`bls_model`; `EngineDouble` stands for `tensorrt_llm`).
 
 `install()` puts it in `sys.modules`; `load_model(model_dir)` imports `<model_dir>/1/model.py` against it (with the
 model's own `_bootstrap`, as Triton's stub would) and `model_args(model_dir)` builds the `initialize` arguments
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -193,7 +194,10 @@ class InferenceRequest:
         return self._sender.is_cancelled()
 
     def exec(self, decoupled: bool = False) -> Any:
-        raise NotImplementedError("test double: BLS is not simulated; patch InferenceRequest.exec in the test")
+        model = BLS_MODELS.get(self.model_name)
+        if model is None:
+            raise NotImplementedError(f"test double: no model {self.model_name!r} for BLS; register one with bls_model")
+        return model.exec(self, decoupled)
 
     def async_exec(self, decoupled: bool = False) -> Any:
         raise NotImplementedError("test double: BLS is not simulated; patch InferenceRequest.async_exec in the test")
@@ -298,6 +302,103 @@ class MetricFamily:
         return metric
 
 
+# ------------------------------------------------------------------------------------------------------ BLS
+
+
+class BlsModel(Protocol):
+    """A test double of a model called through BLS: `exec` returns what the real `InferenceRequest.exec` would."""
+
+    def exec(self, request: InferenceRequest, decoupled: bool) -> Any: ...
+
+
+BLS_MODELS: dict[str, BlsModel] = {}
+
+
+@contextmanager
+def bls_model(name: str, model: BlsModel) -> Iterator[BlsModel]:
+    """BLS requests for the model `name` reach `model` for the duration of the block."""
+    BLS_MODELS[name] = model
+    try:
+        yield model
+    finally:
+        BLS_MODELS.pop(name, None)
+
+
+class EngineDouble:
+    """Test double of the `tensorrt_llm` engine model as a decoupled BLS caller sees it. Each generation request
+    gets the responses `script(request)` returns, in order; with `hold`, its stream then stays open, as an engine
+    still generating, until a `stop` request with its id arrives (unless `stop_ends_stream` is false: a lost
+    response, whose iterator never ends) or `release()`. A `stop` request is recorded in `stops` and answered
+    with an empty stream."""
+
+    def __init__(
+        self,
+        script: Callable[[InferenceRequest], Iterable[InferenceResponse]] | None = None,
+        hold: bool = False,
+        stop_ends_stream: bool = True,
+    ) -> None:
+        self.script = script or (lambda request: [])
+        self.hold = hold
+        self.stop_ends_stream = stop_ends_stream
+        self.requests: list[InferenceRequest] = []
+        self.stops: list[str] = []
+        self._stopped: dict[str, threading.Event] = {}
+        self._released = threading.Event()
+        self._lock = threading.Lock()
+
+    def exec(self, request: InferenceRequest, decoupled: bool) -> Iterator[InferenceResponse]:
+        if not decoupled:
+            raise TritonModelException("test double: the engine model is decoupled; exec(decoupled=True)")
+        stop = get_input_tensor_by_name(request, "stop")
+        with self._lock:
+            stopped = self._stopped.setdefault(request.request_id(), threading.Event())
+            if stop is not None and bool(stop.as_numpy().reshape(-1)[0]):
+                self.stops.append(request.request_id())
+                stopped.set()
+                return iter(())
+            self.requests.append(request)
+        return self._stream(request, stopped)
+
+    def _stream(self, request: InferenceRequest, stopped: threading.Event) -> Iterator[InferenceResponse]:
+        yield from self.script(request)
+        while self.hold and not self._released.is_set():
+            if stopped.wait(0.01) and self.stop_ends_stream:
+                return
+
+    def release(self) -> None:
+        """End every held stream (a test's teardown: no thread is left waiting)."""
+        self._released.set()
+
+    def inputs(self, index: int = -1) -> dict[str, np.ndarray]:
+        """The tensors of the `index`-th generation request."""
+        return {t.name(): t.as_numpy() for t in self.requests[index].inputs()}
+
+    @staticmethod
+    def chunk(
+        ids: Sequence[int], log_probs: Sequence[float] | None = None, cum_log_prob: float | None = None
+    ) -> InferenceResponse:
+        """A response of new tokens, as the engine streams them (`exclude_input_in_output`); with log probs,
+        `cum_log_probs` defaults to their sum."""
+        tensors = [
+            Tensor("output_ids", np.array(ids, dtype=np.int32).reshape(1, 1, -1)),
+            Tensor("sequence_length", np.array([[len(ids)]], dtype=np.int32)),
+        ]
+        if log_probs is not None:
+            cum = sum(log_probs) if cum_log_prob is None else cum_log_prob
+            tensors.append(Tensor("cum_log_probs", np.array([[cum]], dtype=np.float32)))
+            tensors.append(Tensor("output_log_probs", np.array(log_probs, dtype=np.float32).reshape(1, 1, -1)))
+        return InferenceResponse(tensors)
+
+    @staticmethod
+    def error(message: str, code: int = TritonError.INTERNAL) -> InferenceResponse:
+        return InferenceResponse(error=TritonError(message, code))
+
+    @staticmethod
+    def error_in_band(message: str) -> InferenceResponse:
+        """A final response carrying the engine's error in `error_message` (what `errors_in_band` asks for)."""
+        return InferenceResponse([Tensor("error_message", np.array([[message.encode("utf-8")]], dtype=object))])
+
+
 # ------------------------------------------------------------------------------------------- test helpers
 
 
@@ -394,6 +495,19 @@ def model_args(model_dir: Path, overrides: Callable[[dict[str, Any]], None] | No
         "model_version": "1",
         "model_name": config["name"],
     }
+
+
+def start_model(module: ModuleType, model_dir: Path, **parameters: str) -> Any:
+    """`module.TritonPythonModel()` initialised as Triton would for the model in `model_dir`, with the config's
+    `parameters` set to (or added as) the given values."""
+
+    def edit(config: dict[str, Any]) -> None:
+        for name, value in parameters.items():
+            config.setdefault("parameters", {})[name] = {"string_value": value}
+
+    model = module.TritonPythonModel()
+    model.initialize(model_args(model_dir, edit))
+    return model
 
 
 def render_cpu_repository(engine_dir: Path, output: Path, **settings: Any) -> Path:

@@ -1,5 +1,9 @@
 """Front model with the ensemble's interface: tokenise -> `tensorrt_llm` (BLS, streaming) -> text.
 
+Thin adapter: the calls' logic (engine chunks -> client replies, `[N, 1]` batches, `stop`, stall detection)
+lives in `mentallama_server.models.front_call`; this file reads and builds the `pb_utils` objects, issues
+the BLS requests and runs the threads and the locks.
+
 Each request runs in a worker thread that streams the engine's chunks (a request of N prompts runs N, one
 per prompt, sharing the client's sender). Each call decodes its chunks incrementally behind an anchor
 (`detokenize.IncrementalDetokenizer`): the C++ engine ends chunks anywhere, even inside the byte-fallback
@@ -33,27 +37,26 @@ recurred in the soaks (docs/RELIABILITY.md).
 """
 
 import collections
+import queue
 import threading
 import time
-import uuid
 
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mentallama_interface import ENGINE_ERROR_OUTPUT, ERRORS_IN_BAND
-from mentallama_server.models.detokenize import AnchoredDecoder, IncrementalDetokenizer, byte_token_map
 from mentallama_server.models.front import (
     INPUT_NAMES,
-    FrontRequest,
     engine_declares_output,
     engine_inputs,
     is_stop_request,
     parse_front_batch,
 )
+from mentallama_server.models.front_call import EngineChunk, FrontCall, FrontCalls, Reply, TextDecoding
 from mentallama_server.models.preprocess import Limits, Preprocessor, RequestError
 from mentallama_server.models.text_tokenizer import load_tokenizer
-from mentallama_server.models.triton_params import get_parameter, parse_model_config
+from mentallama_server.models.triton_params import check_inputs, get_parameter, input_names, parse_model_config
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 ENGINE_OUTPUTS = ["output_ids", "sequence_length", "cum_log_probs", "output_log_probs"]
@@ -65,158 +68,107 @@ RETIRE_AFTER_S = 5.0  # far longer than the stub takes to forget a finished iter
 ENGINE_STALL_TIMEOUT_S = 30.0
 
 
-def _error(message: str, code=None):
-    code = pb_utils.TritonError.INVALID_ARG if code is None else code
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+def _input(request, name: str):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
 
 
-def _engine_error(error):
-    """Re-raise an engine error to the client. BLS responses of Triton 2.51 report every error as
-    INTERNAL, so the engine's overload refusal is recognised by its message to stay retryable."""
-    message = error.message()
-    if message.startswith("server overloaded"):
-        return _error(message, pb_utils.TritonError.UNAVAILABLE)
-    return _error(message, error.code())
+class _Channel:
+    """A client's response sender. Callers hold the model's `pb_lock`, as for every `pb_utils` call."""
 
-
-class _BatchSender:
-    """The response sender of a request of N prompts, shared by its N calls (one per prompt, as TensorRT-LLM
-    serves `[N, 1]` requests): a call's final response goes out without the final flag until the last call
-    ends; an error ends the whole request, and the watcher then stops the other calls (`is_cancelled`)."""
-
-    def __init__(self, sender, prompts: int) -> None:
+    def __init__(self, sender) -> None:
         self.sender = sender
-        self.remaining = prompts
-        self.closed = False
-        self.lock = threading.Lock()
 
-    def send(self, response=None, flags=0):
-        with self.lock:
-            if self.closed:
-                return
-            if flags & FINAL:
-                self.remaining -= 1
-                if self.remaining == 0 or (response is not None and response.has_error()):
-                    self.closed = True
-                else:
-                    flags = 0
-            if response is not None:
-                self.sender.send(response, flags=flags)
-            elif flags:
-                self.sender.send(flags=flags)
+    def send(self, reply: Reply) -> None:
+        flags = FINAL if reply.final else 0
+        if reply.error is not None:
+            code = getattr(pb_utils.TritonError, reply.code) if isinstance(reply.code, str) else reply.code
+            self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(reply.error, code)), flags=flags)
+        elif reply.text is not None:
+            tensors = [pb_utils.Tensor(name, value) for name, value in reply.outputs().items()]
+            self.sender.send(pb_utils.InferenceResponse(tensors), flags=flags)
+        else:
+            self.sender.send(flags=flags)
 
-    def is_cancelled(self):
-        return self.closed or self.sender.is_cancelled()
-
-
-class _Call:
-    def __init__(self, sender, engine_id: str) -> None:
-        self.sender = sender
-        self.engine_id = engine_id
-        self.detokenizer = None  # IncrementalDetokenizer of this call's output, set when it starts
-        self.pending_log_probs: list[float] = []  # of tokens whose text is held back (partial character)
-        self.cancelled = False
-        self.done = False
-        self.stalled = False
-        self.lock = threading.Lock()
-        self.responses = 0  # engine responses seen
-        self.last_response = time.monotonic()
+    def is_cancelled(self) -> bool:
+        return self.sender.is_cancelled()
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_model_config(args)
+        check_inputs(config, INPUT_NAMES)
+        self.input_names = input_names(config)
         tokenizer = load_tokenizer(get_parameter(config, "tokenizer_dir", str))
         limits = Limits(get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int))
         self.preprocessor = Preprocessor(tokenizer, limits)
-        # Engine chunks are decoded incrementally per call: the C++ engine ends chunks anywhere, even inside
-        # the byte-fallback tokens of one character; held back until the character is complete.
-        self.decoder = AnchoredDecoder(tokenizer, skip_special_tokens=True)
-        self.byte_of = byte_token_map(tokenizer)
-        self.max_calls = get_parameter(config, "max_concurrent_requests", int)
+        self.calls = FrontCalls(TextDecoding.of(tokenizer), get_parameter(config, "max_concurrent_requests", int))
         self.stall_timeout_s = get_parameter(config, "engine_stall_timeout_s", float, ENGINE_STALL_TIMEOUT_S)
-        self.abandoned = 0  # worker threads left blocked on an engine response that was lost
         self.errors_in_band = engine_declares_output(args.get("model_repository", ""), ENGINE_ERROR_OUTPUT)
         self.engine_outputs = ENGINE_OUTPUTS + ([ENGINE_ERROR_OUTPUT] if self.errors_in_band else [])
-        self.calls: dict[str, _Call] = {}
-        self.calls_lock = threading.Lock()
         self.pb_lock = threading.RLock()
         self.stopping = threading.Event()
         self.retired: collections.deque[tuple[float, object]] = collections.deque()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._intake, name="request-intake", daemon=True).start()
         threading.Thread(target=self._watch, name="cancel-watcher", daemon=True).start()
 
     def execute(self, requests):
-        with self.pb_lock:
-            self._accept(requests)
+        # Handed to the intake thread, never waiting on pb_lock here: Triton waits for execute to return
+        # before it takes this stub's next message, and the thread holding pb_lock may be in a send that
+        # waits for Triton; that cycle wedged a soak in the engine step (docs/RELIABILITY.md).
+        self.inbox.put(requests)
         return None
+
+    def _intake(self):
+        while (requests := self.inbox.get()) is not None:
+            with self.pb_lock:
+                self._accept(requests)
+            del requests  # not held until the next request comes: a large one's memory is returned now
 
     def _accept(self, requests):
         for request in requests:
-            sender = request.get_response_sender()
+            channel = _Channel(request.get_response_sender())
             try:
-                inputs = {}
-                for name in INPUT_NAMES:
-                    tensor = pb_utils.get_input_tensor_by_name(request, name)
-                    inputs[name] = None if tensor is None else tensor.as_numpy()
+                inputs = {name: _input(request, name) for name in self.input_names}
                 if is_stop_request(inputs):
-                    self._stop_calls(request.request_id(), sender)
+                    self._stop_calls(request.request_id(), channel)
                     continue
                 fronts = parse_front_batch(inputs, self.preprocessor)  # one per prompt of [N, 1]
             except RequestError as exc:
-                sender.send(_error(str(exc)), flags=FINAL)
+                channel.send(Reply.failure(str(exc), "INVALID_ARG"))
                 continue
-            if len(fronts) > 1:
-                sender = _BatchSender(sender, len(fronts))
-            for front in fronts:
-                call = _Call(sender, f"{request.request_id()}#{uuid.uuid4().hex}")
-                with self.calls_lock:
-                    busy = len(self.calls) >= self.max_calls
-                    if not busy:
-                        self.calls[call.engine_id] = call
-                if busy:  # ends the request; calls of its earlier prompts are stopped by the watcher
-                    message = f"server overloaded: {self.max_calls} requests in flight; retry later"
-                    sender.send(_error(message, pb_utils.TritonError.UNAVAILABLE), flags=FINAL)
-                    break
-                threading.Thread(target=self._run, args=(call, front), name="front-call", daemon=True).start()
+            for call in self.calls.open(request.request_id(), fronts, channel):
+                threading.Thread(target=self._run, args=(call,), name="front-call", daemon=True).start()
 
-    def _stop_calls(self, request_id: str, sender) -> None:
+    def _stop_calls(self, request_id: str, channel: _Channel) -> None:
         """Answer a `stop` request: end the running calls of the request with the same id (their clients get
-        their final response, as after a cancellation) and reply with an empty final response. Stopping a
-        request that already ended, or is unknown, is not an error: the two can cross on the wire."""
-        if not request_id:
-            sender.send(_error("stop: give the request id of the request to stop"), flags=FINAL)
-            return
-        prefix = f"{request_id}#"
-        with self.calls_lock:
-            calls = [call for engine_id, call in self.calls.items() if engine_id.startswith(prefix)]
-        for call in calls:
-            with call.lock:
-                newly = not call.done and not call.cancelled
-                call.cancelled = True
-            if newly:  # the engine's answer to a stop waits on the engine: not on the execute thread
-                self._stop_engine_later(call.engine_id)
-        sender.send(flags=FINAL)
+        their final response, as after a cancellation) and reply with an empty final response."""
+        for call in self.calls.stop(request_id):  # RequestError without a request id
+            # The engine's answer to a stop waits on the engine: not on the execute thread.
+            self._stop_engine_later(call.engine_id)
+        channel.send(Reply(final=True))
 
     def _stop_engine_later(self, engine_id: str) -> None:
         threading.Thread(target=self._stop_engine, args=(engine_id,), name="front-stop", daemon=True).start()
 
-    def _run(self, call: _Call, front: FrontRequest):
+    def _run(self, call: FrontCall):
         try:
-            self._generate(call, front)
+            self._generate(call)
         except Exception as exc:  # the client must always get a final response
             with self.pb_lock:
-                self._finish(call, _error(f"generation failed: {exc}", pb_utils.TritonError.INTERNAL))
+                call.send(Reply.failure(f"generation failed: {exc}", "INTERNAL"))
         finally:
-            with self.calls_lock:
-                self.calls.pop(call.engine_id, None)
+            self.calls.remove(call)
         if call.stalled:
             pb_utils.Logger.log_warn(f"request {call.engine_id}: the engine answered after the stall timeout")
 
-    def _generate(self, call: _Call, front: FrontRequest):
+    def _generate(self, call: FrontCall):
         with self.pb_lock:
             if call.cancelled:  # stopped before it reached the engine
-                self._finish(call, None)
+                call.send(Reply(final=True))
                 return
+            front = call.front
             tensors = [pb_utils.Tensor(k, v) for k, v in engine_inputs(front, streaming=front.stream).items()]
             options = dict(
                 model_name="tensorrt_llm",
@@ -230,7 +182,7 @@ class TritonPythonModel:
         # exec() waits until the engine answers: holding the lock there would stall every other request.
         responses = iter(infer.exec(decoupled=True))
         try:
-            self._stream(call, front, responses)
+            self._stream(call, responses)
         finally:
             self._retire(responses)
 
@@ -243,112 +195,44 @@ class TritonPythonModel:
         while self.retired and self.retired[0][0] < cutoff:
             self.retired.popleft()
 
-    def _stream(self, call: _Call, front: FrontRequest, responses):
-        call.detokenizer = IncrementalDetokenizer(
-            self.preprocessor.tokenizer, front.input_ids, byte_of=self.byte_of, decoder=self.decoder
-        )
-        texts: list[str] = []
-        log_probs: list[float] = []
-        cum_log_prob = 0.0
-        num_output = 0
+    def _stream(self, call: FrontCall, responses):
+        call.begin()
         while True:
             try:
                 response = next(responses)  # the only pb_utils wait outside the lock
             except StopIteration:
                 break
-            call.responses += 1
-            call.last_response = time.monotonic()
-            if call.cancelled and call.responses == 1:
-                # A stop that came while the engine request was being issued may have missed it: repeat it.
+            if call.received(time.monotonic()):
                 self._stop_engine_later(call.engine_id)
             with self.pb_lock:
-                step = self._on_response(call, front, response, texts, log_probs)
-            if step is None:
+                reply = call.add(self._read_chunk(response, call.front.return_log_probs))
+                if reply is not None:
+                    call.send(reply)
+            if reply is not None and reply.final:  # an engine error ended the call
                 return
-            cum_log_prob = step[0] if front.return_log_probs else cum_log_prob
-            num_output += step[1]
         with self.pb_lock:
-            self._complete(call, front, texts, log_probs, cum_log_prob, num_output)
+            call.send(call.complete())
 
-    def _on_response(self, call: _Call, front: FrontRequest, response, texts: list[str], log_probs: list[float]):
-        """Forward one engine response: (cum_log_prob, tokens), or None when the call ended with an error."""
+    def _read_chunk(self, response, log_probs: bool) -> EngineChunk:
+        """One engine response's tensors (the caller holds `pb_lock`); log probs only when asked for."""
         if response.has_error():
-            self._finish(call, _engine_error(response.error()))
-            return None
+            error = response.error()
+            return EngineChunk.failed(error.message(), error.code())
         if self.errors_in_band:
             failure = pb_utils.get_output_tensor_by_name(response, ENGINE_ERROR_OUTPUT)
             message = "" if failure is None else failure.as_numpy().reshape(-1)[0]
             if message:
-                text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
-                self._finish(call, _error(text, pb_utils.TritonError.INTERNAL))
-                return None
+                return EngineChunk.failed_in_band(message)
         ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
         if ids_tensor is None:  # the engine's bare final flag
-            return 0.0, 0
+            return EngineChunk()
         lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy()
-        ids = ids_tensor.as_numpy()[0, 0, : int(lengths.reshape(-1)[0])]
-        text = call.detokenizer.add([int(i) for i in ids])  # "" while a character's bytes are incomplete
-        cum_log_prob, chunk_lp = 0.0, None
-        if front.return_log_probs:
-            cum_log_prob = float(
-                pb_utils.get_output_tensor_by_name(response, "cum_log_probs").as_numpy().reshape(-1)[0]
-            )
-            chunk_lp = pb_utils.get_output_tensor_by_name(response, "output_log_probs").as_numpy().reshape(-1)
-            log_probs.extend(chunk_lp.tolist())
-            call.pending_log_probs.extend(chunk_lp.tolist())
-        if front.stream and text and not call.cancelled:
-            chunk_lp = call.pending_log_probs if front.return_log_probs else None
-            call.pending_log_probs = []
-            self._send(call, self._response(front, text, chunk_lp, cum_log_prob, None), 0)
-        else:
-            texts.append(text)
-        return cum_log_prob, len(ids)
-
-    def _complete(self, call: _Call, front: FrontRequest, texts, log_probs, cum_log_prob: float, num_output: int):
-        if call.cancelled:
-            self._finish(call, None)
-            return
-        rest = call.detokenizer.flush() if call.detokenizer is not None else ""
-        if front.stream:
-            lp = call.pending_log_probs if front.return_log_probs else None
-            final = self._response(front, rest, lp, cum_log_prob, num_output)
-        else:
-            text = "".join(texts) + rest
-            if not front.exclude_input_in_output:
-                text = self.decoder.first([self.preprocessor.tokenizer.bos_token_id, *front.input_ids]) + text
-            final = self._response(front, text, log_probs if front.return_log_probs else None, cum_log_prob, num_output)
-        self._finish(call, final)
-
-    def _response(self, front: FrontRequest, text: str, log_probs, cum_log_prob: float, num_output: int | None):
-        tensors = [
-            # flat, one string per (prompt, sequence): [1], as TensorRT-LLM's postprocessing returns it
-            pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=object)),
-            pb_utils.Tensor("batch_index", np.array([[front.batch_index]], dtype=np.int32)),
-        ]
-        if log_probs is not None:
-            lp = np.asarray(log_probs, dtype=np.float32).reshape(1, 1, -1)
-            tensors.append(pb_utils.Tensor("output_log_probs", lp))
-            tensors.append(pb_utils.Tensor("cum_log_probs", np.array([[cum_log_prob]], dtype=np.float32)))
-        if num_output is not None and front.return_num_input_tokens:
-            tensors.append(pb_utils.Tensor("num_input_tokens", np.array([[len(front.input_ids)]], dtype=np.int32)))
-        if num_output is not None and front.return_num_output_tokens:
-            tensors.append(pb_utils.Tensor("num_output_tokens", np.array([[num_output]], dtype=np.int32)))
-        return pb_utils.InferenceResponse(tensors)
-
-    def _send(self, call: _Call, response, flags: int):
-        with call.lock:
-            if not call.done:
-                call.sender.send(response, flags=flags)
-
-    def _finish(self, call: _Call, response):
-        with call.lock:
-            if call.done:
-                return
-            call.done = True
-            if response is None:
-                call.sender.send(flags=FINAL)
-            else:
-                call.sender.send(response, flags=FINAL)
+        ids = [int(i) for i in ids_tensor.as_numpy()[0, 0, : int(lengths.reshape(-1)[0])]]
+        if not log_probs:
+            return EngineChunk(ids)
+        cum_log_prob = pb_utils.get_output_tensor_by_name(response, "cum_log_probs").as_numpy().reshape(-1)[0]
+        chunk_lp = pb_utils.get_output_tensor_by_name(response, "output_log_probs").as_numpy().reshape(-1)
+        return EngineChunk(ids, float(cum_log_prob), chunk_lp.tolist())
 
     def _watch(self):
         while not self.stopping.wait(WATCH_INTERVAL_S):
@@ -359,35 +243,24 @@ class TritonPythonModel:
 
     def _watch_once(self):
         self._release_retired()
-        with self.calls_lock:
-            calls = list(self.calls.values())
+        calls = self.calls.snapshot()
         now = time.monotonic()
         for call in calls:
-            if call.responses and not call.done and now - call.last_response > self.stall_timeout_s:
+            if call.is_stalled(now, self.stall_timeout_s):
                 self._end_stalled(call)
         for call in calls:
-            with self.pb_lock, call.lock:
-                newly = not call.done and not call.cancelled and call.sender.is_cancelled()
-                if newly:
-                    call.cancelled = True
+            with self.pb_lock:
+                newly = call.cancel_if_client_gone()
             if newly:
                 self._stop_engine(call.engine_id)
 
-    def _end_stalled(self, call: _Call):
+    def _end_stalled(self, call: FrontCall):
         """Answer a call whose engine went silent (a lost engine error, see the module docstring)."""
-        message = (
-            f"the engine failed or stopped answering: no response for {self.stall_timeout_s:g} s after "
-            f"{call.responses} response(s) (an engine error after the first response is not forwarded by "
-            "Triton 2.51's BLS; the server log names it)"
-        )
-        call.stalled = True
+        reply = call.stall(self.stall_timeout_s)
         with self.pb_lock:
-            self._finish(call, _error(message, pb_utils.TritonError.INTERNAL))
-        with self.calls_lock:
-            self.calls.pop(call.engine_id, None)
-            self.abandoned += 1
-            abandoned = self.abandoned
-        pb_utils.Logger.log_error(f"request {call.engine_id}: {message}; {abandoned} call thread(s) abandoned")
+            call.send(reply)
+        abandoned = self.calls.abandon(call)
+        pb_utils.Logger.log_error(f"request {call.engine_id}: {reply.error}; {abandoned} call thread(s) abandoned")
         self._stop_engine(call.engine_id)  # frees the engine if the request is still there
 
     def _stop_engine(self, engine_id: str):
@@ -413,6 +286,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self.stopping.set()
+        self.inbox.put(None)
         deadline = time.monotonic() + 5
         while self.calls and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -1,0 +1,340 @@
+"""Calls of the `mentallama` front model, without Triton: engine chunks in, client replies out.
+
+The model (model_repository/mentallama/1/model.py) reads each engine response into an `EngineChunk`, hands it
+to the prompt's `FrontCall` and sends the `Reply` it gets back on the call's `Channel`; the model keeps the BLS
+requests, the threads and the locks. A request of N prompts (`[N, 1]`) runs N calls, one per prompt, sharing
+a `BatchSender` over the client's channel, as TensorRT-LLM serves them. `FrontCalls` holds the running calls:
+it admits them (at most `max_calls`) and picks the ones a `stop` request ends.
+
+Text: each call decodes its chunks incrementally behind an anchor (`detokenize.IncrementalDetokenizer`). The
+C++ engine ends chunks anywhere, even inside the byte-fallback tokens of one character, so a character's bytes
+(and their log probs) are held back until it is complete: streamed text never carries a partial character and
+concatenates to exactly the non-streamed text.
+
+Locks (the model's docstring says why): whatever may send or ask `is_cancelled` here (`FrontCall.send`,
+`FrontCall.cancel_if_client_gone`, `FrontCalls.open`) is called with the model's `pb_utils` lock held, which
+channels do not take themselves; a call's lock is taken inside it, a batch sender's inside that. The lock of
+`FrontCalls` is held alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from mentallama_server.models.detokenize import AnchoredDecoder, IncrementalDetokenizer, byte_token_map
+from mentallama_server.models.front import FrontRequest
+from mentallama_server.models.preprocess import RequestError
+
+ErrorCode = Literal["INTERNAL", "INVALID_ARG", "UNAVAILABLE"]
+OVERLOADED = "server overloaded"
+
+
+@dataclass(frozen=True)
+class EngineChunk:
+    """One response of the engine (`tensorrt_llm`), read out of its tensors. `ids` are the new output tokens,
+    None for the engine's bare final flag; `cum_log_prob` and `log_probs` are read only for a client that asked
+    for log probs. An `error` ends the call with `code`: a `TritonError` code's name, or the engine's own code
+    (an int), passed through."""
+
+    ids: Sequence[int] | None = None
+    cum_log_prob: float = 0.0
+    log_probs: Sequence[float] = ()
+    error: str | None = None
+    code: ErrorCode | int = "INTERNAL"
+
+    @classmethod
+    def failed(cls, message: str, code: int) -> EngineChunk:
+        """An engine error response. BLS responses of Triton 2.51 report every error as INTERNAL, so the
+        engine's overload refusal is recognised by its message to stay retryable."""
+        return cls(error=message, code="UNAVAILABLE" if message.startswith(OVERLOADED) else code)
+
+    @classmethod
+    def failed_in_band(cls, message: bytes | str) -> EngineChunk:
+        """A final response whose `error_message` output carries the engine's error (`errors_in_band`)."""
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+        return cls(error=text, code="INTERNAL")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One response to the client: text (with what the client asked for beside it), an error, or neither (a
+    bare final flag). `final` ends the call; a `BatchSender` keeps the request open until its last call ends."""
+
+    text: str | None = None
+    batch_index: int = 0
+    log_probs: Sequence[float] | None = None  # with cum_log_prob, when the client asked for log probs
+    cum_log_prob: float = 0.0
+    num_input_tokens: int | None = None
+    num_output_tokens: int | None = None
+    error: str | None = None
+    code: ErrorCode | int = "INTERNAL"
+    final: bool = False
+
+    @classmethod
+    def failure(cls, message: str, code: ErrorCode | int) -> Reply:
+        return cls(error=message, code=code, final=True)
+
+    @property
+    def bare(self) -> bool:
+        return self.text is None and self.error is None
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """The response's tensors (none for an error or a bare flag), shaped as the ensemble returns them."""
+        if self.text is None:
+            return {}
+        tensors = {
+            # flat, one string per (prompt, sequence): [1], as TensorRT-LLM's postprocessing returns it
+            "text_output": np.array([self.text.encode("utf-8")], dtype=object),
+            "batch_index": np.array([[self.batch_index]], dtype=np.int32),
+        }
+        if self.log_probs is not None:
+            tensors["output_log_probs"] = np.asarray(self.log_probs, dtype=np.float32).reshape(1, 1, -1)
+            tensors["cum_log_probs"] = np.array([[self.cum_log_prob]], dtype=np.float32)
+        if self.num_input_tokens is not None:
+            tensors["num_input_tokens"] = np.array([[self.num_input_tokens]], dtype=np.int32)
+        if self.num_output_tokens is not None:
+            tensors["num_output_tokens"] = np.array([[self.num_output_tokens]], dtype=np.int32)
+        return tensors
+
+
+class Channel(Protocol):
+    """A client's response sender (called with the model's `pb_utils` lock held)."""
+
+    def send(self, reply: Reply) -> None: ...
+
+    def is_cancelled(self) -> bool: ...
+
+
+class BatchSender:
+    """The channel of a request of N prompts, shared by its N calls: a call's final reply goes out without the
+    final flag until the last call ends; an error ends the whole request, and the watcher then stops the other
+    calls (`is_cancelled`)."""
+
+    def __init__(self, channel: Channel, prompts: int) -> None:
+        self.channel = channel
+        self.remaining = prompts
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def send(self, reply: Reply) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            if reply.final:
+                self.remaining -= 1
+                if self.remaining == 0 or reply.error is not None:
+                    self.closed = True
+                else:
+                    reply = replace(reply, final=False)
+            if not reply.bare or reply.final:  # a bare flag that is no longer final says nothing
+                self.channel.send(reply)
+
+    def is_cancelled(self) -> bool:
+        return self.closed or self.channel.is_cancelled()
+
+
+@dataclass(frozen=True)
+class TextDecoding:
+    """What every call decodes with; built once per model, as building it scans the vocabulary."""
+
+    tokenizer: Any
+    decoder: AnchoredDecoder
+    byte_of: Mapping[int, int]
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> TextDecoding:
+        return cls(tokenizer, AnchoredDecoder(tokenizer, skip_special_tokens=True), byte_token_map(tokenizer))
+
+    def prompt_text(self, input_ids: Sequence[int]) -> str:
+        """The prompt's text as the start of the output (`exclude_input_in_output` false)."""
+        return self.decoder.first([self.tokenizer.bos_token_id, *input_ids])
+
+
+class FrontCall:
+    """One prompt's engine call: what its engine sent and what its client was sent. `cancelled`: the client
+    went away or a `stop` came (the engine request is stopped, the client gets a bare final flag); `done`: the
+    client's final reply went out; `stalled`: the watcher ended it while its thread waited on the engine."""
+
+    def __init__(self, front: FrontRequest, engine_id: str, sender: Channel, decoding: TextDecoding) -> None:
+        self.front = front
+        self.engine_id = engine_id
+        self.sender = sender
+        self.decoding = decoding
+        self.detokenizer: IncrementalDetokenizer | None = None  # set when the engine request is issued
+        self.pending_log_probs: list[float] = []  # of tokens whose text is held back (partial character)
+        self.texts: list[str] = []  # text not streamed (all of it for a client that does not stream)
+        self.log_probs: list[float] = []
+        self.cum_log_prob = 0.0
+        self.num_output = 0
+        self.cancelled = False
+        self.done = False
+        self.stalled = False
+        self.lock = threading.Lock()
+        self.responses = 0  # engine responses seen
+        self.last_response = time.monotonic()
+
+    def begin(self) -> None:
+        """Start decoding; on the call's own thread, not under the `pb_utils` lock (it decodes the prompt)."""
+        self.detokenizer = IncrementalDetokenizer(
+            self.decoding.tokenizer, self.front.input_ids, byte_of=self.decoding.byte_of, decoder=self.decoding.decoder
+        )
+
+    def received(self, now: float) -> bool:
+        """Count an engine response; True when a stop must be sent again: one that came while the engine
+        request was being issued may have missed it."""
+        self.responses += 1
+        self.last_response = now
+        return self.cancelled and self.responses == 1
+
+    def add(self, chunk: EngineChunk) -> Reply | None:
+        """The reply an engine chunk makes now: a streamed piece of text, an error (final: the call ends), or
+        None while text is held back, for a client that does not stream, or after a cancellation."""
+        if chunk.error is not None:
+            return Reply.failure(chunk.error, chunk.code)
+        front = self.front
+        if chunk.ids is None:  # the engine's bare final flag
+            if front.return_log_probs:
+                self.cum_log_prob = 0.0
+            return None
+        assert self.detokenizer is not None, "begin() first"
+        text = self.detokenizer.add(chunk.ids)  # "" while a character's bytes are incomplete
+        cum_log_prob = 0.0
+        if front.return_log_probs:
+            cum_log_prob = chunk.cum_log_prob
+            self.log_probs.extend(chunk.log_probs)
+            self.pending_log_probs.extend(chunk.log_probs)
+            self.cum_log_prob = cum_log_prob
+        self.num_output += len(chunk.ids)
+        if front.stream and text and not self.cancelled:
+            log_probs = self.pending_log_probs if front.return_log_probs else None
+            self.pending_log_probs = []
+            return Reply(text, front.batch_index, log_probs, cum_log_prob)
+        self.texts.append(text)
+        return None
+
+    def complete(self) -> Reply:
+        """The final reply once the engine's stream ended: the held-back rest (streaming) or the whole text, with
+        the counts asked for; a bare final flag after a cancellation."""
+        if self.cancelled:
+            return Reply(final=True)
+        front = self.front
+        rest = self.detokenizer.flush() if self.detokenizer is not None else ""
+        if front.stream:
+            text, log_probs = rest, self.pending_log_probs
+        else:
+            text, log_probs = "".join(self.texts) + rest, self.log_probs
+            if not front.exclude_input_in_output:
+                text = self.decoding.prompt_text(front.input_ids) + text
+        return Reply(
+            text,
+            front.batch_index,
+            log_probs if front.return_log_probs else None,
+            self.cum_log_prob,
+            num_input_tokens=len(front.input_ids) if front.return_num_input_tokens else None,
+            num_output_tokens=self.num_output if front.return_num_output_tokens else None,
+            final=True,
+        )
+
+    def send(self, reply: Reply) -> None:
+        """Send unless the call is done; a final reply makes it done (first, so a failing send is not retried)."""
+        with self.lock:
+            if self.done:
+                return
+            if reply.final:
+                self.done = True
+            self.sender.send(reply)
+
+    def cancel(self) -> bool:
+        """Mark cancelled (a `stop` request); True when its engine request has yet to be stopped."""
+        with self.lock:
+            newly = not self.done and not self.cancelled
+            self.cancelled = True
+        return newly
+
+    def cancel_if_client_gone(self) -> bool:
+        """Mark cancelled if the client went away (or its batch ended); True when its engine request has yet to
+        be stopped."""
+        with self.lock:
+            newly = not self.done and not self.cancelled and self.sender.is_cancelled()
+            if newly:
+                self.cancelled = True
+        return newly
+
+    def is_stalled(self, now: float, timeout_s: float) -> bool:
+        """The engine sent nothing for `timeout_s` after its first response (a lost engine error)."""
+        return bool(self.responses) and not self.done and now - self.last_response > timeout_s
+
+    def stall(self, timeout_s: float) -> Reply:
+        """Mark stalled; the error that ends the call."""
+        self.stalled = True
+        message = (
+            f"the engine failed or stopped answering: no response for {timeout_s:g} s after "
+            f"{self.responses} response(s) (an engine error after the first response is not forwarded by "
+            "Triton 2.51's BLS; the server log names it)"
+        )
+        return Reply.failure(message, "INTERNAL")
+
+
+class FrontCalls:
+    """The running calls by engine request id (`<client request id>#<uuid>`)."""
+
+    def __init__(self, decoding: TextDecoding, max_calls: int) -> None:
+        self.decoding = decoding
+        self.max_calls = max_calls
+        self.calls: dict[str, FrontCall] = {}
+        self.abandoned = 0  # calls whose thread was left blocked on an engine response that was lost
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def open(self, request_id: str, fronts: Sequence[FrontRequest], channel: Channel) -> list[FrontCall]:
+        """The calls of one request, one per prompt, to run. Past `max_calls` the request is refused on `channel`
+        (UNAVAILABLE, so clients back off); the calls of its earlier prompts are then stopped by the watcher."""
+        sender: Channel = BatchSender(channel, len(fronts)) if len(fronts) > 1 else channel
+        calls = []
+        for front in fronts:
+            call = FrontCall(front, f"{request_id}#{uuid.uuid4().hex}", sender, self.decoding)
+            with self.lock:
+                busy = len(self.calls) >= self.max_calls
+                if not busy:
+                    self.calls[call.engine_id] = call
+            if busy:
+                message = f"{OVERLOADED}: {self.max_calls} requests in flight; retry later"
+                sender.send(Reply.failure(message, "UNAVAILABLE"))
+                break
+            calls.append(call)
+        return calls
+
+    def stop(self, request_id: str) -> list[FrontCall]:
+        """A `stop` request: cancel the running calls of the request with the same id; returns those whose
+        engine request has yet to be stopped. Stopping a request that already ended, or is unknown, is not an
+        error: the two can cross on the wire."""
+        if not request_id:
+            raise RequestError("stop: give the request id of the request to stop")
+        prefix = f"{request_id}#"
+        with self.lock:
+            calls = [call for engine_id, call in self.calls.items() if engine_id.startswith(prefix)]
+        return [call for call in calls if call.cancel()]
+
+    def snapshot(self) -> list[FrontCall]:
+        with self.lock:
+            return list(self.calls.values())
+
+    def remove(self, call: FrontCall) -> None:
+        with self.lock:
+            self.calls.pop(call.engine_id, None)
+
+    def abandon(self, call: FrontCall) -> int:
+        """Forget a stalled call whose thread stays blocked; how many were abandoned so far."""
+        with self.lock:
+            self.calls.pop(call.engine_id, None)
+            self.abandoned += 1
+            return self.abandoned
