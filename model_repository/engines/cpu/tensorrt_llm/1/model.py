@@ -122,6 +122,7 @@ class TritonPythonModel:
                         self._submit(request)
                     except Exception as exc:  # the intake must survive; the request gets its error
                         self._refuse(request, exc)
+            del requests, request  # not held until the next request comes: a large one's memory is returned now
 
     def _refuse(self, request, exc):
         pb_utils.Logger.log_error(f"engine step intake: {type(exc).__name__}: {exc}")
