@@ -40,7 +40,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 bench: setup
-	$(BIN)/python src/mentallama_bench/cpu_engine_bench.py --model bench --imhi-dir ../shared/imhi --weight-formats int8,fp16
+	$(BIN)/mentallama-bench cpu-engine --model bench --imhi-dir ../shared/imhi --weight-formats int8,fp16
 
 clean:
 	rm -rf artifacts/runs .pytest_cache

@@ -9,7 +9,7 @@ machines are noisy, so the ratios are what to read:
 - authors' way: transformers `generate()` on the checkpoint in static batches of 8 with left padding, as the
   MentaLLaMA authors' evaluation script runs it (one figure: a static batch has no concurrency).
 
-    python src/mentallama_bench/cpu_engine_bench.py --model bench --imhi-dir ../shared/imhi --weight-formats int8,fp16
+    mentallama-bench cpu-engine --model bench --imhi-dir ../shared/imhi --weight-formats int8,fp16
 
 `--footprint` also starts the tiny model's server once its engine exists and reports the time to ready and
 the resident memory of tritonserver and its Python stubs.
@@ -159,7 +159,8 @@ def _free_opts() -> ServerOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="mentallama-bench cpu-engine", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="bench", help="tiny, bench or a checkpoint folder")
     parser.add_argument("--imhi-dir", type=Path, default=Path("../shared/imhi"))
     parser.add_argument("--concurrency", default="1,4,16,32")
@@ -223,6 +224,3 @@ def print_report(report: dict[str, Any], concurrencies: list[int]) -> None:
         print(f"tiny footprint: ready in {fp['ready_s']:.1f} s, {fp['rss_total_mib']:.0f} MiB RSS "
               f"over {fp['processes']} processes")  # fmt: skip
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,8 +11,8 @@ interleaved (their order rotating) so that server drift hits every mode alike; t
 p50/p90 of per-request latency, the p50 ratio to the raw baseline, the same ratio paired round by
 round (robust on a shared machine), and client CPU per request (goal: SDK p50 at most 5% above raw).
 
-    python src/mentallama_bench/sdk_overhead.py                       # starts a tiny CPU server on free ports
-    python src/mentallama_bench/sdk_overhead.py --endpoint host:8001  # an already running server
+    mentallama-bench sdk-overhead                       # starts a tiny CPU server on free ports
+    mentallama-bench sdk-overhead --endpoint host:8001  # an already running server
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -244,7 +243,7 @@ def report(results: dict[int, dict[str, ModeStats]]) -> list[dict[str, float | i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="mentallama-bench sdk-overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoint", help="gRPC host:port of a running server (default: start a tiny one)")
     parser.add_argument("--model", default="mentallama")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
@@ -272,6 +271,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{mode}: paired p50 overhead at its worst concurrency {(worst - 1) * 100:+.1f}% (goal <= +5%)")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

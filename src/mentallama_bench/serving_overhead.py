@@ -1,11 +1,11 @@
 """Cost of serving: output tokens/s through Triton (gRPC streaming) vs. the same engine in-process.
 
-Starts the CPU profile on free loopback ports, then `mentallama-bench --compare-engine` runs the same
+Starts the CPU profile on free loopback ports, then runs the load benchmark with `--compare-engine`: the same
 synthetic load (fixed prompt and output lengths, same seed) against the served `mentallama` model and
-against `CpuEngine` built with the server's own settings, one concurrency at a time, and prints the
-served/in-process ratios measured in this one run (`make bench`).
+against the OpenVINO engine built with the server's own settings, one concurrency at a time, and prints the
+served/in-process ratios measured in this one run.
 
-    python src/mentallama_bench/serving_overhead.py --model bench --concurrency 1,4,16 --requests 32 --output-len 128
+    mentallama-bench serving-overhead --model bench --concurrency 1,4,16 --requests 32 --output-len 128
 
 Short answers make a CPU engine prefill-bound, where concurrency buys little: the README shows both.
 """
@@ -13,17 +13,39 @@ Short answers make a CPU engine prefill-bound, where concurrency buys little: th
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from mentallama_bench.cli import main as bench_main
-from mentallama_server.launch.cpu_profile import CpuSettings
-from mentallama_server.launch.launcher import ServerOptions, free_port
-from mentallama_server.launch.serve_cpu import resolve_checkpoint, start_cpu_server
+from mentallama_bench.session import BenchOptions, plan_session, run_plan
+
+__all__ = ["cpu_server", "main"]
+
+
+@contextmanager
+def cpu_server(model: str) -> Iterator[tuple[str, str, Path]]:
+    """A CPU-profile server of `model` (tiny, bench or a checkpoint folder) on free loopback ports:
+    yields its gRPC endpoint, its metrics URL and the checkpoint folder, and stops it on exit."""
+    # Imported here: `mentallama-bench --help` must not need the server extra.
+    from mentallama_server.launch.cpu_profile import CpuSettings
+    from mentallama_server.launch.launcher import ServerOptions, free_port
+    from mentallama_server.launch.serve_cpu import resolve_checkpoint, start_cpu_server
+
+    checkpoint = resolve_checkpoint(model)
+    opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    server = start_cpu_server(str(checkpoint), CpuSettings(), opts)
+    try:
+        yield f"127.0.0.1:{opts.grpc_port}", f"http://127.0.0.1:{opts.metrics_port}/metrics", checkpoint
+    finally:
+        server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mentallama-bench serving-overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", default="bench", help="tiny, bench or a checkpoint folder")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests", type=int, default=32, help="measured requests per concurrency")
@@ -32,32 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("results/serving_overhead"))
     args = parser.parse_args(argv)
 
-    checkpoint = resolve_checkpoint(args.model)
-    opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
-    server = start_cpu_server(str(checkpoint), CpuSettings(), opts)
-    try:
-        sys.argv = [
-            "mentallama-bench",
-            f"--endpoint=127.0.0.1:{opts.grpc_port}",
-            f"--metrics-url=http://127.0.0.1:{opts.metrics_port}/metrics",
-            f"--concurrency={args.concurrency}",
-            f"--requests={args.requests}",
-            f"--input-len={args.input_len}",
-            f"--output-len={args.output_len}",
-            "--force-output-len",
-            f"--tokenizer={checkpoint}",
-            "--compare-engine",
-            f"--checkpoint={checkpoint}",
-            f"--output={args.output}",
-            "--no-progress",
-        ]
-        bench_main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    finally:
-        server.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    with cpu_server(args.model) as (endpoint, metrics_url, checkpoint):
+        # The same forced output length on both sides; the engine runs with the server's own settings.
+        options = BenchOptions(
+            endpoint=[endpoint], metrics_url=[metrics_url], concurrency=args.concurrency, requests=args.requests,
+            input_len=args.input_len, output_len=args.output_len, force_output_len=True, tokenizer=checkpoint,
+            compare_engine=True, checkpoint=checkpoint, output=args.output, progress=False,
+        )  # fmt: skip
+        return run_plan(plan_session(options))

@@ -14,7 +14,7 @@ the RSS of the tritonserver process and each Python-backend stub after warm-up a
 
 Usage (server started separately, e.g. ``mentallama-serve --profile cpu --model tiny``)::
 
-    python -m mentallama_bench.soak --endpoint 127.0.0.1:8001 --metrics http://127.0.0.1:8002/metrics \\
+    mentallama-bench soak --endpoint 127.0.0.1:8001 --metrics http://127.0.0.1:8002/metrics \\
         --minutes 10 --concurrency 32 --json soak.json
 
 Goals: zero unexpected errors, RSS growth under 10% after warm-up. Posts are synthetic and are never
@@ -370,7 +370,7 @@ def _parse_mix(text: str) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="mentallama-bench soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoint", default="127.0.0.1:8001", help="gRPC host:port")
     parser.add_argument("--metrics", default=None, help="Prometheus URL of the server (engine gauges at the end)")
     parser.add_argument("--pid", type=int, default=None, help="tritonserver pid (default: the one on the gRPC port)")
@@ -399,6 +399,3 @@ def meets_goals(report: SoakReport, max_growth: float = 0.10) -> bool:
     growth = [report.total_rss_growth, *report.rss_growth.values()]
     return not report.unexpected and not report.problem and all(g < max_growth for g in growth)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

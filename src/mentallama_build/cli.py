@@ -163,6 +163,27 @@ def nano(
     typer.echo(describe_result(result))
 
 
+# The two scripts' argparse parsers stay beside their code and get everything after the command name,
+# --help included, as an explicit list.
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+@app.command("nano-eval", add_help_option=False, context_settings=_PASS_THROUGH)
+def nano_eval(ctx: typer.Context) -> None:
+    """Score a checkpoint in-process on IMHI test samples (weighted F1 vs the majority class)."""
+    from mentallama_build.nano_eval import main as run
+
+    run(list(ctx.args))
+
+
+@app.command("shaped", add_help_option=False, context_settings=_PASS_THROUGH)
+def shaped(ctx: typer.Context) -> None:
+    """Write a LLaMA-2-7B-shaped checkpoint with random float16 weights (GPU serving benchmarks)."""
+    from mentallama_build.shaped import main as run
+
+    raise typer.Exit(run(list(ctx.args)))
+
+
 def main() -> None:
     app()
 

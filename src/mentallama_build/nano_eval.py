@@ -153,10 +153,10 @@ def markdown_table(reports: Sequence[TaskReport]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m mentallama_build.nano_eval CHECKPOINT --imhi DIR`: print the table (and write predictions)."""
+    """`mentallama-build nano-eval CHECKPOINT --imhi DIR`: print the table (and write predictions)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m mentallama_build.nano_eval", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mentallama-build nano-eval", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--imhi", type=Path, required=True, help="IMHI root (its test_instruction/ is used)")
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
@@ -173,6 +173,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     )  # fmt: skip
     print(markdown_table(reports))
 
-
-if __name__ == "__main__":
-    main()

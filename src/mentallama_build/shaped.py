@@ -13,7 +13,7 @@ Per generated token that drops 2 x 4096 x 28000 FLOPs of LM head from ~13.2 GFLO
 
 Weights are drawn on `device` (a GPU draws 6.7B values in well under a second) from one generator per
 tensor, seeded from its name as in `tiny`, and shards are written by a few threads while the next ones are
-drawn. Build with `python -m mentallama_build.shaped OUTPUT --device cuda`.
+drawn. Build with `mentallama-build shaped OUTPUT --device cuda`.
 """
 
 from __future__ import annotations
@@ -186,7 +186,9 @@ def build_shaped_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write a LLaMA-2-7B-shaped checkpoint with random float16 weights.")
+    parser = argparse.ArgumentParser(
+        prog="mentallama-build shaped", description="Write a LLaMA-2-7B-shaped checkpoint with random float16 weights."
+    )
     parser.add_argument("output", type=Path)
     parser.add_argument("--device", default="cpu", help="where to draw the weights: cpu or cuda")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
@@ -200,6 +202,3 @@ def main(argv: list[str] | None = None) -> int:
     )
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,5 @@
-"""`mentallama-bench` through Typer's CliRunner, against the fake Triton."""
+"""`mentallama-bench` through Typer's CliRunner, against the fake Triton: the load benchmark (no command) and
+the studies' commands."""
 
 from __future__ import annotations
 
@@ -8,12 +9,24 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from mentallama_bench.cli import app, build_loads, default_http_endpoints, default_metrics_urls, parse_list
+from mentallama_bench import serving_overhead, session
+from mentallama_bench.backends import Backend, TritonGrpcBackend
+from mentallama_bench.cli import STUDIES, app
+from mentallama_bench.session import (
+    BenchOptions,
+    build_loads,
+    default_http_endpoints,
+    default_metrics_urls,
+    parse_list,
+    plan_session,
+)
 from tests.support.endpoints import dead_endpoint
 
 
@@ -122,3 +135,83 @@ def test_option_helpers() -> None:
     assert [load.label for load in build_loads(None, None, 1.0, None)] == ["c1"]
     with pytest.raises(ValueError):
         build_loads("0", None, 1.0, None)
+
+
+def test_help_lists_the_load_flags_and_the_studies() -> None:
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0
+    assert "--endpoint" in result.stdout and "--concurrency" in result.stdout and "Commands:" in result.stdout
+    assert all(name in result.stdout for name in STUDIES)
+
+
+def test_plan_session_builds_the_session_the_flags_describe(tmp_path: Path) -> None:
+    plan = plan_session(BenchOptions(endpoint=["h:9001", "h:9101"], backend="triton-grpc,triton-http",
+                                     concurrency="1,4", output=tmp_path, name="s", warmup=0))  # fmt: skip
+    assert [[b.endpoint for b in group] for group in plan.groups] == [["h:9001", "h:9101"], ["http://h:8000"] * 2]
+    assert [load.label for load in plan.config.loads] == ["c1", "c4"]
+    assert plan.config.stop.requests == 100 and plan.config.metrics_urls == ["http://h:8002/metrics"]
+    assert plan.folder == tmp_path / "s" and plan.tokenizer is None
+    with pytest.raises(ValueError, match="not both"):
+        plan_session(BenchOptions(concurrency="1", request_rate="2"))
+    with pytest.raises(ValueError, match="--checkpoint"):
+        plan_session(BenchOptions(compare_engine=True))
+
+
+STUDY_FLAGS = {
+    "soak": ("--endpoint", "--metrics", "--minutes", "--concurrency", "--mix", "--json"),
+    "cpu-engine": ("--model", "--imhi-dir", "--concurrency", "--weight-formats", "--footprint", "--output"),
+    "serving-overhead": ("--model", "--concurrency", "--requests", "--input-len", "--output-len", "--output"),
+    "sdk-overhead": ("--endpoint", "--concurrency", "--rounds", "--per-round", "--max-tokens", "--output"),
+    "label-parsing": ("--imhi", "--seed", "--json"),
+}
+
+
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_each_study_help_lists_its_flags(study: str) -> None:
+    for help_flag in ("--help", "-h"):
+        result = CliRunner().invoke(app, [study, help_flag])
+        assert result.exit_code == 0, result.output
+        assert f"usage: mentallama-bench {study}" in result.stdout
+        assert all(flag in result.stdout for flag in STUDY_FLAGS[study]), result.stdout
+
+
+def test_a_study_gets_its_arguments_and_returns_its_exit_code(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["label-parsing", "--imhi", str(tmp_path)])
+    assert result.exit_code == 2 and f"IMHI data not found at {tmp_path}" in result.stderr
+
+
+class _EngineOnFake(TritonGrpcBackend):
+    """Stands in for the in-process engine: the fake Triton answers, the comparison sees an `engine` run."""
+
+    kind = "engine"
+    uses_server = False
+
+
+def test_serving_overhead_runs_the_load_benchmark_in_process(
+    fake_triton, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The whole study against the fake Triton (no tritonserver, no OpenVINO): `sys.argv` is left alone."""
+    started: list[str] = []
+    engines: list[Path | None] = []
+
+    @contextmanager
+    def fake_server(model: str) -> Iterator[tuple[str, str, Path]]:
+        started.append(model)
+        yield fake_triton.grpc_url, fake_triton.metrics_url, tiny_checkpoint
+
+    def fake_engine(checkpoint: Path | None, options: list[str], request_timeout: float) -> Backend:
+        engines.append(checkpoint)
+        return _EngineOnFake(fake_triton.grpc_url, request_timeout_s=request_timeout)
+
+    monkeypatch.setattr(serving_overhead, "cpu_server", fake_server)
+    monkeypatch.setattr(session, "engine_backend", fake_engine)
+    argv = list(sys.argv)
+    args = ["--model", "tiny", "--concurrency", "1,2", "--requests", "3", "--input-len", "5", "--output-len", "4",
+            "--output", str(tmp_path)]  # fmt: skip
+    assert serving_overhead.main(args) == 0
+    assert sys.argv == argv
+    assert started == ["tiny"] and engines == [tiny_checkpoint]
+    out = capsys.readouterr().out
+    assert "served / bare engine" in out and "engine-c2" in out
+    (folder,) = tmp_path.iterdir()
+    assert (folder / "triton-grpc-c2" / "summary.json").exists() and (folder / "engine-c2" / "summary.json").exists()

@@ -85,3 +85,20 @@ def test_shipped_checkpoint_greedy_analyses_parse_to_a_label() -> None:
     for (task, _, _), answer in zip(POSTS, answers, strict=True):
         label = parse_response(task, answer).label
         assert label in get_task(task).labels, (task, answer)
+
+
+def test_nano_eval_command_scores_the_shipped_checkpoint(tmp_path: Path) -> None:
+    """`mentallama-build nano-eval` hands its arguments to the evaluator: two DR rows of the mini IMHI."""
+    for help_flag in ("--help", "-h"):
+        shown = CliRunner().invoke(app, ["nano-eval", help_flag])
+        assert shown.exit_code == 0 and "usage: mentallama-build nano-eval" in shown.stdout
+        assert all(f in shown.stdout for f in ("--imhi", "--tasks", "--per-task", "--max-new-tokens", "--predictions"))
+    assert "nano-eval" in CliRunner().invoke(app, ["--help"]).stdout
+    predictions = tmp_path / "eval.json"
+    imhi_mini = REPO / "tests" / "client" / "fixtures" / "imhi_mini"
+    args = ["nano-eval", str(SHIPPED), "--imhi", str(imhi_mini), "--tasks", "DR", "--per-task", "2",
+            "--max-new-tokens", "8", "--predictions", str(predictions)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "| DR | 2 |" in result.stdout
+    assert len(json.loads(predictions.read_text())["predictions"]) == 2

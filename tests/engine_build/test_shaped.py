@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
 
 from mentallama_build.check import check_checkpoint
+from mentallama_build.cli import app
 from mentallama_build.safetensors_io import read_header
 from mentallama_build.shaped import (
     INDEX_FILE,
@@ -72,3 +74,13 @@ def test_same_seed_gives_the_same_weights_and_a_full_folder_is_not_replaced(smal
         assert (again / shard).read_bytes() == (small / shard).read_bytes()
     with pytest.raises(FileExistsError):
         build_shaped_checkpoint(again, SMALL)
+
+
+def test_shaped_command_hands_its_arguments_to_the_builder():
+    for help_flag in ("--help", "-h"):
+        shown = CliRunner().invoke(app, ["shaped", help_flag])
+        assert shown.exit_code == 0 and "usage: mentallama-build shaped" in shown.stdout
+        assert all(f in shown.stdout for f in ("output", "--device", "--force"))
+    assert "shaped" in CliRunner().invoke(app, ["--help"]).stdout
+    missing = CliRunner().invoke(app, ["shaped", "--device", "cpu"])
+    assert missing.exit_code == 2 and "required: output" in missing.stderr
