@@ -40,6 +40,7 @@ import collections
 import queue
 import threading
 import time
+from pathlib import Path
 
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
@@ -55,6 +56,7 @@ from mentallama_server.models.front import (
 )
 from mentallama_server.models.front_call import EngineChunk, FrontCall, FrontCalls, Reply, TextDecoding
 from mentallama_server.models.preprocess import Limits, Preprocessor, RequestError
+from mentallama_server.models.stop_channel import StopSender, socket_path
 from mentallama_server.models.text_tokenizer import load_tokenizer
 from mentallama_server.models.triton_params import check_inputs, get_parameter, input_names, parse_model_config
 
@@ -105,6 +107,7 @@ class TritonPythonModel:
         self.calls = FrontCalls(TextDecoding.of(tokenizer), get_parameter(config, "max_concurrent_requests", int))
         self.stall_timeout_s = get_parameter(config, "engine_stall_timeout_s", float, ENGINE_STALL_TIMEOUT_S)
         self.errors_in_band = engine_declares_output(args.get("model_repository", ""), ENGINE_ERROR_OUTPUT)
+        self.stop_sender = StopSender(socket_path(Path(args.get("model_repository", "")).parent / "tensorrt_llm"))
         self.engine_outputs = ENGINE_OUTPUTS + ([ENGINE_ERROR_OUTPUT] if self.errors_in_band else [])
         self.pb_lock = threading.RLock()
         self.stopping = threading.Event()
@@ -264,6 +267,8 @@ class TritonPythonModel:
         self._stop_engine(call.engine_id)  # frees the engine if the request is still there
 
     def _stop_engine(self, engine_id: str):
+        if self.stop_sender.send(engine_id):  # the CPU engine's side channel: no BLS call (stop_channel)
+            return
         with self.pb_lock:
             stop = self._stop_request(engine_id)
         responses = stop.exec(decoupled=True)

@@ -21,6 +21,7 @@ from mentallama_server.engine.ov_engine import OpenVinoEngine
 from mentallama_server.models.cpu_step import CpuStep, Reply, asks_errors_in_band
 from mentallama_server.models.engine_step import INPUTS, Utf8Boundary
 from mentallama_server.models.preprocess import Limits
+from mentallama_server.models.stop_channel import StopListener, socket_path
 from mentallama_server.models.text_tokenizer import TextTokenizer
 from mentallama_server.models.triton_params import check_inputs, get_parameter, input_names, parse_model_config
 
@@ -78,12 +79,25 @@ class TritonPythonModel:
             max_pending=get_parameter(config, "max_pending_requests", int),
         )
         self.pb_lock = threading.RLock()  # taken last: never acquire another lock while holding it
+        self.stop_listener = self._listen_for_stops(args.get("model_repository", ""))
         self._init_metrics()
         self.stopping = threading.Event()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._intake, name="request-intake", daemon=True).start()
         self.watcher = threading.Thread(target=self._watch, name="cancel-watcher", daemon=True)
         self.watcher.start()
+
+    def _listen_for_stops(self, model_dir: str):
+        """The front model's side channel for stops (stop_channel); without it the front falls back to BLS."""
+        try:
+            return StopListener(socket_path(model_dir), self.step.stop, self._log_error)
+        except (OSError, ValueError) as exc:
+            self._log_error(f"no stop channel ({exc}); the front model stops requests through Triton")
+            return None
+
+    def _log_error(self, message: str):
+        with self.pb_lock:
+            pb_utils.Logger.log_error(message)
 
     def _init_metrics(self):
         # The families must outlive their metrics: Triton refuses to set a metric whose family is gone.
@@ -154,4 +168,6 @@ class TritonPythonModel:
     def finalize(self):
         self.stopping.set()
         self.inbox.put(None)
+        if self.stop_listener is not None:
+            self.stop_listener.close()
         self.engine.shutdown()
