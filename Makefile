@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 MODEL  ?= nano
 PYTEST_ARGS ?=
 
-.PHONY: setup run serve test lint checkpoints bench clean
+.PHONY: setup run serve test test-fast lint checkpoints bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ serve: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The tier that starts no server, builds nothing and installs nothing: model logic on the stubbed Triton
+# utils, the SDK on its fake transport, parsing, configs. Under a minute on 2 cores.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not server and not slow and not install" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

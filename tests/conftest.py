@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,19 @@ from tests.support.servers import ServerUrls, loopback_options
 
 if TYPE_CHECKING:
     from mentallama_server.launch.launcher import ServerOptions
+
+# Tests never download: without this, transformers' tokenizer loading waits on Hugging Face Hub lookups
+# (about 30 s of wall time on a machine without internet).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Fixtures that start a real tritonserver: tests that use one are marked `server`, so the fast tier
+# (`make test-fast`, `-m "not server and not slow and not install"`) leaves them out.
+SERVER_FIXTURES = {"cpu_server"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+import time
+
 import pytest
 
-from mentallama_server.launch.stall_watch import ModelProgress, StallWatch, parse_progress, read_progress
+from mentallama_server.launch.stall_watch import Canary, ModelProgress, StallWatch, parse_progress, read_progress
 
 PAGE = """# HELP nv_inference_count Number of inferences performed
 nv_inference_count{model="mentallama",version="1"} 120
@@ -57,3 +61,51 @@ def test_a_busy_healthy_server_is_not_stalled(cpu_server) -> None:
         for _ in range(3):
             client.generate("Hello", max_tokens=8)
             assert watch.update(read_progress(cpu_server.metrics_url), now=0) == []
+
+
+class _Answering(http.server.BaseHTTPRequestHandler):
+    """A test double of Triton's HTTP generate endpoint: answers per its `mode`."""
+
+    mode = "ok"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.mode == "silent":
+            time.sleep(2)
+            return
+        self.send_response(200 if self.mode == "ok" else 503)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("mode", "answered"), [("ok", True), ("overloaded", True), ("silent", False)])
+def test_canary_counts_any_answer_and_misses_silence(mode: str, answered: bool) -> None:
+    handler = type("Handler", (_Answering,), {"mode": mode})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        canary = Canary(f"http://127.0.0.1:{server.server_port}", "mentallama", timeout_s=0.5, misses=2)
+        assert canary.probe() is answered
+    finally:
+        server.shutdown()
+
+
+def test_canary_is_wedged_after_misses_in_a_row() -> None:
+    from tests.support.endpoints import dead_endpoint
+
+    canary = Canary(f"http://{dead_endpoint()}", "mentallama", interval_s=0.05, timeout_s=0.2, misses=2).start()
+    try:
+        deadline = time.monotonic() + 5
+        while not canary.wedged and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert canary.wedged
+    finally:
+        canary.stop()
+
+
+@pytest.mark.server
+def test_canary_is_answered_by_the_real_front_model(cpu_server) -> None:
+    assert Canary(cpu_server.http_url, "mentallama").probe()

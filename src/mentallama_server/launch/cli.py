@@ -17,6 +17,7 @@ from mentallama_server.launch.launcher import LaunchError, ServerOptions, Triton
 from mentallama_server.launch.render import RenderError
 from mentallama_server.launch.serve_cpu import CheckpointError, CpuLaunch
 from mentallama_server.launch.serve_trtllm import TrtllmLaunch, TrtllmOptions
+from mentallama_server.launch.stall_watch import Canary
 
 try:  # click's plain help: wrapped to the terminal, nothing cut to "…" (the helper lives with the SDK's CLI)
     from mentallama.cli._cli_utils import plain_help
@@ -205,8 +206,15 @@ def _wait_for_signal(server: TritonProcess) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # A server that accepts requests and answers none shows up only to a request (stall_watch.Canary).
+    canary = Canary(server.opts.http_url, "mentallama").start() if server.opts.http else None
     while not stop.wait(1.0):
         problem = server.health_problem()
+        if problem is None and canary is not None and canary.wedged:
+            problem = (
+                f"the `mentallama` model answered none of {canary.misses} one-token requests within "
+                f"{canary.timeout_s:g} s each: the server is wedged while it reports ready"
+            )
         if problem:
             typer.echo(f"error: {problem}; stopping the server.\n{server.log_tail()}", err=True)
             server.stop(grace_s=1)  # no drain: in-flight requests hang on the dead model; end them now

@@ -10,7 +10,10 @@ non-zero, as for a dead stub, so that a supervisor restarts a clean one. Standar
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
@@ -64,3 +67,46 @@ def read_progress(metrics_url: str, timeout_s: float = 2.0) -> dict[str, ModelPr
             return parse_progress(response.read().decode("utf-8", "replace"))
     except (OSError, ValueError):
         return None
+
+
+class Canary:
+    """A one-token request to the front model every `interval_s`, on its own thread: any answer (an error such as
+    "server overloaded" too) means the server still serves; `misses` probes in a row without an answer within
+    `timeout_s` mean it is wedged. Catches what queue counts cannot: models whose `execute` hands requests to
+    their own threads show nothing waiting when those threads are stuck."""
+
+    def __init__(self, http_url: str, model: str, interval_s: float = 15.0, timeout_s: float = 30.0,
+                 misses: int = 2) -> None:  # fmt: skip
+        self.url = f"{http_url}/v2/models/{model}/generate"
+        self.interval_s, self.timeout_s, self.misses = interval_s, timeout_s, misses
+        self.missed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="canary", daemon=True)
+
+    def start(self) -> Canary:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def wedged(self) -> bool:
+        return self.missed >= self.misses
+
+    def probe(self) -> bool:
+        """True when the server answered, whatever the answer."""
+        body = json.dumps({"text_input": "ping", "max_tokens": 1}).encode()
+        request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - our server
+                response.read()
+            return True
+        except urllib.error.HTTPError:
+            return True  # an error status is an answer
+        except (OSError, ValueError):
+            return False  # no answer in time, or the connection failed
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.missed = 0 if self.probe() else self.missed + 1
