@@ -21,12 +21,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Fixtures that start a real tritonserver: tests that use one are marked `server`, so the fast tier
 # (`make test-fast`, `-m "not server and not slow and not install"`) leaves them out.
 SERVER_FIXTURES = {"cpu_server"}
+# Tests that train, build engines, run the OpenVINO engine or start scripts for seconds each: marked `slow`.
+SLOW_PATHS = (
+    "tests/engine_build/test_nano.py",
+    "tests/engine_build/test_openvino_build.py",
+    "tests/engine_build/test_tiny.py",
+    "tests/engine_build/test_shaped.py",
+    "tests/server/test_ov_engine.py",
+    "tests/client/test_label_model.py",
+    "tests/benchmarks/test_bench_cli.py",
+    "tests/deploy/",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
+        if item.nodeid.startswith(SLOW_PATHS):
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass(frozen=True)

@@ -194,20 +194,20 @@ def _serve(server: TritonProcess, profile: str, opts: ServerOptions, demo: bool,
 
             run_demo(opts.grpc_url, model=model)
             return
-        _wait_for_signal(server)
+        _wait_for_signal(server, opts)
     finally:
         code = server.stop()
         typer.echo(f"tritonserver stopped (exit code {code})")
 
 
-def _wait_for_signal(server: TritonProcess) -> None:
+def _wait_for_signal(server: TritonProcess, opts: ServerOptions) -> None:
     """Serve until SIGINT/SIGTERM; exit non-zero when the server or one of its model processes dies, so that
     a supervisor (systemd, Slurm, Kubernetes) restarts a clean server instead of one that fails requests."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     # A server that accepts requests and answers none shows up only to a request (stall_watch.Canary).
-    canary = Canary(server.opts.http_url, "mentallama").start() if server.opts.http else None
+    canary = Canary(opts.http_url, "mentallama").start() if opts.http else None
     while not stop.wait(1.0):
         problem = server.health_problem()
         if problem is None and canary is not None and canary.wedged:
