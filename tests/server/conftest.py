@@ -51,3 +51,12 @@ def reference_model(tiny_checkpoint: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_checkpoint: Path) -> Any:
+    """The tiny model's tokenizer as the serving processes load it (`tokenizers` only; transformers' AutoTokenizer
+    is slower and tested elsewhere)."""
+    from mentallama_server.models.text_tokenizer import load_tokenizer
+
+    return load_tokenizer(tiny_checkpoint)

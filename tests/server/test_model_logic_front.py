@@ -19,7 +19,6 @@ import pytest
 from mentallama_server.models.front import INPUT_NAMES, FrontRequest
 from mentallama_server.models.front_call import BatchSender, EngineChunk, FrontCall, FrontCalls, Reply, TextDecoding
 from mentallama_server.models.preprocess import RequestError
-from mentallama_server.models.text_tokenizer import load_tokenizer
 from tests.support import triton_stub
 from tests.support.triton_stub import TRITONSERVER_RESPONSE_COMPLETE_FINAL as FINAL_FLAG
 from tests.support.triton_stub import EngineDouble, InferenceResponse, ResponseSender, TritonError, make_request
@@ -27,11 +26,6 @@ from tests.support.triton_stub import EngineDouble, InferenceResponse, ResponseS
 # Byte-fallback tokens: "😀" is four of them in the tiny vocabulary, "è" and "€" pieces of their own.
 OUTPUT_TEXT = "Je suis très 😀 fatigué €"
 PROMPT_TEXT = "hello world"
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_checkpoint: Path) -> Any:
-    return load_tokenizer(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")

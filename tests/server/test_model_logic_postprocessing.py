@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from mentallama_server.models.postprocess import INPUTS
-from mentallama_server.models.text_tokenizer import load_tokenizer
 from tests.support import triton_stub
 from tests.support.triton_stub import TritonError, make_request
 
@@ -23,12 +22,6 @@ def repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_checkpoint: Path) -> Any:
-    """The model's own tokenizer class (transformers' AutoTokenizer is slow to import, and tested elsewhere)."""
-    return load_tokenizer(tiny_checkpoint)
-
-
-@pytest.fixture(scope="module")
 def module(repository: Path) -> Iterator[ModuleType]:
     with triton_stub.install():
         yield triton_stub.load_model(repository / "postprocessing")
@@ -36,9 +29,7 @@ def module(repository: Path) -> Iterator[ModuleType]:
 
 @pytest.fixture(scope="module")
 def model(module: ModuleType, repository: Path) -> Any:
-    model = module.TritonPythonModel()
-    model.initialize(triton_stub.model_args(repository / "postprocessing"))
-    return model
+    return triton_stub.start_model(module, repository / "postprocessing")
 
 
 def chunk(*rows: list[int], lengths: list[int] | None = None) -> dict[str, np.ndarray]:

@@ -14,7 +14,6 @@ import pytest
 from mentallama_interface import UNSERVED_INPUTS
 from mentallama_server.models.preprocess import WORD_LIST_PAD
 from mentallama_server.models.preprocessing_step import HANDLED_INPUTS
-from mentallama_server.models.text_tokenizer import load_tokenizer
 from tests.support import triton_stub
 from tests.support.triton_stub import TritonError, make_request
 
@@ -31,12 +30,6 @@ def repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_checkpoint: Path) -> Any:
-    """The model's own tokenizer class (transformers' AutoTokenizer is slow to import, and tested elsewhere)."""
-    return load_tokenizer(tiny_checkpoint)
-
-
-@pytest.fixture(scope="module")
 def module(repository: Path) -> Iterator[ModuleType]:
     with triton_stub.install():
         yield triton_stub.load_model(repository / "preprocessing")
@@ -44,9 +37,7 @@ def module(repository: Path) -> Iterator[ModuleType]:
 
 @pytest.fixture(scope="module")
 def model(module: ModuleType, repository: Path) -> Any:
-    model = module.TritonPythonModel()
-    model.initialize(triton_stub.model_args(repository / "preprocessing"))
-    return model
+    return triton_stub.start_model(module, repository / "preprocessing")
 
 
 def query(*texts: str | bytes, max_tokens: int = 4, **extra: Any) -> dict[str, np.ndarray]:
