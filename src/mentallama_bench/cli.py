@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 import typer
+from click.core import ParameterSource
 
 from mentallama import __version__
 from mentallama.cli._cli_utils import HELP_OPTIONS, plain_help, version_option
@@ -66,8 +67,15 @@ def bench(
     version: Annotated[bool, version_option("mentallama-bench", __version__)] = False,
 ) -> None:
     """Run one load or a sweep and report TTFT, ITL, E2E latency, throughput and goodput."""
-    if ctx.invoked_subcommand is not None:
-        return  # a study runs next, with its own flags
+    if ctx.invoked_subcommand is not None:  # a study runs next, with its own flags: refuse load flags before it
+        given = [name for name in ctx.params if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise typer.BadParameter(
+                f"load-benchmark options ({flags}) given before `{ctx.invoked_subcommand}`; a command takes its own "
+                f"options after its name (mentallama-bench {ctx.invoked_subcommand} --help)"
+            )
+        return
     try:
         plan = plan_session(options)
     except (ValueError, FileNotFoundError) as exc:

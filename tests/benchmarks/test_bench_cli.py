@@ -215,3 +215,9 @@ def test_serving_overhead_runs_the_load_benchmark_in_process(
     assert "served / bare engine" in out and "engine-c2" in out
     (folder,) = tmp_path.iterdir()
     assert (folder / "triton-grpc-c2" / "summary.json").exists() and (folder / "engine-c2" / "summary.json").exists()
+
+
+def test_load_flags_before_a_study_are_refused_not_ignored() -> None:
+    result = CliRunner().invoke(app, ["--endpoint", "127.0.0.1:1", "--concurrency", "4", "soak", "--help"])
+    assert result.exit_code == 2
+    assert "load-benchmark options (--endpoint, --concurrency) given before `soak`" in result.output
