@@ -152,8 +152,13 @@ async def drive(
     if load.concurrency is not None:
 
         async def client() -> None:
+            task = asyncio.current_task()
             while (claimed := claim()) is not None:
                 await send(claimed, None)
+                # A client library below may swallow the CancelledError of a Ctrl-C (seen: a run that went on
+                # sending after one); the request to cancel is still recorded on the task, so honour it here.
+                if task is not None and getattr(task, "cancelling", lambda: 0)():
+                    raise asyncio.CancelledError
 
         await asyncio.gather(*(client() for _ in range(load.concurrency)))
         return t0, sent

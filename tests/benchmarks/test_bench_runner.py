@@ -6,6 +6,7 @@ import asyncio
 import csv
 import json
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,3 +159,45 @@ def test_session_writes_every_artefact_and_summary_matches_rows_fake_triton(
     report = (tmp_path / "report.md").read_text()
     assert "(plots/throughput_vs_ttft.png)" in report and "(triton-http-c4/summary.json)" in report
     assert "a b c" not in report
+
+
+class SwallowsCancellationBackend:
+    """Test double of a client library that eats the CancelledError of a Ctrl-C inside a request (once)."""
+
+    kind, endpoint, count_label = "swallowing", "nowhere", "server"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.swallowed = 0
+
+    async def generate(self, sample: SampleRequest, params: SamplingParams):
+        from mentallama_bench.records import RequestOutcome
+
+        self.calls += 1
+        start = time.perf_counter()
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1  # the request "completes" as if nothing happened
+        return RequestOutcome(start=start, end=time.perf_counter())
+
+
+def test_a_cancelled_closed_loop_stops_even_when_a_request_swallows_the_cancellation() -> None:
+    from mentallama_bench.runner import drive
+
+    backend = SwallowsCancellationBackend()
+
+    async def main() -> bool:
+        task = asyncio.create_task(
+            drive([backend], ScriptedPrompts().iter_samples(0), SamplingParams(), LoadSpec(concurrency=1),
+                  StopSpec(requests=1_000_000))  # fmt: skip
+        )
+        await asyncio.sleep(0.1)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)  # without the check in drive it went on sending
+        return task in done and task.cancelled()
+
+    assert asyncio.run(main())
+    assert backend.swallowed == 1
