@@ -499,7 +499,8 @@ class SyncTransport(_TransportBase):
             if not self._offers_stop[key]:
                 return False
             stop = stub.ModelStreamInfer(iter((stop_request(request),)), timeout=_STOP_GRACE, metadata=md)
-            return all(not message.error_message for message in stop)
+            errors = [message.error_message for message in stop]  # read to the end: no stream left to cancel
+            return not any(errors)
         except (grpc.RpcError, MentaLLaMAError):
             return False
 
