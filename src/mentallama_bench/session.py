@@ -1,7 +1,7 @@
 """The load benchmark as library code: its flags as data, what they build, and the run with its terminal summary.
 
 `BenchOptions` declares every `mentallama-bench` flag once, on a field (name, default and help, through
-`mentallama_build.cli_options`), so the CLI and the studies that drive a load (`serving_overhead`) fill the
+`mentallama.cli.options`), so the CLI and the studies that drive a load (`serving_overhead`) fill the
 same dataclass. `plan_session` validates it (ValueError / FileNotFoundError, which the CLI turns into usage
 errors) into a `SessionPlan`; `run_plan` checks the endpoints, runs the session, prints the summary and
 returns the exit code.
@@ -24,6 +24,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from mentallama._constants import DEFAULT_MAX_TOKENS
 from mentallama.cli._cli_utils import START_SERVER_HINT, endpoint_problem
+from mentallama.cli.options import flag
 from mentallama_bench.backends import BACKENDS, DEFAULT_MODEL, Backend, make_backend
 from mentallama_bench.compare import compare_summaries, format_comparison
 from mentallama_bench.datasets import BenchmarkDataset, ImhiDataset, SyntheticDataset, parse_task_mix
@@ -32,7 +33,6 @@ from mentallama_bench.records import SamplingParams
 from mentallama_bench.report import fixed_width, format_table
 from mentallama_bench.runner import COUNT_MODES, LoadSpec, RunResult, SessionConfig, StopSpec, run_session
 from mentallama_bench.tokens import load_tokenizer
-from mentallama_build.cli_options import flag
 
 __all__ = [
     "DEFAULT_GRPC",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import typer
 
+from mentallama.cli.options import OptionGroup, flag, with_option_groups
 from mentallama_build.capacity import (
     DEFAULT_RUNTIME_OVERHEAD_GIB,
     CapacityPlan,
@@ -25,7 +26,6 @@ from mentallama_build.capacity import (
     plan_for_build,
     plan_problems,
 )
-from mentallama_build.cli_options import OptionGroup, flag, with_option_groups
 from mentallama_build.engine_config import (
     DEFAULT_CONTAINER_IMAGE,
     DTYPES,
@@ -56,7 +56,7 @@ RUN_PANEL = "Running the build"
 
 @dataclass(frozen=True)
 class EngineRequest:
-    """Every input of `mentallama-build engine`, one flag per field (`mentallama_build.cli_options`): the build's
+    """Every input of `mentallama-build engine`, one flag per field (`mentallama.cli.options`): the build's
     options, named as in `BuildConfig` (None takes the preset's value), the capacity plan's assumptions, and how
     the build runs."""
 

@@ -1,5 +1,5 @@
 """`mentallama-build engine` takes its flags from `EngineRequest` (issue 13), and the option helper both CLIs use
-(`mentallama_build.cli_options`) refuses a field that is neither a flag nor says why: no flag lost, defaults
+(`mentallama.cli.options`) refuses a field that is neither a flag nor says why: no flag lost, defaults
 from the dataclass, every `BuildConfig` field set by a flag or excused, the values parsed into the request."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
+from mentallama.cli.options import OptionGroup, field_default, flag_fields, with_option_groups
 from mentallama_build import engine_cli
 from mentallama_build.cli import app
-from mentallama_build.cli_options import OptionGroup, field_default, flag_fields, with_option_groups
 from mentallama_build.engine_cli import BUILD_CONFIG_WITHOUT_FLAG, EngineRequest
 from mentallama_build.engine_config import PRESETS, BuildConfig
 

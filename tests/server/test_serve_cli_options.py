@@ -17,7 +17,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from mentallama_build.cli_options import NOT_A_FLAG, field_default, flag_fields
+from mentallama.cli.options import NOT_A_FLAG, field_default, flag_fields
 from mentallama_server.launch import cli, serve_cpu, serve_trtllm
 from mentallama_server.launch.cpu_profile import CpuSettings
 from mentallama_server.launch.launcher import ServerOptions

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from mentallama_build.cli_options import OptionGroup, PanelledCommand, flag, with_option_groups
+from mentallama.cli.options import OptionGroup, PanelledCommand, flag, with_option_groups
 from mentallama_server.launch.cpu_profile import CpuSettings
 from mentallama_server.launch.launcher import LaunchError, ServerOptions, TritonProcess, read_admin_key
 from mentallama_server.launch.render import RenderError

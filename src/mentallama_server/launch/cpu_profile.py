@@ -13,7 +13,7 @@ KV_PRECISIONS = ("auto", "f32", "f16", "bf16", "u8")
 T = TypeVar("T")
 
 
-def _flag(default: T, help: str) -> T:  # noqa: A002 - the metadata key mentallama_build.cli_options reads
+def _flag(default: T, help: str) -> T:  # noqa: A002 - the metadata key mentallama.cli.options reads
     """A field that is a `mentallama-serve` flag: `help` is its --help text (the docstring below a field says why
     its default is what it is)."""
     return field(default=default, metadata={"help": help})

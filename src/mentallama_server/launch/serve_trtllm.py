@@ -108,7 +108,7 @@ class TrtllmLaunch:
 @dataclass
 class TrtllmOptions:
     """The `mentallama-serve` flags of the trtllm profile, one per field (help in the metadata, read by
-    `mentallama_build.cli_options`); the engine folder is the --engine flag both profiles share."""
+    `mentallama.cli.options`); the engine folder is the --engine flag both profiles share."""
 
     tokenizer: Path | None = field(default=None, metadata={"help": "the engine's HF checkpoint (tokenizer)"})
     profile_file: Path | None = field(default=None, metadata={"help": "settings file (.toml or .json)"})

@@ -1,9 +1,9 @@
 """Typer options declared once, on the fields of the dataclasses that library code takes.
 
-`mentallama-build engine` and `mentallama-serve` take their flags (name, default, help) from dataclass fields,
-so a field the library reads cannot lack a flag, and a flag's default cannot drift from the field's: a field
-with neither help nor a reason for having no flag stops the command from being defined at all. The server's
-CLI imports this module too (the server already depends on this package; this package must not depend on it).
+`mentallama-serve`, `mentallama-build engine` and `mentallama-bench` take their flags (name, default, help) from
+dataclass fields, so a field the library reads cannot lack a flag, and a flag's default cannot drift from the
+field's: a field with neither help nor a reason for having no flag stops the command from being defined at all.
+It lives with the SDK's CLI because every other package depends on the SDK (and the SDK on none of them).
 
 Field metadata, plain strings, so that the dataclasses stay importable without Typer:
 
