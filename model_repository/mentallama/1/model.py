@@ -153,7 +153,10 @@ class TritonPythonModel:
         channel.send(Reply(final=True))
 
     def _stop_engine_later(self, engine_id: str) -> None:
-        threading.Thread(target=self._stop_engine, args=(engine_id,), name="front-stop", daemon=True).start()
+        """Stop without waiting: the side channel is one datagram; the BLS fallback waits on the engine, so
+        it runs on its own thread."""
+        if not self.stop_sender.send(engine_id):
+            threading.Thread(target=self._stop_engine_by_bls, args=(engine_id,), name="front-stop", daemon=True).start()
 
     def _run(self, call: FrontCall):
         try:
@@ -267,8 +270,10 @@ class TritonPythonModel:
         self._stop_engine(call.engine_id)  # frees the engine if the request is still there
 
     def _stop_engine(self, engine_id: str):
-        if self.stop_sender.send(engine_id):  # the CPU engine's side channel: no BLS call (stop_channel)
-            return
+        if not self.stop_sender.send(engine_id):  # the CPU engine's side channel: no BLS call (stop_channel)
+            self._stop_engine_by_bls(engine_id)
+
+    def _stop_engine_by_bls(self, engine_id: str):
         with self.pb_lock:
             stop = self._stop_request(engine_id)
         responses = stop.exec(decoupled=True)
