@@ -130,13 +130,16 @@ class TritonPythonModel:
 
     def _intake(self):
         while (requests := self.inbox.get()) is not None:
-            for request in requests:
-                with self.pb_lock:
-                    try:
-                        self._submit(request)
-                    except Exception as exc:  # the intake must survive; the request gets its error
-                        self._refuse(request, exc)
-            del requests, request  # not held until the next request comes: a large one's memory is returned now
+            self._submit_all(requests)
+            del requests  # not held until the next request comes: a large one's memory is returned now
+
+    def _submit_all(self, requests):
+        for request in requests:
+            with self.pb_lock:
+                try:
+                    self._submit(request)
+                except Exception as exc:  # the intake must survive; the request gets its error
+                    self._refuse(request, exc)
 
     def _refuse(self, request, exc):
         pb_utils.Logger.log_error(f"engine step intake: {type(exc).__name__}: {exc}")
