@@ -30,7 +30,7 @@ from mentallama_bench.backends import Backend, TritonGrpcBackend
 from mentallama_bench.engine_backend import EngineBackend
 from mentallama_bench.records import SampleRequest, SamplingParams
 from mentallama_server.launch.cpu_profile import CpuSettings
-from mentallama_server.launch.launcher import ServerOptions, free_port
+from mentallama_server.launch.launcher import ServerOptions
 from mentallama_server.launch.serve_cpu import resolve_checkpoint, start_cpu_server
 
 PER_FILE = 8
@@ -107,7 +107,7 @@ def measure_format(
     checkpoint: Path, weight_format: str, samples: list[SampleRequest], concurrencies: list[int]
 ) -> dict[str, Any]:
     settings = CpuSettings(weight_format=weight_format, max_queue_size=256)
-    opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    opts = ServerOptions.on_free_ports()
     served: list[dict[str, Any]] = []
     server = start_cpu_server(str(checkpoint), settings, opts)
     try:
@@ -155,7 +155,7 @@ def footprint() -> dict[str, Any]:
 
 
 def _free_opts() -> ServerOptions:
-    return ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    return ServerOptions.on_free_ports()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -203,16 +203,14 @@ def tiny_server() -> Iterator[str]:
 
     from mentallama_build.tiny import ensure_checkpoint
     from mentallama_server.launch.cpu_profile import CpuSettings
-    from mentallama_server.launch.launcher import ServerOptions, free_port
+    from mentallama_server.launch.launcher import ServerOptions
     from mentallama_server.launch.serve_cpu import start_cpu_server
 
-    host = "127.0.0.1"
-    ports = {name: free_port(host) for name in ("grpc_port", "http_port", "metrics_port")}
-    opts = ServerOptions(host=host, **ports)
+    opts = ServerOptions.on_free_ports()
     with tempfile.TemporaryDirectory(prefix="sdk-overhead-") as run_dir:
         server = start_cpu_server(str(ensure_checkpoint("tiny")), CpuSettings(), opts, Path(run_dir))
         try:
-            yield f"{host}:{opts.grpc_port}"
+            yield opts.grpc_url
         finally:
             server.stop()
 

@@ -28,11 +28,11 @@ def cpu_server(model: str) -> Iterator[tuple[str, str, Path]]:
     yields its gRPC endpoint, its metrics URL and the checkpoint folder, and stops it on exit."""
     # Imported here: `mentallama-bench --help` must not need the server extra.
     from mentallama_server.launch.cpu_profile import CpuSettings
-    from mentallama_server.launch.launcher import ServerOptions, free_port
+    from mentallama_server.launch.launcher import ServerOptions
     from mentallama_server.launch.serve_cpu import resolve_checkpoint, start_cpu_server
 
     checkpoint = resolve_checkpoint(model)
-    opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    opts = ServerOptions.on_free_ports()
     server = start_cpu_server(str(checkpoint), CpuSettings(), opts)
     try:
         yield f"127.0.0.1:{opts.grpc_port}", f"http://127.0.0.1:{opts.metrics_port}/metrics", checkpoint

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mentallama_server.launch.launcher import free_port, port_free
+from mentallama_server.launch.launcher import free_ports, port_free
 from tests.server.triton_io import infer
 
 SERVE = str(Path(sys.executable).parent / "mentallama-serve")
@@ -43,7 +43,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
 
 def ports() -> dict[str, int]:
-    return {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
+    return dict(zip(("grpc", "http", "metrics"), free_ports(3), strict=True))
 
 
 def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 240) -> str:
@@ -147,7 +147,7 @@ def test_shared_memory_is_preallocated_and_removed_even_after_a_kill(tmp_path, t
     from mentallama_server.launch.launcher import SHM_DIR, ServerOptions
     from mentallama_server.launch.serve_cpu import start_cpu_server
 
-    opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    opts = ServerOptions.on_free_ports()
     settings = CpuSettings(max_output_len=64, cache_num_blocks=64)
     server = start_cpu_server(str(tiny_checkpoint), settings, opts, tmp_path)
     try:
@@ -170,7 +170,7 @@ def test_a_dead_stub_is_named_even_when_tritonserver_dies_after_it(tmp_path, tin
     from mentallama_server.launch.launcher import ServerOptions
     from mentallama_server.launch.serve_cpu import start_cpu_server
 
-    opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    opts = ServerOptions.on_free_ports()
     server = start_cpu_server(str(tiny_checkpoint), CpuSettings(max_output_len=64, cache_num_blocks=64), opts, tmp_path)
     try:
         assert server.health_problem() is None
@@ -186,3 +186,13 @@ def test_a_dead_stub_is_named_even_when_tritonserver_dies_after_it(tmp_path, tin
         assert "tritonserver then exited with code -9" in problem
     finally:
         server.stop()
+
+
+def test_ports_chosen_together_are_distinct_and_free() -> None:
+    from mentallama_server.launch.launcher import ServerOptions
+
+    for _ in range(50):  # one at a time, two of three came out equal in a CI run
+        ports = free_ports(3)
+        assert len(set(ports)) == 3 and all(port_free("127.0.0.1", p) for p in ports)
+    opts = ServerOptions.on_free_ports(exit_timeout_s=3)
+    assert len({opts.grpc_port, opts.http_port, opts.metrics_port}) == 3 and opts.exit_timeout_s == 3

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from mentallama_server.launch.cpu_profile import CpuSettings
-from mentallama_server.launch.launcher import ServerOptions, TritonProcess, free_port
+from mentallama_server.launch.launcher import ServerOptions, TritonProcess
 from mentallama_server.launch.serve_cpu import start_cpu_server
 from tests.server.triton_io import StreamCall, infer, make_inputs
 from tests.support.metrics import scrape_metric
@@ -24,7 +24,7 @@ def small_server(tiny_checkpoint, tmp_path_factory) -> Iterator[tuple[str, str, 
     settings = CpuSettings(
         engine_max_batch_size=2, max_queue_size=2, max_input_len=1024, max_output_len=3000, cache_num_blocks=512
     )
-    opts = ServerOptions(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    opts = ServerOptions.on_free_ports()
     server = start_cpu_server(str(tiny_checkpoint), settings, opts, tmp_path_factory.mktemp("overload"))
     try:
         yield opts.grpc_url, opts.metrics_url, server

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tests.support.endpoints import HOST, free_port
+from tests.support.endpoints import HOST
 
 if TYPE_CHECKING:
     from mentallama_server.launch.launcher import ServerOptions
@@ -24,8 +24,7 @@ def loopback_options(**changes: object) -> ServerOptions:
     """Default server options on free loopback ports."""
     from mentallama_server.launch.launcher import ServerOptions
 
-    ports = dict(grpc_port=free_port(HOST), http_port=free_port(HOST), metrics_port=free_port(HOST))
-    return ServerOptions(host=HOST, **{**ports, **changes})  # type: ignore[arg-type]
+    return ServerOptions.on_free_ports(HOST, **changes)
 
 
 class ServerUrls:

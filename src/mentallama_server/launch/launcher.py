@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mentallama_server.launch.paths import TritonInstall
 from mentallama_server.launch.stall_watch import StallWatch, read_progress
@@ -66,6 +67,12 @@ class ServerOptions:
     stall_timeout_s: float = 60.0
     """A model with requests waiting and none executed for this long makes the server unhealthy (see
     `stall_watch`); 0 turns the check off."""
+
+    @classmethod
+    def on_free_ports(cls, host: str = "127.0.0.1", **changes: Any) -> ServerOptions:
+        """Options whose gRPC, HTTP and metrics ports are three distinct free ports of `host`."""
+        grpc_port, http_port, metrics_port = free_ports(3, host)
+        return cls(host=host, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, **changes)
 
     @property
     def grpc_url(self) -> str:
@@ -121,10 +128,18 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports that were free a moment ago. Held open together while chosen: ports picked one
+    at a time can repeat (a run got the same port for gRPC and metrics, and tritonserver refused to start)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
 
 
 def endpoint_args(opts: ServerOptions) -> list[str]:
