@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 
 from mentallama_server.models.front import INPUT_NAMES, FrontRequest
-from mentallama_server.models.front_call import BatchSender, EngineChunk, FrontCall, FrontCalls, Reply, TextDecoding
+from mentallama_server.models.front_call import (
+    BatchSender,
+    EngineChunk,
+    FrontCall,
+    FrontCalls,
+    Reply,
+    TextDecoding,
+    client_request_id,
+)
 from mentallama_server.models.preprocess import RequestError
 from tests.support import triton_stub
 from tests.support.triton_stub import TRITONSERVER_RESPONSE_COMPLETE_FINAL as FINAL_FLAG
@@ -83,7 +91,7 @@ def run_call(call: FrontCall, chunks: Sequence[EngineChunk]) -> list[Reply]:
 
 
 def new_call(decoding: TextDecoding, front: FrontRequest, sender: Any = None, engine_id: str = "r#1") -> FrontCall:
-    return FrontCall(front, engine_id, sender or RecordingChannel(), decoding)
+    return FrontCall(front, engine_id.split("#")[0], sender or RecordingChannel(), decoding, engine_id)
 
 
 def chunks_of(ids: Sequence[int], size: int, log_probs: Sequence[float] | None = None) -> list[EngineChunk]:
@@ -268,6 +276,24 @@ def test_stop_ends_only_the_calls_of_its_request_id(decoding: TextDecoding, prom
     assert calls.stop("victim") == [] and calls.stop("unknown") == []  # stops can cross the request's end
     with pytest.raises(RequestError, match="request id"):
         calls.stop("")
+
+
+def test_stop_matches_the_request_id_exactly_not_as_a_prefix(decoding: TextDecoding, prompt_ids: list[int]) -> None:
+    calls = FrontCalls(decoding, max_calls=8)
+    (job,) = calls.open("user7#job3", [front_request(prompt_ids)], RecordingChannel())
+    assert calls.stop("user7") == [] and not job.cancelled  # issue 18, finding 6: was a prefix match
+    assert calls.stop("user7#job3") == [job]
+
+
+def test_request_ids_that_are_not_utf8_or_too_long_are_request_errors() -> None:
+    def undecodable() -> str:
+        return b"ab\xff\xfecd".decode("utf-8")
+
+    with pytest.raises(RequestError, match="not valid UTF-8"):
+        client_request_id(undecodable)
+    with pytest.raises(RequestError, match="limit is 256"):
+        client_request_id(lambda: "x" * 257)
+    assert client_request_id(lambda: "x" * 256) == "x" * 256
 
 
 def test_a_call_is_stalled_only_after_a_first_response_and_the_timeout(

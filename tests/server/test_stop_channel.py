@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mentallama_server.models import stop_channel
 from mentallama_server.models.stop_channel import StopListener, StopSender, socket_path
 
 
@@ -41,7 +42,8 @@ def test_ids_sent_arrive_in_order_and_the_socket_is_private(tmp_path: Path) -> N
     assert not socket_path(tmp_path).exists()
 
 
-def test_a_failing_stop_or_a_bad_datagram_does_not_end_the_listener(tmp_path: Path) -> None:
+def test_a_failing_stop_or_a_bad_datagram_does_not_end_the_listener(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(stop_channel, "ERROR_LOG_INTERVAL_S", 0.0)  # every error logged here
     errors: list[str] = []
     arrived = threading.Semaphore(0)
 
@@ -63,6 +65,22 @@ def test_a_failing_stop_or_a_bad_datagram_does_not_end_the_listener(tmp_path: Pa
         for _ in range(4):  # boom: stop + error; bad bytes: error; after: stop
             assert arrived.acquire(timeout=5)
         assert any("engine refused" in e for e in errors) and any("UnicodeDecodeError" in e for e in errors)
+    finally:
+        sender.close()
+        listener.close()
+
+
+def test_a_flood_of_bad_datagrams_logs_one_line_per_interval(tmp_path: Path) -> None:
+    errors: list[str] = []
+    stopped = threading.Event()
+    listener = StopListener(socket_path(tmp_path), lambda engine_id: stopped.set(), errors.append)
+    sender = StopSender(socket_path(tmp_path))
+    try:
+        for _ in range(2000):
+            sender._socket.sendto(b"\xff\xfe", str(socket_path(tmp_path)))
+        sender.send("after")
+        assert stopped.wait(5)  # still listening, and the good datagram behind the flood arrives
+        assert len(errors) == 1 and "UnicodeDecodeError" in errors[0]
     finally:
         sender.close()
         listener.close()

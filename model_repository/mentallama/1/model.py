@@ -54,7 +54,14 @@ from mentallama_server.models.front import (
     is_stop_request,
     parse_front_batch,
 )
-from mentallama_server.models.front_call import EngineChunk, FrontCall, FrontCalls, Reply, TextDecoding
+from mentallama_server.models.front_call import (
+    EngineChunk,
+    FrontCall,
+    FrontCalls,
+    Reply,
+    TextDecoding,
+    client_request_id,
+)
 from mentallama_server.models.preprocess import Limits, Preprocessor, RequestError
 from mentallama_server.models.stop_channel import StopSender, socket_path
 from mentallama_server.models.text_tokenizer import load_tokenizer
@@ -125,24 +132,43 @@ class TritonPythonModel:
 
     def _intake(self):
         while (requests := self.inbox.get()) is not None:
-            with self.pb_lock:
-                self._accept(requests)
+            for request in requests:
+                with self.pb_lock:
+                    self._accept_safely(request)
             del requests  # not held until the next request comes: a large one's memory is returned now
 
-    def _accept(self, requests):
-        for request in requests:
+    def _accept_safely(self, request):
+        """Accept one request; whatever goes wrong is that request's error. The intake thread must never
+        end: a request id that was not UTF-8 once raised here, and every later request then waited forever
+        while the server still reported ready (issue 18, finding 1)."""
+        try:
             channel = _Channel(request.get_response_sender())
-            try:
-                inputs = {name: _input(request, name) for name in self.input_names}
-                if is_stop_request(inputs):
-                    self._stop_calls(request.request_id(), channel)
-                    continue
-                fronts = parse_front_batch(inputs, self.preprocessor)  # one per prompt of [N, 1]
-            except RequestError as exc:
-                channel.send(Reply.failure(str(exc), "INVALID_ARG"))
-                continue
-            for call in self.calls.open(request.request_id(), fronts, channel):
-                threading.Thread(target=self._run, args=(call,), name="front-call", daemon=True).start()
+        except Exception as exc:
+            pb_utils.Logger.log_error(f"front intake: no response sender ({type(exc).__name__})")
+            return
+        try:
+            self._accept(request, channel)
+        except RequestError as exc:
+            self._refuse(channel, str(exc), "INVALID_ARG")
+        except Exception as exc:
+            pb_utils.Logger.log_error(f"front intake: {type(exc).__name__}: {exc}")
+            self._refuse(channel, f"request refused: {type(exc).__name__}: {exc}", "INTERNAL")
+
+    def _refuse(self, channel: _Channel, message: str, code: str) -> None:
+        try:
+            channel.send(Reply.failure(message, code))
+        except Exception as exc:  # the client is gone or Triton refused the response: nothing left to tell
+            pb_utils.Logger.log_error(f"front intake: could not send an error ({type(exc).__name__})")
+
+    def _accept(self, request, channel: _Channel):
+        request_id = client_request_id(request.request_id)
+        inputs = {name: _input(request, name) for name in self.input_names}
+        if is_stop_request(inputs):
+            self._stop_calls(request_id, channel)
+            return
+        fronts = parse_front_batch(inputs, self.preprocessor)  # one per prompt of [N, 1]
+        for call in self.calls.open(request_id, fronts, channel):
+            threading.Thread(target=self._run, args=(call,), name="front-call", daemon=True).start()
 
     def _stop_calls(self, request_id: str, channel: _Channel) -> None:
         """Answer a `stop` request: end the running calls of the request with the same id (their clients get

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
@@ -34,6 +34,20 @@ from mentallama_server.models.preprocess import RequestError
 
 ErrorCode = Literal["INTERNAL", "INVALID_ARG", "UNAVAILABLE"]
 OVERLOADED = "server overloaded"
+# Longer ids are refused: an engine request id (`<id>#<32 hex>`) must fit one stop datagram (stop_channel).
+MAX_REQUEST_ID_CHARS = 256
+
+
+def client_request_id(read_id: Callable[[], str]) -> str:
+    """The request's id, read with `read_id` (`pb_utils`' `request.request_id`): the Python backend decodes the
+    id as UTF-8 and raises on anything else, which a client can send (issue 18, finding 1)."""
+    try:
+        request_id = read_id()
+    except UnicodeDecodeError:
+        raise RequestError("the request id is not valid UTF-8") from None
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise RequestError(f"the request id is {len(request_id)} characters long; the limit is {MAX_REQUEST_ID_CHARS}")
+    return request_id
 
 
 @dataclass(frozen=True)
@@ -162,9 +176,12 @@ class FrontCall:
     went away or a `stop` came (the engine request is stopped, the client gets a bare final flag); `done`: the
     client's final reply went out; `stalled`: the watcher ended it while its thread waited on the engine."""
 
-    def __init__(self, front: FrontRequest, engine_id: str, sender: Channel, decoding: TextDecoding) -> None:
+    def __init__(
+        self, front: FrontRequest, request_id: str, sender: Channel, decoding: TextDecoding, engine_id: str = ""
+    ) -> None:
         self.front = front
-        self.engine_id = engine_id
+        self.request_id = request_id  # the client's
+        self.engine_id = engine_id or f"{request_id}#{uuid.uuid4().hex}"  # unique: one per prompt
         self.sender = sender
         self.decoding = decoding
         self.detokenizer: IncrementalDetokenizer | None = None  # set when the engine request is issued
@@ -301,7 +318,7 @@ class FrontCalls:
         sender: Channel = BatchSender(channel, len(fronts)) if len(fronts) > 1 else channel
         calls = []
         for front in fronts:
-            call = FrontCall(front, f"{request_id}#{uuid.uuid4().hex}", sender, self.decoding)
+            call = FrontCall(front, request_id, sender, self.decoding)
             with self.lock:
                 busy = len(self.calls) >= self.max_calls
                 if not busy:
@@ -314,14 +331,13 @@ class FrontCalls:
         return calls
 
     def stop(self, request_id: str) -> list[FrontCall]:
-        """A `stop` request: cancel the running calls of the request with the same id; returns those whose
-        engine request has yet to be stopped. Stopping a request that already ended, or is unknown, is not an
-        error: the two can cross on the wire."""
+        """A `stop` request: cancel the running calls of the request with exactly the same id (`user7` does not
+        stop `user7#job3`); returns those whose engine request has yet to be stopped. Stopping a request that
+        already ended, or is unknown, is not an error: the two can cross on the wire."""
         if not request_id:
             raise RequestError("stop: give the request id of the request to stop")
-        prefix = f"{request_id}#"
         with self.lock:
-            calls = [call for engine_id, call in self.calls.items() if engine_id.startswith(prefix)]
+            calls = [call for call in self.calls.values() if call.request_id == request_id]
         return [call for call in calls if call.cancel()]
 
     def snapshot(self) -> list[FrontCall]:

@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 SOCKET_NAME = "stop.sock"
 MAX_PATH_BYTES = 107  # sun_path holds 108 bytes with its terminating NUL
 MAX_ID_BYTES = 1024
+ERROR_LOG_INTERVAL_S = 10.0  # a flood of bad datagrams logged 37k lines in 5 s (issue 18, finding 8)
 
 
 def socket_path(engine_model_dir: str | Path) -> Path:
@@ -45,6 +47,8 @@ class StopListener:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
         self._on_stop, self._on_error = on_stop, on_error
+        self._errors = 0
+        self._next_error_log = 0.0
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="stop-listener", daemon=True)
         self._thread.start()
@@ -60,7 +64,11 @@ class StopListener:
             try:
                 self._on_stop(data.decode("utf-8"))
             except Exception as exc:  # the listener must survive a bad datagram or a failed stop
-                self._on_error(f"stop listener: {type(exc).__name__}: {exc}")
+                self._errors += 1
+                now = time.monotonic()
+                if now >= self._next_error_log:  # at most one line per interval, however many datagrams
+                    self._next_error_log = now + ERROR_LOG_INTERVAL_S
+                    self._on_error(f"stop listener: {type(exc).__name__}: {exc} ({self._errors} error(s) so far)")
 
     def close(self) -> None:
         self._closed.set()

@@ -144,7 +144,10 @@ class TritonPythonModel:
     def _refuse(self, request, exc):
         pb_utils.Logger.log_error(f"engine step intake: {type(exc).__name__}: {exc}")
         error = pb_utils.TritonError(f"engine step failed: {exc}", pb_utils.TritonError.INTERNAL)
-        request.get_response_sender().send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+        try:
+            request.get_response_sender().send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+        except Exception as send_exc:  # the intake must survive even a request it cannot answer
+            pb_utils.Logger.log_error(f"engine step intake: could not send an error ({type(send_exc).__name__})")
 
     def _submit(self, request):
         inputs = {}
