@@ -1,0 +1,3 @@
+from mentallama_server.front_door.server import main
+
+main()

@@ -1,0 +1,325 @@
+"""The public HTTP endpoint: KServe v2 health, metadata and Triton's `generate` / `generate_stream`, on FastAPI.
+
+Generation goes through the same upstream pool as gRPC (Triton's own HTTP frontend is not used for it); a
+client that disconnects stops its request in band. The entry models are decoupled, so `infer` is answered as
+Triton answers it (501). Admin APIs are served on the gRPC port only (with the admin key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from tritonclient.grpc import service_pb2
+
+from mentallama_server.front_door.admission import Admission, Refused, Ticket
+from mentallama_server.front_door.config import ENTRY_MODELS, FrontDoorConfig
+from mentallama_server.front_door.tensors import generate_request, is_stop, load_json, response_json
+from mentallama_server.front_door.upstream import Delivery, UpstreamPool
+
+# curl's default for `-d`, which upstream's own README examples use against `generate`: the body is still JSON.
+JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def status_of(message: str) -> int:
+    """HTTP status of an error the upstream stream reported (a stream carries only the message)."""
+    lowered = message.lower()
+    if lowered.startswith("server overloaded") or "not reachable" in lowered or "closed the stream" in lowered:
+        return 503
+    if "unknown model" in lowered:
+        return 404
+    if lowered.startswith("generation failed") or "engine failed" in lowered or "engine step failed" in lowered:
+        return 500
+    return 400
+
+
+def error_response(message: str, status: int) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class HttpFront:
+    def __init__(self, config: FrontDoorConfig, pool: UpstreamPool, admission: Admission) -> None:
+        self.config, self.pool, self.admission = config, pool, admission
+        self._inputs: dict[str, dict[str, tuple[str, list[int]]]] = {}
+        self.drains: set[asyncio.Task] = set()
+
+    # --- who is calling, what they sent -----------------------------------------------------------------------
+    def client(self, request: Request) -> str:
+        key = None
+        bearer = request.headers.get("authorization", "")
+        if bearer.lower().startswith("bearer "):
+            key = bearer[7:].strip()
+        key = key or request.headers.get("x-api-key")
+        if self.config.api_keys:
+            if key is None or not any(hmac.compare_digest(key, k) for k in self.config.api_keys):
+                raise Refused("a valid API key is required (Authorization: Bearer <key>)", 401, "UNAUTHENTICATED")
+            return Admission.client_of("", key)
+        peer = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
+        return Admission.client_of(peer, None)
+
+    async def body(self, request: Request) -> dict[str, Any]:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type and content_type not in JSON_TYPES:
+            raise Refused(f"the request body must be JSON (Content-Type: application/json), not {content_type}", 415)
+        limit = self.config.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise Refused(f"the request body is {declared} bytes; the limit is {limit}", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Refused(f"the request body is over the limit of {limit} bytes", 413)
+            chunks.append(chunk)
+        return load_json(b"".join(chunks), self.config.max_json_depth)
+
+    async def inputs_of(self, model: str) -> dict[str, tuple[str, list[int]]]:
+        if model not in self._inputs:
+            try:
+                metadata = await self.pool.unary("ModelMetadata", service_pb2.ModelMetadataRequest(name=model))
+            except grpc.aio.AioRpcError as exc:
+                raise Refused(f"the model is not available: {exc.details()}", 503, "UNAVAILABLE") from None
+            self._inputs[model] = {t.name: (t.datatype, list(t.shape)[1:]) for t in metadata.inputs}
+        return self._inputs[model]
+
+    # --- generation -------------------------------------------------------------------------------------------
+    async def generate(self, model: str, request: Request, stream: bool) -> Response:
+        try:
+            client = self.client(request)
+            if model not in ENTRY_MODELS:
+                raise Refused(f"Request for unknown model: '{model}' is not found", 404)
+            body = await self.body(request)
+            if not stream and body.get("stream") is True:
+                raise Refused("stream: `generate` answers with one response; use `generate_stream` to stream")
+            upstream = generate_request(model, body, await self.inputs_of(model))
+            client_id = upstream.id
+            if is_stop(upstream):
+                return await self._stop(client, upstream)
+            ticket = self.admission.admit(client, client_id, model)
+        except Refused as refusal:
+            return error_response(refusal.message, refusal.status)
+        upstream.id = ticket.upstream_id
+        try:
+            queue = self.pool.submit(upstream)
+        except Refused as refusal:
+            self.admission.release(ticket)
+            return error_response(refusal.message, refusal.status)
+        if stream:
+            return await self._stream(request, ticket, queue)
+        return await self._single(request, ticket, queue)
+
+    async def _stop(self, client: str, upstream: service_pb2.ModelInferRequest) -> Response:
+        if not upstream.id:
+            raise Refused("stop: give the request id (`id`) of the request to stop")
+        ticket = self.admission.admit(client, upstream.id, upstream.model_name, track=False)
+        try:
+            await asyncio.gather(*(self.pool.stop(t) for t in self.admission.to_stop(client, upstream.id)))
+        finally:
+            self.admission.release(ticket)
+        return JSONResponse({"id": upstream.id, "model_name": upstream.model_name, "stopped": True})
+
+    async def _next(self, request: Request, queue: asyncio.Queue[Delivery]) -> Delivery | None:
+        """The next upstream response, or None when the client disconnected first."""
+        get = asyncio.ensure_future(queue.get())
+        gone = asyncio.ensure_future(_disconnected(request))
+        done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if get in done:
+            return get.result()
+        get.cancel()
+        return None
+
+    def _abandon(self, ticket: Ticket, queue: asyncio.Queue[Delivery]) -> None:
+        """The client is gone: stop its request in band and drain the rest, then let the request go."""
+        self.pool.stop_later(ticket)
+
+        async def drain() -> None:
+            try:
+                while not (await queue.get())[1]:
+                    pass
+            finally:
+                self.admission.release(ticket)
+
+        task = asyncio.create_task(drain())
+        self.drains.add(task)
+        task.add_done_callback(self.drains.discard)
+
+    async def _single(self, request: Request, ticket: Ticket, queue: asyncio.Queue[Delivery]) -> Response:
+        replies = []
+        while True:
+            delivery = await self._next(request, queue)
+            if delivery is None:
+                self._abandon(ticket, queue)
+                return Response(status_code=499)
+            message, final = delivery
+            if message.error_message:
+                self.admission.release(ticket)
+                return error_response(message.error_message, status_of(message.error_message))
+            if len(message.infer_response.outputs):
+                replies.append(message.infer_response)
+            if final:
+                break
+        self.admission.release(ticket)
+        if len(replies) != 1:
+            return error_response(
+                f"generate expects the model to produce exactly 1 response, it produced {len(replies)}; "
+                "use generate_stream for requests with several responses (several prompts or streaming)",
+                400,
+            )
+        return Response(_dumps(response_json(replies[0], ticket.client_id)), media_type="application/json")
+
+    async def _stream(self, request: Request, ticket: Ticket, queue: asyncio.Queue[Delivery]) -> Response:
+        first = await self._next(request, queue)
+        if first is None:
+            self._abandon(ticket, queue)
+            return Response(status_code=499)
+        message, final = first
+        if message.error_message:  # refused before anything was generated: a status says so, as Triton does
+            self.admission.release(ticket)
+            event = f"data: {_dumps({'error': message.error_message})}\n\n"
+            return Response(event, status_code=status_of(message.error_message), media_type="text/event-stream")
+
+        async def events() -> AsyncIterator[str]:
+            delivery: Delivery | None = first
+            done = False
+            try:
+                while delivery is not None:
+                    message, final = delivery
+                    if message.error_message:
+                        yield f"data: {_dumps({'error': message.error_message})}\n\n"
+                    elif len(message.infer_response.outputs):
+                        yield f"data: {_dumps(response_json(message.infer_response, ticket.client_id))}\n\n"
+                    if final:
+                        done = True
+                        return
+                    delivery = await queue.get()
+            finally:
+                if done:
+                    self.admission.release(ticket)
+                else:  # the client disconnected (Starlette cancelled this generator)
+                    self._abandon(ticket, queue)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    # --- health and metadata ----------------------------------------------------------------------------------
+    async def health(self, what: str) -> Response:
+        method, request = (
+            ("ServerLive", service_pb2.ServerLiveRequest())
+            if what == "live"
+            else ("ServerReady", service_pb2.ServerReadyRequest())
+        )
+        try:
+            reply = await self.pool.unary(method, request, timeout=5)
+        except grpc.aio.AioRpcError:
+            return Response(status_code=503)
+        return Response(status_code=200 if getattr(reply, what) else 503)
+
+    async def metadata(self, model: str, request: Request) -> Response:
+        try:
+            self.client(request)
+            if model not in ENTRY_MODELS:
+                raise Refused(f"Request for unknown model: '{model}' is not found", 404)
+            reply = await self.pool.unary("ModelMetadata", service_pb2.ModelMetadataRequest(name=model))
+        except Refused as refusal:
+            return error_response(refusal.message, refusal.status)
+        except grpc.aio.AioRpcError as exc:
+            return error_response(exc.details() or "metadata unavailable", 503)
+
+        def tensors(items) -> list[dict[str, Any]]:
+            return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
+
+        return JSONResponse({
+            "name": reply.name, "versions": list(reply.versions), "platform": reply.platform,
+            "inputs": tensors(reply.inputs), "outputs": tensors(reply.outputs),
+        })  # fmt: skip
+
+    async def model_ready(self, model: str, request: Request) -> Response:
+        try:
+            self.client(request)
+        except Refused as refusal:
+            return error_response(refusal.message, refusal.status)
+        if model not in ENTRY_MODELS:
+            return error_response(f"Request for unknown model: '{model}' is not found", 404)
+        try:
+            reply = await self.pool.unary("ModelReady", service_pb2.ModelReadyRequest(name=model), timeout=5)
+        except grpc.aio.AioRpcError:
+            return Response(status_code=503)
+        return Response(status_code=200 if reply.ready else 400)
+
+    async def server_metadata(self, request: Request) -> Response:
+        try:
+            self.client(request)
+            reply = await self.pool.unary("ServerMetadata", service_pb2.ServerMetadataRequest(), timeout=5)
+        except Refused as refusal:
+            return error_response(refusal.message, refusal.status)
+        except grpc.aio.AioRpcError as exc:
+            return error_response(exc.details() or "unavailable", 503)
+        return JSONResponse({"name": reply.name, "version": reply.version, "extensions": list(reply.extensions)})
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body was read already, so `receive` waits for that alone)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def build_app(front: HttpFront) -> FastAPI:
+    app = FastAPI(title="MentaLLaMA front door", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        return await front.health("live")
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        return await front.health("ready")
+
+    @app.get("/v2")
+    async def server_metadata(request: Request) -> Response:
+        return await front.server_metadata(request)
+
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+
+        @app.get(prefix)
+        async def model_metadata(model: str, request: Request) -> Response:
+            return await front.metadata(model, request)
+
+        @app.get(prefix + "/ready")
+        async def model_ready(model: str, request: Request) -> Response:
+            return await front.model_ready(model, request)
+
+        @app.post(prefix + "/generate")
+        async def generate(model: str, request: Request) -> Response:
+            return await front.generate(model, request, stream=False)
+
+        @app.post(prefix + "/generate_stream")
+        async def generate_stream(model: str, request: Request) -> Response:
+            return await front.generate(model, request, stream=True)
+
+        @app.post(prefix + "/infer")
+        async def infer(model: str) -> Response:
+            if model in ENTRY_MODELS:
+                return error_response("HTTP end point doesn't support models with decoupled transaction policy", 501)
+            return error_response(f"Request for unknown model: '{model}' is not found", 404)
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    async def other(path: str) -> Response:
+        return error_response(f"/{path} is not served here (admin APIs: gRPC with the admin key)", 404)
+
+    with contextlib.suppress(Exception):
+        app.router.redirect_slashes = False
+    return app
