@@ -67,6 +67,15 @@ class ServerOptions:
     stall_timeout_s: float = 60.0
     """A model with requests waiting and none executed for this long makes the server unhealthy (see
     `stall_watch`); 0 turns the check off."""
+    front_door: bool = True
+    """Serve the public ports through the front door (`mentallama_server.front_door`), tritonserver on loopback
+    ports of its own. False (`--direct`): tritonserver on the public ports, unsafe for untrusted clients."""
+    api_keys: tuple[str, ...] = ()
+    """API keys the front door accepts; none: no authentication."""
+    front_door_limits: dict[str, int] = field(default_factory=dict)
+    """`FrontDoorConfig` limits given as flags (max_in_flight, max_in_flight_per_client, max_request_bytes)."""
+    metrics_host: str | None = None
+    """Address of the metrics page; None: `host`."""
 
     @classmethod
     def on_free_ports(cls, host: str = "127.0.0.1", **changes: Any) -> ServerOptions:
@@ -85,13 +94,22 @@ class ServerOptions:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
+        host = self.metrics_host or self.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{host}:{self.metrics_port}/metrics"
 
 
 SHM_DIR = Path("/dev/shm")
 # tritonserver and its stubs create files (the Python backend's /dev/shm regions: every tensor passing
 # between tritonserver and a Python model, i.e. the posts) for the server's user only.
 PRIVATE_UMASK = 0o077
+
+
+def open_private_log(path: Path):
+    """A log for appending, readable by the server's user only: logs name request ids and model errors."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.chmod(path, 0o600)  # an existing log keeps its old mode otherwise
+    return os.fdopen(fd, "ab")
 
 
 def make_shm_regions_private(prefix: str) -> list[Path]:
@@ -155,7 +173,7 @@ def endpoint_args(opts: ServerOptions) -> list[str]:
         f"--http-address={opts.host}",
         "--allow-metrics=true",
         "--allow-gpu-metrics=false",
-        f"--metrics-address={opts.host}",
+        f"--metrics-address={opts.metrics_host or opts.host}",
         *shm_pool_args(opts),
         *tls_args(opts),
         *admin_args(opts),
@@ -246,7 +264,10 @@ def bundled_server(repository: Path, run_dir: Path, opts: ServerOptions) -> tupl
 
 def check_ports(opts: ServerOptions) -> None:
     ports = (("grpc", opts.grpc_port), ("http", opts.http_port if opts.http else None), ("metrics", opts.metrics_port))
-    taken = [(name, port) for name, port in ports if port is not None and not port_free(opts.host, port)]
+    hosts = {"metrics": opts.metrics_host or opts.host}
+    taken = [
+        (name, port) for name, port in ports if port is not None and not port_free(hosts.get(name, opts.host), port)
+    ]
     if taken:  # all of them at once, not one per attempt
         used = "; ".join(f"{name} port {port} on {opts.host} is already in use" for name, port in taken)
         flags = " / ".join(f"--{name}-port" for name, _ in taken)
@@ -267,7 +288,7 @@ class TritonProcess:
         self._stall_watch = StallWatch(opts.stall_timeout_s)
         self._next_progress_read = 0.0
         self._stalled: list[str] = []
-        self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
+        self._log = open_private_log(self.log_path)
         self.proc = subprocess.Popen(
             argv,
             stdout=self._log,

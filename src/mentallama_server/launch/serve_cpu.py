@@ -117,7 +117,7 @@ def new_run_dir() -> Path:
     while run.exists():
         suffix += 1
         run = RUNS / f"{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
-    run.mkdir(parents=True)
+    run.mkdir(parents=True, mode=0o700)  # the rendered configs, logs and the front door's keys
     return run
 
 

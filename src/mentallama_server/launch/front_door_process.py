@@ -1,0 +1,154 @@
+"""Start, watch and stop the front door (`mentallama_server.front_door`) in front of a started tritonserver.
+
+The launcher gives tritonserver loopback ports of its own (`upstream_options`) and the front door the public
+ones; the front door's settings travel in a 0600 file in the run folder, so API keys never appear in `ps`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+from mentallama_server.front_door.config import FrontDoorConfig
+from mentallama_server.launch.launcher import (
+    PRIVATE_UMASK,
+    LaunchError,
+    ServerOptions,
+    check_ports,
+    free_ports,
+    open_private_log,
+)
+
+UPSTREAM_HOST = "127.0.0.1"
+
+
+def upstream_options(public: ServerOptions) -> ServerOptions:
+    """tritonserver's options behind the front door: gRPC and HTTP on free loopback ports, no TLS (the front
+    door terminates it); the metrics page stays where it was asked for (Prometheus scrapes it)."""
+    grpc_port, http_port = free_ports(2, UPSTREAM_HOST)
+    return replace(
+        public, host=UPSTREAM_HOST, grpc_port=grpc_port, http_port=http_port, http=True,
+        metrics_host=public.metrics_host or public.host, tls_cert=None, tls_key=None, tls_ca=None,
+        plaintext_http=False,
+    )  # fmt: skip
+
+
+def front_door_config(public: ServerOptions, upstream: ServerOptions) -> FrontDoorConfig:
+    config = FrontDoorConfig(
+        upstream_grpc=upstream.grpc_url,
+        host=public.host,
+        grpc_port=public.grpc_port,
+        http_port=public.http_port if public.http else None,
+        tls_cert=None if public.tls_cert is None else str(public.tls_cert),
+        tls_key=None if public.tls_key is None else str(public.tls_key),
+        tls_ca=None if public.tls_ca is None else str(public.tls_ca),
+        api_keys=list(public.api_keys),
+        admin_key=public.admin_key,
+    )
+    for name, value in public.front_door_limits.items():
+        setattr(config, name, value)
+    return config
+
+
+class FrontDoorProcess:
+    """The running front door; `stop()` ends it (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, config: FrontDoorConfig, run_dir: Path) -> None:
+        self.config = config
+        self.log_path = Path(run_dir) / "front_door.log"
+        config_path = config.save(Path(run_dir) / "front_door.json")
+        self._log = open_private_log(self.log_path)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mentallama_server.front_door", str(config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            umask=PRIVATE_UMASK,
+        )
+
+    @classmethod
+    def start(
+        cls, public: ServerOptions, upstream: ServerOptions, run_dir: Path, timeout_s: float = 60
+    ) -> FrontDoorProcess:
+        check_ports(replace(public, metrics_port=None))
+        front = cls(front_door_config(public, upstream), run_dir)
+        try:
+            front.wait_ready(timeout_s)
+        except BaseException:
+            front.stop()
+            raise
+        return front
+
+    def _listening(self, port: int) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((self.connect_host, port), timeout=1):
+            return True
+        return False
+
+    @property
+    def connect_host(self) -> str:
+        return "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        ports = [self.config.grpc_port] + ([self.config.http_port] if self.config.http_port else [])
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LaunchError(f"the front door exited with code {self.proc.returncode}:\n{self.log_tail()}")
+            if all(self._listening(port) for port in ports):
+                return
+            time.sleep(0.2)
+        raise LaunchError(f"the front door did not listen within {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def problem(self) -> str | None:
+        code = self.proc.poll()
+        return None if code is None else f"the front door exited with code {code}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, grace_s: float = 8) -> int:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> FrontDoorProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def health_url(front: FrontDoorProcess) -> str | None:
+    if not front.config.http_port or front.config.tls:
+        return None
+    return f"http://{front.connect_host}:{front.config.http_port}/v2/health/live"
+
+
+def is_live(front: FrontDoorProcess) -> bool:
+    url = health_url(front)
+    if url is None:
+        return front.proc.poll() is None
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own server
+            return response.status == 200
+    except OSError:
+        return False
