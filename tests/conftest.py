@@ -44,10 +44,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @dataclass(frozen=True)
 class RunningServer(ServerUrls):
+    """`opts`: the public endpoints clients use (the front door's); `triton`: tritonserver's own (loopback)."""
+
     opts: ServerOptions
     checkpoint: Path
     run_dir: Path
     log_path: Path
+    triton: ServerOptions
+    front_door_log: Path | None = None
 
 
 @pytest.fixture(scope="session")
@@ -67,16 +71,27 @@ def tiny_engine(tiny_checkpoint: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def cpu_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """A real tritonserver on loopback, free ports, CPU profile with the tiny checkpoint."""
+    """A real tritonserver (CPU profile, tiny checkpoint) behind the real front door, as `mentallama-serve`
+    starts them, on free loopback ports: every client test goes through the front door. With
+    MENTALLAMA_TEST_DIRECT=1 the clients reach tritonserver itself (`--direct`), to compare."""
     from mentallama_server.launch.cpu_profile import CpuSettings
+    from mentallama_server.launch.front_door_process import FrontDoorProcess, upstream_options
     from mentallama_server.launch.serve_cpu import start_cpu_server
 
-    opts = loopback_options()
+    public = loopback_options()
+    direct = os.environ.get("MENTALLAMA_TEST_DIRECT") == "1"
+    triton = public if direct else upstream_options(public)
     run_dir = tmp_path_factory.mktemp("triton-run")
     # A small cache and short limits keep the suite fast and make limit errors easy to reach.
     settings = CpuSettings(max_input_len=1024, max_output_len=1024, cache_num_blocks=256)
-    server = start_cpu_server(str(tiny_checkpoint), settings, opts, run_dir)
+    server = start_cpu_server(str(tiny_checkpoint), settings, triton, run_dir)
+    front = None
     try:
-        yield RunningServer(opts, tiny_checkpoint, run_dir, server.log_path)
+        if not direct:
+            front = FrontDoorProcess.start(public, triton, run_dir)
+        yield RunningServer(public, tiny_checkpoint, run_dir, server.log_path, triton,
+                            None if front is None else front.log_path)  # fmt: skip
     finally:
+        if front is not None:
+            front.stop()
         server.stop()

@@ -155,7 +155,8 @@ def test_max_tokens_end_id_and_exclude_input(cpu_server, tiny_tokenizer, model):
 
 
 def engine_output_ids(url: str, prompt_ids: list[int], max_tokens: int, **extra) -> list[int]:
-    """Call the `tensorrt_llm` engine step directly (TensorRT-LLM's tensor interface)."""
+    """Call the `tensorrt_llm` engine step directly (TensorRT-LLM's tensor interface); `url`: tritonserver's own,
+    as the front door does not let clients reach internal models."""
     inputs = make_inputs(
         None,
         None,
@@ -173,17 +174,17 @@ def engine_output_ids(url: str, prompt_ids: list[int], max_tokens: int, **extra)
 
 def test_engine_step_stop_words_list(cpu_server, tiny_tokenizer):
     prompt_ids = tiny_tokenizer.encode(PROMPTS[0])
-    full = engine_output_ids(cpu_server.grpc_url, prompt_ids, 32)
+    full = engine_output_ids(cpu_server.triton.grpc_url, prompt_ids, 32)
     stop = full[4:6]
     words = np.array([[stop, [len(stop), -1]]], dtype=np.int32)  # TensorRT-LLM word-list format
-    cut = engine_output_ids(cpu_server.grpc_url, prompt_ids, 32, stop_words_list=words)
+    cut = engine_output_ids(cpu_server.triton.grpc_url, prompt_ids, 32, stop_words_list=words)
     assert cut == full[:6]  # TensorRT-LLM keeps the stop word in the output
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_stop_words_end_generation(cpu_server, tiny_tokenizer, model):
     prompt_ids = tiny_tokenizer.encode(PROMPTS[0])
-    full_ids = engine_output_ids(cpu_server.grpc_url, prompt_ids, 32)
+    full_ids = engine_output_ids(cpu_server.triton.grpc_url, prompt_ids, 32)
     # A stop word is tokenised on its own, so pick a generated token that is a whole word by itself.
     position, word = next(
         (i, tiny_tokenizer.decode([t]).strip())
