@@ -387,6 +387,7 @@ def test_stats_report_the_cache_and_counters(cpu_engine: OpenVinoEngine, engine_
     after = wait_idle(cpu_engine)
     assert after.cache_blocks_total == engine_kwargs["num_kv_blocks"]
     assert after.tokens_generated == before.tokens_generated + 7
+    assert after.tokens_produced == before.tokens_produced + 7  # counted as produced, the liveness signal
     assert after.requests_finished.get("length", 0) == before.requests_finished.get("length", 0) + 1
 
 

@@ -82,11 +82,19 @@ def _input(request, name: str):
     return None if tensor is None else tensor.as_numpy()
 
 
+class _Tally:
+    """Responses sent to clients, counted under `pb_lock` (the channels' senders hold it)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class _Channel:
     """A client's response sender. Callers hold the model's `pb_lock`, as for every `pb_utils` call."""
 
-    def __init__(self, sender) -> None:
+    def __init__(self, sender, tally: _Tally) -> None:
         self.sender = sender
+        self.tally = tally
 
     def send(self, reply: Reply) -> None:
         flags = FINAL if reply.final else 0
@@ -98,6 +106,7 @@ class _Channel:
             self.sender.send(pb_utils.InferenceResponse(tensors), flags=flags)
         else:
             self.sender.send(flags=flags)
+        self.tally.count += 1
 
     def is_cancelled(self) -> bool:
         return self.sender.is_cancelled()
@@ -117,11 +126,24 @@ class TritonPythonModel:
         self.stop_sender = StopSender(socket_path(Path(args.get("model_repository", "")).parent / "tensorrt_llm"))
         self.engine_outputs = ENGINE_OUTPUTS + ([ENGINE_ERROR_OUTPUT] if self.errors_in_band else [])
         self.pb_lock = threading.RLock()
+        self._init_metrics()
         self.stopping = threading.Event()
         self.retired: collections.deque[tuple[float, object]] = collections.deque()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._intake, name="request-intake", daemon=True).start()
         threading.Thread(target=self._watch, name="cancel-watcher", daemon=True).start()
+
+    def _init_metrics(self):
+        # A counter of responses sent to clients: the launcher's sign of a busy, not wedged, server
+        # (launch/stall_watch.py). Published by the watcher under pb_lock, so a stub blocked in `send` stops it.
+        self.tally = _Tally()
+        self.responses_published = 0
+        self.responses_family = pb_utils.MetricFamily(
+            name="mentallama_front_responses_total",
+            description="Responses the mentallama front model sent to its clients",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.metric_responses = self.responses_family.Metric(labels={})
 
     def execute(self, requests):
         # Handed to the intake thread, never waiting on pb_lock here: Triton waits for execute to return
@@ -142,7 +164,7 @@ class TritonPythonModel:
         end: a request id that was not UTF-8 once raised here, and every later request then waited forever
         while the server still reported ready (issue 18, finding 1)."""
         try:
-            channel = _Channel(request.get_response_sender())
+            channel = _Channel(request.get_response_sender(), self.tally)
         except Exception as exc:
             pb_utils.Logger.log_error(f"front intake: no response sender ({type(exc).__name__})")
             return
@@ -275,6 +297,7 @@ class TritonPythonModel:
 
     def _watch_once(self):
         self._release_retired()
+        self._publish_progress()
         calls = self.calls.snapshot()
         now = time.monotonic()
         for call in calls:
@@ -285,6 +308,13 @@ class TritonPythonModel:
                 newly = call.cancel_if_client_gone()
             if newly:
                 self._stop_engine(call.engine_id)
+
+    def _publish_progress(self):
+        with self.pb_lock:
+            sent = self.tally.count
+            if sent > self.responses_published:
+                self.metric_responses.increment(sent - self.responses_published)
+                self.responses_published = sent
 
     def _end_stalled(self, call: FrontCall):
         """Answer a call whose engine went silent (a lost engine error, see the module docstring)."""

@@ -149,6 +149,7 @@ class OpenVinoEngine:
         self._threads: list[threading.Thread] = []
         self._metrics = (0, 0, 0.0)  # requests, scheduled, cache usage %
         self._tokens_generated = 0
+        self._tokens_produced = 0  # written by the generation thread only
         self._finished: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -221,6 +222,7 @@ class OpenVinoEngine:
             unfinished = len(self._tracked)
             finished = dict(self._finished)
             generated = self._tokens_generated
+            produced = self._tokens_produced
         total = self.scheduler["num_kv_blocks"]
         return EngineStats(
             active_requests=scheduled,
@@ -231,6 +233,7 @@ class OpenVinoEngine:
             cache_blocks_total=total,
             tokens_generated=generated,
             requests_finished=finished,
+            tokens_produced=produced,
         )
 
     # -- generation thread -----------------------------------------------------------------------------
@@ -357,6 +360,7 @@ class OpenVinoEngine:
         request = tracked.request
         for i, token in enumerate(ids):
             tracked.output.append(token)
+            self._tokens_produced += 1
             if request.return_log_probs and i < len(log_probs):
                 tracked.log_probs.append(float(log_probs[i]))
             if len(tracked.output) >= request.min_new_tokens and _ends_with_any(tracked.output, request.stop_words):

@@ -94,6 +94,9 @@ class EngineStats:
     """Output tokens delivered since start."""
     requests_finished: dict[str, int] = field(default_factory=dict)
     """Finished requests by finish reason."""
+    tokens_produced: int = 0
+    """Output tokens produced since start, counted at each step (running requests too): moves while the engine
+    works, which tells a busy server from a wedged one (`launch/stall_watch.py`)."""
 
 
 def is_greedy(request: GenerationRequest) -> bool:

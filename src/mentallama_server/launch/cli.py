@@ -12,7 +12,9 @@ from typing import Annotated
 import typer
 
 from mentallama.cli.options import OptionGroup, PanelledCommand, flag, with_option_groups
+from mentallama_server.front_door.config import FrontDoorConfig, read_api_keys
 from mentallama_server.launch.cpu_profile import CpuSettings
+from mentallama_server.launch.front_door_process import FrontDoorProcess, upstream_options
 from mentallama_server.launch.launcher import LaunchError, ServerOptions, TritonProcess, read_admin_key
 from mentallama_server.launch.render import RenderError
 from mentallama_server.launch.serve_cpu import CheckpointError, CpuLaunch
@@ -40,7 +42,7 @@ PROFILES = ("cpu", "trtllm")
 class Endpoints:
     """Where the server listens: the `ServerOptions` fields that are flags (defaults taken from it)."""
 
-    host: str = flag(ServerOptions.host, "address to bind; keep 127.0.0.1 unless a proxy fronts it")
+    host: str = flag(ServerOptions.host, "address the public ports bind (the front door's); 0.0.0.0 for all")
     grpc_port: int = flag(ServerOptions.grpc_port, "gRPC port (the SDK, the CLIs and TensorRT-LLM's clients)")
     http_port: int = flag(ServerOptions.http_port, "HTTP/REST port (health, generate, generate_stream)")
     metrics_port: int = flag(ServerOptions.metrics_port, "Prometheus metrics port (/metrics)")
@@ -48,13 +50,21 @@ class Endpoints:
     shm_pool_mib: int = flag(
         ServerOptions.shm_pool_mib, "shared-memory pool per Python model instance in /dev/shm, MiB (see README)"
     )
+    direct: bool = flag(
+        False, "no front door: tritonserver itself on the public ports (debugging only; unsafe for untrusted clients)"
+    )
+    max_in_flight: int = flag(FrontDoorConfig.max_in_flight, "front door: requests in flight in all (then 503)")
+    max_in_flight_per_client: int = flag(
+        FrontDoorConfig.max_in_flight_per_client, "front door: requests in flight per client connection or API key"
+    )
+    max_request_bytes: int = flag(FrontDoorConfig.max_request_bytes, "front door: largest request, bytes (then 413)")
 
 
 @dataclass
 class Security:
     """TLS and the admin APIs' key; closed admin APIs and no plaintext HTTP beside TLS unless asked."""
 
-    tls_cert: Path | None = flag(None, "PEM server certificate: gRPC over TLS")
+    tls_cert: Path | None = flag(None, "PEM server certificate: gRPC and HTTP over TLS (--direct: gRPC only)")
     tls_key: Path | None = flag(None, "PEM server private key")
     tls_ca: Path | None = flag(None, "PEM CA for client certificates: mutual TLS")
     admin_key: str | None = flag(
@@ -66,17 +76,37 @@ class Security:
     admin_key_file: Path | None = flag(
         None, "read the admin key from this file (first line)", envvar="MENTALLAMA_ADMIN_KEY_FILE"
     )
-    plaintext_http: bool = flag(False, "with --tls-cert, still serve HTTP (which has no TLS here) in plaintext")
+    plaintext_http: bool = flag(False, "--direct with --tls-cert: still serve HTTP (no TLS there) in plaintext")
+    api_key_file: Path | None = flag(
+        None,
+        "front door: accept only requests with one of these API keys (one per line; also MENTALLAMA_API_KEYS, "
+        "comma-separated): header 'authorization: Bearer <key>'",
+        envvar="MENTALLAMA_API_KEY_FILE",
+    )
 
 
 def server_options(endpoints: Endpoints, security: Security) -> ServerOptions:
     """The launcher's options; the admin key file, when given, is read here (a LaunchError if it cannot be)."""
     admin_key = security.admin_key if security.admin_key_file is None else read_admin_key(security.admin_key_file)
+    try:
+        api_keys = tuple(read_api_keys(security.api_key_file))
+    except (OSError, ValueError) as exc:
+        raise LaunchError(f"cannot read the API keys: {exc}") from None
+    if api_keys and endpoints.direct:
+        raise LaunchError("API keys are checked by the front door: drop --direct to use them")
+    limits = {
+        "max_in_flight": endpoints.max_in_flight,
+        "max_in_flight_per_client": endpoints.max_in_flight_per_client,
+        "max_request_bytes": endpoints.max_request_bytes,
+    }
+    if min(limits.values()) < 1:
+        raise LaunchError("--max-in-flight, --max-in-flight-per-client and --max-request-bytes must be positive")
     return ServerOptions(
         host=endpoints.host, grpc_port=endpoints.grpc_port, http_port=endpoints.http_port,
         metrics_port=endpoints.metrics_port, http=endpoints.http, shm_pool_mib=endpoints.shm_pool_mib,
         tls_cert=security.tls_cert, tls_key=security.tls_key, tls_ca=security.tls_ca, admin_key=admin_key,
-        plaintext_http=security.plaintext_http,
+        plaintext_http=security.plaintext_http, front_door=not endpoints.direct, api_keys=api_keys,
+        front_door_limits=limits,
     )  # fmt: skip
 
 
@@ -167,23 +197,53 @@ def serve(
         if render is not None:
             typer.echo(f"rendered the {profile} profile to {launch.render(render)}")
             return
-        server = launch.start(opts, run_dir, ready_timeout)
+        server, front = start_serving(launch, opts, run_dir, ready_timeout)
     except (CheckpointError, LaunchError, RenderError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    _serve(server, profile, opts, demo, checkpoint)
+    _serve(server, front, profile, opts, demo, checkpoint)
+
+
+def start_serving(
+    launch: CpuLaunch | TrtllmLaunch, opts: ServerOptions, run_dir: Path | None, ready_timeout: float
+) -> tuple[TritonProcess, FrontDoorProcess | None]:
+    """tritonserver, and the front door on the public ports unless `--direct`."""
+    if not opts.front_door:
+        return launch.start(opts, run_dir, ready_timeout), None
+    from mentallama_server.launch.launcher import check_ports
+
+    check_ports(opts)  # the public ports, before minutes of engine loading
+    server = launch.start(upstream_options(opts), run_dir, ready_timeout)
+    try:
+        return server, FrontDoorProcess.start(opts, server.opts, server.run_dir)
+    except BaseException:
+        server.stop()
+        raise
 
 
 def _exit_on_signal(signum: int, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def _serve(server: TritonProcess, profile: str, opts: ServerOptions, demo: bool, model: str | None = None) -> None:
+def _serve(
+    server: TritonProcess,
+    front: FrontDoorProcess | None,
+    profile: str,
+    opts: ServerOptions,
+    demo: bool,
+    model: str | None = None,
+) -> None:
     typer.echo(f"Triton is ready (profile {profile}, log {server.log_path})")
+    scheme = "https" if front is not None and opts.tls_cert is not None else "http"
     typer.echo(f"  gRPC    {opts.grpc_url}   models: mentallama (default), ensemble")
     if opts.http:
-        typer.echo(f"  HTTP    {opts.http_url}")
+        typer.echo(f"  HTTP    {opts.http_url.replace('http://', scheme + '://')}")
     typer.echo(f"  metrics {opts.metrics_url}")
+    if front is None:
+        typer.echo("  --direct: clients reach tritonserver itself (no front door; do not expose to untrusted clients)")
+    else:
+        auth = f"{len(opts.api_keys)} API key(s)" if opts.api_keys else "no API keys"
+        typer.echo(f"  front door: {auth}; tritonserver private on {server.opts.grpc_url} (log {front.log_path})")
     admin = "need the admin key" if opts.admin_key else "closed (no --admin-key given)"
     typer.echo(f"  admin APIs (shared memory, repository, statistics, trace, logging): {admin}")
     if not demo:
@@ -194,29 +254,36 @@ def _serve(server: TritonProcess, profile: str, opts: ServerOptions, demo: bool,
 
             run_demo(opts.grpc_url, model=model)
             return
-        _wait_for_signal(server, opts)
+        _wait_for_signal(server, front)
     finally:
+        if front is not None:
+            front.stop()
         code = server.stop()
         typer.echo(f"tritonserver stopped (exit code {code})")
 
 
-def _wait_for_signal(server: TritonProcess, opts: ServerOptions) -> None:
+def _wait_for_signal(server: TritonProcess, front: FrontDoorProcess | None) -> None:
     """Serve until SIGINT/SIGTERM; exit non-zero when the server or one of its model processes dies, so that
     a supervisor (systemd, Slurm, Kubernetes) restarts a clean server instead of one that fails requests."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    # A server that accepts requests and answers none shows up only to a request (stall_watch.Canary).
-    canary = Canary(opts.http_url, "mentallama").start() if opts.http else None
+    opts = server.opts  # tritonserver's own endpoints (private behind the front door)
+    # A server that accepts requests and answers none shows up only to a request (stall_watch.Canary); a
+    # request that waits while the server produces tokens waits behind work, and is no sign of a wedge.
+    canary = Canary(opts.http_url, "mentallama", opts.metrics_url).start() if opts.http else None
     while not stop.wait(1.0):
-        problem = server.health_problem()
+        problem = (front.problem() if front is not None else None) or server.health_problem()
         if problem is None and canary is not None and canary.wedged:
             problem = (
-                f"the `mentallama` model answered none of {canary.misses} one-token requests within "
-                f"{canary.timeout_s:g} s each: the server is wedged while it reports ready"
+                f"a one-token request to the `mentallama` model went unanswered while nothing in the server "
+                f"progressed (no token produced, no response sent) for {canary.quiet_s:g} s: the server is "
+                "wedged while it reports ready"
             )
         if problem:
             typer.echo(f"error: {problem}; stopping the server.\n{server.log_tail()}", err=True)
+            if front is not None:
+                front.stop(grace_s=1)
             server.stop(grace_s=1)  # no drain: in-flight requests hang on the dead model; end them now
             sys.exit(3)
 

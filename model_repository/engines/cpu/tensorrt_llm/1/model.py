@@ -119,6 +119,15 @@ class TritonPythonModel:
         self.metric_blocks_used = blocks.Metric(labels={"state": "used"})
         self.metric_blocks_total = blocks.Metric(labels={"state": "total"})
         self.metric_tracked = self.metric_families["mentallama_engine_tracked_requests"].Metric(labels={})
+        # A counter that moves while the engine produces tokens: the launcher's sign of a busy, not wedged,
+        # server (launch/stall_watch.py). Published from here, under pb_lock, so a stub blocked in `send` stops it.
+        self.tokens_family = pb_utils.MetricFamily(
+            name="mentallama_engine_tokens_total",
+            description="Output tokens the CPU engine produced, counted at each step",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.metric_tokens = self.tokens_family.Metric(labels={})
+        self.tokens_published = 0
 
     def execute(self, requests):
         # Handed to the intake thread, never waiting on pb_lock here: Triton waits for execute to return
@@ -168,6 +177,9 @@ class TritonPythonModel:
                     self.metric_blocks_used.set(stats.cache_blocks_used)
                     self.metric_blocks_total.set(stats.cache_blocks_total)
                     self.metric_tracked.set(tracked)
+                    if stats.tokens_produced > self.tokens_published:
+                        self.metric_tokens.increment(stats.tokens_produced - self.tokens_published)
+                        self.tokens_published = stats.tokens_produced
             except Exception as exc:  # the watcher must survive: it is what frees cancelled requests
                 pb_utils.Logger.log_error(f"cancel watcher: {type(exc).__name__}: {exc}")
 
