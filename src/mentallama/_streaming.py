@@ -60,7 +60,9 @@ class GenerationBuilder:
         if not self.finished:
             return "cancelled"
         if self.num_output_tokens is None:
-            return None
+            # Every request asks for the count, and the server sends it with the last text; a final response
+            # without it ended a request that a `stop` cut short (another stream of this client's, say).
+            return "stopped"
         # The ensemble interface has no finish reason; a full budget is the only sign of truncation.
         return "length" if self.num_output_tokens >= self.max_tokens else "stop"
 

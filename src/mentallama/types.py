@@ -33,7 +33,8 @@ class Generation:
 
     finish_reason: str | None = None
     """Why generation stopped: ``"stop"`` (end token or stop word), ``"length"`` (max_tokens),
-    ``"cancelled"``; ``None`` when unknown."""
+    ``"cancelled"`` (this client left the stream early), ``"stopped"`` (the server ended it early: a ``stop``
+    request with its id); ``None`` when unknown."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON view."""

@@ -41,6 +41,7 @@ STUDIES: dict[str, tuple[str, str]] = {
     "soak": ("mentallama_bench.soak", "Minutes of mixed SDK traffic against a live server."),
     "cpu-engine": ("mentallama_bench.cpu_engine_bench", "Served vs in-process OpenVINO engine vs generate()."),
     "serving-overhead": ("mentallama_bench.serving_overhead", "Served vs in-process engine on a CPU server."),
+    "front-door": ("mentallama_bench.front_door_overhead", "The same load through the front door and direct."),
     "sdk-overhead": ("mentallama_bench.sdk_overhead", "SDK analyze vs raw tritonclient streams."),
     "label-parsing": ("mentallama_bench.label_parsing", "How often and how fast parse_response gets the label."),
 }

@@ -198,3 +198,21 @@ def test_a_flood_of_tiny_requests_and_stops_leaves_memory_where_it_was(cpu_serve
     after = _rss_mib(pid) + _rss_mib(front_pid)
     assert after - before < 100, f"RSS {before:.0f} MiB before, {after:.0f} MiB after 20,000 requests"
     assert_still_serving(cpu_server.grpc_url, "mentallama")
+
+
+def test_a_request_stopped_by_its_client_says_so_in_the_sdk(cpu_server) -> None:
+    """A stop from another stream of the same client ends the request; the SDK calls it "stopped", not a
+    complete answer (it was a bare final, shown as if nothing were missing)."""
+    from mentallama import MentaLLaMAClient
+
+    with MentaLLaMAClient(cpu_server.grpc_url, max_retries=0, timeout=60) as client:
+        with client.generate_stream("Tell me a story", max_tokens=1000, min_tokens=1000, request_id="job-7") as stream:
+            next(stream)
+            transport = client._transport  # the client's own connection: the same client at the door
+            stop_messages = list(transport.stub(cpu_server.grpc_url).ModelStreamInfer(
+                iter([build_request("mentallama", "job-7", STOP)]), timeout=10))  # fmt: skip
+            assert not any(m.error_message for m in stop_messages)
+            list(stream)
+        generation = stream.final()
+    assert generation.finish_reason == "stopped"
+    assert (generation.num_output_tokens or 0) < 1000

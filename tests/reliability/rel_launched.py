@@ -63,6 +63,13 @@ class LaunchedServer(ServerUrls):
                 return child
         raise AssertionError("no tritonserver under the launcher")
 
+    def front_door(self) -> psutil.Process:
+        """The front door process the launcher started (it owns the public ports)."""
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            if "mentallama_server.front_door" in " ".join(child.cmdline()):
+                return child
+        raise AssertionError("no front door under the launcher")
+
     def stubs(self) -> dict[str, psutil.Process]:
         """The Python-backend stub of each model, by model name."""
         stubs = {}

@@ -17,7 +17,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from mentallama import AuthenticationError, RetryPolicy
-from mentallama._transport import error_from_rpc
+from mentallama._transport import error_from_status
 from mentallama_server.launch.launcher import SHM_DIR
 from tests.reliability.rel_launched import LaunchedServer
 from tests.server.triton_io import StreamCall, make_inputs
@@ -142,7 +142,9 @@ def test_oversized_prompt_is_refused_before_tokenising(server, model):
     valid_s = time.monotonic() - started
     result = big.result(timeout=60)
     refused_s = time.monotonic() - started
-    assert result.error is not None and "bytes, above the" in result.error, result.error
+    # Refused by its size at the front door, before tritonserver sees a byte of it (tritonserver's own
+    # refusal behind it, "bytes, above the" limit, is tested in tests/server/test_preprocess_bounds.py).
+    assert result.error is not None and "larger than max" in result.error, result.error
     time.sleep(1)
     after = _rss_mib(server)
     print(f"{model}: refused in {refused_s:.2f} s, valid request in {valid_s:.2f} s, RSS MiB {before} -> {after}")
@@ -182,16 +184,18 @@ def test_stopped_stub_stops_the_server_so_readiness_fails(tiny_checkpoint, tmp_p
 # --- finding 6: the SDK and a refused key --------------------------------------------------------------
 
 
-def test_sdk_maps_triton_restricted_refusal_to_a_non_retryable_error(server):
-    """Triton answers a restricted API without its key with UNAVAILABLE, which the SDK used to retry."""
+def test_sdk_maps_a_restricted_refusal_to_a_non_retryable_error(server):
+    """Triton answers a restricted API without its key with UNAVAILABLE, which the SDK used to retry; the front
+    door answers PERMISSION_DENIED with Triton's message. Both are an AuthenticationError, never retried."""
     with grpc.insecure_channel(server.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(),
                                  metadata=(("triton-grpc-protocol-admin-key", "wrong"),), timeout=10)  # fmt: skip
-    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
-    error = error_from_rpc(info.value, "r1")
-    assert isinstance(error, AuthenticationError) and not RetryPolicy().retryable(error, responses_received=0)
+    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED and "restricted" in info.value.details()
+    for status in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAVAILABLE):  # the door; Triton itself
+        error = error_from_status(status, info.value.details(), "r1")
+        assert isinstance(error, AuthenticationError) and not RetryPolicy().retryable(error, responses_received=0)
 
 
 # --- finding 7: cancelled ensemble streams ---------------------------------------------------------------

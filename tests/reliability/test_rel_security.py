@@ -121,9 +121,12 @@ def test_mutual_tls_accepts_only_a_client_certificate_from_its_ca(servers):
 
 def test_every_socket_listens_on_loopback_only(servers):
     admin = servers.admin
-    listening = _listening(admin.tritonserver().pid)  # the launcher's defaults: no --host given
-    assert {ip for ip, _ in listening} == {HOST}, listening
-    assert {admin.opts.grpc_port, admin.opts.http_port, admin.opts.metrics_port} <= {port for _, port in listening}
+    triton, front = _listening(admin.tritonserver().pid), _listening(admin.front_door().pid)  # no --host given
+    assert {ip for ip, _ in triton + front} == {HOST}, (triton, front)
+    # The public ports are the front door's; tritonserver keeps the metrics page and loopback ports of its own.
+    assert {admin.opts.grpc_port, admin.opts.http_port} == {port for _, port in front}
+    assert admin.opts.metrics_port in {port for _, port in triton}
+    assert not {admin.opts.grpc_port, admin.opts.http_port} & {port for _, port in triton}
     for replica in (servers.tls, servers.mtls):
         assert {ip for ip, _ in _listening(replica.pid)} == {HOST}
 

@@ -18,9 +18,10 @@ import typer.main
 from typer.testing import CliRunner
 
 from mentallama.cli.options import NOT_A_FLAG, field_default, flag_fields
+from mentallama_server.front_door.config import FrontDoorConfig
 from mentallama_server.launch import cli, serve_cpu, serve_trtllm
 from mentallama_server.launch.cpu_profile import CpuSettings
-from mentallama_server.launch.launcher import ServerOptions
+from mentallama_server.launch.launcher import LaunchError, ServerOptions
 from mentallama_server.launch.serve_trtllm import TrtllmOptions
 
 runner = CliRunner()
@@ -70,9 +71,13 @@ def test_flag_defaults_are_the_dataclass_defaults():
     for cls in FLAG_GROUPS:
         for f in flag_fields(cls):
             assert OPTIONS[f.name].default == field_default(f), f"{cls.__name__}.{f.name}"
-    launcher_defaults = ServerOptions()
-    for f in fields(cli.Endpoints):  # the endpoint flags repeat no default of the launcher's
-        assert OPTIONS[f.name].default == getattr(launcher_defaults, f.name), f.name
+    launcher_defaults, front_defaults = ServerOptions(), FrontDoorConfig(upstream_grpc="")
+    for f in fields(cli.Endpoints):  # the endpoint flags repeat no default of the launcher's or the front door's
+        if f.name == "direct":
+            assert OPTIONS[f.name].default is (not launcher_defaults.front_door)
+        else:
+            owner = launcher_defaults if hasattr(launcher_defaults, f.name) else front_defaults
+            assert OPTIONS[f.name].default == getattr(owner, f.name), f.name
 
 
 def other_value(default: Any) -> Any:
@@ -106,10 +111,31 @@ def test_every_cpu_flag_reaches_the_settings(tmp_path: Path, monkeypatch: pytest
     assert rendered == {"checkpoint": None, "settings": replace(CpuSettings(), **expected), "engine": engine}
 
 
+def _without_front_door(launch: Any, opts: ServerOptions, run_dir: Path | None, ready_timeout: float) -> tuple:
+    """`cli.start_serving` with the profile's start recorded and no processes (the front door's own start is
+    tested in tests/front_door and by the launcher tests)."""
+    return launch.start(opts, run_dir, ready_timeout), None
+
+
+def test_the_front_door_flags_reach_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MENTALLAMA_API_KEYS", "k1,k2")
+    endpoints = cli.Endpoints(max_in_flight=9, max_in_flight_per_client=3, max_request_bytes=4096)
+    opts = cli.server_options(endpoints, cli.Security())
+    assert opts.front_door and opts.api_keys == ("k1", "k2")
+    assert opts.front_door_limits == {"max_in_flight": 9, "max_in_flight_per_client": 3, "max_request_bytes": 4096}
+    with pytest.raises(LaunchError, match="drop --direct"):
+        cli.server_options(cli.Endpoints(direct=True), cli.Security())
+    monkeypatch.delenv("MENTALLAMA_API_KEYS")
+    assert not cli.server_options(cli.Endpoints(direct=True), cli.Security()).front_door
+    with pytest.raises(LaunchError, match="must be positive"):
+        cli.server_options(cli.Endpoints(max_in_flight=0), cli.Security())
+
+
 def test_endpoint_and_security_flags_reach_the_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     started: dict[str, Any] = {}
     monkeypatch.setattr(serve_cpu, "start_cpu_server", lambda *args: started.setdefault("args", args))
-    monkeypatch.setattr(cli, "_serve", lambda server, profile, opts, demo, model: started.update(opts=opts))
+    monkeypatch.setattr(cli, "start_serving", _without_front_door)
+    monkeypatch.setattr(cli, "_serve", lambda server, front, profile, opts, demo, model: started.update(opts=opts))
     key = tmp_path / "admin"
     key.write_text("s3cret\n")
     argv = ["--host", "0.0.0.0", "--grpc-port", "9001", "--http-port", "9000", "--metrics-port", "9002", "--no-http",
@@ -134,6 +160,7 @@ def test_trtllm_flags_reach_the_profile(tmp_path: Path, monkeypatch: pytest.Monk
         started.update(profile=profile, run_dir=run_dir, tritonserver=tritonserver, ready_timeout_s=ready_timeout_s)
 
     monkeypatch.setattr(serve_trtllm, "start_trtllm_server", record)
+    monkeypatch.setattr(cli, "start_serving", _without_front_door)
     monkeypatch.setattr(cli, "_serve", lambda *args: None)
     argv = ["--profile", "trtllm", "--engine", "e", "--tokenizer", "t", "--set", "preprocessing_instances=3",
             "--tritonserver", "/x/tritonserver", "--run-dir", str(tmp_path), "--ready-timeout", "7"]  # fmt: skip

@@ -60,8 +60,8 @@ def test_all_taken_ports_in_one_error():
 
 
 def test_banner_says_how_to_stop(capsys):
-    server = SimpleNamespace(log_path="/tmp/x.log", health_problem=lambda: "tritonserver exited",
+    server = SimpleNamespace(log_path="/tmp/x.log", health_problem=lambda: "tritonserver exited", opts=ServerOptions(),
                              log_tail=lambda: "", stop=lambda grace_s=None: 0)  # fmt: skip
     with pytest.raises(SystemExit):
-        cli._serve(server, "cpu", ServerOptions(), demo=False)
+        cli._serve(server, None, "cpu", ServerOptions(), demo=False)
     assert "Press Ctrl-C to stop the server" in capsys.readouterr().out

@@ -18,6 +18,8 @@ API_KEYS_ENV = "MENTALLAMA_API_KEYS"
 class FrontDoorConfig:
     upstream_grpc: str
     """host:port of tritonserver's gRPC endpoint (loopback)."""
+    upstream_http: str | None = None
+    """http://host:port of tritonserver's HTTP endpoint (loopback): admin APIs over HTTP are forwarded there."""
     host: str = "127.0.0.1"
     grpc_port: int = 8001
     http_port: int | None = 8000

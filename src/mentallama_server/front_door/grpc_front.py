@@ -25,8 +25,8 @@ log = logging.getLogger("mentallama.front_door")
 SERVICE = "inference.GRPCInferenceService"
 OPEN_METHODS = ("ServerLive", "ServerReady", "ServerMetadata")
 ENTRY_METHODS = ("ModelReady", "ModelMetadata")
-ADMIN_HEADERS = ("admin-key", "triton-grpc-protocol-admin-key")
-TRITON_ADMIN_HEADER = "triton-grpc-protocol-admin-key"
+TRITON_ADMIN_HEADER = "triton-grpc-protocol-admin-key"  # Triton's gRPC name of the admin key (HTTP: admin-key)
+RESTRICTED = f"This protocol is restricted, expecting header '{TRITON_ADMIN_HEADER}'"
 DECOUPLED = "ModelInfer RPC doesn't support models with decoupled transaction policy"
 KEY_HINT = "metadata 'authorization: Bearer <key>'"
 _WAKE = object()
@@ -64,12 +64,12 @@ class GrpcFront:
         return Admission.client_of(context.peer(), None)
 
     async def _check_admin(self, context: grpc.aio.ServicerContext) -> tuple:
-        key = _header(context, ADMIN_HEADERS)
+        """Admin APIs need the admin key (Triton's message, but PERMISSION_DENIED: not worth a retry)."""
+        key = _header(context, (TRITON_ADMIN_HEADER,))
         admin = self.config.admin_key
-        if admin is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "admin APIs are closed (no admin key was set)")
-        if key is None or not hmac.compare_digest(key, admin):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "restricted API: send the admin-key header")
+        if admin is None or key is None or not hmac.compare_digest(key, admin):
+            closed = "" if admin is not None else " (closed: the server was started without an admin key)"
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, RESTRICTED + closed)
         return ((TRITON_ADMIN_HEADER, admin),)
 
     # --- unary methods ----------------------------------------------------------------------------------------
@@ -109,6 +109,8 @@ class GrpcFront:
                 while True:
                     message, final = await queue.get()
                     message.infer_response.id = ticket.client_id
+                    if message.error_message:  # Triton names the request in its own errors
+                        message.error_message = message.error_message.replace(ticket.upstream_id, ticket.client_id)
                     # Upstream always sends the empty final response; the client gets it only if it asked.
                     if not final or empty_final or message.error_message or len(message.infer_response.outputs):
                         out.put_nowait(message)

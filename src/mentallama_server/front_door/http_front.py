@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import hmac
 import json
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +27,16 @@ from mentallama_server.front_door.tensors import generate_request, is_stop, load
 from mentallama_server.front_door.upstream import Delivery, UpstreamPool
 
 # curl's default for `-d`, which upstream's own README examples use against `generate`: the body is still JSON.
+HTTP_OF_GRPC = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400}
+ADMIN_HEADER = "admin-key"
+RESTRICTED = f"This API is restricted, expecting header '{ADMIN_HEADER}'"
+# Triton's admin APIs over HTTP: forwarded to tritonserver's own HTTP endpoint, with the admin key only.
+ADMIN_ROUTES = (
+    "/v2/models/stats", "/v2/models/{model}/stats", "/v2/models/{model}/versions/{version}/stats",
+    "/v2/models/{model}/config", "/v2/models/{model}/versions/{version}/config", "/v2/repository/{rest:path}",
+    "/v2/systemsharedmemory{rest:path}", "/v2/cudasharedmemory{rest:path}", "/v2/logging", "/v2/trace/setting",
+    "/v2/models/{model}/trace/setting",
+)  # fmt: skip
 JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")
 
 
@@ -95,7 +107,7 @@ class HttpFront:
         return self._inputs[model]
 
     # --- generation -------------------------------------------------------------------------------------------
-    async def generate(self, model: str, request: Request, stream: bool) -> Response:
+    async def generate(self, model: str, request: Request, stream: bool, version: str = "") -> Response:
         try:
             client = self.client(request)
             if model not in ENTRY_MODELS:
@@ -104,6 +116,7 @@ class HttpFront:
             if not stream and body.get("stream") is True:
                 raise Refused("stream: `generate` answers with one response; use `generate_stream` to stream")
             upstream = generate_request(model, body, await self.inputs_of(model))
+            upstream.model_version = version
             client_id = upstream.id
             if is_stop(upstream):
                 return await self._stop(client, upstream)
@@ -166,7 +179,8 @@ class HttpFront:
             message, final = delivery
             if message.error_message:
                 self.admission.release(ticket)
-                return error_response(message.error_message, status_of(message.error_message))
+                text = message.error_message.replace(ticket.upstream_id, ticket.client_id)
+                return error_response(text, status_of(text))
             if len(message.infer_response.outputs):
                 replies.append(message.infer_response)
             if final:
@@ -188,8 +202,9 @@ class HttpFront:
         message, final = first
         if message.error_message:  # refused before anything was generated: a status says so, as Triton does
             self.admission.release(ticket)
-            event = f"data: {_dumps({'error': message.error_message})}\n\n"
-            return Response(event, status_code=status_of(message.error_message), media_type="text/event-stream")
+            text = message.error_message.replace(ticket.upstream_id, ticket.client_id)
+            event = f"data: {_dumps({'error': text})}\n\n"
+            return Response(event, status_code=status_of(text), media_type="text/event-stream")
 
         async def events() -> AsyncIterator[str]:
             delivery: Delivery | None = first
@@ -198,7 +213,8 @@ class HttpFront:
                 while delivery is not None:
                     message, final = delivery
                     if message.error_message:
-                        yield f"data: {_dumps({'error': message.error_message})}\n\n"
+                        text = message.error_message.replace(ticket.upstream_id, ticket.client_id)
+                        yield f"data: {_dumps({'error': text})}\n\n"
                     elif len(message.infer_response.outputs):
                         yield f"data: {_dumps(response_json(message.infer_response, ticket.client_id))}\n\n"
                     if final:
@@ -213,6 +229,23 @@ class HttpFront:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    # --- admin APIs -----------------------------------------------------------------------------------------------
+    async def admin(self, request: Request) -> Response:
+        key, admin = request.headers.get(ADMIN_HEADER), self.config.admin_key
+        if admin is None or key is None or not hmac.compare_digest(key, admin) or not self.config.upstream_http:
+            closed = "" if admin is not None else " (closed: the server was started without an admin key)"
+            return error_response(RESTRICTED + closed, 403)
+        try:
+            raw = b""
+            if request.method in ("POST", "PUT"):
+                body = await self.body(request)  # bounded and depth-checked like any other body
+                raw = json.dumps(body).encode()
+        except Refused as refusal:
+            return error_response(refusal.message, refusal.status)
+        url = f"{self.config.upstream_http}{request.url.path}" + (f"?{request.url.query}" if request.url.query else "")
+        status, content, media = await asyncio.to_thread(_forward, url, request.method, raw, {ADMIN_HEADER: admin})
+        return Response(content, status_code=status, media_type=media)
+
     # --- health and metadata ----------------------------------------------------------------------------------
     async def health(self, what: str) -> Response:
         method, request = (
@@ -226,16 +259,17 @@ class HttpFront:
             return Response(status_code=503)
         return Response(status_code=200 if getattr(reply, what) else 503)
 
-    async def metadata(self, model: str, request: Request) -> Response:
+    async def metadata(self, model: str, request: Request, version: str = "") -> Response:
         try:
             self.client(request)
             if model not in ENTRY_MODELS:
                 raise Refused(f"Request for unknown model: '{model}' is not found", 404)
-            reply = await self.pool.unary("ModelMetadata", service_pb2.ModelMetadataRequest(name=model))
+            request_ = service_pb2.ModelMetadataRequest(name=model, version=version)
+            reply = await self.pool.unary("ModelMetadata", request_)
         except Refused as refusal:
             return error_response(refusal.message, refusal.status)
         except grpc.aio.AioRpcError as exc:
-            return error_response(exc.details() or "metadata unavailable", 503)
+            return error_response(exc.details() or "metadata unavailable", HTTP_OF_GRPC.get(exc.code(), 503))
 
         def tensors(items) -> list[dict[str, Any]]:
             return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
@@ -245,7 +279,7 @@ class HttpFront:
             "inputs": tensors(reply.inputs), "outputs": tensors(reply.outputs),
         })  # fmt: skip
 
-    async def model_ready(self, model: str, request: Request) -> Response:
+    async def model_ready(self, model: str, request: Request, version: str = "") -> Response:
         try:
             self.client(request)
         except Refused as refusal:
@@ -253,7 +287,8 @@ class HttpFront:
         if model not in ENTRY_MODELS:
             return error_response(f"Request for unknown model: '{model}' is not found", 404)
         try:
-            reply = await self.pool.unary("ModelReady", service_pb2.ModelReadyRequest(name=model), timeout=5)
+            reply = await self.pool.unary("ModelReady", service_pb2.ModelReadyRequest(name=model, version=version),
+                                          timeout=5)  # fmt: skip
         except grpc.aio.AioRpcError:
             return Response(status_code=503)
         return Response(status_code=200 if reply.ready else 400)
@@ -267,6 +302,19 @@ class HttpFront:
         except grpc.aio.AioRpcError as exc:
             return error_response(exc.details() or "unavailable", 503)
         return JSONResponse({"name": reply.name, "version": reply.version, "extensions": list(reply.extensions)})
+
+
+def _forward(url: str, method: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
+    """One admin request to tritonserver's own HTTP endpoint (loopback)."""
+    request = urllib.request.Request(url, data=body or None, method=method,
+                                     headers={**headers, "Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own loopback server
+            return response.status, response.read(), response.headers.get_content_type()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers.get_content_type()
+    except OSError as exc:
+        return 503, _dumps({"error": f"the inference server is not reachable: {exc}"}).encode(), "application/json"
 
 
 async def _disconnected(request: Request) -> None:
@@ -292,23 +340,26 @@ def build_app(front: HttpFront) -> FastAPI:
     async def server_metadata(request: Request) -> Response:
         return await front.server_metadata(request)
 
+    for path in ADMIN_ROUTES:  # before the model routes: /v2/models/stats is not a model called "stats"
+        app.add_api_route(path, front.admin, methods=["GET", "POST"], include_in_schema=False)
+
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
 
         @app.get(prefix)
-        async def model_metadata(model: str, request: Request) -> Response:
-            return await front.metadata(model, request)
+        async def model_metadata(model: str, request: Request, version: str = "") -> Response:
+            return await front.metadata(model, request, version)
 
         @app.get(prefix + "/ready")
-        async def model_ready(model: str, request: Request) -> Response:
-            return await front.model_ready(model, request)
+        async def model_ready(model: str, request: Request, version: str = "") -> Response:
+            return await front.model_ready(model, request, version)
 
         @app.post(prefix + "/generate")
-        async def generate(model: str, request: Request) -> Response:
-            return await front.generate(model, request, stream=False)
+        async def generate(model: str, request: Request, version: str = "") -> Response:
+            return await front.generate(model, request, stream=False, version=version)
 
         @app.post(prefix + "/generate_stream")
-        async def generate_stream(model: str, request: Request) -> Response:
-            return await front.generate(model, request, stream=True)
+        async def generate_stream(model: str, request: Request, version: str = "") -> Response:
+            return await front.generate(model, request, stream=True, version=version)
 
         @app.post(prefix + "/infer")
         async def infer(model: str) -> Response:
@@ -318,7 +369,7 @@ def build_app(front: HttpFront) -> FastAPI:
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def other(path: str) -> Response:
-        return error_response(f"/{path} is not served here (admin APIs: gRPC with the admin key)", 404)
+        return error_response(f"/{path} is not served here", 404)
 
     with contextlib.suppress(Exception):
         app.router.redirect_slashes = False

@@ -44,6 +44,7 @@ def upstream_options(public: ServerOptions) -> ServerOptions:
 def front_door_config(public: ServerOptions, upstream: ServerOptions) -> FrontDoorConfig:
     config = FrontDoorConfig(
         upstream_grpc=upstream.grpc_url,
+        upstream_http=upstream.http_url,
         host=public.host,
         grpc_port=public.grpc_port,
         http_port=public.http_port if public.http else None,
