@@ -1,7 +1,11 @@
-"""Run the front door: gRPC (grpcio's asyncio server) and HTTP (uvicorn) on one event loop, until SIGTERM/SIGINT."""
+"""Run the front door: gRPC (grpcio's asyncio server) and HTTP (uvicorn) on one event loop, until SIGTERM/SIGINT.
+
+Settings come from the launcher's 0600 file (`CONFIG.json`) or, in containers and batch jobs, from flags.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
@@ -13,7 +17,7 @@ import grpc
 import uvicorn
 
 from mentallama_server.front_door.admission import Admission
-from mentallama_server.front_door.config import FrontDoorConfig
+from mentallama_server.front_door.config import API_KEYS_ENV, FrontDoorConfig, read_api_keys
 from mentallama_server.front_door.grpc_front import GrpcFront
 from mentallama_server.front_door.http_front import HttpFront, build_app
 from mentallama_server.front_door.upstream import UpstreamPool
@@ -86,9 +90,152 @@ def _uvicorn_config(config: FrontDoorConfig, front: HttpFront) -> uvicorn.Config
     )
 
 
+USAGE = """python -m mentallama_server.front_door CONFIG.json              (written by mentallama-serve)
+       python -m mentallama_server.front_door --upstream-grpc HOST:PORT [options]   (containers, batch jobs)"""
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (1-65535), got {value}")
+    return value
+
+
+def _host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, got {text!r}")
+    return text
+
+
+def _http_url(text: str) -> str:
+    if not text.startswith("http://"):  # tritonserver's own HTTP, on loopback: never TLS
+        raise argparse.ArgumentTypeError(f"must be an http:// URL, got {text!r}")
+    return text.rstrip("/")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = FrontDoorConfig(upstream_grpc="")
+    parser = argparse.ArgumentParser(
+        prog="python -m mentallama_server.front_door",
+        usage=USAGE,
+        description="The public KServe v2 gRPC and HTTP endpoints in front of a tritonserver on loopback ports.",
+    )
+    parser.add_argument("config", nargs="?", type=Path, help="settings file written by mentallama-serve (0600)")
+    up = parser.add_argument_group("upstream (tritonserver, loopback)")
+    up.add_argument("--upstream-grpc", type=_host_port, metavar="HOST:PORT", help="tritonserver's gRPC endpoint")
+    up.add_argument(
+        "--upstream-http",
+        type=_http_url,
+        metavar="URL",
+        help="tritonserver's HTTP endpoint (http://HOST:PORT): admin APIs over HTTP go there",
+    )
+    public = parser.add_argument_group("public endpoints")
+    public.add_argument("--host", default=defaults.host, help=f"address to bind (default {defaults.host})")
+    public.add_argument("--grpc-port", type=_port, default=defaults.grpc_port, help=f"(default {defaults.grpc_port})")
+    http = public.add_mutually_exclusive_group()
+    http.add_argument("--http-port", type=_port, default=defaults.http_port, help=f"(default {defaults.http_port})")
+    http.add_argument("--no-http", action="store_true", help="serve gRPC only")
+    security = parser.add_argument_group("security")
+    security.add_argument("--tls-cert", type=Path, help="PEM server certificate: gRPC and HTTP over TLS")
+    security.add_argument("--tls-key", type=Path, help="PEM server private key")
+    security.add_argument("--tls-ca", type=Path, help="PEM CA for client certificates: mutual TLS")
+    security.add_argument(
+        "--api-key-file", type=Path, help=f"accepted API keys, one per line (also ${API_KEYS_ENV}, comma-separated)"
+    )
+    security.add_argument("--admin-key-file", type=Path, help="the admin APIs' key (first line); none: closed")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-in-flight",
+        type=_positive,
+        default=defaults.max_in_flight,
+        metavar="N",
+        help=f"requests in flight in all, then UNAVAILABLE / 503 (default {defaults.max_in_flight})",
+    )
+    limits.add_argument(
+        "--max-in-flight-per-client",
+        type=_positive,
+        default=defaults.max_in_flight_per_client,
+        metavar="N",
+        help=f"per connection or API key, then UNAVAILABLE / 429 (default {defaults.max_in_flight_per_client})",
+    )
+    limits.add_argument(
+        "--max-request-bytes",
+        type=_positive,
+        default=defaults.max_request_bytes,
+        metavar="N",
+        help=f"largest request, then RESOURCE_EXHAUSTED / 413 (default {defaults.max_request_bytes})",
+    )
+    return parser
+
+
+def _flags_given(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    return [
+        action.option_strings[0]
+        for action in parser._actions
+        if action.option_strings and action.dest != "help" and getattr(args, action.dest) != action.default
+    ]
+
+
+def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> FrontDoorConfig:
+    """The settings of a command line: a launcher's CONFIG.json, or flags (API keys also from the environment).
+    Mistakes exit 2 with a message, before any port is bound."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is not None:
+        if flags := _flags_given(parser, args):  # one source of truth: a file and flags would disagree silently
+            parser.error(f"give CONFIG.json or flags, not both ({', '.join(flags)})")
+        try:
+            return FrontDoorConfig.load(args.config)
+        except (OSError, ValueError, TypeError) as exc:
+            parser.error(f"cannot read {args.config}: {exc}")
+    if args.upstream_grpc is None:
+        parser.error("give CONFIG.json or --upstream-grpc HOST:PORT")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("TLS needs both --tls-cert and --tls-key")
+    if args.tls_ca is not None and args.tls_cert is None:
+        parser.error("--tls-ca (mutual TLS) needs --tls-cert and --tls-key")
+    for path in (args.tls_cert, args.tls_key, args.tls_ca):
+        if path is not None and not path.is_file():
+            parser.error(f"TLS file {path} does not exist")
+    try:
+        api_keys = read_api_keys(args.api_key_file, environ)
+    except (OSError, ValueError) as exc:
+        parser.error(f"cannot read the API keys: {exc}")
+    admin_key = None
+    if args.admin_key_file is not None:
+        try:
+            lines = args.admin_key_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            parser.error(f"cannot read the admin key file {args.admin_key_file}: {exc.strerror}")
+        admin_key = lines[0].strip() if lines else ""
+        if not admin_key or not admin_key.isprintable():
+            parser.error(f"the admin key file {args.admin_key_file} must start with a line of printable characters")
+    return FrontDoorConfig(
+        upstream_grpc=args.upstream_grpc, upstream_http=args.upstream_http, host=args.host,
+        grpc_port=args.grpc_port, http_port=None if args.no_http else args.http_port,
+        tls_cert=_text(args.tls_cert), tls_key=_text(args.tls_key), tls_ca=_text(args.tls_ca),
+        api_keys=api_keys, admin_key=admin_key, max_in_flight=args.max_in_flight,
+        max_in_flight_per_client=args.max_in_flight_per_client, max_request_bytes=args.max_request_bytes,
+    )  # fmt: skip
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.exit("usage: python -m mentallama_server.front_door CONFIG.json (written by mentallama-serve)")
+    config = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s front door %(levelname)s %(message)s")
-    asyncio.run(serve(FrontDoorConfig.load(Path(args[0]))))
+    if not config.api_keys and config.host not in LOOPBACK:
+        log.warning("serving %s without API keys: any client that reaches it may use it (see --api-key-file)",
+                    config.host)  # fmt: skip
+    asyncio.run(serve(config))
