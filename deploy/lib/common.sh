@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Helpers shared by the deploy scripts (sourced, not run): logging, readiness wait on Triton's
-# /v2/health/ready, tracking of the processes a script starts, and a teardown that stops them on exit,
+# Helpers shared by the deploy scripts (sourced, not run): logging, readiness wait on /v2/health/ready (the
+# front door's, which asks Triton), tracking of the processes a script starts, and a teardown that stops them on exit,
 # SIGTERM (Slurm's --signal=B:TERM, scancel, pod shutdown) or Ctrl-C; container runtime, binds, replica
 # ports and endpoint files as every profile (GPU and CPU) uses them.
 
@@ -8,6 +8,9 @@ ML_CHILD_PIDS=()
 ML_STOP_GRACE_S=${ML_STOP_GRACE_S:-45}  # Triton drains in-flight requests for --exit-timeout-secs (30)
 ML_POLL_S=${ML_POLL_S:-5}
 ML_CLEANED=0
+# GPU servers: tritonserver's own HTTP and gRPC ports, on 127.0.0.1 behind the front door, are the public ones
+# plus this offset (replica i: 18000 + 10 i, ...), so that replicas on a node never collide.
+ML_TRITON_PORT_OFFSET=${ML_TRITON_PORT_OFFSET:-10000}
 
 ml_log() {
   printf '[%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2
@@ -128,4 +131,26 @@ ml_replica_ports() {
 # ml_write_endpoint FILE HOST HTTP GRPC METRICS: the one-line endpoint file a load balancer or benchmark reads.
 ml_write_endpoint() {
   printf '%s http=%d grpc=%d metrics=%d\n' "$2" "$3" "$4" "$5" >"$1"
+}
+
+# ml_front_door_flags: ML_FRONT_DOOR_FLAGS, run_triton.sh's front door options from the Slurm jobs' environment:
+# SERVE_HOST (address the front door binds, default 0.0.0.0), API_KEY_FILE, TLS_CERT, TLS_KEY, TLS_CA.
+ml_front_door_flags() {
+  ML_FRONT_DOOR_FLAGS=(--host "${SERVE_HOST:-0.0.0.0}")
+  [[ -z ${API_KEY_FILE:-} ]] || ML_FRONT_DOOR_FLAGS+=(--api-key-file "$API_KEY_FILE")
+  [[ -z ${TLS_CERT:-} ]] || ML_FRONT_DOOR_FLAGS+=(--tls-cert "$TLS_CERT")
+  [[ -z ${TLS_KEY:-} ]] || ML_FRONT_DOOR_FLAGS+=(--tls-key "$TLS_KEY")
+  [[ -z ${TLS_CA:-} ]] || ML_FRONT_DOOR_FLAGS+=(--tls-ca "$TLS_CA")
+}
+
+# ml_gpu_ready_url HTTP_PORT: where a GPU job waits for readiness: the front door's plain HTTP, which forwards
+# to Triton; with TLS_CERT set (HTTPS, perhaps mutual), tritonserver's own loopback HTTP port instead.
+ml_gpu_ready_url() {
+  local host=${SERVE_HOST:-0.0.0.0}
+  [[ $host != 0.0.0.0 ]] || host=127.0.0.1
+  if [[ -n ${TLS_CERT:-} ]]; then
+    echo "http://127.0.0.1:$(($1 + ML_TRITON_PORT_OFFSET))"
+  else
+    echo "http://$host:$1"
+  fi
 }

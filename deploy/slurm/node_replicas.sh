@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start independent Triton replicas on this node, GPUS_PER_REPLICA GPUs each, wait until every one is
 # ready, publish their endpoints, then stay until one exits or the job is stopped (then stop them all).
+# Each replica's public ports are its front door's; its tritonserver listens on 127.0.0.1 (ports + 10000).
 # Run directly (one node) or once per node under `srun --ntasks-per-node=1` (several nodes).
 #
 # Environment:
@@ -13,6 +14,9 @@
 #   READY_TIMEOUT_S    time allowed for engine loading (default 1800)
 #   ML_BIND            colon-separated folders to bind (engine dir, tokenizer dir)
 #   ML_IMAGE           container image (SIF or docker://)
+#   SERVE_HOST         address the front doors bind (default 0.0.0.0)
+#   API_KEY_FILE       API keys, one per line (or MENTALLAMA_API_KEYS); TLS_CERT TLS_KEY [TLS_CA]: TLS
+#   ML_FRONT_DOOR_DEPS the front door's packages (default artifacts/front-door-deps; deploy/README.md)
 set -euo pipefail
 
 REPO=${MENTALLAMA_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
@@ -38,6 +42,7 @@ NUM_REPLICAS=${NUM_REPLICAS:-$((${#GPU_LIST[@]} / GPUS_PER_REPLICA))}
   || ml_die "$HOST: $NUM_REPLICAS replicas x $GPUS_PER_REPLICA GPUs > ${#GPU_LIST[@]} visible GPUs"
 
 ml_bind_args
+ml_front_door_flags
 
 mkdir -p "$RUN_DIR/endpoints.d"
 ml_install_traps
@@ -54,10 +59,10 @@ for ((i = 0; i < NUM_REPLICAS; i++)); do
   "$REPO/deploy/apptainer/run_triton.sh" --model-repo "$MODEL_REPO" --world-size "$GPUS_PER_REPLICA" \
     --gpus "$gpus" --http-port "$ML_HTTP_PORT" --grpc-port "$ML_GRPC_PORT" --metrics-port "$ML_METRICS_PORT" \
     --shm-prefix "${HOST//[^A-Za-z0-9]/_}_r${i}_" --log-file "$log.triton.log" "${ML_BIND_ARGS[@]}" \
-    >"$log.out" 2>&1 &
+    "${ML_FRONT_DOOR_FLAGS[@]}" >"$log.out" 2>&1 &
   PIDS+=("$!")
   ml_track "$!"
-  URLS+=("http://127.0.0.1:$ML_HTTP_PORT")
+  URLS+=("$(ml_gpu_ready_url "$ML_HTTP_PORT")")
 done
 
 for ((i = 0; i < NUM_REPLICAS; i++)); do

@@ -17,12 +17,16 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from mentallama_server.front_door.config import FrontDoorConfig
+from mentallama_server.front_door.server import parse_args
 from mentallama_server.launch.trtllm_profile import mpi_command
 from tests.deploy.deploy_support import alive, free_base_port, free_port, port_free, script_env, stop, wait_for
 
@@ -122,14 +126,16 @@ def test_manifests_agree_with_each_other() -> None:
     namespace = docs["Namespace"]["metadata"]["name"]
     assert {d["metadata"].get("namespace") for k, d in docs.items() if k != "Namespace"} == {namespace}
 
-    container = pod["spec"]["containers"][0]
+    [container] = pod["spec"]["containers"]  # tritonserver and its front door, restarted together
     assert container["image"] == "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
+    # The probes reach the front door's HTTP port (which asks Triton); Triton's own is on 127.0.0.1 only.
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert all(container[p]["timeoutSeconds"] > 5 for p in ("readinessProbe", "startupProbe", "livenessProbe"))
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
     assert any(m["mountPath"] == "/dev/shm" for m in container["volumeMounts"])
@@ -148,25 +154,91 @@ def test_manifests_agree_with_each_other() -> None:
 # ---- Behaviour of the scripts ----------------------------------------------------------------------------
 
 
-def test_run_triton_dry_run_prints_the_mpi_command_argv() -> None:
+SUPERVISOR = ["bash", str(DEPLOY / "container" / "serve_with_front_door.sh")]
+PRIVATE = ["--http-address=127.0.0.1", "--grpc-address=127.0.0.1"]
+
+
+def split_supervised(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`bash serve_with_front_door.sh FRONT-DOOR-OPTIONS -- TRITONSERVER-ARGV`: the options and the argv."""
+    assert argv[:2] == SUPERVISOR, argv
+    split = argv.index("--")
+    return argv[2:split], argv[split + 1 :]
+
+
+def test_run_triton_dry_run_puts_the_front_door_on_the_public_ports(tmp_path: Path) -> None:
+    keys = tmp_path / "secrets" / "keys"
+    keys.parent.mkdir()
+    keys.write_text("k\n")
     result = subprocess.run(
         [str(DEPLOY / "apptainer" / "run_triton.sh"), "--model-repo", "/runs/repo dir", "--world-size", "2",
          "--bind", "/engines/13b", "--gpus", "2,3", "--http-port", "8100", "--grpc-port", "8101",
-         "--metrics-port", "8102", "--shm-prefix", "n1_r1_", "--image", "/images/trtllm.sif", "--dry-run"],
+         "--metrics-port", "8102", "--shm-prefix", "n1_r1_", "--image", "/images/trtllm.sif",
+         "--api-key-file", str(keys), "--front-door-deps", "/opt/fd-deps", "--dry-run"],
         capture_output=True, text=True, timeout=60, env=script_env(ML_CONTAINER_RUNTIME="apptainer"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     argv = shlex.split(result.stdout)
     image_at = argv.index("/images/trtllm.sif")
-    container, server = argv[:image_at], argv[image_at + 1 :]
+    container, (front, server) = argv[:image_at], split_supervised(argv[image_at + 1 :])
     assert container[:4] == ["apptainer", "exec", "--nv", "--cleanenv"]
     assert f"PYTHONPATH={REPO}/src" in container and "CUDA_VISIBLE_DEVICES=2,3" in container
-    for folder in (str(REPO), "/runs/repo dir", "/engines/13b"):
+    assert "ML_FRONT_DOOR_PYTHONPATH=/opt/fd-deps" in container
+    for folder in (str(REPO), "/runs/repo dir", "/engines/13b", "/opt/fd-deps", str(keys.parent)):
         assert f"{folder}:{folder}" in container
+    # tritonserver: loopback only, on the public ports + 10000; the metrics page where it was.
     assert server == mpi_command(
-        2, "/runs/repo dir", http_port=8100, grpc_port=8101, metrics_port=8102, shm_prefix="n1_r1_",
-        rank0_args=["--exit-timeout-secs=30", "--strict-readiness=true"],
+        2, "/runs/repo dir", http_port=18100, grpc_port=18101, metrics_port=8102, shm_prefix="n1_r1_",
+        rank0_args=[*PRIVATE, "--exit-timeout-secs=30", "--strict-readiness=true"],
     )  # fmt: skip
+    # The front door: the public ports, on every address, in front of tritonserver's (its own parser reads them).
+    assert parse_args(front, {}) == FrontDoorConfig(
+        upstream_grpc="127.0.0.1:18101", upstream_http="http://127.0.0.1:18100", host="0.0.0.0", grpc_port=8101,
+        http_port=8100, api_keys=["k"],
+    )  # fmt: skip
+
+
+def test_run_triton_refuses_to_start_without_the_front_door_packages(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(DEPLOY / "apptainer" / "run_triton.sh"), "--model-repo", "/r", "--front-door-deps",
+         str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=60, env=script_env(ML_CONTAINER_RUNTIME="false"),
+    )  # fmt: skip
+    assert result.returncode == 2 and "no front door packages in" in result.stderr
+
+
+def test_kubernetes_pod_serves_through_the_front_door() -> None:
+    container = load_docs()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    script = container["args"][0].replace("\\\n", " ")
+    exec_line = next(line for line in script.splitlines() if line.strip().startswith("exec "))
+    words = shlex.split(exec_line)
+    assert words[:2] == ["exec", "bash"] and words[2] == "/models/code/deploy/container/serve_with_front_door.sh"
+    front = words[3 : words.index("--")]
+    assert words[words.index("--") + 1 :] == ["${cmd[@]}"]
+    assert parse_args(front, {}) == FrontDoorConfig(
+        upstream_grpc="127.0.0.1:18001", upstream_http="http://127.0.0.1:18000", host="0.0.0.0", grpc_port=8001,
+        http_port=8000,
+    )  # fmt: skip
+    generate = shlex.split(next(line for line in script.splitlines() if "mpi-command" in line).split("< <(")[1])
+    assert generate[generate.index("--http-port") + 1] == "18000"
+    assert generate[generate.index("--grpc-port") + 1] == "18001"
+    assert generate[generate.index("--metrics-port") + 1] == "8002"
+    assert generate[generate.index("--") + 1 : generate.index("--") + 3] == PRIVATE
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PYTHONPATH"]["value"] == "/models/code/src"
+    assert env["ML_FRONT_DOOR_PYTHONPATH"]["value"] == "/models/pydeps"
+    assert env["MENTALLAMA_API_KEYS"]["valueFrom"]["secretKeyRef"]["optional"] is True  # keys never in args
+
+
+def test_front_door_requirements_are_the_project_pins() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = {p.split("==")[0]: p for p in project["dependencies"] + project["optional-dependencies"]["server"]}
+    lines = (DEPLOY / "container" / "front_door_requirements.txt").read_text().splitlines()
+    wanted = [line for line in lines if line and not line.startswith("#")]
+    for name in ("fastapi", "uvicorn", "httptools", "grpcio", "protobuf", "numpy"):
+        assert pins[name] in wanted
+    assert pins["tritonclient[grpc]"] in wanted
 
 
 def test_run_triton_requires_a_model_repo() -> None:
@@ -255,22 +327,32 @@ def test_sigterm_stops_tracked_children(tmp_path: Path, ignores_term: bool) -> N
         stop(proc)
 
 
-FAKE_RUNTIME = """#!{python}
-# Stand-in for `apptainer exec ... IMAGE <server argv>`: answers Triton's health endpoints on the
-# --http-port of the server argv and records that argv; exits on SIGTERM like tritonserver.
-import http.server, json, os, signal, sys
+FAKE_TRITON = """#!{python}
+# Stand-in for tritonserver (or mpirun) inside the container: answers gRPC ServerLive / ServerReady, which the
+# real front door forwards its /v2/health/* to, on the --grpc-address / --grpc-port of the server argv, and
+# records that argv; exits on SIGTERM like tritonserver.
+import json, os, signal, sys, threading
+from concurrent import futures
+import grpc
+from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
 argv = sys.argv[1:]
-port = next(int(a.split("=", 1)[1]) for a in argv if a.startswith("--http-port="))
-with open(os.path.join({record!r}, f"server-{{port}}.json"), "w") as f:
+def flag(name):
+    return next(a.split("=", 1)[1] for a in argv if a.startswith(name + "="))
+with open(os.path.join({record!r}, f"server-{{flag('--http-port')}}.json"), "w") as f:
     json.dump({{"argv": argv, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}}, f)
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200 if self.path in ("/v2/health/ready", "/v2/health/live") else 404)
-        self.end_headers()
-    def log_message(self, *a):
-        pass
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+class Health(pb_grpc.GRPCInferenceServiceServicer):
+    def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+    def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=True)
+server = grpc.server(futures.ThreadPoolExecutor(4))
+pb_grpc.add_GRPCInferenceServiceServicer_to_server(Health(), server)
+server.add_insecure_port(f"{{flag('--grpc-address')}}:{{flag('--grpc-port')}}")
+server.start()
+done = threading.Event()
+signal.signal(signal.SIGTERM, lambda *a: done.set())
+done.wait()
+server.stop(0)
 """
 
 
@@ -279,8 +361,9 @@ def fake_runtime(tmp_path: Path) -> tuple[Path, Path]:
     record = tmp_path / "record"
     record.mkdir()
     runtime = tmp_path / "fake-apptainer"
-    # `apptainer exec <options> IMAGE argv...`: honour --env K=V (the only option that changes what the
-    # server sees), skip the rest up to the image, run the argv after it.
+    # `apptainer exec <options> IMAGE bash serve_with_front_door.sh FRONT-DOOR-OPTIONS -- SERVER-ARGV`: honour
+    # --env K=V (the only option that changes what the processes see), skip the rest up to the image, and run
+    # the real supervisor and the real front door with the stand-in tritonserver in front of the server argv.
     runtime.write_text(
         "#!/usr/bin/env bash\n"
         'while [[ $# -gt 0 && $1 != "$FAKE_IMAGE" ]]; do\n'
@@ -288,12 +371,23 @@ def fake_runtime(tmp_path: Path) -> tuple[Path, Path]:
         "  shift\n"
         "done\n"
         "shift\n"
-        f'exec {shlex.quote(str(tmp_path / "fake-server"))} "$@"\n'
+        "args=()\n"
+        'while [[ $# -gt 0 && $1 != -- ]]; do args+=("$1"); shift; done\n'
+        f'exec "${{args[@]}}" -- {shlex.quote(str(tmp_path / "fake-triton"))} "${{@:2}}"\n'
     )
-    (tmp_path / "fake-server").write_text(FAKE_RUNTIME.format(python=sys.executable, record=str(record)))
-    for path in (runtime, tmp_path / "fake-server"):
+    (tmp_path / "fake-triton").write_text(FAKE_TRITON.format(python=sys.executable, record=str(record)))
+    for path in (runtime, tmp_path / "fake-triton"):
         path.chmod(0o755)
+    (tmp_path / "deps").mkdir()  # the front door's packages: this venv has them already
     return runtime, record
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def test_node_replicas_start_publish_and_tear_down(tmp_path: Path, fake_runtime: tuple[Path, Path]) -> None:
@@ -304,7 +398,8 @@ def test_node_replicas_start_publish_and_tear_down(tmp_path: Path, fake_runtime:
         ML_CONTAINER_RUNTIME=str(runtime), ML_IMAGE="fake.sif", FAKE_IMAGE="fake.sif",
         MODEL_REPO=str(tmp_path / "repo"), RUN_DIR=str(run_dir), CUDA_VISIBLE_DEVICES="4,5",
         BASE_HTTP_PORT=str(base), BASE_GRPC_PORT=str(base + 1), BASE_METRICS_PORT=str(base + 2),
-        READY_TIMEOUT_S="30", ML_BIND=f"{tmp_path}/engine:{tmp_path}/tokenizer",
+        READY_TIMEOUT_S="30", ML_BIND=f"{tmp_path}/engine:{tmp_path}/tokenizer", SERVE_HOST="127.0.0.1",
+        ML_FRONT_DOOR_DEPS=str(tmp_path / "deps"), ML_TRITON_PORT_OFFSET="7",
     )  # fmt: skip
     proc = subprocess.Popen(
         [str(DEPLOY / "slurm" / "node_replicas.sh")], env=env, stderr=subprocess.PIPE, text=True
@@ -318,8 +413,13 @@ def test_node_replicas_start_publish_and_tear_down(tmp_path: Path, fake_runtime:
         )
         servers = {p.name: json.loads(p.read_text()) for p in record.glob("*.json")}
         assert {s["cuda"] for s in servers.values()} == {"4", "5"}
-        first = servers[f"server-{base}.json"]["argv"]
-        assert first[0] == "/opt/tritonserver/bin/tritonserver" and f"--grpc-port={base + 1}" in first
+        first = servers[f"server-{base + 7}.json"]["argv"]  # tritonserver: the public ports + the offset
+        assert first[0] == "/opt/tritonserver/bin/tritonserver" and f"--grpc-port={base + 8}" in first
+        assert "--grpc-address=127.0.0.1" in first and "--http-address=127.0.0.1" in first
+        # The public HTTP port is the front door's: it asks tritonserver, and knows only the entry models.
+        assert http_get(f"http://127.0.0.1:{base + 10}/v2/health/ready")[0] == 200
+        status, body = http_get(f"http://127.0.0.1:{base}/v2/models/tensorrt_llm")
+        assert status == 404 and "unknown model" in body
         assert any(
             a.startswith("--backend-config=python,shm-region-prefix-name=") and "_r0_0_" in a for a in first
         )
@@ -327,7 +427,7 @@ def test_node_replicas_start_publish_and_tear_down(tmp_path: Path, fake_runtime:
         assert proc.wait(timeout=30) == 143
         assert list(endpoints.glob("*")) == []
         wait_for(lambda: not any(alive(s["pid"]) for s in servers.values()), timeout=10)
-        assert port_free(base) and port_free(base + 10)
+        assert all(port_free(p) for p in (base, base + 1, base + 10, base + 11, base + 8, base + 18))
     finally:
         stop(proc)
 
@@ -342,6 +442,7 @@ def test_tp_sbatch_runs_world_size_ranks_and_stops_on_sigterm(
         ML_CONTAINER_RUNTIME=str(runtime), ML_IMAGE="fake.sif", FAKE_IMAGE="fake.sif",
         MODEL_REPO=str(tmp_path / "repo"), RUN_DIR=str(run_dir), WORLD_SIZE="2",
         HTTP_PORT=str(base), GRPC_PORT=str(base + 1), METRICS_PORT=str(base + 2), READY_TIMEOUT_S="30",
+        ML_FRONT_DOOR_DEPS=str(tmp_path / "deps"), ML_TRITON_PORT_OFFSET="3",
     )  # fmt: skip
     # The fake runtime starts the first program after the image: give it mpirun's argv to inspect.
     proc = subprocess.Popen(
@@ -353,14 +454,74 @@ def test_tp_sbatch_runs_world_size_ranks_and_stops_on_sigterm(
         assert (
             run_dir / "endpoints"
         ).read_text() == f"{host} http={base} grpc={base + 1} metrics={base + 2}\n"
-        argv = json.loads((record / f"server-{base}.json").read_text())["argv"]
+        argv = json.loads((record / f"server-{base + 3}.json").read_text())["argv"]
         assert argv[:2] == ["mpirun", "--allow-run-as-root"] and argv.count("-n") == 2
+        assert f"--http-port={base + 3}" in argv and f"--grpc-port={base + 4}" in argv
+        assert http_get(f"http://127.0.0.1:{base}/v2/health/live")[0] == 200  # the front door, asking Triton
         assert f"--log-file={run_dir}/triton.log" in argv
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 143
         assert not (run_dir / "endpoints").exists()
         wait_for(
-            lambda: not alive(json.loads((record / f"server-{base}.json").read_text())["pid"]), timeout=10
+            lambda: not alive(json.loads((record / f"server-{base + 3}.json").read_text())["pid"]), timeout=10
         )
+        assert port_free(base) and port_free(base + 1)  # the front door stopped too
+    finally:
+        stop(proc)
+
+
+def supervise(tmp_path: Path, front: list[str], server: str, **env: str) -> subprocess.Popen[str]:
+    """serve_with_front_door.sh with the real front door and `server` (bash) as tritonserver."""
+    pid_file = tmp_path / "server.pid"
+    return subprocess.Popen(
+        [*SUPERVISOR, *front, "--", "bash", "-c", f"echo $$ > {pid_file}; {server}"],
+        env=script_env(PYTHONPATH=str(REPO / "src"), **env), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_supervisor_stops_the_front_door_when_triton_exits(tmp_path: Path) -> None:
+    http_port, grpc_port = free_port(), free_port()
+    front = ["--upstream-grpc", f"127.0.0.1:{free_port()}", "--http-port", str(http_port), "--grpc-port",
+             str(grpc_port)]  # fmt: skip
+    proc = supervise(tmp_path, front, f"until [[ -e {tmp_path}/die ]]; do sleep 0.1; done; exit 0")
+    try:
+        wait_for(lambda: not port_free(http_port) and not port_free(grpc_port), timeout=30)
+        assert http_get(f"http://127.0.0.1:{http_port}/v2/health/ready")[0] == 503  # no Triton to ask
+        (tmp_path / "die").touch()
+        assert proc.wait(timeout=30) == 1  # a server that stops by itself is a failure, even with status 0
+        assert "tritonserver exited (status 0); stopping the front door" in (proc.stderr.read() if proc.stderr else "")
+        wait_for(lambda: port_free(http_port) and port_free(grpc_port), timeout=10)
+    finally:
+        stop(proc)
+
+
+def test_supervisor_stops_triton_when_the_front_door_fails(tmp_path: Path) -> None:
+    proc = supervise(tmp_path, ["--upstream-grpc", "no-port"], "sleep 60")
+    try:
+        assert proc.wait(timeout=30) == 2  # the front door's usage error, passed on
+        stderr = proc.stderr.read() if proc.stderr else ""
+        assert "must be HOST:PORT" in stderr and "the front door exited (status 2)" in stderr
+        wait_for(lambda: not alive(int((tmp_path / "server.pid").read_text())), timeout=10)
+    finally:
+        stop(proc)
+
+
+def test_supervisor_refuses_to_start_without_the_front_doors_packages(tmp_path: Path) -> None:
+    proc = supervise(tmp_path, ["--upstream-grpc", "127.0.0.1:1"], "sleep 60", ML_PYTHON="/bin/false")
+    assert proc.wait(timeout=30) == 1
+    assert "the front door does not import" in (proc.stderr.read() if proc.stderr else "")
+    assert not (tmp_path / "server.pid").exists()  # tritonserver never started: no engine loaded for nothing
+
+
+def test_supervisor_stops_both_on_sigterm(tmp_path: Path) -> None:
+    http_port = free_port()
+    front = ["--upstream-grpc", f"127.0.0.1:{free_port()}", "--http-port", str(http_port), "--grpc-port",
+             str(free_port())]  # fmt: skip
+    proc = supervise(tmp_path, front, "sleep 60")
+    try:
+        wait_for(lambda: not port_free(http_port) and (tmp_path / "server.pid").exists(), timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+        wait_for(lambda: port_free(http_port) and not alive(int((tmp_path / "server.pid").read_text())), timeout=10)
     finally:
         stop(proc)

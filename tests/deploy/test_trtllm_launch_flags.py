@@ -27,7 +27,8 @@ def dry_run(*args: str) -> list[str]:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     argv = shlex.split(result.stdout)
-    return argv[argv.index("/i.sif") + 1 :]
+    argv = argv[argv.index("/i.sif") + 1 :]
+    return argv[argv.index("--") + 1 :]  # tritonserver's argv, after the front door's options
 
 
 def test_run_triton_ranks_are_unbound_and_get_the_pool_flags() -> None:
@@ -48,3 +49,4 @@ def test_kubernetes_builds_its_argv_with_mpi_command() -> None:
     deployment = yaml.safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text())
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert "mentallama_server.launch.trtllm_profile mpi-command" in container["args"][0]
+    assert "--http-address=127.0.0.1 --grpc-address=127.0.0.1" in container["args"][0]
