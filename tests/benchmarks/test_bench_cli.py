@@ -161,6 +161,7 @@ STUDY_FLAGS = {
     "soak": ("--endpoint", "--metrics", "--minutes", "--concurrency", "--mix", "--json"),
     "cpu-engine": ("--model", "--imhi-dir", "--concurrency", "--weight-formats", "--footprint", "--output"),
     "serving-overhead": ("--model", "--concurrency", "--requests", "--input-len", "--output-len", "--output"),
+    "front-door": ("--model", "--data", "--concurrency", "--requests", "--max-tokens", "--output"),
     "sdk-overhead": ("--endpoint", "--concurrency", "--rounds", "--per-round", "--max-tokens", "--output"),
     "label-parsing": ("--imhi", "--seed", "--json"),
 }

@@ -190,7 +190,9 @@ def test_training_is_reproducible_and_matches_the_sdk(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(IMHI is None, reason=NO_IMHI)
 def test_shipped_dr_model_is_what_the_command_trains(tmp_path: Path) -> None:
-    """Retrain DR with the shipped settings: the same arrays as in the shipped file (reproducible)."""
+    """Retrain DR with the shipped settings: the arrays of the shipped file (reproducible). Equal to float
+    rounding only: numpy's SIMD kernels sum in a different order on another CPU (AVX-512 vs AMX machines gave
+    coefficients 1.2e-4 apart), which the training's iterations carry along."""
     from mentallama_build.label_model import TrainConfig, train_label_models
 
     assert IMHI is not None
@@ -199,8 +201,8 @@ def test_shipped_dr_model_is_what_the_command_trains(tmp_path: Path) -> None:
     shipped = default_model().get("DR")  # type: ignore[union-attr]
     assert retrained is not None and shipped is not None
     assert retrained.vocab == shipped.vocab
-    np.testing.assert_array_equal(retrained.coef, shipped.coef)
-    np.testing.assert_array_equal(retrained.intercept, shipped.intercept)
+    np.testing.assert_allclose(retrained.coef, shipped.coef, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(retrained.intercept, shipped.intercept, rtol=0, atol=1e-3)
     assert retrained.meta == shipped.meta
 
 

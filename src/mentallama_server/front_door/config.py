@@ -33,7 +33,7 @@ class FrontDoorConfig:
     """The key admin APIs need (`admin-key` header); None closes them. Forwarded to Triton, which has the same."""
     max_in_flight: int = 512
     """Requests in flight in all (stops included); beyond, UNAVAILABLE / 503."""
-    max_in_flight_per_client: int = 128
+    max_in_flight_per_client: int = 256
     """Requests in flight per client (connection, or API key); beyond, UNAVAILABLE / 429."""
     max_request_bytes: int = 1 << 20
     """Largest request message or HTTP body. Keeps the Python backend's shared-memory pool from growing on

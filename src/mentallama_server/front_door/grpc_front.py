@@ -141,7 +141,9 @@ class GrpcFront:
             while True:
                 item = await out.get()
                 if item is _WAKE:
-                    if not reading and not active:
+                    # Done when nothing more can come: a relay may have queued its last response and ended
+                    # before this wake-up, so what is queued goes out first.
+                    if not reading and not active and out.empty():
                         return
                     continue
                 yield item
