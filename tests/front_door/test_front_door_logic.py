@@ -41,6 +41,9 @@ class ScriptedPool:
     def stop_later(self, ticket: Any) -> None:
         self.stopped.append(ticket.upstream_id)
 
+    async def stop_for(self, admission: Admission, client: str, client_id: str, model: str) -> None:
+        self.stopped += [ticket.upstream_id for ticket in admission.to_stop(client, client_id)]
+
 
 class Context:
     def invocation_metadata(self) -> tuple:

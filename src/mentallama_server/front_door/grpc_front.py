@@ -164,11 +164,7 @@ class GrpcFront:
             if is_stop(request):
                 if not request.id:
                     raise Refused("stop: give the request id of the request to stop")
-                ticket = self.admission.admit(client, request.id, request.model_name, track=False)
-                try:
-                    await asyncio.gather(*(self.pool.stop(t) for t in self.admission.to_stop(client, request.id)))
-                finally:
-                    self.admission.release(ticket)
+                await self.pool.stop_for(self.admission, client, request.id, request.model_name)
                 return _empty_final(request) if empty_final else None
             ticket = self.admission.admit(client, request.id, request.model_name)
         except Refused as refusal:

@@ -120,27 +120,52 @@ class HttpFront:
             client_id = upstream.id
             if is_stop(upstream):
                 return await self._stop(client, upstream)
-            ticket = self.admission.admit(client, client_id, model)
+            ticket, queue = self.submit(client, client_id, upstream)
         except Refused as refusal:
-            return error_response(refusal.message, refusal.status)
-        upstream.id = ticket.upstream_id
-        try:
-            queue = self.pool.submit(upstream)
-        except Refused as refusal:
-            self.admission.release(ticket)
             return error_response(refusal.message, refusal.status)
         if stream:
             return await self._stream(request, ticket, queue)
         return await self._single(request, ticket, queue)
 
+    def submit(
+        self, client: str, client_id: str, upstream: service_pb2.ModelInferRequest
+    ) -> tuple[Ticket, asyncio.Queue[Delivery]]:
+        """Admit a request under the client's limits and send it upstream under its namespaced id; raises
+        Refused. The caller owns the ticket: `relay` (or `_abandon`) lets it go."""
+        ticket = self.admission.admit(client, client_id, upstream.model_name)
+        upstream.id = ticket.upstream_id
+        try:
+            queue = self.pool.submit(upstream)
+        except Refused:
+            self.admission.release(ticket)
+            raise
+        return ticket, queue
+
+    async def relay(
+        self, ticket: Ticket, queue: asyncio.Queue[Delivery], first: Delivery
+    ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+        """A request's upstream responses from `first` to the final one; the ticket is released after the
+        final one, and a consumer that stops early (a client that disconnected: Starlette cancels its stream)
+        stops the request in band. Use under `contextlib.aclosing`, so that happens at once."""
+        delivery, done = first, False
+        try:
+            while True:
+                message, final = delivery
+                done = final  # set before yielding: a consumer that closes after the final one owes no stop
+                yield message
+                if final:
+                    return
+                delivery = await queue.get()
+        finally:
+            if done:
+                self.admission.release(ticket)
+            else:
+                self._abandon(ticket, queue)
+
     async def _stop(self, client: str, upstream: service_pb2.ModelInferRequest) -> Response:
         if not upstream.id:
             raise Refused("stop: give the request id (`id`) of the request to stop")
-        ticket = self.admission.admit(client, upstream.id, upstream.model_name, track=False)
-        try:
-            await asyncio.gather(*(self.pool.stop(t) for t in self.admission.to_stop(client, upstream.id)))
-        finally:
-            self.admission.release(ticket)
+        await self.pool.stop_for(self.admission, client, upstream.id, upstream.model_name)
         return JSONResponse({"id": upstream.id, "model_name": upstream.model_name, "stopped": True})
 
     async def _next(self, request: Request, queue: asyncio.Queue[Delivery]) -> Delivery | None:
@@ -207,25 +232,13 @@ class HttpFront:
             return Response(event, status_code=status_of(text), media_type="text/event-stream")
 
         async def events() -> AsyncIterator[str]:
-            delivery: Delivery | None = first
-            done = False
-            try:
-                while delivery is not None:
-                    message, final = delivery
+            async with contextlib.aclosing(self.relay(ticket, queue, first)) as messages:
+                async for message in messages:
                     if message.error_message:
                         text = message.error_message.replace(ticket.upstream_id, ticket.client_id)
                         yield f"data: {_dumps({'error': text})}\n\n"
                     elif len(message.infer_response.outputs):
                         yield f"data: {_dumps(response_json(message.infer_response, ticket.client_id))}\n\n"
-                    if final:
-                        done = True
-                        return
-                    delivery = await queue.get()
-            finally:
-                if done:
-                    self.admission.release(ticket)
-                else:  # the client disconnected (Starlette cancelled this generator)
-                    self._abandon(ticket, queue)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

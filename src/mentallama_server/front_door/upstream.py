@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from mentallama_server.front_door.admission import Refused, Ticket
+from mentallama_server.front_door.admission import Admission, Refused, Ticket
 from mentallama_server.front_door.config import STOP_TARGETS
 
 log = logging.getLogger("mentallama.front_door")
@@ -173,6 +173,15 @@ class UpstreamPool:
         except (Refused, asyncio.TimeoutError):
             self._stops.forget(ticket.upstream_id)
             log.warning("stop of a %s request not answered upstream", ticket.model)
+
+    async def stop_for(self, admission: Admission, client: str, client_id: str, model: str) -> None:
+        """A client's `stop`: its own running requests with exactly `client_id` end. The stop counts against the
+        limits while it is sent (a flood of stops is refused like any other)."""
+        ticket = admission.admit(client, client_id, model, track=False)
+        try:
+            await asyncio.gather(*(self.stop(t) for t in admission.to_stop(client, client_id)))
+        finally:
+            admission.release(ticket)
 
     async def unary(self, method: str, request, metadata: tuple = (), timeout: float = 10.0):
         return await getattr(self.stub, method)(request, metadata=metadata, timeout=timeout)
