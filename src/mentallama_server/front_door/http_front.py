@@ -380,6 +380,10 @@ def build_app(front: HttpFront) -> FastAPI:
                 return error_response("HTTP end point doesn't support models with decoupled transaction policy", 501)
             return error_response(f"Request for unknown model: '{model}' is not found", 404)
 
+    from mentallama_server.front_door.openai_api import install  # imports this module: here, not at the top
+
+    install(app, front)  # the OpenAI-compatible and analysis /v1 routes, and /openapi.json (of /v1 alone)
+
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def other(path: str) -> Response:
         return error_response(f"/{path} is not served here", 404)
