@@ -10,6 +10,8 @@ stamped on arrival, as vLLM's request functions do.
   We ask for Triton's empty final response so the end of every request is seen as a response flagged
   `triton_final_response`, however the model sends its final flag.
 - `triton-http`: Triton's HTTP `generate_stream` extension (server-sent events), through aiohttp.
+- `openai`: the front door's OpenAI-compatible `/v1/chat/completions`, streamed with `include_usage`, through
+  aiohttp (the same load through `/v1` and through gRPC in one run).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from mentallama_interface import ENSEMBLE_INPUTS, wire_types
 __all__ = [
     "BACKENDS",
     "DEFAULT_MODEL",
+    "HTTP_KINDS",
     "Backend",
+    "OpenAIChatBackend",
     "SseParser",
     "TritonGrpcBackend",
     "TritonHttpBackend",
@@ -367,10 +371,99 @@ class TritonHttpBackend(Backend):
         return out
 
 
+# --- OpenAI-compatible chat completions --------------------------------------------------------------------
+
+
+def openai_payload(sample: SampleRequest, params: SamplingParams, model: str) -> dict[str, Any]:
+    """A streamed chat completion of the sample's prompt (the front door renders the chat template), with the
+    usage chunk so token counts are the server's. `min_tokens` and `top_k` are vLLM's extensions, which the
+    front door serves too."""
+    payload: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": sample.prompt}],
+        "max_tokens": sample.max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if params.force_output_len:
+        payload["min_tokens"] = sample.max_tokens
+    for name in ("temperature", "top_k", "top_p", "seed"):
+        value = getattr(params, name)
+        if value is not None:
+            payload[name] = value
+    return payload
+
+
+class OpenAIChatBackend(TritonHttpBackend):
+    """`POST /v1/chat/completions` with `stream` and `stream_options.include_usage` (SSE ending in `[DONE]`),
+    as vLLM's `openai-chat` request function; the endpoint is the HTTP port (`/v1` is added)."""
+
+    kind = "openai"
+
+    async def is_ready(self) -> bool:
+        await self.open()
+        try:
+            async with self._session.get(self.endpoint + "/v2/health/ready") as resp:
+                if resp.status != 200:
+                    return False
+            async with self._session.get(f"{self.endpoint}/v1/models/{self.model}") as resp:
+                return resp.status == 200
+        except Exception:  # noqa: BLE001 - unreachable or starting: not ready yet
+            return False
+
+    def _handle_event(self, data: str, now: float, out: RequestOutcome) -> None:
+        if data.strip() == "[DONE]":
+            out.final_seen = out.error_code is None
+            return
+        out.num_responses += 1
+        body = json.loads(data)
+        if "error" in body:
+            error = body["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            out.error_code, out.error = "INFER_ERROR", _short(message)
+            return
+        for choice in body.get("choices") or ():
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                out.chunk_times.append(now)
+                out.text += text
+        usage = body.get("usage")
+        if usage:
+            out.server_input_tokens = _json_int(usage.get("prompt_tokens"))
+            out.server_output_tokens = _json_int(usage.get("completion_tokens"))
+
+    async def generate(self, sample: SampleRequest, params: SamplingParams) -> RequestOutcome:
+        await self.open()
+        out = RequestOutcome(start=time.perf_counter())
+        try:
+            payload = openai_payload(sample, params, self.model)
+            async with self._session.post(f"{self.endpoint}/v1/chat/completions", json=payload) as resp:
+                if resp.status != 200:
+                    out.error_code, out.error = f"HTTP_{resp.status}", _short(await resp.text())
+                else:
+                    parser = SseParser()
+                    async for chunk in resp.content.iter_any():
+                        now = time.perf_counter()
+                        for data in parser.feed(chunk):
+                            self._handle_event(data, now, out)
+                    for data in parser.flush():
+                        self._handle_event(data, time.perf_counter(), out)
+                    if out.error_code is None and not out.final_seen:
+                        out.error_code, out.error = "INCOMPLETE", "stream ended without data: [DONE]"
+        except (asyncio.TimeoutError, TimeoutError):
+            out.error_code, out.error = "DEADLINE_EXCEEDED", f"no complete response within {self.request_timeout_s:g} s"
+        except Exception as exc:  # noqa: BLE001 - the contract is to never raise
+            out.error_code, out.error = "CLIENT_ERROR", _short(f"{type(exc).__name__}: {exc}")
+        out.end = time.perf_counter()
+        return out
+
+
 BACKENDS: dict[str, type[Backend]] = {
     TritonGrpcBackend.kind: TritonGrpcBackend,
     TritonHttpBackend.kind: TritonHttpBackend,
+    OpenAIChatBackend.kind: OpenAIChatBackend,
 }
+HTTP_KINDS = (TritonHttpBackend.kind, OpenAIChatBackend.kind)  # reached at the HTTP endpoints
 
 
 def make_backend(

@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2_grpc
 from mentallama._constants import DEFAULT_MAX_TOKENS
 from mentallama.cli._cli_utils import START_SERVER_HINT, endpoint_problem
 from mentallama.cli.options import flag
-from mentallama_bench.backends import BACKENDS, DEFAULT_MODEL, Backend, make_backend
+from mentallama_bench.backends import BACKENDS, DEFAULT_MODEL, HTTP_KINDS, Backend, make_backend
 from mentallama_bench.compare import compare_summaries, format_comparison
 from mentallama_bench.datasets import BenchmarkDataset, ImhiDataset, SyntheticDataset, parse_task_mix
 from mentallama_bench.metrics import SLO
@@ -62,7 +62,7 @@ class BenchOptions:
     )
     backend: str = flag("triton-grpc", f"comma list of {', '.join(BACKENDS)}; several = same load on each")
     http_endpoint: list[str] | None = flag(
-        None, "Triton HTTP HOST:PORT for triton-http (default: gRPC hosts, port 8000)"
+        None, "HTTP HOST:PORT for triton-http and openai (default: gRPC hosts, port 8000)"
     )
     model: str = flag(DEFAULT_MODEL, "Triton model: mentallama or ensemble")
     concurrency: str | None = flag(
@@ -171,7 +171,7 @@ def endpoint_problems(kinds: list[str], grpc_endpoints: list[str], http_endpoint
                 problem = endpoint_problem(service_pb2_grpc.GRPCInferenceServiceStub(channel), endpoint, model, timeout)
             if problem:
                 problems.append(problem)
-    if "triton-http" in kinds:
+    if any(kind in HTTP_KINDS for kind in kinds):
         for endpoint in http_endpoints:
             address = endpoint.split("://", 1)[-1].split("/", 1)[0]
             host, _, port = address.rpartition(":")
@@ -213,7 +213,7 @@ def plan_session(o: BenchOptions) -> SessionPlan:
     http_endpoints = o.http_endpoint or default_http_endpoints(grpc_endpoints)
     groups = [
         [make_backend(kind, a, o.model, o.request_timeout)
-         for a in (http_endpoints if kind == "triton-http" else grpc_endpoints)]
+         for a in (http_endpoints if kind in HTTP_KINDS else grpc_endpoints)]
         for kind in kinds
     ]  # fmt: skip
     if o.compare_engine:

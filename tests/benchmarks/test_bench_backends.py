@@ -107,6 +107,6 @@ def test_sse_parser_handles_split_and_joined_events() -> None:
 
 
 def test_registry_names_the_backends() -> None:
-    assert set(BACKENDS) == {"triton-grpc", "triton-http"}
+    assert set(BACKENDS) == {"triton-grpc", "triton-http", "openai"}
     with pytest.raises(ValueError, match="triton-grpc"):
-        make_backend("openai", "x")
+        make_backend("vllm", "x")
