@@ -16,6 +16,7 @@ import pytest
 README = Path(__file__).resolve().parents[2] / "README.md"
 IMHI_MINI = Path(__file__).parent / "fixtures" / "imhi_mini"
 README_ENDPOINT = "127.0.0.1:8001"
+README_HTTP = "http://127.0.0.1:8000"  # the OpenAI-compatible examples: the front door's HTTP port
 
 
 def blocks(language: str) -> list[str]:
@@ -37,6 +38,7 @@ def test_the_readme_has_python_blocks_that_name_the_default_endpoint():
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_python_block_runs_as_pasted(cpu_server, tmp_path, index):
     code = blocks("python")[index].replace(README_ENDPOINT, cpu_server.grpc_url)
+    code = code.replace(README_HTTP, cpu_server.http_url)
     # A fresh interpreter: a block must define everything it uses. RuntimeWarnings (a coroutine never
     # awaited) are errors.
     done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], cwd=tmp_path,
@@ -85,3 +87,20 @@ def test_readme_cli_flags_exist():
         help_text = CliRunner().invoke(app, [words[1], "--help"]).stdout
         for flag in (w for w in words if w.startswith("--")):
             assert flag in help_text, f"{flag} of `{line}` is not an option of mentallama {words[1]}"
+
+
+@pytest.mark.server
+def test_openai_curl_examples_run_as_pasted(cpu_server, tmp_path):
+    """The section "OpenAI-compatible API": its curl lines, against the test server's HTTP port."""
+    section = README.read_text(encoding="utf-8").split("## OpenAI-compatible API", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"^```bash\n(.*?)^```", section, flags=re.S | re.M)[0]
+    commands = [c for c in block.replace("\\\n", " ").splitlines() if c.strip().startswith("curl ")]
+    assert len(commands) == 2
+    replies = []
+    for command in commands:
+        done = subprocess.run(command.replace(README_HTTP, cpu_server.http_url), shell=True, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        replies.append(json.loads(done.stdout))
+    assert replies[0]["object"] == "chat.completion" and replies[0]["choices"][0]["message"]["content"]
+    assert replies[1]["task"] == "dreaddit" and replies[1]["results"][0]["raw_text"]
