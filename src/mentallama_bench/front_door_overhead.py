@@ -16,9 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
 from mentallama_bench.backends import make_backend
 from mentallama_bench.compare import compare_summaries, format_comparison
 from mentallama_bench.report import fixed_width
+from mentallama_bench.runner import RunResult
 from mentallama_bench.session import BenchOptions, plan_session
 
 __all__ = ["cpu_name", "main", "server_behind_front_door"]
@@ -39,9 +42,9 @@ def cpu_name() -> str:
 
 
 @contextmanager
-def server_behind_front_door(model: str) -> Iterator[tuple[str, str, str, Path]]:
+def server_behind_front_door(model: str) -> Iterator[tuple[str, str, str, Path, int]]:
     """A CPU server of `model` behind the front door, on free loopback ports: yields the front door's gRPC
-    endpoint, tritonserver's own, the metrics URL and the checkpoint folder."""
+    endpoint, tritonserver's own, the metrics URL, the checkpoint folder and the front door's pid."""
     from mentallama_server.launch.cpu_profile import CpuSettings
     from mentallama_server.launch.front_door_process import FrontDoorProcess, upstream_options
     from mentallama_server.launch.launcher import ServerOptions
@@ -52,8 +55,8 @@ def server_behind_front_door(model: str) -> Iterator[tuple[str, str, str, Path]]
     upstream = upstream_options(public)
     server = start_cpu_server(str(checkpoint), CpuSettings(), upstream)
     try:
-        with FrontDoorProcess.start(public, upstream, server.run_dir):
-            yield public.grpc_url, upstream.grpc_url, upstream.metrics_url, checkpoint
+        with FrontDoorProcess.start(public, upstream, server.run_dir) as front:
+            yield public.grpc_url, upstream.grpc_url, upstream.metrics_url, checkpoint, front.proc.pid
     finally:
         server.stop()
 
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="results folder (runs and report)")
     args = parser.parse_args(argv)
 
-    with server_behind_front_door(args.model) as (front, direct, metrics_url, checkpoint):
+    with server_behind_front_door(args.model) as (front, direct, metrics_url, checkpoint, front_pid):
         options = BenchOptions(
             endpoint=[front], metrics_url=[metrics_url], concurrency=args.concurrency, requests=args.requests,
             data=args.data, max_tokens=args.max_tokens, output_len=args.max_tokens, force_output_len=True,
@@ -80,14 +83,33 @@ def main(argv: list[str] | None = None) -> int:
         baseline = make_backend("triton-grpc", direct, plan.model)
         baseline.kind = DIRECT  # its own name in the summaries, so the two sides can be paired
         plan.groups.insert(0, [baseline])
-        results = asyncio.run(plan.run())
+        door = psutil.Process(front_pid)
+        marks: list[tuple[str, float, float]] = []  # (run, front door CPU seconds so far, run seconds)
+
+        def mark(result: RunResult) -> None:
+            times = door.cpu_times()
+            marks.append((result.label, times.user + times.system, float(result.summary.get("duration_s") or 0)))
+
+        start = door.cpu_times()
+        results = asyncio.run(plan.run(on_result=mark))
     rows = compare_summaries([r.summary for r in results], baseline_backend=DIRECT)
     table = format_comparison(rows)
     print(f"\nfront door / direct, one run on {cpu_name()} (model {args.model}; latency > 1x and throughput < 1x "
           "= the front door's cost):")  # fmt: skip
     print(fixed_width(table[0], table[1:]))
     print("\n" + "\n".join(_absolute(rows)))
+    print("\n" + _door_cpu(marks, start.user + start.system))
     return 0
+
+
+def _door_cpu(marks: list[tuple[str, float, float]], start: float) -> str:
+    """The front door's own CPU time during each of its runs, as a share of one core (the engine's cost)."""
+    parts, before = [], start
+    for label, cpu, seconds in marks:
+        if not label.startswith(DIRECT) and seconds > 0:
+            parts.append(f"{label.rsplit('-', 1)[-1]} {100 * (cpu - before) / seconds:.1f}%")
+        before = cpu
+    return "front door CPU, share of one core during its runs: " + (", ".join(parts) or "-")
 
 
 def _absolute(rows: list[dict]) -> list[str]:
