@@ -62,11 +62,13 @@ def request_fields(sample: SampleRequest, params: SamplingParams) -> dict[str, A
     }
     if params.force_output_len:
         fields["min_tokens"] = sample.max_tokens
-    for name in ("temperature", "top_k", "top_p", "seed"):
-        value = getattr(params, name)
-        if value is not None:
-            fields[name] = value
-    return fields
+    return {**fields, **sampling_fields(params)}
+
+
+def sampling_fields(params: SamplingParams) -> dict[str, Any]:
+    """The sampling settings a run fixed (the server's defaults for the rest), named as both APIs name them."""
+    names = ("temperature", "top_k", "top_p", "seed")
+    return {name: getattr(params, name) for name in names if getattr(params, name) is not None}
 
 
 class Backend(ABC):
@@ -387,11 +389,7 @@ def openai_payload(sample: SampleRequest, params: SamplingParams, model: str) ->
     }
     if params.force_output_len:
         payload["min_tokens"] = sample.max_tokens
-    for name in ("temperature", "top_k", "top_p", "seed"):
-        value = getattr(params, name)
-        if value is not None:
-            payload[name] = value
-    return payload
+    return {**payload, **sampling_fields(params)}
 
 
 class OpenAIChatBackend(TritonHttpBackend):
