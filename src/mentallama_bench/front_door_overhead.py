@@ -1,17 +1,19 @@
 """Cost of the front door: the same load through the front door and straight to tritonserver, in one run.
 
 Starts the CPU profile as `mentallama-serve` does (tritonserver on private loopback ports, the front door on the
-public ones), then runs each load twice back to back: on tritonserver's own gRPC port (`triton-direct`) and on
-the front door's (`triton-grpc`), and prints front door / direct ratios of throughput and latency measured in
-this one run, with the CPU they ran on. Run it on an idle machine.
+public ones), then runs each load back to back on tritonserver's own gRPC port (`triton-direct`) and on the
+front door's (`front-door`), in the order direct, door, door, direct with `--repeats 2` (so a machine that drifts
+during the load weighs on both sides alike), and prints the front door / direct ratio of the pooled runs measured
+in this one session, with the CPU they ran on and the front door's own CPU share. Run it on an idle machine.
 
-    mentallama-bench front-door --model bench --data IMHI_DIR --concurrency 1,8,16,32 --requests 64
+    mentallama-bench front-door --model bench --data IMHI_DIR --concurrency 1,8,16,32 --requests 128 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,13 +21,13 @@ from pathlib import Path
 import psutil
 
 from mentallama_bench.backends import make_backend
-from mentallama_bench.compare import compare_summaries, format_comparison
 from mentallama_bench.report import fixed_width
 from mentallama_bench.runner import RunResult
 from mentallama_bench.session import BenchOptions, plan_session
 
 __all__ = ["cpu_name", "main", "server_behind_front_door"]
 DIRECT = "triton-direct"
+DOOR = "front-door"
 
 
 def cpu_name() -> str:
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,16,32")
     parser.add_argument("--requests", type=int, default=64, help="measured requests per run")
     parser.add_argument("--max-tokens", type=int, default=64, help="forced output tokens per request")
+    parser.add_argument("--repeats", type=int, choices=(1, 2), default=2,
+                        help="2: each load runs direct, door, door, direct (drift cancels); 1: direct, door")
     parser.add_argument("--output", type=Path, help="results folder (runs and report)")
     args = parser.parse_args(argv)
 
@@ -80,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer=checkpoint, output=args.output, progress=False,
         )  # fmt: skip
         plan = plan_session(options)
-        baseline = make_backend("triton-grpc", direct, plan.model)
-        baseline.kind = DIRECT  # its own name in the summaries, so the two sides can be paired
-        plan.groups.insert(0, [baseline])
+        (door_backend,) = plan.groups[0]
+        door_backend.kind = DOOR
+        plan = dataclasses.replace(
+            plan, groups=_abba(plan.groups[0], [make_backend("triton-grpc", direct, plan.model)], args.repeats)
+        )
         door = psutil.Process(front_pid)
         marks: list[tuple[str, float, float]] = []  # (run, front door CPU seconds so far, run seconds)
 
@@ -92,14 +98,56 @@ def main(argv: list[str] | None = None) -> int:
 
         start = door.cpu_times()
         results = asyncio.run(plan.run(on_result=mark))
-    rows = compare_summaries([r.summary for r in results], baseline_backend=DIRECT)
-    table = format_comparison(rows)
-    print(f"\nfront door / direct, one run on {cpu_name()} (model {args.model}; latency > 1x and throughput < 1x "
-          "= the front door's cost):")  # fmt: skip
-    print(fixed_width(table[0], table[1:]))
-    print("\n" + "\n".join(_absolute(rows)))
+    print(f"\nfront door / direct, one session on {cpu_name()} (model {args.model}, {args.requests} requests per run, "
+          f"{'direct, door, door, direct' if args.repeats == 2 else 'direct, door'} per load):")  # fmt: skip
+    header, rows = pooled_table([r.summary for r in results])
+    print(fixed_width(header, rows))
     print("\n" + _door_cpu(marks, start.user + start.system))
     return 0
+
+
+def _abba(door: list, direct: list, repeats: int) -> list[list]:
+    """Backend groups in run order per load: direct, door (, door, direct), each run under its own label."""
+    if repeats == 1:
+        direct[0].kind = DIRECT
+        return [direct, door]
+    plan = _abba(door, direct, 1)
+    door_again = make_backend("triton-grpc", door[0].endpoint, door[0].model)
+    direct_again = make_backend("triton-grpc", direct[0].endpoint, direct[0].model)
+    door_again.kind, direct_again.kind = f"{DOOR}-2", f"{DIRECT}-2"
+    return [*plan, [door_again], [direct_again]]
+
+
+def pooled_table(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Per load: output tokens/s of each side (its runs pooled), their ratio, and TTFT / ITL p50 of each side."""
+    loads: dict[str, dict[str, list[dict]]] = {}
+    for summary in summaries:
+        side = DOOR if summary["run"]["backend"].startswith(DOOR) else DIRECT
+        loads.setdefault(summary["run"]["load"]["label"], {DOOR: [], DIRECT: []})[side].append(summary)
+    header = ["load", "direct tok/s", "door tok/s", "door/direct", "TTFT p50 direct", "door", "added ms",
+              "ITL p50 direct", "door"]  # fmt: skip
+    rows = []
+    for load, sides in loads.items():
+        tok = {side: sum(s.get("output_token_throughput") or 0 for s in runs) for side, runs in sides.items()}
+        ttft = {side: _mean([_p50(s, "ttft") for s in runs]) for side, runs in sides.items()}
+        itl = {side: _mean([_p50(s, "itl") for s in runs]) for side, runs in sides.items()}
+        ratio = tok[DOOR] / tok[DIRECT] if tok[DIRECT] else None
+        added = None if ttft[DOOR] is None or ttft[DIRECT] is None else ttft[DOOR] - ttft[DIRECT]
+        per_run = {side: " + ".join(f"{s.get('output_token_throughput') or 0:.1f}" for s in runs)
+                   for side, runs in sides.items()}  # fmt: skip
+        rows.append([load, per_run[DIRECT], per_run[DOOR], _num(ratio, ".3f"), _num(ttft[DIRECT]), _num(ttft[DOOR]),
+                     _num(added, "+.1f"), _num(itl[DIRECT]), _num(itl[DOOR])])  # fmt: skip
+    return header, rows
+
+
+def _p50(summary: dict, key: str) -> float | None:
+    value = summary.get(key)
+    return value.get("p50") if isinstance(value, dict) else None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
 
 
 def _door_cpu(marks: list[tuple[str, float, float]], start: float) -> str:
@@ -110,19 +158,6 @@ def _door_cpu(marks: list[tuple[str, float, float]], start: float) -> str:
             parts.append(f"{label.rsplit('-', 1)[-1]} {100 * (cpu - before) / seconds:.1f}%")
         before = cpu
     return "front door CPU, share of one core during its runs: " + (", ".join(parts) or "-")
-
-
-def _absolute(rows: list[dict]) -> list[str]:
-    """The two sides' own numbers beside the ratios: tok/s and TTFT p50 (ms), and the TTFT added."""
-    lines = ["load: direct tok/s -> front door tok/s; TTFT p50 direct -> front door (added)"]
-    for row in rows:
-        tok, ttft = row["out tok/s"], row["TTFT p50"]
-        added = None if ttft["served"] is None or ttft["engine"] is None else ttft["served"] - ttft["engine"]
-        lines.append(
-            f"{row['load']}: {_num(tok['engine'])} -> {_num(tok['served'])} tok/s; TTFT p50 {_num(ttft['engine'])} "
-            f"-> {_num(ttft['served'])} ms ({_num(added, '+.1f')} ms)"
-        )
-    return lines
 
 
 def _num(value: float | None, spec: str = ".1f") -> str:
