@@ -10,7 +10,7 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from mentallama.prompts import wrap_chat
-from mentallama_server.front_door.admission import Refused
+from mentallama_server.front_door.admission import Refused, Ticket
 from mentallama_server.front_door.chat_template import ChatTemplate, TemplateError, llama2_prompt, load_chat_template
 from mentallama_server.front_door.openai_api import (
     ApiError,
@@ -25,6 +25,8 @@ from mentallama_server.front_door.openai_schema import ChatCompletionChunk, Chat
 CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "mentallama-nano"
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi "},
                 {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Why?"}]  # fmt: skip
+
+TICKET = Ticket(client="k", client_id="c", upstream_id="u", model="mentallama")
 
 
 def chat(**fields) -> ChatCompletionRequest:
@@ -184,19 +186,20 @@ def _response(text: str = "", n_out: int | None = None) -> service_pb2.ModelStre
 
 def test_stop_strings_are_held_back_and_dropped_from_the_end() -> None:
     progress = Progress(10, ("STOP", "##"))
-    out = [progress.add(_response(t), "c", "u") for t in ("ab S", "TO", "x #", "#y ST", "OP")]
+    out = [progress.add(_response(t), TICKET) for t in ("ab S", "TO", "x #", "#y ST", "OP")]
     assert out == ["ab ", "", "STOx ", "##y ", ""]
-    progress.add(_response(n_out=7), "c", "u")
+    progress.add(_response(n_out=7), TICKET)
     assert progress.finish() == "" and progress.text == "ab STOx ##y " and progress.finish_reason() == "stop"
 
 
 def test_finish_reasons_and_usage() -> None:
     assert Progress(4).finish_reason() == "stopped"  # the bare final of a stopped request: no counts
     full = Progress(4)
-    full.add(_response("abc", 4), "c", "u")
+    full.add(_response("abc", 4), TICKET)
     assert full.finish_reason() == "length" and full.usage()["completion_tokens"] == 4
     error = Progress(4)
-    error.add(service_pb2.ModelStreamInferResponse(error_message="request u.1 failed"), "mine", "u.1")
+    failure = service_pb2.ModelStreamInferResponse(error_message="request u.1 failed")
+    error.add(failure, Ticket("k", "mine", "u.1", "mentallama"))
     assert error.error == "request mine failed"
 
 

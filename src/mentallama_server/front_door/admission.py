@@ -33,6 +33,10 @@ class Ticket:
     upstream_id: str
     model: str
 
+    def own_words(self, text: str) -> str:
+        """Upstream text (Triton names the request in its errors) with the client's own id in it."""
+        return text.replace(self.upstream_id, self.client_id)
+
 
 @dataclass
 class Admission:

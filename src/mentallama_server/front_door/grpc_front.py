@@ -110,7 +110,7 @@ class GrpcFront:
                     message, final = await queue.get()
                     message.infer_response.id = ticket.client_id
                     if message.error_message:  # Triton names the request in its own errors
-                        message.error_message = message.error_message.replace(ticket.upstream_id, ticket.client_id)
+                        message.error_message = ticket.own_words(message.error_message)
                     # Upstream always sends the empty final response; the client gets it only if it asked.
                     if not final or empty_final or message.error_message or len(message.infer_response.outputs):
                         out.put_nowait(message)

@@ -204,7 +204,7 @@ class HttpFront:
             message, final = delivery
             if message.error_message:
                 self.admission.release(ticket)
-                text = message.error_message.replace(ticket.upstream_id, ticket.client_id)
+                text = ticket.own_words(message.error_message)
                 return error_response(text, status_of(text))
             if len(message.infer_response.outputs):
                 replies.append(message.infer_response)
@@ -227,7 +227,7 @@ class HttpFront:
         message, final = first
         if message.error_message:  # refused before anything was generated: a status says so, as Triton does
             self.admission.release(ticket)
-            text = message.error_message.replace(ticket.upstream_id, ticket.client_id)
+            text = ticket.own_words(message.error_message)
             event = f"data: {_dumps({'error': text})}\n\n"
             return Response(event, status_code=status_of(text), media_type="text/event-stream")
 
@@ -235,7 +235,7 @@ class HttpFront:
             async with contextlib.aclosing(self.relay(ticket, queue, first)) as messages:
                 async for message in messages:
                     if message.error_message:
-                        text = message.error_message.replace(ticket.upstream_id, ticket.client_id)
+                        text = ticket.own_words(message.error_message)
                         yield f"data: {_dumps({'error': text})}\n\n"
                     elif len(message.infer_response.outputs):
                         yield f"data: {_dumps(response_json(message.infer_response, ticket.client_id))}\n\n"

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from tritonclient.grpc import service_pb2
 
-from mentallama_server.front_door.admission import Refused
+from mentallama_server.front_door.admission import Refused, Ticket
 from mentallama_server.front_door.chat_template import ChatTemplate, TemplateError, load_chat_template
 from mentallama_server.front_door.http_front import HttpFront, status_of
 from mentallama_server.front_door.openai_schema import (
@@ -253,10 +253,10 @@ class Progress:
     num_output_tokens: int | None = None
     error: str | None = None
 
-    def add(self, message: service_pb2.ModelStreamInferResponse, client_id: str, upstream_id: str) -> str:
+    def add(self, message: service_pb2.ModelStreamInferResponse, ticket: Ticket) -> str:
         """Record one response; returns the text it lets out."""
         if message.error_message:
-            self.error = message.error_message.replace(upstream_id, client_id)
+            self.error = ticket.own_words(message.error_message)
             return ""
         body = response_json(message.infer_response, "")
         text = body.get("text_output", "")
@@ -358,7 +358,7 @@ class OpenAIFront:
             self.front._abandon(ticket, queue)
         elif first[0].error_message:
             self.front.admission.release(ticket)
-            raise ApiError.upstream(first[0].error_message.replace(ticket.upstream_id, client_id), prompt_field)
+            raise ApiError.upstream(ticket.own_words(first[0].error_message), prompt_field)
         return ticket, queue, first
 
     async def _collect(self, request: Request, ticket: Any, queue: asyncio.Queue, first: Any,
@@ -367,7 +367,7 @@ class OpenAIFront:
         delivery = first
         while True:
             message, final = delivery
-            progress.add(message, ticket.client_id, ticket.upstream_id)
+            progress.add(message, ticket)
             if final:
                 self.front.admission.release(ticket)
                 return True
@@ -444,7 +444,7 @@ class OpenAIFront:
             yield piece(role=True)
         async with contextlib.aclosing(self.front.relay(ticket, queue, first)) as messages:
             async for message in messages:
-                text = progress.add(message, ticket.client_id, ticket.upstream_id)
+                text = progress.add(message, ticket)
                 if text:
                     yield piece(text)
         if rest := progress.finish():
