@@ -144,3 +144,14 @@ def test_outputs_come_back_as_generate_returns_them() -> None:
     response.raw_output_contents.append((0).to_bytes(4, "little"))
     assert response_json(response, "r") == {"id": "r", "model_name": "mentallama", "model_version": "1",
                                             "text_output": "ok", "batch_index": 0}  # fmt: skip
+
+
+def test_a_lost_upstream_ends_the_client_rpc_unavailable_as_a_dead_triton_would() -> None:
+    """Not an in-band error (which the SDK and tritonclient read as a bad request): the RPC status UNAVAILABLE,
+    which clients retry elsewhere (tests/reliability/test_rel_engine_crash.py kills the engine for real)."""
+    lost = service_pb2.ModelStreamInferResponse(
+        error_message="the inference server is not reachable: it closed the stream (UNAVAILABLE); retry later"
+    )
+    request = build_request("mentallama", "mine", {"text_input": "Hi", "max_tokens": 4})
+    with pytest.raises(AssertionError, match="aborted: StatusCode.UNAVAILABLE the inference server is not reachable"):
+        asyncio.run(_one_stream(ScriptedPool([lost]), request))

@@ -19,7 +19,7 @@ from tritonclient.grpc import service_pb2
 from mentallama_server.front_door.admission import Admission, Refused, Ticket
 from mentallama_server.front_door.config import ENTRY_MODELS, FrontDoorConfig
 from mentallama_server.front_door.tensors import check_request_id, is_stop, wants_empty_final
-from mentallama_server.front_door.upstream import FINAL, UpstreamPool
+from mentallama_server.front_door.upstream import FINAL, UpstreamPool, is_unreachable
 
 log = logging.getLogger("mentallama.front_door")
 SERVICE = "inference.GRPCInferenceService"
@@ -30,6 +30,10 @@ RESTRICTED = f"This protocol is restricted, expecting header '{TRITON_ADMIN_HEAD
 DECOUPLED = "ModelInfer RPC doesn't support models with decoupled transaction policy"
 KEY_HINT = "metadata 'authorization: Bearer <key>'"
 _WAKE = object()
+
+
+class _Unreachable(str):
+    """Queued instead of a response: tritonserver cannot be reached, so the client's RPC ends UNAVAILABLE."""
 
 
 def unknown_model(name: str) -> str:
@@ -111,6 +115,9 @@ class GrpcFront:
                     message.infer_response.id = ticket.client_id
                     if message.error_message:  # Triton names the request in its own errors
                         message.error_message = ticket.own_words(message.error_message)
+                        if is_unreachable(message.error_message):
+                            out.put_nowait(_Unreachable(message.error_message))
+                            return
                     # Upstream always sends the empty final response; the client gets it only if it asked.
                     if not final or empty_final or message.error_message or len(message.infer_response.outputs):
                         out.put_nowait(message)
@@ -146,6 +153,8 @@ class GrpcFront:
                     if not reading and not active and out.empty():
                         return
                     continue
+                if isinstance(item, _Unreachable):
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(item))
                 yield item
         finally:
             reader.cancel()
@@ -176,7 +185,8 @@ class GrpcFront:
             queue = self.pool.submit(upstream)
         except Refused as refusal:
             self.admission.release(ticket)
-            return _error(request, refusal.message, empty_final)
+            return _Unreachable(refusal.message) if is_unreachable(refusal.message) else _error(
+                request, refusal.message, empty_final)  # fmt: skip
         active.add(ticket)
         task = asyncio.create_task(relay(ticket, queue, empty_final))
         relays.add(task)

@@ -24,7 +24,7 @@ from tritonclient.grpc import service_pb2
 from mentallama_server.front_door.admission import Admission, Refused, Ticket
 from mentallama_server.front_door.config import ENTRY_MODELS, FrontDoorConfig
 from mentallama_server.front_door.tensors import generate_request, is_stop, load_json, response_json
-from mentallama_server.front_door.upstream import Delivery, UpstreamPool
+from mentallama_server.front_door.upstream import UNREACHABLE, Delivery, UpstreamPool, is_unreachable
 
 # curl's default for `-d`, which upstream's own README examples use against `generate`: the body is still JSON.
 HTTP_OF_GRPC = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400}
@@ -47,7 +47,7 @@ def _dumps(body: dict[str, Any]) -> str:
 def status_of(message: str) -> int:
     """HTTP status of an error the upstream stream reported (a stream carries only the message)."""
     lowered = message.lower()
-    if lowered.startswith("server overloaded") or "not reachable" in lowered or "closed the stream" in lowered:
+    if lowered.startswith("server overloaded") or is_unreachable(message):
         return 503
     if "unknown model" in lowered:
         return 404
@@ -327,7 +327,7 @@ def _forward(url: str, method: str, body: bytes, headers: dict[str, str]) -> tup
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), exc.headers.get_content_type()
     except OSError as exc:
-        return 503, _dumps({"error": f"the inference server is not reachable: {exc}"}).encode(), "application/json"
+        return 503, _dumps({"error": f"{UNREACHABLE}: {exc}"}).encode(), "application/json"
 
 
 async def _disconnected(request: Request) -> None:

@@ -24,6 +24,13 @@ log = logging.getLogger("mentallama.front_door")
 EMPTY_FINAL = "triton_enable_empty_final_response"
 FINAL = "triton_final_response"
 STOP_TIMEOUT_S = 10.0
+# Every refusal and failure that means "tritonserver cannot be reached" starts so: the gRPC front turns it into
+# the RPC status UNAVAILABLE (what a client of a dead Triton sees, and retries elsewhere), HTTP into a 503.
+UNREACHABLE = "the inference server is not reachable"
+
+
+def is_unreachable(text: str) -> bool:
+    return text.startswith(UNREACHABLE)
 
 Delivery = tuple[service_pb2.ModelStreamInferResponse, bool]  # a response, and whether it is the last one
 
@@ -56,7 +63,7 @@ class _Stream:
 
     def submit(self, request: service_pb2.ModelInferRequest) -> asyncio.Queue[Delivery]:
         if self.closed:
-            raise Refused("the inference server is not reachable; retry later", 503, "UNAVAILABLE")
+            raise Refused(f"{UNREACHABLE}; retry later", 503, "UNAVAILABLE")
         request.parameters[EMPTY_FINAL].bool_param = True
         queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._waiting[request.id] = queue
@@ -67,7 +74,7 @@ class _Stream:
         self._waiting.pop(request_id, None)
 
     async def _read(self) -> None:
-        reason = "the upstream stream ended"
+        reason = "its stream ended"
         try:
             async for message in self._call:
                 queue = self._waiting.get(message.infer_response.id)
@@ -79,13 +86,13 @@ class _Stream:
                     del self._waiting[message.infer_response.id]
                 queue.put_nowait((message, final))
         except grpc.aio.AioRpcError as exc:
-            reason = f"the inference server closed the stream ({exc.code().name})"
+            reason = f"it closed the stream ({exc.code().name})"
         except asyncio.CancelledError:
             reason = "the front door is stopping"
         finally:
             self.closed = True
             for request_id, queue in self._waiting.items():
-                failure = service_pb2.ModelStreamInferResponse(error_message=f"{reason}; retry later")
+                failure = service_pb2.ModelStreamInferResponse(error_message=f"{UNREACHABLE}: {reason}; retry later")
                 failure.infer_response.id = request_id
                 queue.put_nowait((failure, True))
             self._waiting.clear()
