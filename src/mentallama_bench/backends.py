@@ -341,16 +341,21 @@ class TritonHttpBackend(Backend):
         out.server_input_tokens = n_in if n_in is not None else out.server_input_tokens
         out.server_output_tokens = n_out if n_out is not None else out.server_output_tokens
 
+    def _request(self, sample: SampleRequest, params: SamplingParams) -> tuple[str, dict[str, Any]]:
+        """The URL and JSON body of one streamed request."""
+        return f"{self.endpoint}/v2/models/{self.model}/generate_stream", request_fields(sample, params)
+
+    def _stream_ended(self, out: RequestOutcome) -> None:
+        out.final_seen = out.error_code is None  # the server ends the body after the final response
+
     async def generate(self, sample: SampleRequest, params: SamplingParams) -> RequestOutcome:
         await self.open()
-        url = f"{self.endpoint}/v2/models/{self.model}/generate_stream"
-        payload = request_fields(sample, params)
         out = RequestOutcome(start=time.perf_counter())
         try:
+            url, payload = self._request(sample, params)
             async with self._session.post(url, json=payload) as resp:
                 if resp.status != 200:
-                    body = await resp.text()
-                    out.error_code, out.error = f"HTTP_{resp.status}", _short(body)
+                    out.error_code, out.error = f"HTTP_{resp.status}", _short(await resp.text())
                 else:
                     parser = SseParser()
                     async for chunk in resp.content.iter_any():
@@ -359,9 +364,7 @@ class TritonHttpBackend(Backend):
                             self._handle_event(data, now, out)
                     for data in parser.flush():
                         self._handle_event(data, time.perf_counter(), out)
-                    out.final_seen = (
-                        out.error_code is None
-                    )  # the server ends the body after the final response
+                    self._stream_ended(out)
         except (asyncio.TimeoutError, TimeoutError):
             out.error_code, out.error = (
                 "DEADLINE_EXCEEDED",
@@ -430,30 +433,12 @@ class OpenAIChatBackend(TritonHttpBackend):
             out.server_input_tokens = _json_int(usage.get("prompt_tokens"))
             out.server_output_tokens = _json_int(usage.get("completion_tokens"))
 
-    async def generate(self, sample: SampleRequest, params: SamplingParams) -> RequestOutcome:
-        await self.open()
-        out = RequestOutcome(start=time.perf_counter())
-        try:
-            payload = openai_payload(sample, params, self.model)
-            async with self._session.post(f"{self.endpoint}/v1/chat/completions", json=payload) as resp:
-                if resp.status != 200:
-                    out.error_code, out.error = f"HTTP_{resp.status}", _short(await resp.text())
-                else:
-                    parser = SseParser()
-                    async for chunk in resp.content.iter_any():
-                        now = time.perf_counter()
-                        for data in parser.feed(chunk):
-                            self._handle_event(data, now, out)
-                    for data in parser.flush():
-                        self._handle_event(data, time.perf_counter(), out)
-                    if out.error_code is None and not out.final_seen:
-                        out.error_code, out.error = "INCOMPLETE", "stream ended without data: [DONE]"
-        except (asyncio.TimeoutError, TimeoutError):
-            out.error_code, out.error = "DEADLINE_EXCEEDED", f"no complete response within {self.request_timeout_s:g} s"
-        except Exception as exc:  # noqa: BLE001 - the contract is to never raise
-            out.error_code, out.error = "CLIENT_ERROR", _short(f"{type(exc).__name__}: {exc}")
-        out.end = time.perf_counter()
-        return out
+    def _request(self, sample: SampleRequest, params: SamplingParams) -> tuple[str, dict[str, Any]]:
+        return f"{self.endpoint}/v1/chat/completions", openai_payload(sample, params, self.model)
+
+    def _stream_ended(self, out: RequestOutcome) -> None:
+        if out.error_code is None and not out.final_seen:
+            out.error_code, out.error = "INCOMPLETE", "stream ended without data: [DONE]"
 
 
 BACKENDS: dict[str, type[Backend]] = {
