@@ -111,10 +111,17 @@ def test_requests_past_the_limits_are_refused_as_unavailable_and_capacity_return
     per_client, in_all = refusals
     assert per_client.startswith("server overloaded") and "per client" in per_client
     assert in_all.startswith("server overloaded") and "limit 3" in in_all
+    # The places come back once the stopped requests' final responses reach the door (just after the engine
+    # went idle): within seconds.
     a = connection(door.grpc_url)
     again = build_request("mentallama", "again", {"text_input": "Hi", "max_tokens": 2})
-    messages = list(a.ModelStreamInfer(iter([again]), timeout=30))
-    assert not any(m.error_message for m in messages)
+    deadline = time.monotonic() + 5
+    while True:
+        messages = list(a.ModelStreamInfer(iter([again]), timeout=30))
+        if not any(m.error_message for m in messages) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not any(m.error_message for m in messages), messages
 
 
 def _fill_and_overflow(cpu_server, door, attempt: int) -> tuple[str, str] | None:
