@@ -11,10 +11,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Installs the project (editable) with everything: `dev` pulls in the server, build and bench extras and the
-# test tools, all pinned (a plain `pip install .` is the SDK alone); re-runs when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+# Installs every part editable (client/, server/ with its build extra, engine_build/, benchmarks/) and the test
+# tools, all under the one pin list (constraints.txt); re-runs when a pyproject or a pin changes.
+PARTS_INSTALLED := client/pyproject.toml server/pyproject.toml engine_build/pyproject.toml benchmarks/pyproject.toml
+$(VENV)/.installed: $(PARTS_INSTALLED) constraints.txt tests/requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ./client -e ./engine_build -e "./server[build]" \
+		-e ./benchmarks -r tests/requirements.txt
 	@# optimum-intel pulls in torchvision, whose PyPI build does not load beside the pinned torch and then breaks
 	@# `import transformers` ("operator torchvision::nms does not exist"); nothing here uses it.
 	$(BIN)/python -m pip uninstall --quiet --yes torchvision

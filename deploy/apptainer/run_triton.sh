@@ -92,7 +92,7 @@ DEPS=$(realpath -m "$DEPS")
 }
 
 # Same path inside and outside: the rendered configs name host paths (engine, tokenizer, code).
-CONTAINER=("$RUNTIME" exec --nv --cleanenv --env "PYTHONPATH=$REPO/src" --env "ML_FRONT_DOOR_PYTHONPATH=$DEPS")
+CONTAINER=("$RUNTIME" exec --nv --cleanenv --env "PYTHONPATH=$REPO/server:$REPO/client" --env "ML_FRONT_DOOR_PYTHONPATH=$DEPS")
 if [[ -n $GPUS ]]; then
   CONTAINER+=(--env "CUDA_VISIBLE_DEVICES=$GPUS")
 fi
@@ -132,7 +132,7 @@ FRONT=(bash "$REPO/deploy/container/serve_with_front_door.sh" --upstream-grpc "1
 # host python3 when it can run it, else the container's.
 argv_file=$(mktemp)
 trap 'rm -f "$argv_file"' EXIT
-if ! PYTHONPATH="$REPO/src" python3 "${GEN[@]:1}" >"$argv_file" 2>/dev/null; then
+if ! PYTHONPATH="$REPO/server:$REPO/client" python3 "${GEN[@]:1}" >"$argv_file" 2>/dev/null; then
   if ((DRY_RUN)); then
     printf '%q ' "${CONTAINER[@]}" "${GEN[@]}"  # how the argv would be made, in the container
     printf '\n'

@@ -13,7 +13,7 @@
 #   ML_FRONT_DOOR_PYTHONPATH  folder(s) holding the front door's packages (deploy/container/front_door_requirements.txt,
 #                             installed with this container's python3), put first on the front door's PYTHONPATH
 #                             only: Triton and TensorRT-LLM keep the container's own packages
-#   PYTHONPATH                must reach the repository's src/ (mentallama_server)
+#   PYTHONPATH                must reach the repository's server/ and client/ (mentallama_server, mentallama)
 #   ML_PYTHON                 the interpreter (default python3, the container's)
 set -euo pipefail
 

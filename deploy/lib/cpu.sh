@@ -110,13 +110,13 @@ ml_cpu_container() {
 ml_cpu_python() {
   if [[ -z ${ML_CPU_HOST_PYTHON:-} ]]; then
     ML_CPU_HOST_PYTHON=0
-    if PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" python3 -c 'import mentallama_build.openvino_build' \
+    if PYTHONPATH="$REPO/client:$REPO/engine_build${PYTHONPATH:+:$PYTHONPATH}" python3 -c 'import mentallama_build.openvino_build' \
       >/dev/null 2>&1; then
       ML_CPU_HOST_PYTHON=1
     fi
   fi
   if ((ML_CPU_HOST_PYTHON)); then
-    PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" python3 -c "$@"
+    PYTHONPATH="$REPO/client:$REPO/engine_build${PYTHONPATH:+:$PYTHONPATH}" python3 -c "$@"
   else
     "${ML_CPU_CONTAINER[@]}" python3 -c "$@"
   fi

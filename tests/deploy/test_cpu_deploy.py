@@ -33,6 +33,7 @@ from tests.deploy.deploy_support import (
     stop,
     wait_for,
 )
+from tests.support.pins import constraint_pins
 
 SBATCH = DEPLOY / "slurm" / "cpu_replicas.sbatch"
 BUILD = DEPLOY / "apptainer" / "build_cpu_engine.sh"
@@ -50,8 +51,7 @@ def test_cpu_files_found() -> None:
 
 
 def pyproject_pins() -> dict[str, str]:
-    text = (REPO / "pyproject.toml").read_text()
-    return {m[1].lower(): m[2] for m in re.finditer(r'"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^"\s]+)"', text)}
+    return constraint_pins()
 
 
 def def_sections() -> dict[str, str]:
@@ -77,7 +77,9 @@ def test_definition_installs_the_pinned_versions() -> None:
     lines = [line.strip() for line in post.splitlines()]
     torch = next(i for i, line in enumerate(lines) if f"torch=={pins['torch']}" in line and "pip install" in line)
     assert "--index-url https://download.pytorch.org/whl/cpu" in lines[torch]  # no CUDA wheels
-    project = lines.index("python3 -m pip install -e '/opt/mentallama[server,build]'")
+    project = lines.index("python3 -m pip install -c constraints.txt --find-links /tmp/wheels 'mentallama-server[build]'")
+    wheels = lines.index("python3 -m pip wheel --no-deps --wheel-dir /tmp/wheels ./client ./engine_build ./server")
+    assert torch < wheels < project
     uninstall = lines.index("python3 -m pip uninstall --yes torchvision")
     assert torch < project < uninstall
     assert 'get_config_var("Py_ENABLE_SHARED")' in post  # shared libpython for the Python-backend stub
@@ -90,14 +92,14 @@ def test_definition_base_and_files() -> None:
     image = header["From"].strip()
     match = re.fullmatch(r"python:3\.(\d+)-slim-bookworm", image)  # Debian 12: glibc 2.36 >= 2.35
     assert match, image
-    low, high = re.search(r'requires-python = ">=3\.(\d+),<3\.(\d+)"', (REPO / "pyproject.toml").read_text()).groups()
+    server = (REPO / "server" / "pyproject.toml").read_text()
+    low, high = re.search(r'requires-python = ">=3\.(\d+),<3\.(\d+)"', server).groups()
     assert int(low) <= int(match[1]) < int(high)
     assert "--nv" not in DEF.read_text() and "nvcr.io" not in DEF.read_text()
 
     copied = {line.split()[0] for line in sections["files"].splitlines() if line.strip()}
-    package_roots = re.search(r'where = \["(\w+)"\]', (REPO / "pyproject.toml").read_text())
-    assert package_roots and package_roots[1] in copied  # the one import root (src/)
-    assert {"pyproject.toml", "README.md", "model_repository", "models"} <= copied
+    # The parts the image installs as wheels, and the templates the server's wheel carries.
+    assert {"constraints.txt", "client", "server", "engine_build", "model_repository"} <= copied
     assert all((REPO / path).exists() for path in copied)
 
 

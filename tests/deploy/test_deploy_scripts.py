@@ -181,7 +181,7 @@ def test_run_triton_dry_run_puts_the_front_door_on_the_public_ports(tmp_path: Pa
     image_at = argv.index("/images/trtllm.sif")
     container, (front, server) = argv[:image_at], split_supervised(argv[image_at + 1 :])
     assert container[:4] == ["apptainer", "exec", "--nv", "--cleanenv"]
-    assert f"PYTHONPATH={REPO}/src" in container and "CUDA_VISIBLE_DEVICES=2,3" in container
+    assert f"PYTHONPATH={REPO}/server:{REPO}/client" in container and "CUDA_VISIBLE_DEVICES=2,3" in container
     assert "ML_FRONT_DOOR_PYTHONPATH=/opt/fd-deps" in container
     for folder in (str(REPO), "/runs/repo dir", "/engines/13b", "/opt/fd-deps", str(keys.parent)):
         assert f"{folder}:{folder}" in container
@@ -224,7 +224,7 @@ def test_kubernetes_pod_serves_through_the_front_door() -> None:
     assert generate[generate.index("--metrics-port") + 1] == "8002"
     assert generate[generate.index("--") + 1 : generate.index("--") + 3] == PRIVATE
     env = {e["name"]: e for e in container["env"]}
-    assert env["PYTHONPATH"]["value"] == "/models/code/src"
+    assert env["PYTHONPATH"]["value"] == "/models/code/server:/models/code/client"
     assert env["ML_FRONT_DOOR_PYTHONPATH"]["value"] == "/models/pydeps"
     assert env["MENTALLAMA_API_KEYS"]["valueFrom"]["secretKeyRef"]["optional"] is True  # keys never in args
 

@@ -16,7 +16,7 @@ from mentallama_build.nano import default_exclude, load_test_queries, load_train
 REPO = Path(__file__).resolve().parents[2]
 IMHI = REPO.parent / "shared" / "imhi"
 TRAIN = IMHI / "train_instruction"
-SHIPPED = REPO / "models" / "mentallama-nano"
+SHIPPED = REPO / "server" / "mentallama_server" / "checkpoints" / "mentallama-nano"
 
 needs_imhi = pytest.mark.skipif(
     not TRAIN.is_dir(), reason=f"IMHI data not found at {IMHI} (expected <repo>/../shared/imhi)"

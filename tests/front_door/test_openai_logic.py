@@ -22,7 +22,7 @@ from mentallama_server.front_door.openai_api import (
 )
 from mentallama_server.front_door.openai_schema import ChatCompletionChunk, ChatCompletionRequest, CompletionRequest
 
-CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "mentallama-nano"
+CHECKPOINT = Path(__file__).resolve().parents[2] / "server" / "mentallama_server" / "checkpoints" / "mentallama-nano"
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi "},
                 {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Why?"}]  # fmt: skip
 

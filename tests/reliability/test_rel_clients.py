@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import suppress
+from pathlib import Path
 
 import grpc
 import pytest
@@ -115,11 +116,9 @@ VANISHING_CLIENT = textwrap.dedent(
 
 def test_clients_killed_mid_stream_free_their_slots_and_cache(server):
     """A client process that dies (no cancel sent, its TCP connections just drop)."""
-    from mentallama_server.launch.paths import REPO_ROOT
-
     baseline = engine_gauges(server.metrics_url)
     script = VANISHING_CLIENT.format(
-        root=str(REPO_ROOT), url=server.grpc_url, prompt=PROMPT, n=LONG_TOKENS, slots=SLOTS
+        root=str(Path(__file__).resolve().parents[2]), url=server.grpc_url, prompt=PROMPT, n=LONG_TOKENS, slots=SLOTS
     )
     client = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:

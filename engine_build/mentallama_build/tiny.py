@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mentallama import locations
 from mentallama_build.corpus import DEFAULT_SEED
 from mentallama_build.locks import file_lock
 from mentallama_build.safetensors_io import read_header, write_safetensors
@@ -56,7 +57,6 @@ INIT_STD = 0.02  # LLaMA-2's initializer_range
 RECIPE_VERSION = 1
 RECIPE_KEY = "mentallama_recipe"  # safetensors header metadata key; loaders ignore unknown metadata
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors", *TOKENIZER_FILES)
-REPO_ROOT = Path(__file__).resolve().parents[2]  # src/mentallama_build/<module>.py
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,9 @@ SIZES: dict[str, ModelSize] = {
 
 
 def default_checkpoint_dir(size: str) -> Path:
-    """`<repo>/artifacts/checkpoints/<size>`, where the launcher and tests look for generated checkpoints."""
+    """`<cache>/checkpoints/<size>` (`mentallama.locations`), where the launcher and tests look for them."""
     _size(size)
-    return REPO_ROOT / "artifacts" / "checkpoints" / size
+    return locations.checkpoints_dir() / size
 
 
 def checkpoint_config(size: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mentallama import locations
 from mentallama_build.check import check_checkpoint
 from mentallama_build.engine_config import ModelShape, shape_from_report
 from mentallama_build.locks import file_lock
@@ -53,8 +54,6 @@ OPENVINO_MANIFEST_VERSION = 1
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")
 ENGINE_FILES = ("openvino_model.xml", "openvino_model.bin")
 KV_BLOCK_TOKENS = 32  # OpenVINO 2026.4 CPU plugin's paged-attention block (mentallama_server.engine.ov_engine)
-REPO_ROOT = Path(__file__).resolve().parents[2]  # src/mentallama_build/<module>.py
-ENGINE_CACHE = REPO_ROOT / "artifacts" / "engines"
 
 # Bytes per weight as stored; int8/int4 add one fp16 scale (and a zero point for asymmetric int8) per output
 # channel or group, which is what the small extra terms are.
@@ -320,7 +319,7 @@ def cached_engine_dir(checkpoint: Path, options: OpenVinoOptions) -> Path:
     """Where `ensure_engine` keeps the engine of this checkpoint content and these options."""
     digest = checkpoint_digest(Path(checkpoint))["sha256"]
     key = hashlib.sha256(f"{digest}\0{options.normalised().key()}".encode()).hexdigest()[:12]
-    return ENGINE_CACHE / f"{Path(checkpoint).resolve().name}-{options.normalised().key()}-{key}"
+    return locations.engines_dir() / f"{Path(checkpoint).resolve().name}-{options.normalised().key()}-{key}"
 
 
 def ensure_engine(checkpoint: Path, options: OpenVinoOptions, *, say: Callable[[str], None] | None = None) -> Path:

@@ -9,16 +9,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mentallama import locations
 from mentallama_server.launch.cpu_profile import CpuSettings
 from mentallama_server.launch.launcher import ServerOptions, TritonProcess, bundled_server, launch
-from mentallama_server.launch.paths import REPO_ROOT, RUNS
+from mentallama_server.launch.paths import SHIPPED_CHECKPOINTS
 from mentallama_server.launch.render import render_repository
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 BUILTIN_MODELS = ("tiny", "bench")  # generated with random weights on first use
-SHIPPED_MODELS = {"nano": "models/mentallama-nano"}  # trained, committed in the repository
+SHIPPED_MODELS = {"nano": "mentallama-nano"}  # trained, shipped in the server package (checkpoints/)
 DEFAULT_CHECKPOINT = "nano"
 
 
@@ -35,7 +36,7 @@ def resolve_checkpoint(model: str) -> Path:
     if model in BUILTIN_MODELS:
         path = ensure_checkpoint(model)
     elif model in SHIPPED_MODELS:
-        path = REPO_ROOT / SHIPPED_MODELS[model]
+        path = SHIPPED_CHECKPOINTS / SHIPPED_MODELS[model]
     else:
         path = Path(model).expanduser().resolve()
     if not path.is_dir():
@@ -112,11 +113,12 @@ def render_cpu(checkpoint: Path | None, settings: CpuSettings, output: Path, eng
 
 
 def new_run_dir() -> Path:
-    run = RUNS / time.strftime("%Y%m%d-%H%M%S")
+    runs = locations.runs_dir()
+    run = runs / time.strftime("%Y%m%d-%H%M%S")
     suffix = 0
     while run.exists():
         suffix += 1
-        run = RUNS / f"{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
+        run = runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
     run.mkdir(parents=True, mode=0o700)  # the rendered configs, logs and the front door's keys
     return run
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mentallama_server.launch.launcher import LaunchError, ServerOptions, TritonProcess, endpoint_args, launch
-from mentallama_server.launch.paths import REPO_ROOT
+from mentallama_server.launch.paths import package_roots
 from mentallama_server.launch.render import render_repository
 from mentallama_server.launch.serve_cpu import new_run_dir
 from mentallama_server.launch.trtllm_profile import (
@@ -30,7 +30,7 @@ CONTAINER_TRITONSERVER = "/opt/tritonserver/bin/tritonserver"
 
 def container_python_path() -> list[str]:
     """Our package roots only: the container's own Python (3.12) brings numpy, transformers, torch."""
-    return [str(REPO_ROOT / "src")]
+    return package_roots()
 
 
 def render_trtllm(profile: TrtllmProfile, output: Path, python_path: list[str] | None = None) -> Path:

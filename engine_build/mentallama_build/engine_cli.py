@@ -18,6 +18,7 @@ from pathlib import Path
 
 import typer
 
+from mentallama import locations
 from mentallama.cli.options import OptionGroup, flag, with_option_groups
 from mentallama_build.capacity import (
     DEFAULT_RUNTIME_OVERHEAD_GIB,
@@ -49,7 +50,7 @@ __all__ = ["EngineRequest", "engine", "plan_engine", "run_engine_build"]
 EXIT_REFUSED = 1
 EXIT_TOOLS_MISSING = 2
 EXIT_STEP_FAILED = 3
-REPO_ROOT = Path(__file__).resolve().parents[2]  # src/mentallama_build/engine_cli.py
+
 PLAN_PANEL = "Capacity plan"
 RUN_PANEL = "Running the build"
 
@@ -199,19 +200,21 @@ def container_hint(cfg: BuildConfig, image: str) -> str:
         trtllm_examples_dir=cfg.trtllm_examples_dir.resolve(),
         work_dir=None if cfg.work_dir is None else cfg.work_dir.resolve(),
     )
+    checkout = locations.checkout_root() or Path.cwd()  # the container installs our parts from it
     mounts = _mounts(
         [cfg.checkpoint_dir, cfg.output_dir.parent, cfg.trtllm_checkpoint_dir.parent,
-         cfg.trtllm_examples_dir, REPO_ROOT]
+         cfg.trtllm_examples_dir, checkout]
     )  # fmt: skip
+    parts = " ".join(f"-e {shlex.quote(str(checkout / part))}" for part in ("client", "engine_build"))
     inner = (
-        f"pip install --no-deps -e {shlex.quote(str(REPO_ROOT))} && pip install typer==0.20.0 && "
+        f"pip install --no-deps {parts} && pip install typer==0.20.0 && "
         + shlex.join(["mentallama-build", "engine", *cli_args(cfg)])
     )
     docker = ["docker", "run", "--rm", "--gpus", "all", "--shm-size=2g", "--ulimit", "memlock=-1",
-              "--ulimit", "stack=67108864", "-w", str(REPO_ROOT)]  # fmt: skip
+              "--ulimit", "stack=67108864", "-w", str(checkout)]  # fmt: skip
     for m in mounts:
         docker += ["-v", f"{m}:{m}"]
-    apptainer = ["apptainer", "exec", "--nv", "--cleanenv", "--pwd", str(REPO_ROOT)]
+    apptainer = ["apptainer", "exec", "--nv", "--cleanenv", "--pwd", str(checkout)]
     for m in mounts:
         apptainer += ["--bind", f"{m}:{m}"]
     return "\n".join(

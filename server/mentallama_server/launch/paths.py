@@ -1,7 +1,9 @@
-"""Where things are: the repository, its templates, the run folders, the bundled Triton server."""
+"""Where things are: the model repository templates and the shipped checkpoint (package data of
+`mentallama_server`), the run folders (the cache folder, `mentallama.locations`), the bundled Triton server."""
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import os
 import shutil
@@ -9,15 +11,23 @@ import sys
 import sysconfig
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]  # src/mentallama_server/launch/paths.py
-TEMPLATES = REPO_ROOT / "model_repository"
-RUNS = REPO_ROOT / "artifacts" / "runs"
+_RESOURCES = Path(str(importlib.resources.files("mentallama_server")))
+# In a checkout, model_repository is a link to the top-level model_repository/; in a wheel, its copy.
+TEMPLATES = _RESOURCES / "model_repository"
+SHIPPED_CHECKPOINTS = _RESOURCES / "checkpoints"
+# The packages Triton's Python models import (the stubs do not read site-packages' .pth files, through which
+# editable installs find theirs).
+STUB_PACKAGES = ("mentallama_server", "mentallama", "mentallama_interface")
+
+
+def package_roots(names: tuple[str, ...] = STUB_PACKAGES) -> list[str]:
+    """The folders our packages are imported from: site-packages for wheels, the part's folder when editable."""
+    return list(dict.fromkeys(str(_package_dir(name).parent) for name in names))
 
 
 def python_path() -> list[str]:
     """Import roots the Python-backend stub needs: this interpreter's site-packages and our packages."""
-    roots = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    roots += [str(REPO_ROOT / "src")]
+    roots = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *package_roots()]
     return list(dict.fromkeys(roots))  # without duplicates, in order
 
 

@@ -189,8 +189,9 @@ def run(imhi: Path, seed: int = 11, echo: Callable[[str], None] = print) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mentallama-bench label-parsing", description=__doc__.split("\n")[0])
-    parser.add_argument("--imhi", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "imhi",
-                        help="IMHI root (train_instruction/, test_instruction/, expert/)")  # fmt: skip
+    parser.add_argument("--imhi", type=Path, required=True,
+                        help="IMHI root (train_instruction/, test_instruction/, expert/): the data of the MentaLLaMA "
+                             "authors' repository, github.com/SteveKGYang/MentalLLaMA")  # fmt: skip
     parser.add_argument("--seed", type=int, default=11, help="seed of the rewritten variants")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)

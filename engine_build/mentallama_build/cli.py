@@ -121,7 +121,7 @@ def label_model(
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.npz).")],
     limit: Annotated[int | None, typer.Option(help="At most this many rows per CSV (smoke tests).")] = None,
 ) -> None:
-    """Train the SDK's label models (explanation -> label); see src/mentallama_build/label_model.py."""
+    """Train the SDK's label models (explanation -> label); see engine_build/mentallama_build/label_model.py."""
     from mentallama_build.label_model import TrainConfig, train_label_models
 
     try:
@@ -148,7 +148,7 @@ def nano(
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     vocab_size: Annotated[int, typer.Option(help="SentencePiece pieces (a few dozen rows hold ~1,000).")] = 8000,
 ) -> None:
-    """Train MentaLLaMA-nano (a small LLaMA) on the IMHI training data, on the CPU; see src/mentallama_build/nano.py."""
+    """Train MentaLLaMA-nano (a small LLaMA) on the IMHI training data, on the CPU; see mentallama_build/nano.py."""
     from mentallama_build.nano import NanoRecipe, default_exclude, describe_result, train_nano
 
     try:

@@ -373,7 +373,7 @@ def write_session(folder: Path, results: Sequence[RunResult]) -> dict[str, Path]
            + " kept only the requests that had finished"] if any(r.interrupted for r in results) else []),
         "",
         "Latencies in ms; throughput in requests/s and output tokens/s; goodput in good requests/s.",
-        "Definitions: see `src/mentallama_bench/README.md`.",
+        "Definitions: see `benchmarks/README.md`.",
         "",
         "## Results",
         "",
