@@ -77,7 +77,9 @@ def test_definition_installs_the_pinned_versions() -> None:
     lines = [line.strip() for line in post.splitlines()]
     torch = next(i for i, line in enumerate(lines) if f"torch=={pins['torch']}" in line and "pip install" in line)
     assert "--index-url https://download.pytorch.org/whl/cpu" in lines[torch]  # no CUDA wheels
-    project = lines.index("python3 -m pip install -c constraints.txt --find-links /tmp/wheels 'mentallama-server[build]'")
+    project = lines.index(
+        "python3 -m pip install -c constraints.txt --find-links /tmp/wheels 'mentallama-server[build]'"
+    )
     wheels = lines.index("python3 -m pip wheel --no-deps --wheel-dir /tmp/wheels ./client ./engine_build ./server")
     assert torch < wheels < project
     uninstall = lines.index("python3 -m pip uninstall --yes torchvision")
