@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from mentallama import __version__
+from mentallama import __version__, locations
 from mentallama.cli._cli_utils import version_option
 from mentallama_build.check import check_checkpoint
 from mentallama_build.engine_cli import engine
@@ -29,9 +29,16 @@ app = typer.Typer(
 @app.callback()
 def _main(
     version: Annotated[bool, version_option("mentallama-build", __version__)] = False,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(envvar="MENTALLAMA_CACHE", show_default=False,
+                     help="folder for built engines and generated checkpoints [default: artifacts/ in a checkout, "
+                     "else ~/.cache/mentallama]"),
+    ] = None,
 ) -> None:
     """Checkpoint tooling for MentaLLaMA serving: generated test checkpoints, checks, engine builds (OpenVINO for
     CPUs, TensorRT-LLM for NVIDIA GPUs)."""
+    locations.set_cache_dir(cache_dir)
 
 
 class Size(str, Enum):

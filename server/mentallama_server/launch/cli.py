@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from mentallama import locations
 from mentallama.cli.options import OptionGroup, PanelledCommand, flag, with_option_groups
 from mentallama_server.front_door.config import FrontDoorConfig, read_api_keys
 from mentallama_server.launch.cpu_profile import CpuSettings
@@ -173,6 +174,12 @@ def serve(
     ] = None,
     render: Annotated[Path | None, typer.Option(help="write the rendered repository here and exit")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="folder for the rendered repository and logs")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(envvar="MENTALLAMA_CACHE", show_default=False,
+                     help="folder for built engines, generated checkpoints and run folders [default: artifacts/ "
+                     "in a checkout, else ~/.cache/mentallama]"),
+    ] = None,
     demo: Annotated[bool, typer.Option(help="send one sample analysis (gRPC streaming), print it, stop")] = False,
     ready_timeout: Annotated[
         float, typer.Option(help="seconds to wait for the server to be ready (the first start builds the engine)")
@@ -190,6 +197,7 @@ def serve(
     # A SIGTERM while the server starts must still stop it: turn it into an exception that the start-up
     # path cleans up after (the default action would leave tritonserver running without its launcher).
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    locations.set_cache_dir(cache_dir)
     checkpoint = checkpoint_from_flags(checkpoint, model)
     try:
         opts = server_options(endpoints, security)
