@@ -152,7 +152,7 @@ def test_score_examples_groups_by_task() -> None:
 
 def test_label_sources_are_counted_per_task() -> None:
     """``mentallama eval`` reports how many labels were stated and how many inferred."""
-    from mentallama.cli.evaluate import COLUMNS, score_rows
+    from mentallama.evaluation_run import COLUMNS, score_rows
 
     examples = [ImhiExample("DR", "q", "r", "yes"), ImhiExample("DR", "q", "r", "no"),
                 ImhiExample("SAD", "q", "r", "work")]  # fmt: skip
@@ -172,6 +172,39 @@ def test_label_sources_are_counted_per_task() -> None:
         count_label_sources(examples, sources[:1])
     with pytest.raises(ValueError):
         count_label_sources(examples[:1], ["guessed"])
+
+
+def test_a_run_whose_requests_all_fail_writes_every_error_and_scores_them_unparseable(tmp_path: Path) -> None:
+    """The SDK's run (what ``mentallama eval`` wires) against an endpoint where nothing listens: every
+    answer is an error row in raw_outputs.jsonl, in input order, and counts as failed and unparseable."""
+    from mentallama import AsyncMentaLLaMAClient
+    from mentallama.evaluation_run import load_queries, run_evaluation, write_reports
+    from tests.support.endpoints import dead_endpoint
+
+    examples, split = load_queries(MINI, ["dr", "sad"], limit=2)
+    endpoint, ticks = dead_endpoint(), []
+    result = run_evaluation(examples, split, lambda: AsyncMentaLLaMAClient(endpoint, timeout=5, max_retries=0),
+                            concurrency=3, max_tokens=4, limit=2, output=tmp_path, on_result=lambda: ticks.append(1))
+    assert len(ticks) == len(examples) == 4 and result.failed == 4
+    rows = [(r["task"], r["n"], r["failed"], r["unparseable"]) for r in result.rows]
+    assert rows == [("DR", 2, 2, 2), ("SAD", 2, 2, 2)]
+    raw = [json.loads(line) for line in (tmp_path / "raw_outputs.jsonl").read_text().splitlines()]
+    assert [(r["task"], r["row"]) for r in raw] == [(e.task, e.row) for e in examples]
+    assert all(r["error"] == "APIConnectionError" and "query" not in r for r in raw)
+    assert result.run_info["endpoints"] == [endpoint] and result.run_info["split"] == str(split)
+    write_reports(result, tmp_path)
+    assert json.loads((tmp_path / "run.json").read_text())["queries"] == 4
+    assert (tmp_path / "scores.md").read_text().startswith(f"split {split}; model mentallama at {endpoint}; ")
+
+
+def test_the_run_says_where_the_imhi_data_comes_from(tmp_path: Path) -> None:
+    from mentallama.evaluation_run import EvaluationInterrupted, load_queries
+
+    with pytest.raises(FileNotFoundError, match="github.com/SteveKGYang/MentalLLaMA"):
+        load_queries(tmp_path / "absent")
+    with pytest.raises(ValueError, match="no IMHI queries found"):
+        load_queries(tmp_path)
+    assert issubclass(EvaluationInterrupted, KeyboardInterrupt)  # uncaught, it stops a script as Ctrl-C does
 
 
 def test_examples_are_frozen() -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import difflib
-import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -16,6 +15,7 @@ from tritonclient.grpc import service_pb2
 from .._client import AsyncMentaLLaMAClient, MentaLLaMAClient
 from .._constants import DEFAULT_CONCURRENCY, DEFAULT_MAX_TOKENS, DEFAULT_TIMEOUT, ENV_ENDPOINTS, ENV_MODEL
 from .._exceptions import MentaLLaMAError
+from .._ordered_writer import OrderedWriter
 
 __all__ = [
     "ChatOpt",
@@ -232,31 +232,3 @@ def preflight(client: MentaLLaMAClient, timeout: float = 5.0) -> None:
             return
         problems.append(problem)
     fail("; ".join(problems))
-
-
-class OrderedWriter:
-    """Writes JSON lines in input order as results arrive: a finished row waits only for the rows
-    before it. ``flush_all()`` (on an interruption) writes what waits too, still sorted; each row
-    carries its ``index``, so the gaps show."""
-
-    def __init__(self, out: TextIO, record: Callable[[int, Any], dict[str, Any]]) -> None:
-        self.out, self.record = out, record
-        self.next_index = 0
-        self.waiting: dict[int, Any] = {}
-        self.written = 0
-
-    def add(self, index: int, result: Any) -> None:
-        self.waiting[index] = result
-        while self.next_index in self.waiting:
-            self._write(self.next_index, self.waiting.pop(self.next_index))
-            self.next_index += 1
-        self.out.flush()
-
-    def flush_all(self) -> None:
-        for index in sorted(self.waiting):
-            self._write(index, self.waiting.pop(index))
-        self.out.flush()
-
-    def _write(self, index: int, result: Any) -> None:
-        self.out.write(json.dumps(self.record(index, result), ensure_ascii=False) + "\n")
-        self.written += 1
