@@ -7,8 +7,9 @@ import pytest
 
 from mentallama_interface import ENSEMBLE_INPUTS, UNSERVED_INPUTS
 from mentallama_server.models.batching import batch_size, refuse_unserved, split_batch, stack_padded
-from mentallama_server.models.engine_step import ResponseAssembler, parse_batch, parse_sampling
-from mentallama_server.models.preprocess import Limits, RequestError, to_word_list
+from mentallama_server.models.request_errors import Limits, RequestError
+from mentallama_server.models.tensorrt_llm_cpu import ResponseAssembler, parse_batch, parse_sampling
+from mentallama_server.models.word_lists import to_word_list
 
 LIMITS = Limits(max_input_len=64, max_output_len=16)
 

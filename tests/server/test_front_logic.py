@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mentallama_server.models.engine_step import parse_sampling
-from mentallama_server.models.front import check_front_sampling
-from mentallama_server.models.preprocess import RequestError
+from mentallama_server.models.front_model import check_front_sampling
+from mentallama_server.models.request_errors import RequestError
+from mentallama_server.models.tensorrt_llm_cpu import parse_sampling
 
 
 @pytest.mark.parametrize(

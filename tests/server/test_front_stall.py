@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mentallama_server.models.front import engine_declares_output
+from mentallama_server.models.front_model import engine_declares_output
 from tests.support import triton_stub
 from tests.support.triton_stub import TRITONSERVER_RESPONSE_COMPLETE_FINAL as FINAL_FLAG
 from tests.support.triton_stub import EngineDouble, InferenceResponse, Logger, LogLevel, ResponseSender, make_request

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mentallama_server.models.engine_step import INPUTS
+from mentallama_server.models.tensorrt_llm_cpu import INPUTS
 from tests.support import triton_stub
 from tests.support.triton_stub import TRITONSERVER_RESPONSE_COMPLETE_FINAL as FINAL_FLAG
 from tests.support.triton_stub import InferenceResponse, ResponseSender, TritonError, make_request

@@ -1,4 +1,4 @@
-"""`cpu_step.CpuStep`, the CPU engine step's request life cycle, driven by a scripted engine (no OpenVINO, no
+"""`tensorrt_llm_cpu.CpuStep`, the CPU engine step's request life cycle, driven by a scripted engine (no OpenVINO, no
 server): which replies a request gets, in which order, with the final flag once, whatever the engine does."""
 
 from __future__ import annotations
@@ -12,9 +12,15 @@ import pytest
 
 from mentallama_interface import ENGINE_ERROR_OUTPUT
 from mentallama_server.engine.types import GenerationRequest, TokenEvent
-from mentallama_server.models.cpu_step import CpuStep, Reply, asks_errors_in_band
-from mentallama_server.models.engine_step import INPUTS, parse_request, parse_stop
-from mentallama_server.models.preprocess import Limits
+from mentallama_server.models.request_errors import Limits
+from mentallama_server.models.tensorrt_llm_cpu import (
+    INPUTS,
+    CpuStep,
+    Reply,
+    asks_errors_in_band,
+    parse_request,
+    parse_stop,
+)
 from mentallama_server.models.triton_params import check_inputs, parse_model_config
 from tests.support import triton_stub
 

@@ -1,4 +1,4 @@
-"""The `mentallama` front model without a server: its call logic (`front_call`) with the tiny checkpoint's real
+"""The `mentallama` front model without a server: its call logic (`front_model`) with the tiny checkpoint's real
 tokenizer, and its model.py against the stubbed `triton_python_backend_utils`, with `EngineDouble` answering its
 BLS requests as the `tensorrt_llm` engine model would (streams, errors, `stop`)."""
 
@@ -16,17 +16,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mentallama_server.models.front import INPUT_NAMES, FrontRequest
-from mentallama_server.models.front_call import (
+from mentallama_server.models.front_model import (
+    INPUT_NAMES,
     BatchSender,
     EngineChunk,
     FrontCall,
     FrontCalls,
+    FrontRequest,
     Reply,
     TextDecoding,
     client_request_id,
 )
-from mentallama_server.models.preprocess import RequestError
+from mentallama_server.models.request_errors import RequestError
 from tests.support import triton_stub
 from tests.support.triton_stub import TRITONSERVER_RESPONSE_COMPLETE_FINAL as FINAL_FLAG
 from tests.support.triton_stub import EngineDouble, InferenceResponse, ResponseSender, TritonError, make_request
@@ -103,7 +104,7 @@ def chunks_of(ids: Sequence[int], size: int, log_probs: Sequence[float] | None =
     return chunks
 
 
-# ------------------------------------------------------------------------------------------------ front_call
+# ------------------------------------------------------------------------------------------------ front_model
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 100])

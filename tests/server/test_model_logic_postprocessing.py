@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mentallama_server.models.postprocess import INPUTS
+from mentallama_server.models.postprocessing import INPUTS
 from tests.support import triton_stub
 from tests.support.triton_stub import TritonError, make_request
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from mentallama_interface import UNSERVED_INPUTS
-from mentallama_server.models.preprocess import WORD_LIST_PAD
-from mentallama_server.models.preprocessing_step import HANDLED_INPUTS
+from mentallama_server.models.preprocessing import HANDLED_INPUTS
+from mentallama_server.models.word_lists import WORD_LIST_PAD
 from tests.support import triton_stub
 from tests.support.triton_stub import TritonError, make_request
 

@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mentallama_server.models.front import parse_front_request
-from mentallama_server.models.preprocess import (
-    MAX_BYTES_PER_TOKEN,
-    MAX_WORD_BYTES,
-    MAX_WORDS,
-    Limits,
-    Preprocessor,
-    RequestError,
-)
+from mentallama_server.models.front_model import parse_front_request
+from mentallama_server.models.preprocessing import MAX_BYTES_PER_TOKEN, MAX_WORD_BYTES, MAX_WORDS, Preprocessor
+from mentallama_server.models.request_errors import Limits, RequestError
 
 
 class CountingTokenizer:

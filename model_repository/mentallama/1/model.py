@@ -1,7 +1,7 @@
 """Front model with the ensemble's interface: tokenise -> `tensorrt_llm` (BLS, streaming) -> text.
 
 Thin adapter: the calls' logic (engine chunks -> client replies, `[N, 1]` batches, `stop`, stall detection)
-lives in `mentallama_server.models.front_call`; this file reads and builds the `pb_utils` objects, issues
+lives in `mentallama_server.models.front_model`; this file reads and builds the `pb_utils` objects, issues
 the BLS requests and runs the threads and the locks.
 
 Each request runs in a worker thread that streams the engine's chunks (a request of N prompts runs N, one
@@ -47,22 +47,21 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mentallama_interface import ENGINE_ERROR_OUTPUT, ERRORS_IN_BAND
-from mentallama_server.models.front import (
+from mentallama_server.models.front_model import (
     INPUT_NAMES,
-    engine_declares_output,
-    engine_inputs,
-    is_stop_request,
-    parse_front_batch,
-)
-from mentallama_server.models.front_call import (
     EngineChunk,
     FrontCall,
     FrontCalls,
     Reply,
     TextDecoding,
     client_request_id,
+    engine_declares_output,
+    engine_inputs,
+    is_stop_request,
+    parse_front_batch,
 )
-from mentallama_server.models.preprocess import Limits, Preprocessor, RequestError
+from mentallama_server.models.preprocessing import Preprocessor
+from mentallama_server.models.request_errors import Limits, RequestError
 from mentallama_server.models.stop_channel import StopSender, socket_path
 from mentallama_server.models.text_tokenizer import load_tokenizer
 from mentallama_server.models.triton_params import check_inputs, get_parameter, input_names, parse_model_config

@@ -1,10 +1,10 @@
-"""Triton adapter over `mentallama_server.models.postprocess`: token ids in, text out."""
+"""Triton adapter over `mentallama_server.models.postprocessing`: token ids in, text out."""
 
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import triton_python_backend_utils as pb_utils
 
-from mentallama_server.models.postprocess import INPUTS, ChunkDecoder, decode_batch
-from mentallama_server.models.preprocess import RequestError
+from mentallama_server.models.postprocessing import INPUTS, ChunkDecoder, decode_batch
+from mentallama_server.models.request_errors import RequestError
 from mentallama_server.models.text_tokenizer import load_tokenizer
 from mentallama_server.models.triton_params import check_inputs, get_parameter, parse_model_config
 

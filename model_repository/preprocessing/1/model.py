@@ -1,10 +1,10 @@
-"""Triton adapter over `mentallama_server.models.preprocessing_step`: text in, token ids out."""
+"""Triton adapter over `mentallama_server.models.preprocessing`: text in, token ids out."""
 
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import triton_python_backend_utils as pb_utils
 
-from mentallama_server.models.preprocess import Limits, Preprocessor, RequestError
-from mentallama_server.models.preprocessing_step import HANDLED_INPUTS, preprocess
+from mentallama_server.models.preprocessing import HANDLED_INPUTS, Preprocessor, preprocess
+from mentallama_server.models.request_errors import Limits, RequestError
 from mentallama_server.models.text_tokenizer import load_tokenizer
 from mentallama_server.models.triton_params import check_inputs, get_parameter, input_names, parse_model_config
 

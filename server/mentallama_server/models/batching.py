@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mentallama_interface import UNSERVED_INPUTS, unserved_reason
-from mentallama_server.models.preprocess import RequestError
+from mentallama_server.models.request_errors import RequestError
 
 Inputs = Mapping[str, "np.ndarray | None"]
 

@@ -1,7 +1,7 @@
 """Sampling inputs (`tensorrt_llm` names) checked the same way by every model that reads them.
 
 What each model can serve differs (beam search, several sequences, perf metrics): those rules stay with the
-model (`engine_step.parse_sampling` for the CPU engine, `front.py` for the `mentallama` model); the value
+model (`tensorrt_llm_cpu.parse_sampling` for the CPU engine, `front_model.py` for the `mentallama` model); the value
 ranges here hold for every engine.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mentallama_server.models.preprocess import RequestError, scalar
+from mentallama_server.models.request_errors import RequestError, scalar
 
 Inputs = Mapping[str, "np.ndarray | None"]
 

@@ -1,10 +1,10 @@
 """CPU engine step: the `tensorrt_llm` tensor interface over an OpenVINO engine (in-flight batching).
 
-Thin adapter: the request life cycle lives in `mentallama_server.models.cpu_step`, parsing and assembly in
-`mentallama_server.models.engine_step`, generation in `mentallama_server.engine.ov_engine` (OpenVINO GenAI's
-ContinuousBatchingPipeline). Requests are decoupled: `execute` only hands them to an intake thread that
-submits them; the engine's dispatcher thread sends responses as tokens are produced. A watcher thread
-forwards client cancellations to the engine and publishes the engine's counters as Prometheus metrics.
+Thin adapter: the request life cycle, parsing and assembly live in `mentallama_server.models.tensorrt_llm_cpu`,
+generation in `mentallama_server.engine.ov_engine` (OpenVINO GenAI's ContinuousBatchingPipeline). Requests are
+decoupled: `execute` only hands them to an intake thread that submits them; the engine's dispatcher thread sends
+responses as tokens are produced. A watcher thread forwards client cancellations to the engine and publishes the
+engine's counters as Prometheus metrics.
 
 Every `pb_utils` call (reading requests, sending responses, `is_cancelled`, metrics) holds one lock:
 the Python-backend stub of Triton 2.51 crashed (segfault in `send`) when the execute thread and the
@@ -18,10 +18,9 @@ import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import triton_python_backend_utils as pb_utils
 
 from mentallama_server.engine.ov_engine import OpenVinoEngine
-from mentallama_server.models.cpu_step import CpuStep, Reply, asks_errors_in_band
-from mentallama_server.models.engine_step import INPUTS, Utf8Boundary
-from mentallama_server.models.preprocess import Limits
+from mentallama_server.models.request_errors import Limits
 from mentallama_server.models.stop_channel import StopListener, socket_path
+from mentallama_server.models.tensorrt_llm_cpu import INPUTS, CpuStep, Reply, Utf8Boundary, asks_errors_in_band
 from mentallama_server.models.text_tokenizer import TextTokenizer
 from mentallama_server.models.triton_params import check_inputs, get_parameter, input_names, parse_model_config
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mentallama_server.models.detokenize import AnchoredDecoder
-from mentallama_server.models.preprocess import RequestError
+from mentallama_server.models.request_errors import RequestError
 
 INPUTS = ("TOKENS_BATCH", "SEQUENCE_LENGTH")
 

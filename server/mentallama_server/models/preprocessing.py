@@ -1,18 +1,23 @@
-"""Request validation and tokenisation shared by `preprocessing` and the `mentallama` front model.
+"""The `preprocessing` model's logic, without Triton: a request's tensors in, the engine's tensors out.
 
-Pure logic (no Triton import) so it is tested directly. Every rejection is a `RequestError` whose
-message names the offending field; the Triton adapters turn it into INVALID_ARGUMENT.
+`Preprocessor` validates and tokenises one prompt (the `mentallama` front model uses it too). A request holds
+one or more prompts (`[N, 1]` tensors); `preprocess` validates and tokenises each, and stacks the rows back into
+`[N, ...]` outputs. Every rejection is a `RequestError` naming the field (the first bad field of any prompt
+refuses the whole request); the model turns it into INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-# TensorRT-LLM pads word lists with -1 (ids row and offsets row).
-WORD_LIST_PAD = -1
+from mentallama_interface import UNSERVED_INPUTS
+from mentallama_server.models.batching import refuse_unserved, split_batch, stack_padded
+from mentallama_server.models.request_errors import Limits, RequestError, decode_text, scalar
+from mentallama_server.models.word_lists import WORD_LIST_PAD, to_word_list
+
 # Bytes of text one token can stand for, at most: LLaMA-2's longest token decodes to 16 bytes, so a prompt of
 # more than max_input_len * 32 bytes is over the token limit for sure and is refused before tokenising (a
 # 50 MB prompt took 45 s of tokeniser CPU only to be refused; issue 15, finding 3).
@@ -20,18 +25,6 @@ MAX_BYTES_PER_TOKEN = 32
 # Stop and bad words: at most this many per list, each at most this many bytes.
 MAX_WORDS = 64
 MAX_WORD_BYTES = 256
-
-
-class RequestError(ValueError):
-    """A request the server refuses; the message names the field."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Request limits, rendered from the model's context length and the profile."""
-
-    max_input_len: int
-    max_output_len: int
 
 
 @dataclass(frozen=True)
@@ -43,67 +36,6 @@ class PreparedRequest:
     end_id: int
     pad_id: int
 
-
-def decode_text(value: object, field: str = "text_input") -> str:
-    """Turn a STRING tensor element into text, refusing what a prompt must not contain."""
-    if value is None:  # Triton 2.51 lets a missing required input through when the input count fits
-        raise RequestError(f"{field} is required")
-    if isinstance(value, bytes):
-        try:
-            text = value.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RequestError(f"{field} is not valid UTF-8 (byte {exc.start})") from None
-    elif isinstance(value, str):
-        text = value
-    else:
-        raise RequestError(f"{field} must be a string, got {type(value).__name__}")
-    if "\x00" in text:
-        raise RequestError(f"{field} contains a NUL character")
-    return text
-
-
-def scalar(array: np.ndarray | None, field: str) -> object | None:
-    """The single value of a `[1]`/`[1, 1]` request tensor; a batch of several values is refused."""
-    if array is None:
-        return None
-    flat = np.asarray(array).reshape(-1)
-    if flat.size != 1:
-        raise RequestError(f"{field} must hold exactly one value per request, got {flat.size}")
-    return flat[0]
-
-
-def to_word_list(words: Sequence[Sequence[int]]) -> np.ndarray:
-    """TensorRT-LLM word-list format: `[2, L]`, row 0 the concatenated ids, row 1 the end offsets."""
-    flat: list[int] = []
-    offsets: list[int] = []
-    for ids in words:
-        flat.extend(ids)
-        offsets.append(len(flat))
-    width = max(len(flat), len(offsets), 1)
-    out = np.full((2, width), WORD_LIST_PAD, dtype=np.int32)
-    out[0, : len(flat)] = flat
-    out[1, : len(offsets)] = offsets
-    return out
-
-
-def from_word_list(array: np.ndarray | None) -> list[list[int]]:
-    """Inverse of `to_word_list`; accepts `[2, L]` or `[1, 2, L]`."""
-    if array is None:
-        return []
-    arr = np.asarray(array)
-    if arr.ndim == 3:
-        arr = arr[0]
-    if arr.ndim != 2 or arr.shape[0] != 2:
-        raise RequestError(f"word list must have shape [2, L], got {list(arr.shape)}")
-    ids, offsets = arr[0].tolist(), [o for o in arr[1].tolist() if o >= 0]
-    words, start = [], 0
-    for end in offsets:
-        if end < start or end > len(ids):
-            raise RequestError("word list offsets are not increasing")
-        if end > start:
-            words.append([int(i) for i in ids[start:end]])
-        start = end
-    return words
 
 
 class Preprocessor:
@@ -190,3 +122,42 @@ class Preprocessor:
             end_id=self.eos_id if end_id is None else int(end_id),
             pad_id=self.pad_id if pad_id is None else int(pad_id),
         )
+
+
+Inputs = Mapping[str, "np.ndarray | None"]
+
+# The inputs this step serves; the rest of config.pbtxt's inputs are the refused UNSERVED_INPUTS.
+SERVED_INPUTS = ("QUERY", "REQUEST_OUTPUT_LEN", "STOP_WORDS_DICT", "BAD_WORDS_DICT", "END_ID", "PAD_ID")
+HANDLED_INPUTS = (*SERVED_INPUTS, *UNSERVED_INPUTS)
+
+
+def _words(array: np.ndarray | None) -> list[object] | None:
+    return None if array is None else array.reshape(-1).tolist()
+
+
+def _prepare(preprocessor: Preprocessor, inputs: Inputs) -> PreparedRequest:
+    return preprocessor.prepare(
+        scalar(inputs["QUERY"], "text_input"),
+        scalar(inputs["REQUEST_OUTPUT_LEN"], "max_tokens"),
+        stop_words=_words(inputs["STOP_WORDS_DICT"]),
+        bad_words=_words(inputs["BAD_WORDS_DICT"]),
+        end_id=scalar(inputs["END_ID"], "end_id"),
+        pad_id=scalar(inputs["PAD_ID"], "pad_id"),
+    )
+
+
+def preprocess(preprocessor: Preprocessor, inputs: Inputs) -> dict[str, np.ndarray]:
+    """The output tensors of one request; `RequestError` names the first bad field of any of its prompts."""
+    refuse_unserved(inputs)
+    served = {name: inputs.get(name) for name in SERVED_INPUTS}
+    items = [_prepare(preprocessor, item) for item in split_batch(served)]  # one per prompt of [N, 1]
+    return {
+        # rows padded to the longest prompt; REQUEST_INPUT_LEN tells the engine each one's length
+        "INPUT_ID": stack_padded([np.array(p.input_ids, dtype=np.int32) for p in items], 0),
+        "REQUEST_INPUT_LEN": np.array([[len(p.input_ids)] for p in items], dtype=np.int32),
+        "REQUEST_OUTPUT_LEN": np.array([[p.max_tokens] for p in items], dtype=np.int32),
+        "STOP_WORDS_IDS": stack_padded([to_word_list(p.stop_words) for p in items], WORD_LIST_PAD),
+        "BAD_WORDS_IDS": stack_padded([to_word_list(p.bad_words) for p in items], WORD_LIST_PAD),
+        "OUT_END_ID": np.array([[p.end_id] for p in items], dtype=np.int32),
+        "OUT_PAD_ID": np.array([[p.pad_id] for p in items], dtype=np.int32),
+    }
