@@ -18,7 +18,7 @@ import typer
 from click.core import ParameterSource
 
 from mentallama import __version__
-from mentallama.cli._cli_utils import HELP_OPTIONS, plain_help, version_option
+from mentallama.cli.common import HELP_OPTIONS, plain_help, version_option
 from mentallama.cli.options import OptionGroup, with_option_groups
 from mentallama_bench.session import BenchOptions, plan_session, run_plan
 

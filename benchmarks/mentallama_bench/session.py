@@ -22,8 +22,8 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2_grpc
 
-from mentallama._constants import DEFAULT_MAX_TOKENS
-from mentallama.cli._cli_utils import START_SERVER_HINT, endpoint_problem
+from mentallama import DEFAULT_MAX_TOKENS
+from mentallama.cli.common import START_SERVER_HINT, endpoint_problem
 from mentallama.cli.options import flag
 from mentallama_bench.backends import BACKENDS, DEFAULT_MODEL, HTTP_KINDS, Backend, make_backend
 from mentallama_bench.compare import compare_summaries, format_comparison

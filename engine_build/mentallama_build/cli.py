@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from mentallama import __version__, locations
-from mentallama.cli._cli_utils import version_option
+from mentallama.cli.common import version_option
 from mentallama_build.check import check_checkpoint
 from mentallama_build.engine_cli import engine
 from mentallama_build.tiny import build_checkpoint, default_checkpoint_dir, describe

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from .. import __version__
-from ._cli_utils import DISCLAIMER, typer_factory, version_option
+from ._client_options import DISCLAIMER
 from .analyze import analyze
 from .catalog import tasks
+from .common import typer_factory, version_option
 from .evaluate import evaluate
 
 __all__ = ["app", "main"]

@@ -17,7 +17,7 @@ import typer
 from .._exceptions import MentaLLaMAError
 from ..tasks import get_task, task_names
 from ..types import Analysis
-from ._cli_utils import (
+from ._client_options import (
     DEFAULTS,
     DISCLAIMER,
     CertChainOpt,
@@ -34,11 +34,10 @@ from ._cli_utils import (
     TlsOpt,
     client_from_options,
     describe_error,
-    fail,
     preflight,
     progress_bar,
-    suggest,
 )
+from .common import fail, suggest
 
 INPUT_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 RESERVED_KEYS = {"index", "error", "message", "status", "request_id", *Analysis.__dataclass_fields__}

@@ -17,7 +17,7 @@ from ..evaluation_run import (
     write_reports,
 )
 from ..tasks import task_names
-from ._cli_utils import (
+from ._client_options import (
     DEFAULTS,
     CertChainOpt,
     ChatOpt,
@@ -30,12 +30,11 @@ from ._cli_utils import (
     TimeoutOpt,
     TlsOpt,
     client_from_options,
-    fail,
     preflight,
     progress_bar,
-    suggest,
 )
 from .catalog import format_table
+from .common import fail, suggest
 
 ImhiDirOpt = Annotated[
     Path,

@@ -23,7 +23,7 @@ from mentallama_server.launch.serve_trtllm import TrtllmLaunch, TrtllmOptions
 from mentallama_server.launch.stall_watch import Canary
 
 try:  # click's plain help: wrapped to the terminal, nothing cut to "…" (the helper lives with the SDK's CLI)
-    from mentallama.cli._cli_utils import plain_help
+    from mentallama.cli.common import plain_help
 
     plain_help()
 except ImportError:  # pragma: no cover - the SDK is part of every install
