@@ -10,8 +10,6 @@ report land under OUTPUT/NAME/. A command runs one of the studies (`mentallama-b
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -21,6 +19,7 @@ from mentallama import __version__
 from mentallama.cli.common import HELP_OPTIONS, plain_help, version_option
 from mentallama.cli.options import OptionGroup, with_option_groups
 from mentallama_bench.session import BenchOptions, plan_session, run_plan
+from mentallama_bench.studies import STUDIES
 
 __all__ = ["STUDIES", "app", "main"]
 
@@ -34,30 +33,8 @@ app = typer.Typer(
     context_settings=HELP_OPTIONS,
 )
 
-# The studies: command -> (module whose `main(argv)` runs it, one line for `mentallama-bench --help`). Their
-# argparse parsers stay beside the code they configure and receive the command's arguments as a list;
-# modules are imported only when their command runs, as several need the server or build extras.
-STUDIES: dict[str, tuple[str, str]] = {
-    "soak": ("mentallama_bench.soak", "Minutes of mixed SDK traffic against a live server."),
-    "cpu-engine": ("mentallama_bench.cpu_engine_bench", "Served vs in-process OpenVINO engine vs generate()."),
-    "serving-overhead": ("mentallama_bench.serving_overhead", "Served vs in-process engine on a CPU server."),
-    "front-door": ("mentallama_bench.front_door_overhead", "The same load through the front door and direct."),
-    "sdk-overhead": ("mentallama_bench.sdk_overhead", "SDK analyze vs raw tritonclient streams."),
-    "label-parsing": ("mentallama_bench.label_parsing", "How often and how fast parse_response gets the label."),
-}
-# Everything after the command name, --help included, goes to the study's own parser.
-PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
-
-
-def _study(module: str) -> Callable[[typer.Context], None]:
-    def run(ctx: typer.Context) -> None:
-        raise typer.Exit(importlib.import_module(module).main(list(ctx.args)) or 0)
-
-    return run
-
-
-for _name, (_module, _summary) in STUDIES.items():
-    app.command(_name, help=_summary, add_help_option=False, context_settings=PASS_THROUGH)(_study(_module))
+for _name, _command in STUDIES.items():
+    app.command(_name)(_command)
 
 
 @app.callback(invoke_without_command=True)

@@ -17,7 +17,6 @@ the resident memory of tritonserver and its Python stubs.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import json
@@ -158,38 +157,29 @@ def _free_opts() -> ServerOptions:
     return ServerOptions.on_free_ports()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mentallama-bench cpu-engine", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="bench", help="tiny, bench or a checkpoint folder")
-    parser.add_argument("--imhi-dir", type=Path, default=Path("../shared/imhi"))
-    parser.add_argument("--concurrency", default="1,4,16,32")
-    parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--weight-formats", default="int8,fp16")
-    parser.add_argument("--skip-authors", action="store_true", help="leave out the transformers baseline")
-    parser.add_argument("--authors-dtype", default="auto", help="auto (the checkpoint's), float32 or bfloat16")
-    parser.add_argument("--footprint", action="store_true", help="also measure the tiny server's start and RSS")
-    parser.add_argument("--output", type=Path, default=Path("results/cpu_engine_bench.json"))
-    args = parser.parse_args(argv)
-
-    checkpoint = resolve_checkpoint(args.model)
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
-    prompts = imhi_prompts(args.imhi_dir)
-    samples = [SampleRequest(i, query, task, args.output_len) for i, (task, query) in enumerate(prompts)]
-    print(f"{len(samples)} IMHI queries, {args.output_len} new tokens each, {checkpoint.name}", flush=True)
-    report: dict[str, Any] = {"model": checkpoint.name, "queries": len(samples), "output_len": args.output_len}
-    if not args.skip_authors:
-        report["authors"] = authors_way(checkpoint, [s.prompt for s in samples], args.output_len, args.authors_dtype)
+def run_study(model: str = "bench", imhi_dir: Path = Path("../shared/imhi"), concurrency: str = "1,4,16,32",
+              output_len: int = 64, weight_formats: str = "int8,fp16", skip_authors: bool = False,
+              authors_dtype: str = "auto", with_footprint: bool = False,
+              output: Path = Path("results/cpu_engine_bench.json")) -> int:  # fmt: skip
+    """`mentallama-bench cpu-engine`: measure, print the table and write the report to ``output``."""
+    checkpoint = resolve_checkpoint(model)
+    concurrencies = [int(c) for c in concurrency.split(",")]
+    prompts = imhi_prompts(imhi_dir)
+    samples = [SampleRequest(i, query, task, output_len) for i, (task, query) in enumerate(prompts)]
+    print(f"{len(samples)} IMHI queries, {output_len} new tokens each, {checkpoint.name}", flush=True)
+    report: dict[str, Any] = {"model": checkpoint.name, "queries": len(samples), "output_len": output_len}
+    if not skip_authors:
+        report["authors"] = authors_way(checkpoint, [s.prompt for s in samples], output_len, authors_dtype)
         print(f"  authors' way (generate, batches of 8): {report['authors']['tok_s']:.1f} tok/s", flush=True)
     report["formats"] = {
-        fmt: measure_format(checkpoint, fmt, samples, concurrencies) for fmt in args.weight_formats.split(",")
+        fmt: measure_format(checkpoint, fmt, samples, concurrencies) for fmt in weight_formats.split(",")
     }
-    if args.footprint:
+    if with_footprint:
         report["footprint"] = footprint()
     print_report(report, concurrencies)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwritten: {args.output}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwritten: {output}")
     return 0
 
 

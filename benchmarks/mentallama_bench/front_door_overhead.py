@@ -11,7 +11,6 @@ in this one session, with the CPU they ran on and the front door's own CPU share
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from mentallama_bench.report import fixed_width
 from mentallama_bench.runner import RunResult
 from mentallama_bench.session import BenchOptions, plan_session
 
-__all__ = ["cpu_name", "main", "server_behind_front_door"]
+__all__ = ["cpu_name", "run_study", "server_behind_front_door"]
 DIRECT = "triton-direct"
 DOOR = "front-door"
 
@@ -63,31 +62,22 @@ def server_behind_front_door(model: str) -> Iterator[tuple[str, str, str, Path, 
         server.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mentallama-bench front-door", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="bench", help="tiny, bench or a checkpoint folder")
-    parser.add_argument("--data", type=Path, help="IMHI data folder (test_instruction/*.csv); synthetic without")
-    parser.add_argument("--concurrency", default="1,8,16,32")
-    parser.add_argument("--requests", type=int, default=64, help="measured requests per run")
-    parser.add_argument("--max-tokens", type=int, default=64, help="forced output tokens per request")
-    parser.add_argument("--repeats", type=int, choices=(1, 2), default=2,
-                        help="2: each load runs direct, door, door, direct (drift cancels); 1: direct, door")
-    parser.add_argument("--output", type=Path, help="results folder (runs and report)")
-    args = parser.parse_args(argv)
-
-    with server_behind_front_door(args.model) as (front, direct, metrics_url, checkpoint, front_pid):
+def run_study(model: str = "bench", data: Path | None = None, concurrency: str = "1,8,16,32", requests: int = 64,
+              max_tokens: int = 64, repeats: int = 2, output: Path | None = None) -> int:  # fmt: skip
+    """`mentallama-bench front-door`: the runs on a server it starts, then the pooled front door / direct table."""
+    if repeats not in (1, 2):
+        raise ValueError(f"repeats must be 1 or 2, got {repeats}")
+    with server_behind_front_door(model) as (front, direct, metrics_url, checkpoint, front_pid):
         options = BenchOptions(
-            endpoint=[front], metrics_url=[metrics_url], concurrency=args.concurrency, requests=args.requests,
-            data=args.data, max_tokens=args.max_tokens, output_len=args.max_tokens, force_output_len=True,
-            tokenizer=checkpoint, output=args.output, progress=False,
+            endpoint=[front], metrics_url=[metrics_url], concurrency=concurrency, requests=requests,
+            data=data, max_tokens=max_tokens, output_len=max_tokens, force_output_len=True,
+            tokenizer=checkpoint, output=output, progress=False,
         )  # fmt: skip
         plan = plan_session(options)
         (door_backend,) = plan.groups[0]
         door_backend.kind = DOOR
         plan = dataclasses.replace(
-            plan, groups=_abba(plan.groups[0], [make_backend("triton-grpc", direct, plan.model)], args.repeats)
+            plan, groups=_abba(plan.groups[0], [make_backend("triton-grpc", direct, plan.model)], repeats)
         )
         door = psutil.Process(front_pid)
         marks: list[tuple[str, float, float]] = []  # (run, front door CPU seconds so far, run seconds)
@@ -98,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
         start = door.cpu_times()
         results = asyncio.run(plan.run(on_result=mark))
-    print(f"\nfront door / direct, one session on {cpu_name()} (model {args.model}, {args.requests} requests per run, "
-          f"{'direct, door, door, direct' if args.repeats == 2 else 'direct, door'} per load):")  # fmt: skip
+    print(f"\nfront door / direct, one session on {cpu_name()} (model {model}, {requests} requests per run, "
+          f"{'direct, door, door, direct' if repeats == 2 else 'direct, door'} per load):")  # fmt: skip
     header, rows = pooled_table([r.summary for r in results])
     print(fixed_width(header, rows))
     print("\n" + _door_cpu(marks, start.user + start.system))

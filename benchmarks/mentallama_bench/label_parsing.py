@@ -22,7 +22,6 @@ rules read from the reference answer's own verdict:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import random
@@ -187,22 +186,17 @@ def run(imhi: Path, seed: int = 11, echo: Callable[[str], None] = print) -> dict
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mentallama-bench label-parsing", description=__doc__.split("\n")[0])
-    parser.add_argument("--imhi", type=Path, required=True,
-                        help="IMHI root (train_instruction/, test_instruction/, expert/): the data of the MentaLLaMA "
-                             "authors' repository, github.com/SteveKGYang/MentalLLaMA")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=11, help="seed of the rewritten variants")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
-    args = parser.parse_args(argv)
-    if not (args.imhi / "train_instruction").is_dir():
-        print(f"IMHI data not found at {args.imhi}", file=sys.stderr)
+def run_study(imhi: Path, seed: int = 11, json_path: Path | None = None) -> int:
+    """`mentallama-bench label-parsing`: print the figures (and write them to ``json_path``); exit code 2 without
+    the IMHI data."""
+    if not (imhi / "train_instruction").is_dir():
+        print(f"IMHI data not found at {imhi}", file=sys.stderr)
         return 2
-    results = run(args.imhi, args.seed)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    results = run(imhi, seed)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
-__all__ = ["STYLES", "run", "variant", "TASKS"]
+__all__ = ["STYLES", "run", "run_study", "variant", "TASKS"]

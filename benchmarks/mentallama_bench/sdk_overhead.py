@@ -17,12 +17,11 @@ round (robust on a shared machine), and client CPU per request (goal: SDK p50 at
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -240,30 +239,24 @@ def report(results: dict[int, dict[str, ModeStats]]) -> list[dict[str, float | i
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mentallama-bench sdk-overhead", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--endpoint", help="gRPC host:port of a running server (default: start a tiny one)")
-    parser.add_argument("--model", default="mentallama")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--rounds", type=int, default=48, help="interleaved rounds of every mode")
-    parser.add_argument("--per-round", type=int, default=1, help="requests per round (at least the concurrency)")
-    parser.add_argument("--max-tokens", type=int, default=32, help="tokens per answer (min_tokens forces it)")
-    parser.add_argument("--output", type=Path, help="write the rows as JSON here")
-    args = parser.parse_args(argv)
+def run_study(endpoint: str | None = None, model: str = "mentallama", concurrency: Sequence[int] = (1, 16),
+              rounds: int = 48, per_round: int = 1, max_tokens: int = 32,
+              output: Path | None = None) -> int:  # fmt: skip
+    """`mentallama-bench sdk-overhead`: measure on ``endpoint`` (or a tiny server it starts), print the table and
+    write the rows to ``output``."""
 
-    def run(endpoint: str) -> dict[int, dict[str, ModeStats]]:
-        per_round = {c: max(args.per_round, c) for c in args.concurrency}
-        return {c: asyncio.run(measure(endpoint, args.model, c, args.rounds, per_round[c], args.max_tokens))
-                for c in args.concurrency}  # fmt: skip
+    def measure_all(address: str) -> dict[int, dict[str, ModeStats]]:
+        return {c: asyncio.run(measure(address, model, c, rounds, max(per_round, c), max_tokens))
+                for c in concurrency}  # fmt: skip
 
-    if args.endpoint:
-        results = run(args.endpoint)
+    if endpoint:
+        results = measure_all(endpoint)
     else:
-        with tiny_server() as endpoint:
-            results = run(endpoint)
+        with tiny_server() as started:
+            results = measure_all(started)
     rows = report(results)
-    if args.output:
-        args.output.write_text(json.dumps(rows, indent=2))
+    if output:
+        output.write_text(json.dumps(rows, indent=2))
     for mode in ("sdk async", "sdk sync"):
         worst = max(r["paired_p50_vs_raw"] for r in rows if r["mode"] == mode)
         print(f"{mode}: paired p50 overhead at its worst concurrency {(worst - 1) * 100:+.1f}% (goal <= +5%)")

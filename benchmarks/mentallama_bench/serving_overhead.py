@@ -12,14 +12,13 @@ Short answers make a CPU engine prefill-bound, where concurrency buys little: th
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from mentallama_bench.session import BenchOptions, plan_session, run_plan
 
-__all__ = ["cpu_server", "main"]
+__all__ = ["cpu_server", "run_study"]
 
 
 @contextmanager
@@ -40,25 +39,14 @@ def cpu_server(model: str) -> Iterator[tuple[str, str, Path]]:
         server.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mentallama-bench serving-overhead",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model", default="bench", help="tiny, bench or a checkpoint folder")
-    parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--requests", type=int, default=32, help="measured requests per concurrency")
-    parser.add_argument("--input-len", type=int, default=128)
-    parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--output", type=Path, default=Path("results/serving_overhead"))
-    args = parser.parse_args(argv)
-
-    with cpu_server(args.model) as (endpoint, metrics_url, checkpoint):
+def run_study(model: str = "bench", concurrency: str = "1,4,16", requests: int = 32, input_len: int = 128,
+              output_len: int = 128, output: Path = Path("results/serving_overhead")) -> int:  # fmt: skip
+    """`mentallama-bench serving-overhead`: the load benchmark with `--compare-engine` on a server it starts."""
+    with cpu_server(model) as (endpoint, metrics_url, checkpoint):
         # The same forced output length on both sides; the engine runs with the server's own settings.
         options = BenchOptions(
-            endpoint=[endpoint], metrics_url=[metrics_url], concurrency=args.concurrency, requests=args.requests,
-            input_len=args.input_len, output_len=args.output_len, force_output_len=True, tokenizer=checkpoint,
-            compare_engine=True, checkpoint=checkpoint, output=args.output, progress=False,
+            endpoint=[endpoint], metrics_url=[metrics_url], concurrency=concurrency, requests=requests,
+            input_len=input_len, output_len=output_len, force_output_len=True, tokenizer=checkpoint,
+            compare_engine=True, checkpoint=checkpoint, output=output, progress=False,
         )  # fmt: skip
         return run_plan(plan_session(options))

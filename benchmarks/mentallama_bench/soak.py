@@ -23,7 +23,6 @@ printed; only counts, statuses and timings are.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -42,7 +41,8 @@ import psutil
 
 from mentallama import AsyncMentaLLaMAClient, MentaLLaMAError
 
-__all__ = ["ProcessMemory", "SoakRecord", "SoakReport", "main", "meets_goals", "run_soak", "summarize"]
+__all__ = ["ProcessMemory", "SoakRecord", "SoakReport", "meets_goals", "parse_mix", "run_soak", "run_study",
+           "summarize"]  # fmt: skip
 
 KINDS = ("normal", "cancel", "bad")
 DEFAULT_MIX = {"normal": 0.7, "cancel": 0.15, "bad": 0.15}
@@ -359,38 +359,31 @@ async def run_soak(endpoint: str, minutes: float, concurrency: int, mix: dict[st
     return report
 
 
-def _parse_mix(text: str) -> dict[str, float]:
+def parse_mix(text: str) -> dict[str, float]:
+    """``normal=0.7,cancel=0.15,bad=0.15`` -> weights per kind (``ValueError`` names an unknown kind)."""
     mix = {}
     for part in text.split(","):
         name, _, weight = part.partition("=")
         if name.strip() not in KINDS:
-            raise argparse.ArgumentTypeError(f"unknown kind {name!r}; use {', '.join(KINDS)}")
+            raise ValueError(f"unknown kind {name!r}; use {', '.join(KINDS)}")
         mix[name.strip()] = float(weight)
     return mix
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mentallama-bench soak", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--endpoint", default="127.0.0.1:8001", help="gRPC host:port")
-    parser.add_argument("--metrics", default=None, help="Prometheus URL of the server (engine gauges at the end)")
-    parser.add_argument("--pid", type=int, default=None, help="tritonserver pid (default: the one on the gRPC port)")
-    parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--warmup-s", type=float, default=30.0)
-    parser.add_argument("--max-tokens", type=int, default=64, help="largest answer of a normal request")
-    parser.add_argument("--mix", type=_parse_mix, default=DEFAULT_MIX, help="e.g. normal=0.7,cancel=0.15,bad=0.15")
-    parser.add_argument("--model", default="mentallama", help="served model: mentallama (BLS front) or ensemble")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="write the report (and every record) here")
-    args = parser.parse_args(argv)
-    pid = args.pid or find_server_pid(int(args.endpoint.rsplit(":", 1)[1]))
-    report = asyncio.run(run_soak(args.endpoint, args.minutes, args.concurrency, args.mix, args.warmup_s,
-                                  args.max_tokens, args.seed, pid, args.metrics, args.model,
-                                  progress=lambda m: print(m, file=sys.stderr, flush=True)))  # fmt: skip
+def run_study(endpoint: str = "127.0.0.1:8001", metrics: str | None = None, pid: int | None = None,
+              minutes: float = 10.0, concurrency: int = 32, warmup_s: float = 30.0, max_tokens: int = 64,
+              mix: dict[str, float] | None = None, model: str = "mentallama", seed: int = 0,
+              json_path: Path | None = None) -> int:  # fmt: skip
+    """`mentallama-bench soak`: print the report (and write it with every record to ``json_path``); exit code 1
+    unless it meets the goals."""
+    pid = pid or find_server_pid(int(endpoint.rsplit(":", 1)[1]))
+    progress = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731 - one line's callback
+    report = asyncio.run(run_soak(endpoint, minutes, concurrency, mix or DEFAULT_MIX, warmup_s, max_tokens, seed,
+                                  pid, metrics, model, progress=progress))  # fmt: skip
     print(render(report))
-    if args.json:
+    if json_path:
         payload = asdict(report) | {"rss_growth": report.rss_growth, "total_rss_growth": report.total_rss_growth}
-        args.json.write_text(json.dumps(payload, indent=2))
+        json_path.write_text(json.dumps(payload, indent=2))
     return 0 if meets_goals(report) else 1
 
 

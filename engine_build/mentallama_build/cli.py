@@ -170,25 +170,51 @@ def nano(
     typer.echo(describe_result(result))
 
 
-# The two scripts' argparse parsers stay beside their code and get everything after the command name,
-# --help included, as an explicit list.
-_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
-
-
-@app.command("nano-eval", add_help_option=False, context_settings=_PASS_THROUGH)
-def nano_eval(ctx: typer.Context) -> None:
+@app.command("nano-eval")
+def nano_eval(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (Hugging Face LLaMA layout).")],
+    imhi: Annotated[Path, typer.Option(help="IMHI root (its test_instruction/ is used).")],
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(help="Task(s) to score; repeat or comma-separate [default: DR, dreaddit, SAD, Irf, MultiWD].",
+                     show_default=False),  # fmt: skip
+    ] = None,
+    per_task: Annotated[int, typer.Option(help="Seeded sample of this many rows per task.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer (greedy).")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Queries per generate() batch.")] = 16,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    predictions: Annotated[
+        Path | None, typer.Option(help="JSON file for the reports and every answer.", show_default=False)
+    ] = None,
+) -> None:
     """Score a checkpoint in-process on IMHI test samples (weighted F1 vs the majority class)."""
-    from mentallama_build.nano_eval import main as run
+    from mentallama_build.nano_eval import DEFAULT_TASKS, evaluate, markdown_table
 
-    run(list(ctx.args))
+    names = [t.strip() for item in tasks for t in item.split(",") if t.strip()] if tasks else list(DEFAULT_TASKS)
+    reports = evaluate(checkpoint, imhi, names, per_task, seed, max_new_tokens, batch_size, threads, predictions)
+    typer.echo(markdown_table(reports))
 
 
-@app.command("shaped", add_help_option=False, context_settings=_PASS_THROUGH)
-def shaped(ctx: typer.Context) -> None:
+@app.command()
+def shaped(
+    output: Annotated[Path, typer.Argument(help="Checkpoint folder to write.", show_default=False)],
+    device: Annotated[str, typer.Option(help="Where to draw the weights: cpu or cuda.")] = "cpu",
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
+) -> None:
     """Write a LLaMA-2-7B-shaped checkpoint with random float16 weights (GPU serving benchmarks)."""
-    from mentallama_build.shaped import main as run
+    from mentallama_build.shaped import build_shaped_checkpoint
+    from mentallama_build.shapes import parameter_count
 
-    raise typer.Exit(run(list(ctx.args)))
+    started = time.perf_counter()
+    try:
+        path = build_shaped_checkpoint(output, device=device, force=force)
+    except FileExistsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    typer.echo(f"built {path}: {parameter_count(config):,} parameters ({config['torch_dtype']}, vocab "
+               f"{config['vocab_size']}) in {time.perf_counter() - started:.1f}s")  # fmt: skip
 
 
 def main() -> None:

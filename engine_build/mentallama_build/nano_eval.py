@@ -150,26 +150,3 @@ def markdown_table(reports: Sequence[TaskReport]) -> str:
             f"{r.majority_f1:.3f} ({r.majority_label}) | {r.repeated_4gram:.0%} |"
         )
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """`mentallama-build nano-eval CHECKPOINT --imhi DIR`: print the table (and write predictions)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="mentallama-build nano-eval", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--imhi", type=Path, required=True, help="IMHI root (its test_instruction/ is used)")
-    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
-    parser.add_argument("--per-task", type=int, default=100, help="seeded sample of this many rows per task")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--predictions", type=Path, help="JSON file for the reports and every answer")
-    args = parser.parse_args(argv)
-    reports = evaluate(
-        args.checkpoint, args.imhi, args.tasks, args.per_task, args.seed, args.max_new_tokens, args.batch_size,
-        args.threads, args.predictions,
-    )  # fmt: skip
-    print(markdown_table(reports))
-

@@ -18,21 +18,18 @@ drawn. Build with `mentallama-build shaped OUTPUT --device cuda`.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import hashlib
-import json
 import math
 import shutil
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mentallama_build.corpus import DEFAULT_SEED
 from mentallama_build.safetensors_io import write_safetensors
-from mentallama_build.shapes import llama_tensor_shapes, parameter_count
+from mentallama_build.shapes import llama_tensor_shapes
 from mentallama_build.tiny import CONTEXT_LENGTH, INIT_STD, ModelSize, checkpoint_config
 from mentallama_build.tokenizer import BOS_ID, EOS_ID, UNK_ID, train_sentencepiece, write_json, write_tokenizer
 
@@ -45,7 +42,6 @@ __all__ = [
     "LLAMA2_VOCAB_SIZE",
     "build_shaped_checkpoint",
     "flops_per_token",
-    "main",
     "shaped_config",
     "vocab_flops_share",
 ]
@@ -183,22 +179,3 @@ def build_shaped_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mentallama-build shaped", description="Write a LLaMA-2-7B-shaped checkpoint with random float16 weights."
-    )
-    parser.add_argument("output", type=Path)
-    parser.add_argument("--device", default="cpu", help="where to draw the weights: cpu or cuda")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    path = build_shaped_checkpoint(args.output, device=args.device, force=args.force)
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    print(
-        f"built {path}: {parameter_count(config):,} parameters ({config['torch_dtype']}, vocab "
-        f"{config['vocab_size']}) in {time.perf_counter() - started:.1f}s"
-    )
-    return 0
-

@@ -172,13 +172,28 @@ def test_each_study_help_lists_its_flags(study: str) -> None:
     for help_flag in ("--help", "-h"):
         result = CliRunner().invoke(app, [study, help_flag])
         assert result.exit_code == 0, result.output
-        assert f"usage: mentallama-bench {study}" in result.stdout
+        assert result.stdout.startswith("Usage: ") and f" {study} [OPTIONS]" in result.stdout.splitlines()[0]
         assert all(flag in result.stdout for flag in STUDY_FLAGS[study]), result.stdout
 
 
 def test_a_study_gets_its_arguments_and_returns_its_exit_code(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["label-parsing", "--imhi", str(tmp_path)])
     assert result.exit_code == 2 and f"IMHI data not found at {tmp_path}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["soak", "--mix", "normal=0.5,slow=0.5"], "unknown kind 'slow'"),
+        (["sdk-overhead", "--concurrency", "1 16"], "--concurrency takes comma-separated integers"),
+        (["front-door", "--repeats", "3"], "--repeats"),
+        (["label-parsing"], "--imhi"),
+    ],
+)
+def test_a_study_refuses_bad_flags_before_it_starts(args: list[str], words: str) -> None:
+    """Usage errors (exit 2) from the command's own flags, before any server is started or reached."""
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and words in result.output, result.output
 
 
 class _EngineOnFake(TritonGrpcBackend):
@@ -189,7 +204,7 @@ class _EngineOnFake(TritonGrpcBackend):
 
 
 def test_serving_overhead_runs_the_load_benchmark_in_process(
-    fake_triton, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    fake_triton, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The whole study against the fake Triton (no tritonserver, no OpenVINO): `sys.argv` is left alone."""
     started: list[str] = []
@@ -207,12 +222,13 @@ def test_serving_overhead_runs_the_load_benchmark_in_process(
     monkeypatch.setattr(serving_overhead, "cpu_server", fake_server)
     monkeypatch.setattr(session, "engine_backend", fake_engine)
     argv = list(sys.argv)
-    args = ["--model", "tiny", "--concurrency", "1,2", "--requests", "3", "--input-len", "5", "--output-len", "4",
-            "--output", str(tmp_path)]  # fmt: skip
-    assert serving_overhead.main(args) == 0
+    args = ["serving-overhead", "--model", "tiny", "--concurrency", "1,2", "--requests", "3", "--input-len", "5",
+            "--output-len", "4", "--output", str(tmp_path)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
     assert sys.argv == argv
     assert started == ["tiny"] and engines == [tiny_checkpoint]
-    out = capsys.readouterr().out
+    out = result.stdout
     assert "served / bare engine" in out and "engine-c2" in out
     (folder,) = tmp_path.iterdir()
     assert (folder / "triton-grpc-c2" / "summary.json").exists() and (folder / "engine-c2" / "summary.json").exists()

@@ -91,7 +91,7 @@ def test_nano_eval_command_scores_the_shipped_checkpoint(tmp_path: Path) -> None
     """`mentallama-build nano-eval` hands its arguments to the evaluator: two DR rows of the mini IMHI."""
     for help_flag in ("--help", "-h"):
         shown = CliRunner().invoke(app, ["nano-eval", help_flag])
-        assert shown.exit_code == 0 and "usage: mentallama-build nano-eval" in shown.stdout
+        assert shown.exit_code == 0 and "nano-eval [OPTIONS] CHECKPOINT" in shown.stdout
         assert all(f in shown.stdout for f in ("--imhi", "--tasks", "--per-task", "--max-new-tokens", "--predictions"))
     assert "nano-eval" in CliRunner().invoke(app, ["--help"]).stdout
     predictions = tmp_path / "eval.json"

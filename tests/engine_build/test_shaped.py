@@ -79,8 +79,8 @@ def test_same_seed_gives_the_same_weights_and_a_full_folder_is_not_replaced(smal
 def test_shaped_command_hands_its_arguments_to_the_builder():
     for help_flag in ("--help", "-h"):
         shown = CliRunner().invoke(app, ["shaped", help_flag])
-        assert shown.exit_code == 0 and "usage: mentallama-build shaped" in shown.stdout
-        assert all(f in shown.stdout for f in ("output", "--device", "--force"))
+        assert shown.exit_code == 0 and "shaped [OPTIONS] OUTPUT" in shown.stdout
+        assert all(f in shown.stdout for f in ("--device", "--force"))
     assert "shaped" in CliRunner().invoke(app, ["--help"]).stdout
     missing = CliRunner().invoke(app, ["shaped", "--device", "cpu"])
-    assert missing.exit_code == 2 and "required: output" in missing.stderr
+    assert missing.exit_code == 2 and "Missing argument 'OUTPUT'" in missing.stderr

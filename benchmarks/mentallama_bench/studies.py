@@ -1,0 +1,196 @@
+"""The serving studies as `mentallama-bench` commands: each declares its flags and hands them to its module's
+`run_study`. The modules are imported only when their command runs, as several need the server or build extras
+(`mentallama-bench --help` must not)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["STUDIES"]
+
+
+def _run(module: str, **flags: Any) -> None:
+    raise typer.Exit(importlib.import_module(f"mentallama_bench.{module}").run_study(**flags) or 0)
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def soak(
+    endpoint: Annotated[str, typer.Option(help="gRPC host:port")] = "127.0.0.1:8001",
+    metrics: Annotated[str | None, typer.Option(help="Prometheus URL of the server (engine gauges at the end)")] = None,
+    pid: Annotated[int | None, typer.Option(help="tritonserver pid (default: the one on the gRPC port)")] = None,
+    minutes: Annotated[float, typer.Option(help="minutes of traffic after the warm-up")] = 10.0,
+    concurrency: Annotated[int, typer.Option(help="workers sending at once")] = 32,
+    warmup_s: Annotated[float, typer.Option(help="seconds of traffic before the first RSS")] = 30.0,
+    max_tokens: Annotated[int, typer.Option(help="largest answer of a normal request")] = 64,
+    mix: Annotated[str, typer.Option(help="weights of the request kinds")] = "normal=0.7,cancel=0.15,bad=0.15",
+    model: Annotated[str, typer.Option(help="served model: mentallama (BLS front) or ensemble")] = "mentallama",
+    seed: Annotated[int, typer.Option(help="seed of the request mix")] = 0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="write the report (and every record) here", show_default=False)
+    ] = None,
+) -> None:
+    """Minutes of mixed SDK traffic against a live server.
+
+    A seeded mix of answers, streams left early and requests the server must refuse; reports unexpected
+    outcomes, p99 latency per minute, the engine's gauges once traffic stops and the RSS growth of every server
+    process. Exit code 1 unless there is no unexpected outcome and no process grew by 10 % (docs/RELIABILITY.md).
+
+    \b
+        mentallama-bench soak --endpoint 127.0.0.1:8001 --metrics http://127.0.0.1:8002/metrics \\
+            --minutes 10 --concurrency 32 --json soak.json
+    """
+    from mentallama_bench.soak import parse_mix
+
+    try:
+        weights = parse_mix(mix)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--mix") from None
+    _run("soak", endpoint=endpoint, metrics=metrics, pid=pid, minutes=minutes, concurrency=concurrency,
+         warmup_s=warmup_s, max_tokens=max_tokens, mix=weights, model=model, seed=seed,
+         json_path=json_path)  # fmt: skip
+
+
+def cpu_engine(
+    model: Annotated[str, typer.Option(help="tiny, bench or a checkpoint folder")] = "bench",
+    imhi_dir: Annotated[Path, typer.Option(help="IMHI root (its test_instruction/ is read)")] = Path("../shared/imhi"),
+    concurrency: Annotated[str, typer.Option(help="comma-separated concurrencies")] = "1,4,16,32",
+    output_len: Annotated[int, typer.Option(help="new tokens per query")] = 64,
+    weight_formats: Annotated[str, typer.Option(help="comma-separated engine weight formats")] = "int8,fp16",
+    skip_authors: Annotated[bool, typer.Option("--skip-authors", help="leave out the transformers baseline")] = False,
+    authors_dtype: Annotated[str, typer.Option(help="auto (the checkpoint's), float32 or bfloat16")] = "auto",
+    footprint: Annotated[
+        bool, typer.Option("--footprint", help="also measure the tiny server's start and RSS")
+    ] = False,
+    output: Annotated[Path, typer.Option(help="report (JSON)")] = Path("results/cpu_engine_bench.json"),
+) -> None:
+    """Served vs in-process OpenVINO engine vs generate().
+
+    Output tokens/s on IMHI queries: the CPU profile served by Triton, the same OpenVINO engine in-process, and
+    the MentaLLaMA authors' transformers generate() loop (`make bench`).
+
+    \b
+        mentallama-bench cpu-engine --model bench --imhi-dir ../shared/imhi --weight-formats int8,fp16
+    """
+    _ints(concurrency, "--concurrency")
+    _run("cpu_engine_bench", model=model, imhi_dir=imhi_dir, concurrency=concurrency, output_len=output_len,
+         weight_formats=weight_formats, skip_authors=skip_authors, authors_dtype=authors_dtype,
+         with_footprint=footprint, output=output)  # fmt: skip
+
+
+def serving_overhead(
+    model: Annotated[str, typer.Option(help="tiny, bench or a checkpoint folder")] = "bench",
+    concurrency: Annotated[str, typer.Option(help="comma-separated concurrencies")] = "1,4,16",
+    requests: Annotated[int, typer.Option(help="measured requests per concurrency")] = 32,
+    input_len: Annotated[int, typer.Option(help="prompt tokens")] = 128,
+    output_len: Annotated[int, typer.Option(help="forced output tokens")] = 128,
+    output: Annotated[Path, typer.Option(help="results folder")] = Path("results/serving_overhead"),
+) -> None:
+    """Served vs in-process engine on a CPU server.
+
+    Starts the CPU profile on free loopback ports and runs the load benchmark with --compare-engine: the same
+    synthetic load against the served model and against the engine built with the server's own settings.
+
+    \b
+        mentallama-bench serving-overhead --model bench --concurrency 1,4,16 --requests 32 --output-len 128
+    """
+    _ints(concurrency, "--concurrency")
+    _run("serving_overhead", model=model, concurrency=concurrency, requests=requests, input_len=input_len,
+         output_len=output_len, output=output)  # fmt: skip
+
+
+def front_door(
+    model: Annotated[str, typer.Option(help="tiny, bench or a checkpoint folder")] = "bench",
+    data: Annotated[
+        Path | None,
+        typer.Option(help="IMHI data folder (test_instruction/*.csv); synthetic without", show_default=False),
+    ] = None,
+    concurrency: Annotated[str, typer.Option(help="comma-separated concurrencies")] = "1,8,16,32",
+    requests: Annotated[int, typer.Option(help="measured requests per run")] = 64,
+    max_tokens: Annotated[int, typer.Option(help="forced output tokens per request")] = 64,
+    repeats: Annotated[
+        int, typer.Option(min=1, max=2, help="2: each load runs direct, door, door, direct (drift cancels); "
+                          "1: direct, door")  # fmt: skip
+    ] = 2,
+    output: Annotated[Path | None, typer.Option(help="results folder (runs and report)", show_default=False)] = None,
+) -> None:
+    """The same load through the front door and direct.
+
+    Starts the CPU profile as mentallama-serve does (tritonserver private, the front door public), runs each load
+    on tritonserver's own port and on the front door's, and prints the front door / direct ratio of the pooled
+    runs, the CPU they ran on and the front door's own CPU share. Run it on an idle machine.
+
+    \b
+        mentallama-bench front-door --model bench --data IMHI_DIR --concurrency 1,8,16,32 --requests 128
+    """
+    _ints(concurrency, "--concurrency")
+    _run("front_door_overhead", model=model, data=data, concurrency=concurrency, requests=requests,
+         max_tokens=max_tokens, repeats=repeats, output=output)  # fmt: skip
+
+
+def sdk_overhead(
+    endpoint: Annotated[
+        str | None, typer.Option(help="gRPC host:port of a running server (default: start a tiny one)",
+                                 show_default=False)  # fmt: skip
+    ] = None,
+    model: Annotated[str, typer.Option(help="served model")] = "mentallama",
+    concurrency: Annotated[str, typer.Option(help="comma-separated concurrencies")] = "1,16",
+    rounds: Annotated[int, typer.Option(help="interleaved rounds of every mode")] = 48,
+    per_round: Annotated[int, typer.Option(help="requests per round (at least the concurrency)")] = 1,
+    max_tokens: Annotated[int, typer.Option(help="tokens per answer (min_tokens forces it)")] = 32,
+    output: Annotated[Path | None, typer.Option(help="write the rows as JSON here", show_default=False)] = None,
+) -> None:
+    """SDK analyze vs raw tritonclient streams.
+
+    The same ensemble inputs sent by AsyncMentaLLaMAClient.analyze, by the blocking client on a thread pool and
+    by raw tritonclient.grpc.aio streams, in interleaved rounds; p50/p90 latency, the p50 ratio to raw (also
+    paired round by round) and client CPU per request (goal: SDK p50 at most 5 % above raw).
+
+    \b
+        mentallama-bench sdk-overhead                       # starts a tiny CPU server on free ports
+        mentallama-bench sdk-overhead --endpoint host:8001  # an already running server
+    """
+    _run("sdk_overhead", endpoint=endpoint, model=model, concurrency=_ints(concurrency, "--concurrency"),
+         rounds=rounds, per_round=per_round, max_tokens=max_tokens, output=output)  # fmt: skip
+
+
+def label_parsing(
+    imhi: Annotated[
+        Path, typer.Option(help="IMHI root (train_instruction/, test_instruction/, expert/): the data of the "
+                           "MentaLLaMA authors' repository, github.com/SteveKGYang/MentalLLaMA")  # fmt: skip
+    ],
+    seed: Annotated[int, typer.Option(help="seed of the rewritten variants")] = 11,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="also write the figures as JSON", show_default=False)
+    ] = None,
+) -> None:
+    """How often and how fast parse_response gets the label.
+
+    On IMHI answers: explanations alone, the reference answers, rewritten failure styles, and the time to parse
+    10,000 answers (benchmarks/mentallama_bench/label_parsing.py says how each figure is made).
+
+    \b
+        mentallama-bench label-parsing --imhi ../shared/imhi [--json results/label_parsing.json]
+    """
+    _run("label_parsing", imhi=imhi, seed=seed, json_path=json_path)
+
+
+# command -> its function; `mentallama-bench --help` lists each with its docstring's first line.
+STUDIES: dict[str, Callable[..., None]] = {
+    "soak": soak,
+    "cpu-engine": cpu_engine,
+    "serving-overhead": serving_overhead,
+    "front-door": front_door,
+    "sdk-overhead": sdk_overhead,
+    "label-parsing": label_parsing,
+}
