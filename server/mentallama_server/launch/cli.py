@@ -1,10 +1,10 @@
-"""`mentallama-serve`: render a profile's model repository and run Triton on it."""
+"""`mentallama-serve`: render a profile's model repository and run Triton on it (wiring: the flags, the banner;
+serving and its supervision are `launch.supervise`)."""
 
 from __future__ import annotations
 
 import signal
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -15,12 +15,12 @@ from mentallama import locations
 from mentallama.cli.options import OptionGroup, PanelledCommand, flag, with_option_groups
 from mentallama_server.front_door.config import FrontDoorConfig, read_api_keys
 from mentallama_server.launch.cpu_profile import CpuSettings
-from mentallama_server.launch.front_door_process import FrontDoorProcess, upstream_options
+from mentallama_server.launch.front_door_process import FrontDoorProcess
 from mentallama_server.launch.launcher import LaunchError, ServerOptions, TritonProcess, read_admin_key
 from mentallama_server.launch.render import RenderError
 from mentallama_server.launch.serve_cpu import CheckpointError, CpuLaunch
 from mentallama_server.launch.serve_trtllm import TrtllmLaunch, TrtllmOptions
-from mentallama_server.launch.stall_watch import Canary
+from mentallama_server.launch.supervise import start_serving, supervise
 
 try:  # click's plain help: wrapped to the terminal, nothing cut to "…" (the helper lives with the SDK's CLI)
     from mentallama.cli.common import plain_help
@@ -212,23 +212,6 @@ def serve(
     _serve(server, front, profile, opts, demo, checkpoint)
 
 
-def start_serving(
-    launch: CpuLaunch | TrtllmLaunch, opts: ServerOptions, run_dir: Path | None, ready_timeout: float
-) -> tuple[TritonProcess, FrontDoorProcess | None]:
-    """tritonserver, and the front door on the public ports unless `--direct`."""
-    if not opts.front_door:
-        return launch.start(opts, run_dir, ready_timeout), None
-    from mentallama_server.launch.launcher import check_ports
-
-    check_ports(opts)  # the public ports, before minutes of engine loading
-    server = launch.start(upstream_options(opts), run_dir, ready_timeout)
-    try:
-        return server, FrontDoorProcess.start(opts, server.opts, server.run_dir)
-    except BaseException:
-        server.stop()
-        raise
-
-
 def _exit_on_signal(signum: int, _frame) -> None:
     raise SystemExit(128 + signum)
 
@@ -262,38 +245,14 @@ def _serve(
 
             run_demo(opts.grpc_url, model=model)
             return
-        _wait_for_signal(server, front)
+        failed = supervise(server, front, warn=lambda message: typer.echo(message, err=True))
+        if failed:
+            sys.exit(failed)
     finally:
         if front is not None:
             front.stop()
         code = server.stop()
         typer.echo(f"tritonserver stopped (exit code {code})")
-
-
-def _wait_for_signal(server: TritonProcess, front: FrontDoorProcess | None) -> None:
-    """Serve until SIGINT/SIGTERM; exit non-zero when the server or one of its model processes dies, so that
-    a supervisor (systemd, Slurm, Kubernetes) restarts a clean server instead of one that fails requests."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    opts = server.opts  # tritonserver's own endpoints (private behind the front door)
-    # A server that accepts requests and answers none shows up only to a request (stall_watch.Canary); a
-    # request that waits while the server produces tokens waits behind work, and is no sign of a wedge.
-    canary = Canary(opts.http_url, "mentallama", opts.metrics_url).start() if opts.http else None
-    while not stop.wait(1.0):
-        problem = (front.problem() if front is not None else None) or server.health_problem()
-        if problem is None and canary is not None and canary.wedged:
-            problem = (
-                f"a one-token request to the `mentallama` model went unanswered while nothing in the server "
-                f"progressed (no token produced, no response sent) for {canary.quiet_s:g} s: the server is "
-                "wedged while it reports ready"
-            )
-        if problem:
-            typer.echo(f"error: {problem}; stopping the server.\n{server.log_tail()}", err=True)
-            if front is not None:
-                front.stop(grace_s=1)
-            server.stop(grace_s=1)  # no drain: in-flight requests hang on the dead model; end them now
-            sys.exit(3)
 
 
 def main() -> None:
