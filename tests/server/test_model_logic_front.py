@@ -5,8 +5,9 @@ BLS requests as the `tensorrt_llm` engine model would (streams, errors, `stop`).
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,18 +76,38 @@ class RecordingChannel:
         return self.cancelled
 
 
+@dataclass
+class ScriptedEngine:
+    """A `front_model.Engine` whose responses are the engine chunks themselves."""
+
+    chunks: Sequence[EngineChunk]
+    pb_lock: Any = field(default_factory=threading.RLock)
+    issued: list[tuple[str, dict[str, np.ndarray]]] = field(default_factory=list)
+    stops: list[tuple[str, bool]] = field(default_factory=list)
+    retired: list[Any] = field(default_factory=list)
+
+    def issue(self, engine_id: str, tensors: Mapping[str, np.ndarray]) -> Iterator[EngineChunk]:
+        self.issued.append((engine_id, dict(tensors)))
+        return iter(self.chunks)
+
+    def read(self, response: EngineChunk, log_probs: bool) -> EngineChunk:
+        return response
+
+    def stop(self, engine_id: str, wait: bool) -> None:
+        self.stops.append((engine_id, wait))
+
+    def retire(self, responses: Iterator[Any]) -> None:
+        self.retired.append(responses)
+
+    def log(self, message: str, error: bool = False) -> None:
+        pass
+
+
 def run_call(call: FrontCall, chunks: Sequence[EngineChunk]) -> list[Reply]:
-    """What model.py does with a call's engine stream, without the threads and locks."""
-    call.begin()
-    for chunk in chunks:
-        call.received(time.monotonic())
-        reply = call.add(chunk)
-        if reply is not None:
-            call.send(reply)
-            if reply.final:
-                break
-    else:
-        call.send(call.complete())
+    """A call's whole walk (`FrontCall.run`) over an engine that answers with `chunks`."""
+    engine = ScriptedEngine(chunks)
+    call.run(engine)
+    assert len(engine.retired) == (1 if engine.issued else 0)
     assert isinstance(call.sender, RecordingChannel)
     return call.sender.replies
 
@@ -165,15 +186,15 @@ def test_counts_come_with_the_final_reply_only_when_asked(
     front = front_request(prompt_ids, return_num_input_tokens=True, return_num_output_tokens=True)
     streamed = run_call(new_call(decoding, front), chunks_of(output_ids, 2))
     assert all(r.num_input_tokens is None and r.num_output_tokens is None for r in streamed[:-1])
-    outputs = streamed[-1].outputs()
+    outputs = streamed[-1].tensors()
     assert outputs["num_input_tokens"].tolist() == [[len(prompt_ids)]]
     assert outputs["num_output_tokens"].tolist() == [[len(output_ids)]]
-    assert "num_input_tokens" not in run_call(new_call(decoding, front_request(prompt_ids)), [])[-1].outputs()
+    assert "num_input_tokens" not in run_call(new_call(decoding, front_request(prompt_ids)), [])[-1].tensors()
 
 
 def test_reply_tensors_have_the_ensembles_shapes() -> None:
     reply = Reply("é", 3, [-0.5, -0.25], -0.75, num_input_tokens=4, num_output_tokens=2, final=True)
-    outputs = reply.outputs()
+    outputs = reply.tensors()
     assert list(outputs) == [
         "text_output",
         "batch_index",
@@ -186,7 +207,7 @@ def test_reply_tensors_have_the_ensembles_shapes() -> None:
     assert outputs["batch_index"].tolist() == [[3]] and outputs["batch_index"].dtype == np.int32
     assert outputs["output_log_probs"].shape == (1, 1, 2) and outputs["output_log_probs"].dtype == np.float32
     assert outputs["cum_log_probs"].tolist() == [[-0.75]]
-    assert Reply.failure("no", "INVALID_ARG").outputs() == {} and Reply(final=True).bare
+    assert Reply.failure("no", "INVALID_ARG").tensors() == {} and Reply(final=True).bare
 
 
 def test_an_engine_error_ends_the_call_and_the_overload_refusal_stays_retryable(

@@ -85,14 +85,16 @@ def test_load_model_runs_the_models_bootstrap_and_leaves_the_process_as_it_was(t
     version = tmp_path / "m" / "1"
     version.mkdir(parents=True)
     (version / "_bootstrap.py").write_text("import sys\nsys.path.insert(0, '/from/bootstrap')\nLOADED = True\n")
+    (version / "_glue.py").write_text("import _bootstrap\nGLUED = True\n")
     (version / "model.py").write_text(
-        "import _bootstrap\nimport triton_python_backend_utils as pb_utils\nBOOTSTRAPPED = _bootstrap.LOADED\n"
+        "import _bootstrap\nimport triton_python_backend_utils as pb_utils\nfrom _glue import GLUED\n"
+        "BOOTSTRAPPED = _bootstrap.LOADED\n"
     )
     with pytest.raises(RuntimeError, match="install"):
         triton_stub.load_model(tmp_path / "m")
     before, utils_before = list(sys.path), sys.modules.get("triton_python_backend_utils")
     with triton_stub.install() as pb_utils:
         module = triton_stub.load_model(tmp_path / "m")
-        assert module.pb_utils is pb_utils and module.BOOTSTRAPPED
-    assert sys.path == before and "_bootstrap" not in sys.modules
+        assert module.pb_utils is pb_utils and module.BOOTSTRAPPED and module.GLUED
+    assert sys.path == before and "_bootstrap" not in sys.modules and "_glue" not in sys.modules
     assert sys.modules.get("triton_python_backend_utils") is utils_before

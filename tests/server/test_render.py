@@ -110,9 +110,11 @@ def test_shared_models_are_identical_in_both_profiles(rendered):
                 assert twin.read_bytes() == path.read_bytes(), f"{path.relative_to(rendered['cpu'])} differs"
 
 
-def test_python_models_carry_the_bootstrap(rendered):
-    for model_py in rendered["cpu"].glob("*/1/model.py"):
-        assert (model_py.parent / "_bootstrap.py").is_file()
+def test_python_models_carry_the_bootstrap_and_the_glue(rendered):
+    models = list(rendered["cpu"].glob("*/1/model.py"))
+    assert len(models) == 4
+    for model_py in models:
+        assert (model_py.parent / "_bootstrap.py").is_file() and (model_py.parent / "_glue.py").is_file()
 
 
 def test_missing_value_is_a_render_error(tmp_path):

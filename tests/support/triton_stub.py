@@ -446,15 +446,20 @@ def install() -> Iterator[ModuleType]:
             sys.modules[MODULE_NAME] = previous
 
 
+# The modules rendering copies beside each model.py (mentallama_server.launch.render.MODEL_GLUE).
+MODEL_FOLDER_MODULES = ("_bootstrap", "_glue")
+
+
 def load_model(model_dir: Path, name: str | None = None) -> ModuleType:
     """Import `<model_dir>/1/model.py` as Triton's stub does: its folder first on sys.path, so its `_bootstrap`
-    (copied there by rendering) runs first and reads `python_path` from the model's config.pbtxt. sys.path and
-    `_bootstrap` are restored afterwards: each real model has a process of its own, these tests share one.
-    Call inside `install()`."""
+    (copied there by rendering) runs first and reads `python_path` from the model's config.pbtxt, and its `_glue`
+    is the one beside it. sys.path, `_bootstrap` and `_glue` are restored afterwards: each real model has a process
+    of its own, these tests share one. Call inside `install()`."""
     if sys.modules.get(MODULE_NAME) is not this_module():
         raise RuntimeError("load_model needs the stub installed: call it inside `with triton_stub.install():`")
     model_py = Path(model_dir) / "1" / "model.py"
-    saved_path, saved_bootstrap = list(sys.path), sys.modules.pop("_bootstrap", None)
+    saved_path = list(sys.path)
+    saved = {name: sys.modules.pop(name, None) for name in MODEL_FOLDER_MODULES}
     sys.path.insert(0, str(model_py.parent))
     try:
         spec = importlib.util.spec_from_file_location(name or f"model_under_test_{Path(model_dir).name}", model_py)
@@ -464,9 +469,10 @@ def load_model(model_dir: Path, name: str | None = None) -> ModuleType:
         return module
     finally:
         sys.path[:] = saved_path
-        sys.modules.pop("_bootstrap", None)
-        if saved_bootstrap is not None:
-            sys.modules["_bootstrap"] = saved_bootstrap
+        for module_name, previous in saved.items():
+            sys.modules.pop(module_name, None)
+            if previous is not None:
+                sys.modules[module_name] = previous
 
 
 def model_config(config_pbtxt: Path) -> dict[str, Any]:

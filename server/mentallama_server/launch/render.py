@@ -26,6 +26,8 @@ from mentallama_server.launch.paths import TEMPLATES, python_path
 SHARED_MODELS = ("ensemble", "preprocessing", "postprocessing", "mentallama")
 PROFILES = ("cpu", "trtllm")
 ENGINE_MODEL = "tensorrt_llm"
+# Copied beside every Python model's model.py: its sys.path (_bootstrap) and the `pb_utils` glue they share.
+MODEL_GLUE = ("_bootstrap.py", "_glue.py")
 
 
 class RenderError(ValueError):
@@ -69,7 +71,8 @@ def _copy_model(src: Path, dst: Path, values: Mapping[str, str]) -> None:
     )
     model_py = dst / "1" / "model.py"
     if model_py.exists():
-        shutil.copy2(TEMPLATES / "_bootstrap.py", model_py.parent / "_bootstrap.py")
+        for module in MODEL_GLUE:
+            shutil.copy2(TEMPLATES / module, model_py.parent / module)
 
 
 def render_repository(profile: str, values: Mapping[str, str], output: Path) -> Path:

@@ -4,11 +4,13 @@ client replies out.
 Requests: `parse_front_batch` validates and tokenises a request of N prompts (`[N, 1]`) into `FrontRequest`s;
 `engine_inputs` is the `tensorrt_llm` request of one.
 
-Calls: the model (model_repository/mentallama/1/model.py) reads each engine response into an `EngineChunk`, hands
-it to the prompt's `FrontCall` and sends the `Reply` it gets back on the call's `Channel`; the model keeps the BLS
-requests, the threads and the locks. A request of N prompts runs N calls, one per prompt, sharing a `BatchSender`
-over the client's channel, as TensorRT-LLM serves them. `FrontCalls` holds the running calls: it admits them (at
-most `max_calls`) and picks the ones a `stop` request ends.
+Calls: a request of N prompts runs N calls, one per prompt, each on a thread of its own, sharing a `BatchSender`
+over the client's channel, as TensorRT-LLM serves them. `FrontCall.run` is a call's whole walk: it issues the
+engine request, reads each engine response into an `EngineChunk`, turns it into the `Reply` it makes and sends it
+on the call's channel, and ends with the final reply. The model (model_repository/mentallama/1/model.py) is the
+calls' `Engine`: it builds and issues the BLS requests, reads their responses' tensors and stops engine requests.
+`FrontCalls` holds the running calls: it admits them (at most `max_calls`), picks the ones a `stop` request ends,
+and in the model's watcher (`watch_once`) ends stalled calls and stops those whose client went away.
 
 Text: each call decodes its chunks incrementally behind an anchor (`detokenize.IncrementalDetokenizer`). The
 C++ engine ends chunks anywhere, even inside the byte-fallback tokens of one character, so a character's bytes
@@ -16,9 +18,9 @@ C++ engine ends chunks anywhere, even inside the byte-fallback tokens of one cha
 concatenates to exactly the non-streamed text.
 
 Locks (the model's docstring says why): whatever may send or ask `is_cancelled` here (`FrontCall.send`,
-`FrontCall.cancel_if_client_gone`, `FrontCalls.open`) is called with the model's `pb_utils` lock held, which
-channels do not take themselves; a call's lock is taken inside it, a batch sender's inside that. The lock of
-`FrontCalls` is held alone.
+`FrontCall.cancel_if_client_gone`, `FrontCalls.open`) is called with the model's `pb_utils` lock (`pb_lock`, re-entrant)
+held; a call's lock is taken inside it, a batch sender's inside that. The lock of `FrontCalls` is held alone. Only
+the waits on the engine (`Engine.issue` and the next response) are outside `pb_lock`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -248,7 +251,7 @@ class Reply:
     def bare(self) -> bool:
         return self.text is None and self.error is None
 
-    def outputs(self) -> dict[str, np.ndarray]:
+    def tensors(self) -> dict[str, np.ndarray]:
         """The response's tensors (none for an error or a bare flag), shaped as the ensemble returns them."""
         if self.text is None:
             return {}
@@ -273,6 +276,32 @@ class Channel(Protocol):
     def send(self, reply: Reply) -> None: ...
 
     def is_cancelled(self) -> bool: ...
+
+
+class Engine(Protocol):
+    """The model's side of its calls (model_repository/mentallama/1/model.py, over `pb_utils`): requests to the
+    `tensorrt_llm` model and its responses. `pb_lock` is the model's `pb_utils` lock (re-entrant); the calls hold it
+    to read responses and to send replies, never while they wait on the engine."""
+
+    pb_lock: AbstractContextManager[Any]
+
+    def issue(self, engine_id: str, tensors: Mapping[str, np.ndarray]) -> Iterator[Any]:
+        """Send an engine request; its responses (waits on the engine: called without the lock)."""
+        ...
+
+    def read(self, response: Any, log_probs: bool) -> EngineChunk:
+        """One engine response's tensors (called with the lock held); log probs only when asked for."""
+        ...
+
+    def stop(self, engine_id: str, wait: bool) -> None:
+        """Stop an engine request; without waiting on the engine unless `wait`."""
+        ...
+
+    def retire(self, responses: Iterator[Any]) -> None:
+        """Let go of a finished response iterator (model.py says why it is kept a while)."""
+        ...
+
+    def log(self, message: str, error: bool = False) -> None: ...
 
 
 class BatchSender:
@@ -345,6 +374,30 @@ class FrontCall:
         self.lock = threading.Lock()
         self.responses = 0  # engine responses seen
         self.last_response = time.monotonic()
+
+    def run(self, engine: Engine) -> None:
+        """The call's whole walk, on its own thread: issue its engine request, turn each engine response into
+        the reply it makes, end with the final reply. Only the waits on the engine are outside `engine.pb_lock`."""
+        with engine.pb_lock:
+            if self.cancelled:  # stopped before it reached the engine
+                self.send(Reply(final=True))
+                return
+        responses = engine.issue(self.engine_id, engine_inputs(self.front, streaming=self.front.stream))
+        try:
+            self.begin()
+            for response in responses:  # waits for the engine's next response
+                if self.received(time.monotonic()):
+                    engine.stop(self.engine_id, wait=False)
+                with engine.pb_lock:
+                    reply = self.add(engine.read(response, self.front.return_log_probs))
+                    if reply is not None:
+                        self.send(reply)
+                if reply is not None and reply.final:  # an engine error ended the call
+                    return
+            with engine.pb_lock:
+                self.send(self.complete())
+        finally:
+            engine.retire(responses)
 
     def begin(self) -> None:
         """Start decoding; on the call's own thread, not under the `pb_utils` lock (it decodes the prompt)."""
@@ -478,6 +531,42 @@ class FrontCalls:
                 break
             calls.append(call)
         return calls
+
+    def run(self, call: FrontCall, engine: Engine) -> None:
+        """The thread of one call: runs it (`FrontCall.run`); whatever fails, its client gets a final reply."""
+        try:
+            call.run(engine)
+        except Exception as exc:  # the client must always get a final response
+            with engine.pb_lock:
+                call.send(Reply.failure(f"generation failed: {exc}", "INTERNAL"))
+        finally:
+            self.remove(call)
+        if call.stalled:
+            engine.log(f"request {call.engine_id}: the engine answered after the stall timeout")
+
+    def watch_once(self, engine: Engine, stall_timeout_s: float) -> None:
+        """One round of the model's watcher: end the calls whose engine went silent for `stall_timeout_s` after
+        its first response (a lost engine error: model.py), and stop the engine requests of calls whose client
+        went away (Triton 2.51 does not forward a cancellation through BLS)."""
+        calls = self.snapshot()
+        now = time.monotonic()
+        for call in calls:
+            if call.is_stalled(now, stall_timeout_s):
+                self._end_stalled(call, engine, stall_timeout_s)
+        for call in calls:
+            with engine.pb_lock:
+                newly = call.cancel_if_client_gone()
+            if newly:
+                engine.stop(call.engine_id, wait=True)
+
+    def _end_stalled(self, call: FrontCall, engine: Engine, timeout_s: float) -> None:
+        """Answer a call whose engine went silent; its thread, blocked on the engine, is abandoned."""
+        reply = call.stall(timeout_s)
+        with engine.pb_lock:
+            call.send(reply)
+        abandoned = self.abandon(call)
+        engine.log(f"request {call.engine_id}: {reply.error}; {abandoned} call thread(s) abandoned", error=True)
+        engine.stop(call.engine_id, wait=True)  # frees the engine if the request is still there
 
     def stop(self, request_id: str) -> list[FrontCall]:
         """A `stop` request: cancel the running calls of the request with exactly the same id (`user7` does not

@@ -9,7 +9,7 @@ streamed chunks only where `detokenize.utf8_safe_boundary` allows, so chunks nev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -53,3 +53,8 @@ def decode_batch(decoder: ChunkDecoder, tokens: np.ndarray | None, lengths: np.n
         for beam in range(tokens.shape[1])
     ]
     return np.array(texts, dtype=object)
+
+
+def postprocess(decoder: ChunkDecoder, inputs: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+    """The output tensors of one request (its `INPUTS`)."""
+    return {"OUTPUT": decode_batch(decoder, inputs.get("TOKENS_BATCH"), inputs.get("SEQUENCE_LENGTH"))}

@@ -249,6 +249,9 @@ class Reply:
     code: ErrorCode = "INTERNAL"
     final: bool = False
 
+    def tensors(self) -> Mapping[str, np.ndarray]:
+        return self.outputs or {}
+
 
 class Channel(Protocol):
     """A request's response sender."""

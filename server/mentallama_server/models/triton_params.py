@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
+from mentallama_server.models.request_errors import Limits
+
 T = TypeVar("T", int, float, str, bool)
 
 
@@ -27,6 +29,11 @@ def get_parameter(model_config: dict[str, Any], name: str, pytype: type[T], defa
     if pytype is bool:
         return raw.strip().lower() in ("1", "true", "yes", "on")  # type: ignore[return-value]
     return pytype(raw)
+
+
+def request_limits(model_config: dict[str, Any]) -> Limits:
+    """The request limits the launcher rendered (`max_input_len`, `max_output_len`)."""
+    return Limits(get_parameter(model_config, "max_input_len", int), get_parameter(model_config, "max_output_len", int))
 
 
 def input_names(model_config: dict[str, Any]) -> tuple[str, ...]:

@@ -6,59 +6,32 @@ decoupled: `execute` only hands them to an intake thread that submits them; the 
 responses as tokens are produced. A watcher thread forwards client cancellations to the engine and publishes the
 engine's counters as Prometheus metrics.
 
-Every `pb_utils` call (reading requests, sending responses, `is_cancelled`, metrics) holds one lock:
-the Python-backend stub of Triton 2.51 crashed (segfault in `send`) when the execute thread and the
-dispatcher thread sent responses at the same moment.
+The intake and watcher threads and the response channels are `_glue.DecoupledModel`'s. Every `pb_utils` call
+(reading requests, sending responses, `is_cancelled`, metrics) holds one lock: the Python-backend stub of Triton
+2.51 crashed (segfault in `send`) when the execute thread and the dispatcher thread sent responses at the same
+moment.
 """
-
-import queue
-import threading
 
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import triton_python_backend_utils as pb_utils
+from _glue import DecoupledModel, model_config, read_inputs
 
 from mentallama_server.engine.ov_engine import OpenVinoEngine
-from mentallama_server.models.request_errors import Limits
 from mentallama_server.models.stop_channel import StopListener, socket_path
-from mentallama_server.models.tensorrt_llm_cpu import INPUTS, CpuStep, Reply, Utf8Boundary, asks_errors_in_band
+from mentallama_server.models.tensorrt_llm_cpu import INPUTS, CpuStep, Utf8Boundary, asks_errors_in_band
 from mentallama_server.models.text_tokenizer import TextTokenizer
-from mentallama_server.models.triton_params import check_inputs, get_parameter, input_names, parse_model_config
-
-FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-WATCH_INTERVAL_S = 0.05
+from mentallama_server.models.triton_params import get_parameter, input_names, request_limits
 
 
-class _Channel:
-    """A request's response sender, behind the model's `pb_utils` lock."""
+class TritonPythonModel(DecoupledModel):
+    INTAKE = "engine step intake"
+    WATCHER = "cancel watcher"
+    REFUSED = "engine step failed"
 
-    def __init__(self, sender, lock: threading.RLock) -> None:
-        self.sender = sender
-        self.lock = lock
-
-    def send(self, reply: Reply) -> None:
-        flags = FINAL if reply.final else 0
-        with self.lock:
-            if reply.error is not None:
-                error = pb_utils.TritonError(reply.error, getattr(pb_utils.TritonError, reply.code))
-                self.sender.send(pb_utils.InferenceResponse(error=error), flags=flags)
-            elif reply.outputs is not None:
-                outputs = [pb_utils.Tensor(name, value) for name, value in reply.outputs.items()]
-                self.sender.send(pb_utils.InferenceResponse(outputs), flags=flags)
-            else:
-                self.sender.send(flags=flags)
-
-    def is_cancelled(self) -> bool:
-        with self.lock:
-            return self.sender.is_cancelled()
-
-
-class TritonPythonModel:
     def initialize(self, args):
-        config = parse_model_config(args)
-        check_inputs(config, INPUTS)
+        config = model_config(args, INPUTS)
         self.input_names = input_names(config)
         engine_dir = get_parameter(config, "engine_dir", str)
-        limits = Limits(get_parameter(config, "max_input_len", int), get_parameter(config, "max_output_len", int))
         self.engine = OpenVinoEngine(
             engine_dir,
             max_num_seqs=get_parameter(config, "engine_max_batch_size", int),
@@ -74,29 +47,20 @@ class TritonPythonModel:
         self.step = CpuStep(
             self.engine,
             Utf8Boundary(TextTokenizer.from_folder(engine_dir)),
-            limits,
+            request_limits(config),
             max_pending=get_parameter(config, "max_pending_requests", int),
         )
-        self.pb_lock = threading.RLock()  # taken last: never acquire another lock while holding it
         self.stop_listener = self._listen_for_stops(args.get("model_repository", ""))
         self._init_metrics()
-        self.stopping = threading.Event()
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._intake, name="request-intake", daemon=True).start()
-        self.watcher = threading.Thread(target=self._watch, name="cancel-watcher", daemon=True)
-        self.watcher.start()
+        self.start()
 
     def _listen_for_stops(self, model_dir: str):
         """The front model's side channel for stops (stop_channel); without it the front falls back to BLS."""
         try:
-            return StopListener(socket_path(model_dir), self.step.stop, self._log_error)
+            return StopListener(socket_path(model_dir), self.step.stop, lambda message: self.log(message, error=True))
         except (OSError, ValueError) as exc:
-            self._log_error(f"no stop channel ({exc}); the front model stops requests through Triton")
+            self.log(f"no stop channel ({exc}); the front model stops requests through Triton", error=True)
             return None
-
-    def _log_error(self, message: str):
-        with self.pb_lock:
-            pb_utils.Logger.log_error(message)
 
     def _init_metrics(self):
         # The families must outlive their metrics: Triton refuses to set a metric whose family is gone.
@@ -128,63 +92,25 @@ class TritonPythonModel:
         self.metric_tokens = self.tokens_family.Metric(labels={})
         self.tokens_published = 0
 
-    def execute(self, requests):
-        # Handed to the intake thread, never waiting on pb_lock here: Triton waits for execute to return
-        # before it takes this stub's next message, and the thread holding pb_lock may be in a send that
-        # waits for Triton; that cycle wedged a soak (docs/RELIABILITY.md). Decoupled requests stay valid
-        # after execute returns.
-        self.inbox.put(requests)
-        return None
-
-    def _intake(self):
-        while (requests := self.inbox.get()) is not None:
-            self._submit_all(requests)
-            del requests  # not held until the next request comes: a large one's memory is returned now
-
-    def _submit_all(self, requests):
-        for request in requests:
-            with self.pb_lock:
-                try:
-                    self._submit(request)
-                except Exception as exc:  # the intake must survive; the request gets its error
-                    self._refuse(request, exc)
-
-    def _refuse(self, request, exc):
-        pb_utils.Logger.log_error(f"engine step intake: {type(exc).__name__}: {exc}")
-        error = pb_utils.TritonError(f"engine step failed: {exc}", pb_utils.TritonError.INTERNAL)
-        try:
-            request.get_response_sender().send(pb_utils.InferenceResponse(error=error), flags=FINAL)
-        except Exception as send_exc:  # the intake must survive even a request it cannot answer
-            pb_utils.Logger.log_error(f"engine step intake: could not send an error ({type(send_exc).__name__})")
-
-    def _submit(self, request):
-        inputs = {}
-        for name in self.input_names:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            inputs[name] = None if tensor is None else tensor.as_numpy()
-        channel = _Channel(request.get_response_sender(), self.pb_lock)
+    def accept(self, request, channel):
+        inputs = read_inputs(request, self.input_names)
         self.step.submit(inputs, request.request_id(), channel, asks_errors_in_band(request.parameters()))
 
-    def _watch(self):
-        while not self.stopping.wait(WATCH_INTERVAL_S):
-            try:
-                tracked = self.step.watch_once()
-                stats = self.engine.stats()
-                with self.pb_lock:
-                    self.metric_active.set(stats.active_requests)
-                    self.metric_waiting.set(stats.waiting_requests)
-                    self.metric_blocks_used.set(stats.cache_blocks_used)
-                    self.metric_blocks_total.set(stats.cache_blocks_total)
-                    self.metric_tracked.set(tracked)
-                    if stats.tokens_produced > self.tokens_published:
-                        self.metric_tokens.increment(stats.tokens_produced - self.tokens_published)
-                        self.tokens_published = stats.tokens_produced
-            except Exception as exc:  # the watcher must survive: it is what frees cancelled requests
-                pb_utils.Logger.log_error(f"cancel watcher: {type(exc).__name__}: {exc}")
+    def watch_once(self):
+        tracked = self.step.watch_once()
+        stats = self.engine.stats()
+        with self.pb_lock:
+            self.metric_active.set(stats.active_requests)
+            self.metric_waiting.set(stats.waiting_requests)
+            self.metric_blocks_used.set(stats.cache_blocks_used)
+            self.metric_blocks_total.set(stats.cache_blocks_total)
+            self.metric_tracked.set(tracked)
+            if stats.tokens_produced > self.tokens_published:
+                self.metric_tokens.increment(stats.tokens_produced - self.tokens_published)
+                self.tokens_published = stats.tokens_produced
 
     def finalize(self):
-        self.stopping.set()
-        self.inbox.put(None)
+        super().finalize()
         if self.stop_listener is not None:
             self.stop_listener.close()
         self.engine.shutdown()
