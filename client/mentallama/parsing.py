@@ -42,6 +42,7 @@ import bisect
 import re
 from dataclasses import dataclass
 
+from ._subjects import ABOUT, PHRASES, TASK_SUBJECTS, off_task_subject, subjects_in
 from .label_model import LabelModel, TaskLabelModel, default_model
 from .tasks import TASKS, TaskInfo, get_task
 from .types import Analysis
@@ -82,7 +83,7 @@ _LIST_GLUE_RE = re.compile(r"\s*,?\s*(?:(?:and|or|nor|as well as)\s+)?", _F)
 _LIST_INTRO_RE = re.compile(r"\s*(?:(?:such as|like|including|for example|for instance|namely)\b|e\.g\.)", _F)
 _YES_NO_START_RE = re.compile(r"^[\W_]*(yes|no)\b(?!\s+(?:one|doubt|matter|longer)\b)", _F)
 _YES_NO_NEXT_RE = re.compile(r"[\W_]*(yes|no)\b(?!\s+(?:one|doubt|matter|longer)\b)", _F)  # at a given pos
-_YES_NO_ANSWER_RE = re.compile(r"\b(?:answer|label|verdict)\s+(?:is|would be)\s*:?\s*[\"']?(yes|no)\b", _F)
+_YES_NO_ANSWER_RE = re.compile(r"\b(?:answer|label|verdict)\s+(?:is|would be|of)\s*:?\s*[\"']?(yes|no)\b", _F)
 
 _BINARY_PREDICATE = (
     r"suffer\w*|show\w*|exhibit\w*|display\w*|exist\w*|present\w*|experienc\w*|indicat\w*|demonstrat\w*"
@@ -374,7 +375,15 @@ _HEDGE_RE = _words(
     r"|some (?:signs|degree|level|extent|indications?)|(?:difficult|hard) to"
 )
 # One option of a list ("A. Family issues", "2) Work", "- No"): short, on a line of its own.
-_OPTION_LINE_RE = re.compile(r"[ \t]*(?:\(?[A-Ia-i1-9][.):]|[-*\u2022])[ \t]+(?P<item>[^\n]{1,60}?)[ \t]*(?:\n|$)")
+_OPTION_LINE_RE = re.compile(
+    r"[ \t]*(?:\(?(?P<letter>[A-Ia-i1-9])[.):]|[-*\u2022])[ \t]+(?P<item>[^\n]{1,60}?)[ \t]*(?:\n|$)"
+)
+# After a list, a choice by its letter: "Answer: B", "The answer is (B).", "B".
+_CHOICE_RE = re.compile(
+    r"[\W_]*(?:(?:the )?(?:correct |best |final )?(?:answer|option|choice)(?: is)?\s*:?\s*)?"
+    r"\(?(?P<letter>[A-Ia-i1-9])\b\)?[.):]?(?P<rest>.*)",
+    _F | re.DOTALL,
+)
 _OPTION_LINES_MIN = 2
 
 
@@ -400,6 +409,31 @@ def _option_block(spec: _Spec, norm: str, start: int) -> tuple[int, int] | None:
             return None
         pos, lines = newline + 1, lines + 1
     return None
+
+
+def _option_choices(spec: _Spec, norm: str, span: tuple[int, int]) -> dict[str, str]:
+    """Letter (upper case) or number -> label of each lettered option in the list at ``span``."""
+    choices: dict[str, str] = {}
+    for m in _OPTION_LINE_RE.finditer(norm, span[0], span[1]):
+        letter, item = m.group("letter"), m.group("item")
+        if letter is None:
+            continue
+        if spec.task.is_binary:
+            choices[letter.upper()] = re.match(r"\W*(yes|no)\b", item, _F).group(1).lower()  # type: ignore[union-attr]
+        else:
+            mentions = _mentions(spec, item)
+            if mentions:
+                choices[letter.upper()] = mentions[0].label
+    return choices
+
+
+def _chosen_option(choices: dict[str, str], region: str) -> str | None:
+    """The label a verdict region picks by its letter alone ("Answer: B"), given the listed ``choices``."""
+    m = _CHOICE_RE.fullmatch(region.strip())
+    if m is None or m.group("letter").upper() not in choices:
+        return None
+    # "B. Work" names its label too, and the rules read that; a letter and nothing else is read here.
+    return choices[m.group("letter").upper()] if not re.search(r"\w", m.group("rest")) else None
 
 
 def _names_option(spec: _Spec, item: str) -> bool:
@@ -465,6 +499,10 @@ class RuleReading:
     """The text the label model reads: the answer without a plainly stated verdict, option list
     or ``Reasoning:`` marker."""
 
+    off_task: str | None = None
+    """The subject of another task the answer's verdict is about (``"stress"`` when asked about
+    loneliness); the label then comes from the explanation alone (:mod:`mentallama._subjects`)."""
+
 
 def read_rules(task: str | TaskInfo, text: str) -> RuleReading:
     """The rules' reading of ``text`` (module docstring, rules 1-3) and how plainly it is stated."""
@@ -476,7 +514,9 @@ def read_rules(task: str | TaskInfo, text: str) -> RuleReading:
     prefix = _PREFIX_RE.match(norm)
     body_start = prefix.end() if prefix else 0
     options = _option_block(spec, norm, body_start)
+    choices: dict[str, str] = {}
     if options is not None:  # blanked, so that offsets into the text stay valid
+        choices = _option_choices(spec, norm, options)
         norm = norm[: options[0]] + " " * (options[1] - options[0]) + norm[options[1] :]
     marker = _MARKER_RE.search(norm, body_start)
 
@@ -484,7 +524,12 @@ def read_rules(task: str | TaskInfo, text: str) -> RuleReading:
         region = norm[body_start : marker.start()]
         reasoning = text[marker.end() :].strip()
         model_text = norm[marker.end() :]
-        label, how = _region_verdict(spec, region)
+        chosen = _chosen_option(choices, region)
+        label, how = (chosen, "answer") if chosen is not None else _region_verdict(spec, region)
+        off_task = _off_task(spec, region)
+        if off_task is not None:  # a verdict about another question: the explanation alone may answer this one
+            label, how = _explanation_verdict(spec, model_text)
+            return _reading(label, reasoning, "explanation" if label else None, how, model_text, options, off_task)
         if label is not None:
             if how == "hedged":
                 model_text = _drop_concessive(norm[body_start : marker.start()]) + " " + model_text
@@ -500,7 +545,14 @@ def read_rules(task: str | TaskInfo, text: str) -> RuleReading:
         offset = len(norm) - len(body)
         split = _SENTENCE_END_RE.search(body)
         first_end = split.start() if split else len(body)
-        label, how = _region_verdict(spec, body[:first_end])
+        chosen = _chosen_option(choices, body[:first_end])
+        label, how = (chosen, "answer") if chosen is not None else _region_verdict(spec, body[:first_end])
+        off_task = _off_task(spec, body[:first_end]) if label is not None or _VERDICT_OPENING_RE.match(body) else None
+        if off_task is not None:
+            after = norm[offset + (split.end() if split else len(body)) :]
+            rest = text[offset + (split.end() if split else len(body)) :].strip()
+            label, how = _explanation_verdict(spec, after)
+            return _reading(label, rest, "explanation" if label else None, how, after, options, off_task)
         if label is not None:
             rest = text[offset + (split.end() if split else len(body)) :]
             if how == "verdict":
@@ -519,9 +571,31 @@ def read_rules(task: str | TaskInfo, text: str) -> RuleReading:
     return _reading(label, reasoning, "explanation" if label else None, how, model_text, options)
 
 
+_PLAIN = ("answer", "verdict", "first_sentence")
+
+
 def _reading(label: str | None, reasoning: str, matched_by: str | None, how: str, model_text: str,
-             options: tuple[int, int] | None) -> RuleReading:  # fmt: skip
-    return RuleReading(label, reasoning, matched_by, "options" if options is not None else how, model_text)
+             options: tuple[int, int] | None, off_task: str | None = None) -> RuleReading:  # fmt: skip
+    # An option list followed by a plain verdict ("A. School\nB. Work\nAnswer: B") is that verdict; without
+    # one, the answer has only listed the options and the label model reads the explanation.
+    kind = "options" if options is not None and how not in _PLAIN else how
+    return RuleReading(label, reasoning, matched_by, kind, model_text, off_task)
+
+
+# A first sentence that opens like a verdict ("Yes, ...", "This post shows ...") even when it names no label.
+_VERDICT_OPENING_RE = re.compile(r"[\W_]*(?:(?:yes|no)\b|(?:this|the) post (?:shows|does not show|doesn't show)\b)", _F)
+
+
+def _off_task(spec: _Spec, region: str) -> str | None:
+    """The other task's subject the verdict ``region`` is about (:func:`mentallama._subjects.off_task_subject`)."""
+    return off_task_subject(spec.task, region, label_mentioned=bool(spec.labels) and bool(_mentions(spec, region)))
+
+
+def _about_task(spec: _Spec, text: str) -> bool:
+    """``text`` names the asked task's subject or one of its labels: an explanation the model may read."""
+    if TASK_SUBJECTS[spec.task.name].intersection(subjects_in(text)):
+        return True
+    return bool(spec.labels) and bool(_mentions(spec, text))
 
 
 # ---------------------------------------------------------------- combining rules and the label model
@@ -562,6 +636,11 @@ def _task_model(task: str, label_model: object) -> TaskLabelModel | None:
     raise TypeError(f"label_model must be a LabelModel, None or 'default', not {type(label_model).__name__}")
 
 
+CONFLICT_BELOW = 0.2
+"""A stated label conflicts with its explanation (:attr:`Analysis.conflict`) when the label model
+reads another label from the explanation and gives the stated one a probability below this."""
+
+
 def parse_response(task: str | TaskInfo, text: str, *, label_model: object = _DEFAULT) -> Analysis:
     """Parse MentaLLaMA's answer ``text`` for ``task`` into an :class:`Analysis`.
 
@@ -572,6 +651,13 @@ def parse_response(task: str | TaskInfo, text: str, *, label_model: object = _DE
     model infers from the explanation (``label_source="inferred"``); the thresholds come with
     the model file (see :data:`OVERRIDE_THRESHOLDS`). Other tasks keep the rules alone.
 
+    A verdict about another task's subject ("Yes, the poster suffers from stress." asked about
+    loneliness) states no label for this task: the label comes from the explanation only when it
+    is about this task, else it is ``None``; :attr:`Analysis.off_task` names the other subject and
+    :attr:`Analysis.note` says why. A stated label that the label model reads otherwise from the
+    explanation (probability below :data:`CONFLICT_BELOW`) is kept and flagged
+    (:attr:`Analysis.conflict`, with a note).
+
     ``label_model``: ``"default"`` (the model shipped with the SDK), a
     :class:`~mentallama.label_model.LabelModel` / ``TaskLabelModel``, or ``None`` (rules only).
     Raises ``ValueError`` for an unknown task and ``TypeError`` when ``text`` is not a ``str``;
@@ -580,10 +666,14 @@ def parse_response(task: str | TaskInfo, text: str, *, label_model: object = _DE
     info = get_task(task)
     reading = read_rules(info, text)
     model = _task_model(info.name, label_model)
+    off_task = reading.off_task
+    if off_task is not None and not _about_task(_SPECS[info.name], reading.model_text):
+        model = None  # an explanation of another question says nothing about this one
     if model is None:
         source = "stated" if reading.label is not None else None
         return Analysis(info.name, reading.label, reading.reasoning, text, matched_by=reading.matched_by,
-                        label_source=source)  # fmt: skip
+                        label_source=source, off_task=off_task,
+                        note=_off_task_note(info, off_task, reading.label))  # fmt: skip
     probs, n_features = model.probabilities_and_count(reading.model_text)
     best = int(probs.argmax())
     threshold = model.override_thresholds.get(reading.how, OVERRIDE_THRESHOLDS.get(reading.how, 2.0))
@@ -591,9 +681,29 @@ def parse_response(task: str | TaskInfo, text: str, *, label_model: object = _DE
     decides = threshold <= 0.0 or model.labels[best] != reading.label
     if n_features >= MIN_FEATURES and probs[best] >= threshold and decides:
         return Analysis(info.name, model.labels[best], reading.reasoning, text, matched_by="model",
-                        label_source="inferred", confidence=round(float(probs[best]), 4))  # fmt: skip
+                        label_source="inferred", confidence=round(float(probs[best]), 4), off_task=off_task,
+                        note=_off_task_note(info, off_task, model.labels[best]))  # fmt: skip
     if reading.label is None:
-        return Analysis(info.name, None, reading.reasoning, text)
-    confidence = round(float(probs[model.labels.index(reading.label)]), 4) if n_features else None
+        return Analysis(info.name, None, reading.reasoning, text, off_task=off_task,
+                        note=_off_task_note(info, off_task, None))  # fmt: skip
+    stated = float(probs[model.labels.index(reading.label)])
+    confidence = round(stated, 4) if n_features else None
+    conflict = n_features >= MIN_FEATURES and model.labels[best] != reading.label and stated < CONFLICT_BELOW
+    note = _off_task_note(info, off_task, reading.label)
+    if conflict:
+        note = (f"{note} " if note else "") + (
+            f"The explanation argues for {model.labels[best]!r} (label model {float(probs[best]):.2f}), not the "
+            f"stated {reading.label!r} ({stated:.2f}).")
     return Analysis(info.name, reading.label, reading.reasoning, text, matched_by=reading.matched_by,
-                    label_source="stated", confidence=confidence)  # fmt: skip
+                    label_source="stated", confidence=confidence, off_task=off_task, conflict=conflict,
+                    note=note)  # fmt: skip
+
+
+def _off_task_note(info: TaskInfo, off_task: str | None, label: str | None) -> str | None:
+    if off_task is None:
+        return None
+    question = info.question.replace("{aspect}", "...")
+    verdict = f"The answer's verdict is about {PHRASES.get(off_task, off_task)}, not {ABOUT[info.name]} ({question})"
+    if label is None:
+        return f"{verdict}; its explanation says nothing either way, so there is no label."
+    return f"{verdict}; the label is read from its explanation."

@@ -46,8 +46,8 @@ class Analysis:
     """MentaLLaMA's answer for one post and task: the label it gave and its explanation.
 
     :func:`mentallama.parsing.parse_response` fills ``task``, ``label``, ``reasoning``, ``raw``,
-    ``matched_by``, ``label_source`` and ``confidence``; the client adds the serving fields with
-    :meth:`with_generation`.
+    ``matched_by``, ``label_source``, ``confidence``, ``conflict``, ``off_task`` and ``note``; the client
+    adds the serving fields with :meth:`with_generation`.
     """
 
     task: str
@@ -76,6 +76,21 @@ class Analysis:
     """The label model's probability of ``label`` (in [0, 1]), for stated labels too: a low value
     on a stated label means the explanation argues otherwise. ``None`` for tasks without a label
     model, when the text has too few known words, or when there is no label."""
+
+    conflict: bool = False
+    """True when the label is stated but the explanation argues for another one: the label model
+    reads another label from it and gives the stated label a probability (``confidence``) below
+    :data:`mentallama.parsing.CONFLICT_BELOW`. The label is kept; ``note`` says which label the
+    explanation argues for."""
+
+    off_task: str | None = None
+    """When the answer's verdict is about another task's subject than the one asked (``"stress"``
+    for "Yes, the poster suffers from stress." asked about loneliness): that subject. Such a verdict
+    is not read as this task's label; the label, if any, comes from the explanation."""
+
+    note: str | None = None
+    """A plain sentence for a reader when something is off: the verdict answers another question,
+    or the explanation argues against the stated label; ``None`` otherwise."""
 
     request_id: str | None = None
     """Id the request was sent with."""

@@ -49,6 +49,8 @@ def test_analyze_matches_the_sdk_for_every_imhi_task(cpu_server, sdk, task: str)
         assert result["raw_text"] == expected.raw and result["raw_text"]
         assert (result["label"], result["reasoning"]) == (expected.label, expected.reasoning)
         assert (result["label_source"], result["confidence"]) == (expected.label_source, expected.confidence)
+        assert (result["conflict"], result["off_task"], result["note"]) == (expected.conflict, expected.off_task,
+                                                                            expected.note)  # fmt: skip
         assert result["finish_reason"] == expected.finish_reason
         assert result["usage"]["completion_tokens"] == expected.num_output_tokens
         assert result["usage"]["prompt_tokens"] == expected.num_input_tokens

@@ -523,6 +523,7 @@ class OpenAIFront:
             analysis = parse_response(info, outcome.text.lstrip())  # as the SDK: the answer as written
             results.append({
                 "label": analysis.label, "label_source": analysis.label_source, "confidence": analysis.confidence,
+                "conflict": analysis.conflict, "off_task": analysis.off_task, "note": analysis.note,
                 "reasoning": analysis.reasoning, "raw_text": analysis.raw,
                 "finish_reason": outcome.finish_reason(), "usage": outcome.usage(),
             })  # fmt: skip

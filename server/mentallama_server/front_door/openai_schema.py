@@ -192,7 +192,12 @@ class AnalyzeRequest(_Open):
 class AnalyzeResult(BaseModel):
     label: str | None = Field(description="One of the task's labels, or null when the answer does not say.")
     label_source: Literal["stated", "inferred"] | None
-    confidence: float | None
+    confidence: float | None = Field(description="The label model's probability of the label (tasks with a label "
+                                     "model); low on a stated label: the explanation argues otherwise.")
+    conflict: bool = Field(False, description="The label is stated but the explanation argues for another one.")
+    off_task: str | None = Field(None, description="The subject of another task the answer's verdict is about "
+                                 "(e.g. `stress` when asked about loneliness); that verdict is not this task's label.")
+    note: str | None = Field(None, description="A plain sentence when the answer is off-task or conflicts.")
     reasoning: str
     raw_text: str
     finish_reason: FinishReason | None = Field(description=FINISH_HELP)
