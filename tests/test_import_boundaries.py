@@ -99,3 +99,97 @@ def test_the_engine_loads_no_torch_or_transformers() -> None:
 def test_server_packages_do_not_reach_into_the_benchmarks() -> None:
     for module in _modules("mentallama_server") + _modules("mentallama_build"):
         assert "mentallama_bench" not in _imported_roots(module), module
+
+
+def _module_path(module: str) -> Path:
+    parts = module.split(".")
+    path = (REPO / HOMES[parts[0]]).joinpath(*parts)
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _imported_modules(module: str, ours: set[str]) -> set[str]:
+    """Our modules that `module`'s source imports anywhere (also inside functions and under TYPE_CHECKING), each
+    named by the longest of our module names its import starts with (`from pkg import mod` names `pkg.mod`)."""
+    path = _module_path(module)
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from the module's package, one level up per extra dot
+                base = ".".join([*package[: len(package) - node.level + 1], node.module or ""]).strip(".")
+            else:
+                base = node.module or ""
+            targets |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    found = set()
+    for target in targets:
+        parts = target.split(".")
+        while parts and ".".join(parts) not in ours:
+            parts.pop()
+        if parts and ".".join(parts) != module:
+            found.add(".".join(parts))
+    return found
+
+
+def _import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of two or more modules (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, edges = work[-1]
+            for nxt in edges:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    work.append((nxt, iter(sorted(graph[nxt]))))
+                    break
+                if nxt in stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    group = []
+                    while True:
+                        member = stack.pop()
+                        group.append(member)
+                        if member == node:
+                            break
+                    if len(group) > 1:
+                        circles.append(sorted(group))
+    return circles
+
+
+def test_our_modules_import_no_circle() -> None:
+    """A circle hidden by an import inside a function or under TYPE_CHECKING is still one: each module of the
+    circle can be understood only with the others."""
+    ours = {module for package in sorted(OUR_PACKAGES) for module in _modules(package)}
+    graph = {module: _imported_modules(module, ours) for module in sorted(ours)}
+    assert sum(len(edges) for edges in graph.values()) > 300  # the graph was built: our modules import each other
+    assert _import_circles(graph) == []
+
+
+def test_the_circle_finder_finds_a_circle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}}
+    assert _import_circles(graph) == [["a", "b", "c"]]
+
+
+def test_other_packages_use_only_the_public_sdk() -> None:
+    """The server, the build tool and the benchmark import the SDK's public modules only (`mentallama.cli.common`,
+    `mentallama.cli.options`, ...), never an underscore module, whose names may change in any release."""
+    ours = set(_modules("mentallama"))
+    for package in ("mentallama_server", "mentallama_build", "mentallama_bench"):
+        for module in _modules(package):
+            private = {m for m in _imported_modules(module, ours) if any(p.startswith("_") for p in m.split("."))}
+            assert not private, (module, private)
+

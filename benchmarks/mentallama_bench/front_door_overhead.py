@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 
 from mentallama_bench.backends import make_backend
+from mentallama_bench.records import RunResult
 from mentallama_bench.report import fixed_width
-from mentallama_bench.runner import RunResult
 from mentallama_bench.session import BenchOptions, plan_session
 
 __all__ = ["cpu_name", "run_study", "server_behind_front_door"]

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = [
     "TOKEN_SOURCES",
     "RequestOutcome",
     "RequestRecord",
+    "RunResult",
     "SampleRequest",
     "SamplingParams",
 ]
@@ -144,3 +146,18 @@ class RequestRecord:
     def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class RunResult:
+    """One measured run (`runner.run_load`): its records, summary (metrics at top level) and server-side deltas;
+    `folder` once `report.write_run` wrote it."""
+
+    label: str
+    records: list[RequestRecord]
+    summary: dict[str, Any]
+    folder: Path | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.summary.get("run", {}).get("interrupted"))

@@ -17,14 +17,11 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mentallama_bench.compare import compare_summaries, format_comparison
 from mentallama_bench.metrics import flatten_summary
-from mentallama_bench.records import RequestRecord
-
-if TYPE_CHECKING:
-    from mentallama_bench.runner import RunResult
+from mentallama_bench.records import RequestRecord, RunResult
 
 __all__ = [
     "PLOT_FILES",

@@ -19,19 +19,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mentallama_bench import report
 from mentallama_bench.arrivals import iter_arrival_offsets
 from mentallama_bench.backends import Backend
 from mentallama_bench.datasets import BenchmarkDataset
 from mentallama_bench.metrics import SLO, summarize
 from mentallama_bench.prometheus import MetricsSnapshot, diff_snapshots, scrape, triton_model_stats
-from mentallama_bench.records import RequestOutcome, RequestRecord, SampleRequest, SamplingParams
+from mentallama_bench.records import RequestOutcome, RequestRecord, RunResult, SampleRequest, SamplingParams
 from mentallama_bench.tokens import count_output_tokens
 
 __all__ = [
     "COUNT_MODES",
     "LoadSpec",
     "RunInterrupted",
-    "RunResult",
     "SessionConfig",
     "StopSpec",
     "drive",
@@ -228,20 +228,6 @@ def make_record(item: Sent, t0: float, tokenizer: Any | None, count: str = "auto
     )
 
 
-@dataclass
-class RunResult:
-    """One measured run: its records, summary (metrics at top level) and server-side deltas."""
-
-    label: str
-    records: list[RequestRecord]
-    summary: dict[str, Any]
-    folder: Path | None = None
-
-    @property
-    def interrupted(self) -> bool:
-        return bool(self.summary.get("run", {}).get("interrupted"))
-
-
 class RunInterrupted(Exception):  # noqa: N818 - it is not an error: the run was stopped (Ctrl-C)
     """A measured run was cancelled; `result` holds the requests that had finished."""
 
@@ -382,8 +368,6 @@ async def run_session(
     `interrupted` in its summary), the session report covers what was measured, and the
     cancellation goes on to the caller.
     """
-    from mentallama_bench import report
-
     results: list[RunResult] = []
 
     def keep(result: RunResult) -> None:

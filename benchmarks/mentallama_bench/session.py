@@ -29,9 +29,9 @@ from mentallama_bench.backends import BACKENDS, DEFAULT_MODEL, HTTP_KINDS, Backe
 from mentallama_bench.compare import compare_summaries, format_comparison
 from mentallama_bench.datasets import BenchmarkDataset, ImhiDataset, SyntheticDataset, parse_task_mix
 from mentallama_bench.metrics import SLO
-from mentallama_bench.records import SamplingParams
+from mentallama_bench.records import RunResult, SamplingParams
 from mentallama_bench.report import fixed_width, format_table
-from mentallama_bench.runner import COUNT_MODES, LoadSpec, RunResult, SessionConfig, StopSpec, run_session
+from mentallama_bench.runner import COUNT_MODES, LoadSpec, SessionConfig, StopSpec, run_session
 from mentallama_bench.tokens import load_tokenizer
 
 __all__ = [

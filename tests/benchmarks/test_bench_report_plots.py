@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from mentallama_bench.records import RunResult
 from mentallama_bench.report import SERVER_TIME_NOTE, make_figures, min_samples, plot_session, write_session
-from mentallama_bench.runner import RunResult
 
 pytest.importorskip("matplotlib")
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from tritonclient.grpc import service_pb2
 
@@ -336,58 +336,3 @@ async def _disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
-
-
-def build_app(front: HttpFront) -> FastAPI:
-    app = FastAPI(title="MentaLLaMA front door", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.get("/v2/health/live")
-    async def live() -> Response:
-        return await front.health("live")
-
-    @app.get("/v2/health/ready")
-    async def ready() -> Response:
-        return await front.health("ready")
-
-    @app.get("/v2")
-    async def server_metadata(request: Request) -> Response:
-        return await front.server_metadata(request)
-
-    for path in ADMIN_ROUTES:  # before the model routes: /v2/models/stats is not a model called "stats"
-        app.add_api_route(path, front.admin, methods=["GET", "POST"], include_in_schema=False)
-
-    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-
-        @app.get(prefix)
-        async def model_metadata(model: str, request: Request, version: str = "") -> Response:
-            return await front.metadata(model, request, version)
-
-        @app.get(prefix + "/ready")
-        async def model_ready(model: str, request: Request, version: str = "") -> Response:
-            return await front.model_ready(model, request, version)
-
-        @app.post(prefix + "/generate")
-        async def generate(model: str, request: Request, version: str = "") -> Response:
-            return await front.generate(model, request, stream=False, version=version)
-
-        @app.post(prefix + "/generate_stream")
-        async def generate_stream(model: str, request: Request, version: str = "") -> Response:
-            return await front.generate(model, request, stream=True, version=version)
-
-        @app.post(prefix + "/infer")
-        async def infer(model: str) -> Response:
-            if model in ENTRY_MODELS:
-                return error_response("HTTP end point doesn't support models with decoupled transaction policy", 501)
-            return error_response(f"Request for unknown model: '{model}' is not found", 404)
-
-    from mentallama_server.front_door.openai_api import install  # imports this module: here, not at the top
-
-    install(app, front)  # the OpenAI-compatible and analysis /v1 routes, and /openapi.json (of /v1 alone)
-
-    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    async def other(path: str) -> Response:
-        return error_response(f"/{path} is not served here", 404)
-
-    with contextlib.suppress(Exception):
-        app.router.redirect_slashes = False
-    return app

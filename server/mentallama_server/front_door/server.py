@@ -19,7 +19,8 @@ import uvicorn
 from mentallama_server.front_door.admission import Admission
 from mentallama_server.front_door.config import API_KEYS_ENV, FrontDoorConfig, read_api_keys
 from mentallama_server.front_door.grpc_front import GrpcFront
-from mentallama_server.front_door.http_front import HttpFront, build_app
+from mentallama_server.front_door.http_app import build_app
+from mentallama_server.front_door.http_front import HttpFront
 from mentallama_server.front_door.upstream import UpstreamPool
 
 log = logging.getLogger("mentallama.front_door")
