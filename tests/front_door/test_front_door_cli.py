@@ -175,3 +175,25 @@ def test_flags_start_a_front_door_that_generates(cpu_server, tmp_path: Path) -> 
         log.close()
     assert code == 0  # SIGTERM is a clean stop
     assert canary not in (tmp_path / "front.log").read_text()  # request contents are never logged
+
+
+def test_the_tokenizer_folder_is_read_from_the_rendered_front_model_config(tmp_path) -> None:
+    from mentallama_server.launch.front_door_process import rendered_tokenizer_dir
+
+    config = tmp_path / "model_repository" / "mentallama" / "config.pbtxt"
+    config.parent.mkdir(parents=True)
+    config.write_text('name: "mentallama"\nparameters { key: "tokenizer_dir" value: { string_value: "/e/ngine" } }\n')
+    assert rendered_tokenizer_dir(tmp_path) == "/e/ngine"
+    config.write_text('parameters { key: "tokenizer_dir" value: { string_value: "" } }\n')
+    assert rendered_tokenizer_dir(tmp_path) is None
+    assert rendered_tokenizer_dir(tmp_path / "none") is None
+
+
+def test_a_tokenizer_folder_flag_must_name_a_folder(tmp_path) -> None:
+    from mentallama_server.front_door.server import parse_args
+
+    assert parse_args(["--upstream-grpc", "127.0.0.1:1", "--tokenizer-dir", str(tmp_path)]).tokenizer_dir == str(
+        tmp_path
+    )
+    with pytest.raises(SystemExit):
+        parse_args(["--upstream-grpc", "127.0.0.1:1", "--tokenizer-dir", str(tmp_path / "missing")])

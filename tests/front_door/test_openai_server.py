@@ -225,3 +225,16 @@ def test_per_client_limit_is_429_with_retry_after(front_door_with) -> None:
         assert json.loads(caught.value.read())["error"]["type"] == "rate_limit_error"
     finally:
         first.close()
+
+
+def test_the_launcher_hands_the_front_door_the_served_checkpoints_tokenizer_folder(cpu_server) -> None:
+    """/v1/chat/completions renders the served checkpoint's own chat template: the launcher writes its tokenizer
+    folder into the front door's settings (Triton's ModelConfig API is closed to the front door)."""
+    from pathlib import Path
+
+    from mentallama_server.front_door.chat_template import load_chat_template
+
+    settings = json.loads((cpu_server.run_dir / "front_door.json").read_text(encoding="utf-8"))
+    folder = Path(settings["tokenizer_dir"])
+    assert (folder / "tokenizer.json").is_file() and (folder / "openvino_model.xml").is_file()  # the engine's
+    assert load_chat_template(folder).source is not None  # tiny's tokenizer_config.json carries a chat template

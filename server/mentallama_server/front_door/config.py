@@ -39,6 +39,9 @@ class FrontDoorConfig:
     """Largest request message or HTTP body. Keeps the Python backend's shared-memory pool from growing on
     client input (16 MiB per model instance, docs/RELIABILITY.md)."""
     max_json_depth: int = 16
+    tokenizer_dir: str | None = None
+    """The served checkpoint's tokenizer folder: /v1/chat/completions renders its chat template (the LLaMA-2-chat
+    format without one). The launcher reads it from the rendered `mentallama` config."""
     upstream_streams: int = 4
     """Long-lived upstream `ModelStreamInfer` streams the requests share."""
 

@@ -318,13 +318,16 @@ class OpenAIFront:
         self._template: ChatTemplate | None = None
 
     async def template(self) -> ChatTemplate:
-        """The checkpoint's chat template, from the tokenizer folder the served model was configured with."""
+        """The checkpoint's chat template, from the tokenizer folder in the front door's settings (the launcher
+        writes it there), else from the served model's config when Triton shares it."""
         if self._template is None:
-            try:
-                reply = await self.front.pool.unary("ModelConfig", service_pb2.ModelConfigRequest(name=MODEL))
-                folder = reply.config.parameters["tokenizer_dir"].string_value
-            except Exception:  # noqa: BLE001 - no folder to read: the LLaMA-2-chat format, not a failure
-                folder = None
+            folder = self.front.config.tokenizer_dir
+            if not folder:
+                try:
+                    reply = await self.front.pool.unary("ModelConfig", service_pb2.ModelConfigRequest(name=MODEL))
+                    folder = reply.config.parameters["tokenizer_dir"].string_value
+                except Exception:  # noqa: BLE001 - no folder to read: the LLaMA-2-chat format, not a failure
+                    folder = None
             self._template = await asyncio.to_thread(load_chat_template, folder)
         return self._template
 

@@ -175,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"largest request, then RESOURCE_EXHAUSTED / 413 (default {defaults.max_request_bytes})",
     )
+    parser.add_argument(
+        "--tokenizer-dir",
+        type=Path,
+        metavar="DIR",
+        help="the served checkpoint's tokenizer folder: /v1/chat/completions uses its chat template "
+        "(default: the LLaMA-2-chat format)",
+    )
     return parser
 
 
@@ -220,7 +227,10 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> FrontD
         admin_key = lines[0].strip() if lines else ""
         if not admin_key or not admin_key.isprintable():
             parser.error(f"the admin key file {args.admin_key_file} must start with a line of printable characters")
+    if args.tokenizer_dir is not None and not args.tokenizer_dir.is_dir():
+        parser.error(f"--tokenizer-dir {args.tokenizer_dir} is not a folder")
     return FrontDoorConfig(
+        tokenizer_dir=_text(args.tokenizer_dir),
         upstream_grpc=args.upstream_grpc, upstream_http=args.upstream_http, host=args.host,
         grpc_port=args.grpc_port, http_port=None if args.no_http else args.http_port,
         tls_cert=_text(args.tls_cert), tls_key=_text(args.tls_key), tls_ca=_text(args.tls_ca),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,8 +42,24 @@ def upstream_options(public: ServerOptions) -> ServerOptions:
     )  # fmt: skip
 
 
-def front_door_config(public: ServerOptions, upstream: ServerOptions) -> FrontDoorConfig:
+# The one line of the rendered `mentallama` config that names the tokenizer folder (model_repository/mentallama).
+_TOKENIZER_DIR = re.compile(r'key: "tokenizer_dir" value: \{ string_value: "([^"]*)" \}')
+
+
+def rendered_tokenizer_dir(run_dir: Path) -> str | None:
+    """The tokenizer folder the rendered front model was configured with, for the front door's chat template
+    (Triton's ModelConfig API, where it also stands, is closed to the front door without an admin key)."""
+    config = Path(run_dir) / "model_repository" / "mentallama" / "config.pbtxt"
+    try:
+        match = _TOKENIZER_DIR.search(config.read_text(encoding="utf-8"))
+    except OSError:
+        return None
+    return match[1] if match and match[1] else None
+
+
+def front_door_config(public: ServerOptions, upstream: ServerOptions, run_dir: Path | None = None) -> FrontDoorConfig:
     config = FrontDoorConfig(
+        tokenizer_dir=None if run_dir is None else rendered_tokenizer_dir(run_dir),
         upstream_grpc=upstream.grpc_url,
         upstream_http=upstream.http_url,
         host=public.host,
@@ -80,7 +97,7 @@ class FrontDoorProcess:
         cls, public: ServerOptions, upstream: ServerOptions, run_dir: Path, timeout_s: float = 60
     ) -> FrontDoorProcess:
         check_ports(replace(public, metrics_port=None))
-        front = cls(front_door_config(public, upstream), run_dir)
+        front = cls(front_door_config(public, upstream, run_dir), run_dir)
         try:
             front.wait_ready(timeout_s)
         except BaseException:
