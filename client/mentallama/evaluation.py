@@ -20,10 +20,12 @@ from typing import Any
 from .parsing import parse_response
 from .prompts import aspect_of, split_query
 from .tasks import TASKS, TaskInfo, get_task
+from .types import Analysis
 
 __all__ = [
     "ImhiExample",
     "LabelScore",
+    "count_answer_flags",
     "count_label_sources",
     "TaskScore",
     "find_task_files",
@@ -265,4 +267,22 @@ def count_label_sources(examples: Sequence[ImhiExample], sources: Sequence[str |
             if source not in task:
                 raise ValueError(f"unknown label source {source!r}")
             task[source] += 1
+    return counts
+
+
+def count_answer_flags(
+    examples: Sequence[ImhiExample], analyses: Sequence[Analysis | None]
+) -> dict[str, dict[str, int]]:
+    """Per task, how many answers state a label their explanation argues against (``"conflicts"``,
+    :attr:`~mentallama.types.Analysis.conflict`) and how many give a verdict about another task
+    (``"off_task"``, :attr:`~mentallama.types.Analysis.off_task`); aligned with ``examples``, ``None``:
+    no answer."""
+    if len(examples) != len(analyses):
+        raise ValueError(f"{len(examples)} examples but {len(analyses)} analyses")
+    counts: dict[str, dict[str, int]] = {}
+    for example, analysis in zip(examples, analyses, strict=True):
+        task = counts.setdefault(example.task, {"conflicts": 0, "off_task": 0})
+        if analysis is not None:
+            task["conflicts"] += analysis.conflict
+            task["off_task"] += analysis.off_task is not None
     return counts

@@ -21,7 +21,16 @@ from typing import Any
 from ._client import AsyncMentaLLaMAClient
 from ._exceptions import MentaLLaMAError
 from ._ordered_writer import OrderedWriter
-from .evaluation import ImhiExample, TaskScore, count_label_sources, find_task_files, load_imhi, score_examples
+from ._resume import ResumeMismatch, check_output, keep_only, load_done
+from .evaluation import (
+    ImhiExample,
+    TaskScore,
+    count_answer_flags,
+    count_label_sources,
+    find_task_files,
+    load_imhi,
+    score_examples,
+)
 from .parsing import parse_response
 from .prompts import wrap_chat
 from .types import Analysis, Generation
@@ -42,7 +51,8 @@ __all__ = [
 
 IMHI_SOURCE = "https://github.com/SteveKGYang/MentalLLaMA (folder IMHI)"
 IMHI_CLONE = "git clone --depth 1 https://github.com/SteveKGYang/MentalLLaMA"
-COLUMNS = ("task", "n", "accuracy", "weighted_f1", "unparseable", "stated", "inferred", "failed", "skipped")
+COLUMNS = ("task", "n", "accuracy", "weighted_f1", "unparseable", "stated", "inferred", "conflicts", "off_task",
+           "failed", "skipped")
 RAW_OUTPUTS = "raw_outputs.jsonl"
 
 
@@ -101,13 +111,20 @@ def run_evaluation(
     limit: int | None = None,
     output: Path | None = None,
     on_result: Callable[[], None] | None = None,
+    if_exists: str = "refuse",
 ) -> EvaluationResult:
     """Send every query (``chat``: wrapped in the LLaMA-2 chat format), then score the answers.
 
     ``connect`` makes the client inside the run's event loop; ``output``: ``raw_outputs.jsonl`` is
     written there in input order as answers arrive (the query is left out); ``on_result`` is called
     once per answer (a progress bar). Ctrl-C raises :class:`EvaluationInterrupted` after the answers
-    received so far are written."""
+    received so far are written.
+
+    ``if_exists``: what to do when ``output`` already holds raw outputs: ``"refuse"``
+    (``FileExistsError``), ``"overwrite"``, or ``"resume"``: the answers there are kept (and scored,
+    re-parsed from their text), failed ones and the rest are sent, appended to the file; a row of
+    another query set (other ``--tasks``/``--limit``) raises ``mentallama._resume.ResumeMismatch``
+    (a ``ValueError``)."""
     # The queries are sent byte for byte as the benchmark wrote them (they are what build_prompt makes).
     prompts = [wrap_chat(e.query) if chat else e.query for e in examples]
     run_info: dict[str, Any] = {
@@ -116,35 +133,51 @@ def run_evaluation(
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
     results: list[Analysis | MentaLLaMAError | None] = [None] * len(examples)
+    raw_path = output / RAW_OUTPUTS if output is not None else None
+    resuming = raw_path is not None and check_output(raw_path, if_exists)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-    raw_path = output / RAW_OUTPUTS if output is not None else None
-    with (raw_path.open("w", encoding="utf-8") if raw_path is not None else io.StringIO()) as raw_file:
-        writer = OrderedWriter(raw_file, lambda i, r: raw_record(examples[i], r))
+    if resuming:
+        assert raw_path is not None
+        kept = _kept_answers(examples, raw_path)
+        run_info["resumed"] = len(kept)
+        for index, analysis in kept.items():
+            results[index] = analysis
+            if on_result is not None:
+                on_result()
+    pending = [i for i, r in enumerate(results) if r is None]
+    mode = "a" if resuming else "w"
+    with (raw_path.open(mode, encoding="utf-8") if raw_path is not None else io.StringIO()) as raw_file:
+        # Only the pending queries are sent; each answer is written under its own example.
+        writer = OrderedWriter(raw_file, lambda j, r: raw_record(examples[pending[j]], r))
 
-        def done(index: int, generation: Generation | MentaLLaMAError) -> None:
-            results[index] = _to_analysis(examples[index], generation)
-            writer.add(index, results[index])
+        def done(j: int, generation: Generation | MentaLLaMAError) -> None:
+            results[pending[j]] = _to_analysis(examples[pending[j]], generation)
+            writer.add(j, results[pending[j]])
             if on_result is not None:
                 on_result()
 
         async def send() -> None:
             async with connect() as client:
                 run_info.update(model=client.model, endpoints=list(client.endpoints))  # in the order above
-                await client.generate_many(prompts, concurrency=concurrency, max_tokens=max_tokens, on_result=done)
+                await client.generate_many([prompts[i] for i in pending], concurrency=concurrency,
+                                           max_tokens=max_tokens, on_result=done)  # fmt: skip
 
         try:
-            asyncio.run(send())
+            if pending:
+                asyncio.run(send())
         except KeyboardInterrupt:
             writer.flush_all()
-            raise EvaluationInterrupted(writer.written, len(examples), raw_path) from None
+            received = len(examples) - len(pending) + writer.written
+            raise EvaluationInterrupted(received, len(examples), raw_path) from None
     finished = [r for r in results if r is not None]
     predictions = [r.label if isinstance(r, Analysis) else None for r in finished]
     failed: dict[str, int] = {}
     for example, result in zip(examples, finished, strict=True):
         failed[example.task] = failed.get(example.task, 0) + isinstance(result, MentaLLaMAError)
     sources = count_label_sources(examples, [r.label_source if isinstance(r, Analysis) else None for r in finished])
-    rows = score_rows(score_examples(examples, predictions), failed, sources)
+    flags = count_answer_flags(examples, [r if isinstance(r, Analysis) else None for r in finished])
+    rows = score_rows(score_examples(examples, predictions), failed, sources, flags)
     run_info["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return EvaluationResult(rows, run_info, sum(failed.values()))
 
@@ -158,16 +191,19 @@ def write_reports(result: EvaluationResult, output: Path) -> None:
 
 
 def score_rows(
-    scores: dict[str, TaskScore], failed: dict[str, int], sources: dict[str, dict[str, int]] | None = None
+    scores: dict[str, TaskScore], failed: dict[str, int], sources: dict[str, dict[str, int]] | None = None,
+    flags: dict[str, dict[str, int]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per task (``failed``: requests that got no answer; they count as unparseable;
-    ``sources``: :func:`~mentallama.evaluation.count_label_sources`, labels stated vs inferred)."""
-    sources = sources or {}
+    ``sources``: :func:`~mentallama.evaluation.count_label_sources`, labels stated vs inferred;
+    ``flags``: :func:`~mentallama.evaluation.count_answer_flags`, stated labels that conflict with their
+    explanation and answers whose verdict is about another task)."""
+    sources, flags = sources or {}, flags or {}
     return [
         {"task": s.task, "n": s.n, "accuracy": round(s.accuracy, 4), "weighted_f1": round(s.weighted_f1, 4),
          "unparseable": s.unparseable, "stated": sources.get(task, {}).get("stated", 0),
-         "inferred": sources.get(task, {}).get("inferred", 0), "failed": failed.get(task, 0),
-         "skipped": s.skipped}
+         "inferred": sources.get(task, {}).get("inferred", 0), "conflicts": flags.get(task, {}).get("conflicts", 0),
+         "off_task": flags.get(task, {}).get("off_task", 0), "failed": failed.get(task, 0), "skipped": s.skipped}
         for task, s in scores.items()
     ]  # fmt: skip
 
@@ -194,10 +230,35 @@ def raw_record(example: ImhiExample, result: Analysis | MentaLLaMAError) -> dict
         return {**record, "error": type(result).__name__, "message": result.message,
                 "request_id": result.request_id}  # fmt: skip
     return {**record, "label": result.label, "matched_by": result.matched_by,
-            "label_source": result.label_source, "confidence": result.confidence, "raw": result.raw,
+            "label_source": result.label_source, "confidence": result.confidence, "conflict": result.conflict,
+            "off_task": result.off_task, "raw": result.raw,
             "request_id": result.request_id, "num_input_tokens": result.num_input_tokens,
             "num_output_tokens": result.num_output_tokens, "latency_s": result.latency_s,
             "finish_reason": result.finish_reason}  # fmt: skip
+
+
+def _kept_answers(examples: Sequence[ImhiExample], raw_path: Path) -> dict[int, Analysis]:
+    """The answers a resumed run keeps from ``raw_path`` (the file is rewritten with them alone), by
+    example index; each is parsed again from its text, as when it arrived."""
+    position = {(e.task, e.row, e.aspect): i for i, e in enumerate(examples)}
+
+    def key(row: dict[str, Any]) -> int:
+        where = (row.get("task"), row.get("row"), row.get("aspect"))
+        if where not in position:
+            raise ResumeMismatch(f"{raw_path}: holds an answer to {where[0]} row {where[1]}, which this run does not "
+                                 "ask; resume with the same --tasks and --limit, or --overwrite")  # fmt: skip
+        return position[where]
+
+    done = load_done(raw_path, key)
+    keep_only(raw_path, done.lines)
+    kept = {}
+    for index, row in done.rows.items():
+        text = row.get("raw") or ""
+        generation = Generation(text, request_id=row.get("request_id"), num_input_tokens=row.get("num_input_tokens"),
+                                num_output_tokens=row.get("num_output_tokens"), latency_s=row.get("latency_s"),
+                                finish_reason=row.get("finish_reason"))  # fmt: skip
+        kept[index] = parse_response(examples[index].task, text).with_generation(generation)
+    return kept
 
 
 def _to_analysis(example: ImhiExample, result: Generation | MentaLLaMAError) -> Analysis | MentaLLaMAError:

@@ -115,6 +115,18 @@ class Analysis:
         """True when a label was found."""
         return self.label is not None
 
+    def describe_label(self) -> str:
+        """The label and where it comes from, in words, e.g. ``"work (stated in the answer; label model
+        0.95)"`` or ``"(none found)"``; the :attr:`note` is separate."""
+        if self.label is None:
+            return "(none found)"
+        model = f"label model {self.confidence:.2f}" if self.confidence is not None else ""
+        if self.label_source == "inferred":
+            return f"{self.label} (inferred from the explanation" + (f"; {model})" if model else ")")
+        where = "the explanation" if self.matched_by == "explanation" else "the answer"
+        disagrees = ": the explanation argues otherwise" if self.conflict else ""
+        return f"{self.label} (stated in {where}" + (f"; {model}{disagrees})" if model else ")")
+
     def with_generation(self, generation: Generation) -> Analysis:
         """A copy carrying ``generation``'s serving metadata (its text is not re-parsed)."""
         return dataclasses.replace(

@@ -150,3 +150,14 @@ def test_no_reference_answer_is_off_task_and_few_conflict() -> None:
                     n += 1
                     conflicts += got.conflict
     assert 0 < conflicts < 0.05 * n
+
+
+def test_describe_label_says_where_the_label_comes_from() -> None:
+    stated = parse_response("SAD", f"This post shows the stress cause related to school. Reasoning: {WORK}")
+    assert stated.describe_label().startswith("school (stated in the answer; label model 0.")
+    assert stated.describe_label().endswith("the explanation argues otherwise)")
+    inferred = parse_response("SAD", f"Reasoning: {WORK}")
+    assert inferred.describe_label().startswith("work (inferred from the explanation; label model 0.")
+    assert parse_response("CAMS", "This post shows no causes of depression.").describe_label() == (
+        "none (stated in the answer)")
+    assert parse_response("DR", "hm").describe_label() == "(none found)"

@@ -15,8 +15,10 @@ from typing import Annotated, Any, TextIO
 import typer
 
 from .._exceptions import MentaLLaMAError
+from .._resume import ResumeMismatch
 from ..tasks import get_task, task_names
 from ..types import Analysis
+from ._batch_output import BatchPlan, plan_output
 from ._client_options import (
     DEFAULTS,
     DISCLAIMER,
@@ -121,13 +123,21 @@ def _read_jsonl(path: Path, f: TextIO, field: str, id_field: str | None) -> Post
     return posts
 
 
+def output_id_key(id_field: str | None) -> str | None:
+    """The key of the input's own id in an output row: its name, or ``input_<name>`` where that is taken."""
+    if id_field is None:
+        return None
+    return f"input_{id_field}" if id_field in RESERVED_KEYS else id_field
+
+
 def result_record(index: int, result: Analysis | MentaLLaMAError, id_field: str | None = None,
                   post_id: Any = None) -> dict[str, Any]:  # fmt: skip
     """One JSONL line; the post itself is left out (sensitive): ``index`` (and the input's own
     ``id_field``, under its name, or ``input_<name>`` where that name is taken) point back at it."""
     record: dict[str, Any] = {"index": index}
-    if id_field is not None:
-        record[f"input_{id_field}" if id_field in RESERVED_KEYS else id_field] = post_id
+    id_key = output_id_key(id_field)
+    if id_key is not None:
+        record[id_key] = post_id
     if isinstance(result, MentaLLaMAError):
         status = result.status.name if result.status else None
         return {**record, "error": type(result).__name__, "message": result.message, "status": status,
@@ -136,12 +146,12 @@ def result_record(index: int, result: Analysis | MentaLLaMAError, id_field: str 
 
 
 @contextmanager
-def _open_output(path: Path | None) -> Iterator[TextIO]:
+def _open_output(path: Path | None, append: bool = False) -> Iterator[TextIO]:
     if path is None:
         yield sys.stdout
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    with path.open("a" if append else "w", encoding="utf-8") as f:
         yield f
 
 
@@ -166,6 +176,12 @@ OutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="JSONL results, written as they finish (default: stdout)", show_default=False),
 ]
+OverwriteOpt = Annotated[bool, typer.Option(help="replace an --output file that already holds results")]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(help="continue an --output file of an interrupted run: keep its rows, send the other posts (matched "
+                      "by --id-field when its ids are unique, else by index); rows with errors are sent again"),
+]  # fmt: skip
 StreamOpt = Annotated[bool, typer.Option(help="print the answer as it is generated (single post)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the single result as JSON")]
 
@@ -188,6 +204,8 @@ def analyze(
     id_field: IdFieldOpt = None,
     encoding: EncodingOpt = "utf-8",
     output: OutputOpt = None,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
     stream: StreamOpt = False,
     as_json: JsonOpt = False,
     concurrency: ConcurrencyOpt = DEFAULTS["concurrency"],
@@ -211,6 +229,10 @@ def analyze(
     check_task(task, aspect)
     if input is not None and stream:
         fail("--stream works with a single post, not with --input", code=2)
+    if (overwrite or resume) and output is None:
+        fail("--overwrite and --resume are about an --output file; give --output FILE", code=2)
+    if overwrite and resume:
+        fail("give --overwrite (replace the file) or --resume (continue it), not both", code=2)
     connection = (endpoint, model, timeout, tls, root_certificates, certificate_chain, private_key)
     if input is None:
         assert post is not None
@@ -225,42 +247,68 @@ def analyze(
         fail(str(exc), code=2)
     except OSError as exc:
         fail(f"{input}: cannot read it ({exc.strerror or exc})", code=2)
+    if_exists = "resume" if resume else "overwrite" if overwrite else "refuse"
+    try:
+        plan = plan_output(output, posts.ids, id_field, output_id_key(id_field), if_exists)
+    except (FileExistsError, ResumeMismatch) as exc:
+        fail(str(exc), code=2)
+    except OSError as exc:
+        fail(f"{output}: cannot read it to resume ({exc.strerror or exc})", code=2)
+    if plan.append:
+        sent_again = f", {plan.dropped} failed or cut-off row(s) to send again" if plan.dropped else ""
+        typer.echo(f"resuming {output}: {plan.kept} of {len(posts.texts)} posts already there (matched by "
+                   f"{plan.by}){sent_again}; {len(plan.pending)} to send", err=True)  # fmt: skip
+        if not plan.pending:
+            typer.echo(f"nothing left to send; {output} holds every post. {DISCLAIMER}", err=True)
+            return
     with client_from_options(*connection) as client:
         preflight(client)  # one line for a missing server or model, not one error row per post
-    _analyze_file(connection, posts, task, aspect, id_field, output, concurrency, max_tokens, chat)
+    _analyze_file(connection, posts, plan, task, aspect, id_field, output, concurrency, max_tokens, chat)
 
 
-def _analyze_file(connection: tuple, posts: Posts, task: str, aspect: str | None, id_field: str | None,
-                  output: Path | None, concurrency: int, max_tokens: int, chat: bool) -> None:  # fmt: skip
-    total = len(posts.texts)
-    counts = {"failed": 0, "unparsed": 0}
+def _analyze_file(connection: tuple, posts: Posts, plan: BatchPlan, task: str, aspect: str | None,
+                  id_field: str | None, output: Path | None, concurrency: int, max_tokens: int,
+                  chat: bool) -> None:  # fmt: skip
+    total, pending = len(posts.texts), plan.pending
+    counts = {"failed": 0, "unparsed": 0, "conflict": 0, "off_task": 0}
     where = str(output) if output is not None else "stdout"
-    with _open_output(output) as out, progress_bar(total, f"analyze {task}", "post") as bar:
-        writer = OrderedWriter(out, lambda i, r: result_record(i, r, id_field, posts.ids[i]))
+    with _open_output(output, plan.append) as out, progress_bar(len(pending), f"analyze {task}", "post") as bar:
+        # Only the pending posts are sent; each row is written under its index in the input.
+        writer = OrderedWriter(out, lambda j, r: result_record(pending[j], r, id_field, posts.ids[pending[j]]))
 
         def done(index: int, result: Analysis | MentaLLaMAError) -> None:
             counts["failed"] += isinstance(result, MentaLLaMAError)
-            counts["unparsed"] += isinstance(result, Analysis) and result.label is None
+            if isinstance(result, Analysis):
+                counts["unparsed"] += result.label is None
+                counts["conflict"] += result.conflict
+                counts["off_task"] += result.off_task is not None
             writer.add(index, result)
             bar.update()
 
         async def run() -> None:
             async with client_from_options(*connection, asynchronous=True) as client:
-                await client.analyze_many(posts.texts, task, aspect=aspect, concurrency=concurrency,
-                                          max_tokens=max_tokens, chat=chat, on_result=done)  # fmt: skip
+                await client.analyze_many([posts.texts[i] for i in pending], task, aspect=aspect,
+                                          concurrency=concurrency, max_tokens=max_tokens, chat=chat,
+                                          on_result=done)  # fmt: skip
 
         try:
             asyncio.run(run())
         except KeyboardInterrupt:
             writer.flush_all()
             bar.close()
-            ids = f" and {id_field!r}" if id_field else ""
-            typer.echo(f"interrupted: {writer.written} of {total} posts done ({counts['failed']} failed), written "
-                       f"to {where}; each row carries its input 'index'{ids}, so the rest can be sent again.",
-                       err=True)  # fmt: skip
+            if output is not None:
+                message = (f"interrupted: {plan.kept + writer.written} of {total} posts done ({counts['failed']} "
+                           f"failed) in {output}; to continue, run the same command with --resume")  # fmt: skip
+            else:
+                message = (f"interrupted: {writer.written} of {total} posts done, written to stdout (each row carries "
+                           "its input 'index'); write to a file with --output FILE to be able to --resume")  # fmt: skip
+            typer.echo(message, err=True)
             raise typer.Exit(130) from None
     failed = counts["failed"]
-    summary = f"{total - failed} analysed ({counts['unparsed']} without a label), {failed} failed; written to {where}."
+    kept = f"{plan.kept} kept from before, " if plan.append else ""
+    flags = f", {counts['conflict']} stated against their explanation, {counts['off_task']} answering another task"
+    summary = (f"{kept}{len(pending) - failed} analysed ({counts['unparsed']} without a label{flags}), {failed} "
+               f"failed; written to {where}.")  # fmt: skip
     typer.echo(f"{summary} {DISCLAIMER}", err=True)
     if failed:
         raise typer.Exit(1)
@@ -283,7 +331,9 @@ def _analyze_one(client: Any, post: str, task: str, aspect: str | None, *, strea
         typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
         return
     typer.echo(f"task:      {result.task}")
-    typer.echo(f"label:     {result.label if result.label is not None else '(none found)'}")
+    typer.echo(f"label:     {result.describe_label()}")
+    if result.note:
+        typer.echo(f"note:      {result.note}")
     if not stream:
         typer.echo(f"reasoning: {result.reasoning}")
     tokens = f"{result.num_input_tokens} in, {result.num_output_tokens} out ({result.finish_reason})"

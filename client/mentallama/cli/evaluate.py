@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from .._resume import ResumeMismatch, check_output
 from ..evaluation_run import (
     COLUMNS,
     IMHI_SOURCE,
@@ -56,11 +57,21 @@ OutputDirOpt = Annotated[
 ]
 
 
+OverwriteOpt = Annotated[bool, typer.Option(help="replace the raw outputs an --output folder already holds")]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(help="continue the raw outputs of an interrupted run in --output (same --tasks and --limit): keep "
+                      "its answers, send the other queries; failed ones are sent again"),
+]  # fmt: skip
+
+
 def evaluate(
     imhi_dir: ImhiDirOpt,
     tasks: TasksOpt = None,
     limit: LimitOpt = None,
     output: OutputDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
     concurrency: ConcurrencyOpt = DEFAULTS["concurrency"],
     max_tokens: MaxTokensOpt = DEFAULTS["max_tokens"],
     chat: ChatOpt = False,
@@ -72,12 +83,19 @@ def evaluate(
     certificate_chain: CertChainOpt = None,
     private_key: PrivateKeyOpt = None,
 ) -> None:
-    """Score the served model on the IMHI test set: accuracy and weighted F1 per task, and how many
-    labels the answers stated vs how many the label model inferred from the explanation.
+    """Score the served model on the IMHI test set: accuracy and weighted F1 per task, how many labels
+    the answers stated vs how many the label model inferred from the explanation, how many stated labels
+    their explanation argues against (conflicts) and how many answers gave a verdict about another task.
 
     The IMHI data comes from the MentaLLaMA authors' repository (https://github.com/SteveKGYang/MentalLLaMA,
     folder IMHI); eval reads its test split, test_instruction/ (one CSV per task, columns query and
-    answer), or the folder of task CSVs given. Ctrl-C keeps the raw outputs received so far."""
+    answer), or the folder of task CSVs given. Ctrl-C keeps the raw outputs received so far; --resume
+    continues them."""
+    if (overwrite or resume) and output is None:
+        fail("--overwrite and --resume are about the raw outputs in an --output folder; give --output DIR", code=2)
+    if overwrite and resume:
+        fail("give --overwrite (replace the raw outputs) or --resume (continue them), not both", code=2)
+    if_exists = "resume" if resume else "overwrite" if overwrite else "refuse"
     wanted = [t.strip() for item in tasks for t in item.split(",") if t.strip()] if tasks else None
     try:
         examples, split = load_queries(imhi_dir, wanted, limit)
@@ -87,6 +105,11 @@ def evaluate(
             bad = next((t for t in wanted if t.lower() not in {n.lower() for n in task_names(aliases=True)}), "")
             message += suggest(bad, task_names(aliases=True))
         fail(message, code=2)
+    try:
+        if output is not None:
+            check_output(output / RAW_OUTPUTS, if_exists)  # before contacting the server
+    except FileExistsError as exc:
+        fail(str(exc), code=2)
     connection = (endpoint, model, timeout, tls, root_certificates, certificate_chain, private_key)
     with client_from_options(*connection) as client:
         preflight(client)
@@ -95,13 +118,18 @@ def evaluate(
             result = run_evaluation(
                 examples, split, lambda: client_from_options(*connection, asynchronous=True),
                 concurrency=concurrency, max_tokens=max_tokens, chat=chat, limit=limit, output=output,
-                on_result=bar.update,
+                on_result=bar.update, if_exists=if_exists,
             )  # fmt: skip
     except EvaluationInterrupted as stop:
-        where = f"kept in {stop.raw_path}" if stop.raw_path is not None else "not kept (no --output)"
+        where = (f"kept in {stop.raw_path}; to continue, run the same command with --resume"
+                 if stop.raw_path is not None else "not kept (no --output)")  # fmt: skip
         typer.echo(f"interrupted: {stop.received} of {stop.total} answers received, {where}; "
                    "no scores were computed", err=True)  # fmt: skip
         raise typer.Exit(130) from None
+    except ResumeMismatch as exc:  # --resume over the raw outputs of other queries
+        fail(str(exc), code=2)
+    if result.run_info.get("resumed") is not None:
+        typer.echo(f"resumed: {result.run_info['resumed']} answers kept from {output}/{RAW_OUTPUTS}", err=True)
     typer.echo(result.header)
     typer.echo(format_table([list(COLUMNS)] + [[str(row[c]) for c in COLUMNS] for row in result.rows]))
     if output is not None:
