@@ -33,6 +33,7 @@ __all__ = [
     "TOKENIZER_FILES",
     "checkpoint_digest",
     "read_manifest",
+    "save_manifest",
     "tokenizer_digest",
     "tool_versions",
     "verify_manifest",
@@ -160,26 +161,37 @@ def write_manifest(
         else {"name": gpu.name, "compute_capability": gpu.cc_text, "memory_gib": gpu.memory_gib},
         "engine_files": _engine_files(engine_dir),
     }
-    path = engine_dir / MANIFEST_NAME
+    return save_manifest(engine_dir, manifest)
+
+
+def save_manifest(engine_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Write `manifest` beside the engine files (whole or not at all: a crash leaves no half file); its path."""
+    path = Path(engine_dir) / MANIFEST_NAME
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
 
 
-def read_manifest(engine_dir: Path) -> dict[str, Any]:
-    """Load the manifest; raises FileNotFoundError / ValueError with a readable message."""
+def read_manifest(
+    engine_dir: Path, *, engine: str | None = None, version: int = MANIFEST_VERSION,
+    build: str = "mentallama-build engine",
+) -> dict[str, Any]:  # fmt: skip
+    """Load the manifest of `engine_dir` (the TensorRT-LLM engine's; with `engine`, one whose `engine` key says
+    that kind, as `mentallama-build openvino` writes). Raises FileNotFoundError / ValueError with a readable
+    message that names `build`, the command that writes it."""
     path = Path(engine_dir) / MANIFEST_NAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(
-            f"no {MANIFEST_NAME} in {engine_dir}: build the engine with `mentallama-build engine`"
-        ) from None
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {engine_dir}: build the engine with `{build}`") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("manifest_version") != MANIFEST_VERSION:
-        raise ValueError(f"{path}: unsupported manifest version {data.get('manifest_version')!r}")
+    found = data if isinstance(data, dict) else {}
+    if found.get("manifest_version") != version or (engine is not None and found.get("engine") != engine):
+        kind = f"an {engine} engine manifest" if engine else "a manifest"
+        raise ValueError(f"{path} is not {kind} of version {version} (engine {found.get('engine')!r}, "
+                         f"manifest_version {found.get('manifest_version')!r}); rebuild it with `{build}`")  # fmt: skip
     return data
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -35,7 +34,14 @@ from mentallama import locations
 from mentallama_build.check import check_checkpoint
 from mentallama_build.engine_config import ModelShape, shape_from_report
 from mentallama_build.locks import file_lock
-from mentallama_build.manifest import MANIFEST_NAME, _sha256_file, _version, checkpoint_digest, tokenizer_digest
+from mentallama_build.manifest import (
+    _sha256_file,
+    _version,
+    checkpoint_digest,
+    read_manifest,
+    save_manifest,
+    tokenizer_digest,
+)
 
 __all__ = [
     "ENGINE_FILES",
@@ -273,22 +279,7 @@ def _write_manifest(engine_dir: Path, checkpoint: Path, options: OpenVinoOptions
         "tools": _tool_versions(),
         "engine_files": _engine_digest(engine_dir),
     }
-    (engine_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def read_engine_manifest(engine_dir: Path) -> dict[str, Any]:
-    path = Path(engine_dir) / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EngineBuildError(
-            f"no {MANIFEST_NAME} in {engine_dir}: build it with `mentallama-build openvino`"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise EngineBuildError(f"{path} is not valid JSON: {exc}") from None
-    if data.get("engine") != "openvino" or data.get("manifest_version") != OPENVINO_MANIFEST_VERSION:
-        raise EngineBuildError(f"{path} is not an OpenVINO engine manifest of version {OPENVINO_MANIFEST_VERSION}")
-    return data
+    save_manifest(engine_dir, manifest)
 
 
 def verify_engine(engine_dir: Path, checkpoint: Path | None = None) -> list[str]:
@@ -296,8 +287,9 @@ def verify_engine(engine_dir: Path, checkpoint: Path | None = None) -> list[str]
     an engine built from another checkpoint. Empty when it matches."""
     engine_dir = Path(engine_dir)
     try:
-        manifest = read_engine_manifest(engine_dir)
-    except EngineBuildError as exc:
+        manifest = read_manifest(engine_dir, engine="openvino", version=OPENVINO_MANIFEST_VERSION,
+                                 build="mentallama-build openvino")  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
         return [str(exc)]
     problems = []
     recorded = manifest.get("engine_files") or {}

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 from mentallama_build.corpus import DEFAULT_SEED
 from mentallama_build.safetensors_io import write_safetensors
 from mentallama_build.shapes import llama_tensor_shapes
-from mentallama_build.tiny import CONTEXT_LENGTH, INIT_STD, ModelSize, checkpoint_config
-from mentallama_build.tokenizer import BOS_ID, EOS_ID, UNK_ID, train_sentencepiece, write_json, write_tokenizer
+from mentallama_build.tiny import CONTEXT_LENGTH, INIT_STD, ModelSize, checkpoint_config, generation_config
+from mentallama_build.tokenizer import train_sentencepiece, write_json, write_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -82,18 +82,6 @@ def vocab_flops_share(config: Mapping[str, Any], vocab_size: int = LLAMA2_VOCAB_
     """Fraction of the per-token FLOPs of `config` with `vocab_size` rows that a smaller vocabulary drops."""
     real = flops_per_token({**config, "vocab_size": vocab_size})
     return (real - flops_per_token(config)) / real
-
-
-def _generation_config() -> dict[str, Any]:
-    # LLaMA-2-chat's values, as `tiny` writes them.
-    return {
-        "bos_token_id": BOS_ID,
-        "do_sample": True,
-        "eos_token_id": EOS_ID,
-        "pad_token_id": UNK_ID,
-        "temperature": 0.6,
-        "top_p": 0.9,
-    }
 
 
 def _shard_groups(config: Mapping[str, Any]) -> list[dict[str, tuple[int, ...]]]:
@@ -170,7 +158,7 @@ def build_shaped_checkpoint(
         vocab_size = write_tokenizer(staging, train_sentencepiece(), model_max_length=CONTEXT_LENGTH)
         config = shaped_config(spec, vocab_size)
         write_json(staging / "config.json", config)
-        write_json(staging / "generation_config.json", _generation_config())
+        write_json(staging / "generation_config.json", generation_config())
         _write_weights(staging, config, device, seed)
         if output.exists():
             shutil.rmtree(output)

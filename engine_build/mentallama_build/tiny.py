@@ -47,6 +47,7 @@ __all__ = [
     "default_checkpoint_dir",
     "describe",
     "ensure_checkpoint",
+    "generation_config",
     "is_current",
 ]
 
@@ -121,7 +122,8 @@ def checkpoint_config(size: str) -> dict[str, Any]:
     }
 
 
-def _generation_config() -> dict[str, Any]:
+def generation_config() -> dict[str, Any]:
+    """`generation_config.json` of the random-weight checkpoints (`tiny`, `bench`, `shaped`)."""
     # LLaMA-2-chat's values; pad_token_id 0 (<unk>) lives here, not in config.json, exactly as upstream.
     # Upstream's `max_length: 4096` is left out: with it transformers warns on every request that sets
     # `max_new_tokens`, and the context length is already `max_position_embeddings` in config.json.
@@ -176,7 +178,7 @@ def _write_checkpoint(folder: Path, size: str) -> None:
     if vocab_size != config["vocab_size"]:
         raise RuntimeError(f"tokenizer trained {vocab_size} pieces, expected {config['vocab_size']}")
     write_json(folder / "config.json", config)
-    write_json(folder / "generation_config.json", _generation_config())
+    write_json(folder / "generation_config.json", generation_config())
     write_safetensors(
         folder / "model.safetensors",
         _random_weights(config, DEFAULT_SEED),

@@ -28,6 +28,7 @@ from mentallama_build.manifest import (
     MANIFEST_NAME,
     checkpoint_digest,
     read_manifest,
+    save_manifest,
     verify_manifest,
     write_manifest,
 )
@@ -502,6 +503,31 @@ def test_engine_side_problems(built: tuple[Path, Path], tmp_path: Path) -> None:
     assert "rank0.engine is missing" in problems and "changed after the manifest was written" in problems
     assert verify_manifest(tmp_path / "nowhere", checkpoint) == [
         f"no {MANIFEST_NAME} in {tmp_path / 'nowhere'}: build the engine with `mentallama-build engine`"
+    ]
+
+
+def test_one_manifest_reader_for_the_tensorrt_llm_and_the_openvino_engines(tmp_path: Path) -> None:
+    """`read_manifest` reads both builds' manifests; each side refuses the other's and names its own command."""
+    from mentallama_build.openvino_build import verify_engine
+
+    save_manifest(tmp_path, {"manifest_version": 1, "engine": "openvino", "engine_files": {}})
+    assert not list(tmp_path.glob("*.tmp"))  # written whole, then renamed
+    openvino = {"engine": "openvino", "build": "mentallama-build openvino"}
+    assert read_manifest(tmp_path, version=1, **openvino)["engine_files"] == {}
+    with pytest.raises(ValueError, match=r"is not an openvino engine manifest of version 2 .*mentallama-build openv"):
+        read_manifest(tmp_path, version=2, **openvino)
+    save_manifest(tmp_path, {"manifest_version": 1, "engine_files": {}})  # a TensorRT-LLM build's: no `engine`
+    assert read_manifest(tmp_path)["manifest_version"] == 1
+    assert verify_engine(tmp_path) == [
+        f"{tmp_path / MANIFEST_NAME} is not an openvino engine manifest of version 1 (engine None, manifest_version "
+        "1); rebuild it with `mentallama-build openvino`"
+    ]
+    (tmp_path / MANIFEST_NAME).write_text("[1]")
+    with pytest.raises(ValueError, match="is not a manifest of version 1"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_NAME).unlink()
+    assert verify_engine(tmp_path) == [
+        f"no {MANIFEST_NAME} in {tmp_path}: build the engine with `mentallama-build openvino`"
     ]
 
 
