@@ -16,5 +16,6 @@ it owns the sockets clients reach:
 Modules: `config` (what the launcher hands over), `upstream` (the stream pool), `admission` (limits and
 namespaces), `tensors` (request checks and JSON <-> tensors), `grpc_front` and `http_front` (the two protocols),
 `openai_api` / `openai_schema` / `chat_template` (OpenAI-compatible `/v1` and `/v1/analyze` on the HTTP app),
-`server` (runs both on one event loop; `python -m mentallama_server.front_door CONFIG`).
+`http_app` (the HTTP app's routes), `server` (runs both on one event loop; `python -m mentallama_server.front_door
+CONFIG`).
 """

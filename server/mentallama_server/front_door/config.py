@@ -61,6 +61,20 @@ class FrontDoorConfig:
         return self.tls_cert is not None
 
 
+def read_admin_key(path: Path) -> str:
+    """The admin key from the first line of a file, so that it is not on a command line (the launcher's or the
+    front door's); a `ValueError` names the file and what is wrong with it."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read the admin key file {path}: {exc.strerror}") from None
+    key = lines[0].strip() if lines else ""
+    if not key or not key.isprintable():  # it goes into HTTP headers and gRPC metadata
+        problem = "it is empty" if not key else "its first line holds control characters"
+        raise ValueError(f"the admin key file {path} must start with a line of printable characters ({problem})")
+    return key
+
+
 def read_api_keys(path: Path | None, environ: dict[str, str] | None = None) -> list[str]:
     """API keys, one per line of `path` (blank lines and `#` comments skipped), and from MENTALLAMA_API_KEYS
     (comma-separated)."""

@@ -17,7 +17,7 @@ import grpc
 import uvicorn
 
 from mentallama_server.front_door.admission import Admission
-from mentallama_server.front_door.config import API_KEYS_ENV, FrontDoorConfig, read_api_keys
+from mentallama_server.front_door.config import API_KEYS_ENV, FrontDoorConfig, read_admin_key, read_api_keys
 from mentallama_server.front_door.grpc_front import GrpcFront
 from mentallama_server.front_door.http_app import build_app
 from mentallama_server.front_door.http_front import HttpFront
@@ -154,27 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     security.add_argument("--admin-key-file", type=Path, help="the admin APIs' key (first line); none: closed")
     limits = parser.add_argument_group("limits")
-    limits.add_argument(
-        "--max-in-flight",
-        type=_positive,
-        default=defaults.max_in_flight,
-        metavar="N",
-        help=f"requests in flight in all, then UNAVAILABLE / 503 (default {defaults.max_in_flight})",
-    )
-    limits.add_argument(
-        "--max-in-flight-per-client",
-        type=_positive,
-        default=defaults.max_in_flight_per_client,
-        metavar="N",
-        help=f"per connection or API key, then UNAVAILABLE / 429 (default {defaults.max_in_flight_per_client})",
-    )
-    limits.add_argument(
-        "--max-request-bytes",
-        type=_positive,
-        default=defaults.max_request_bytes,
-        metavar="N",
-        help=f"largest request, then RESOURCE_EXHAUSTED / 413 (default {defaults.max_request_bytes})",
-    )
+    for name, what in (("max_in_flight", "requests in flight in all, then UNAVAILABLE / 503"),
+                       ("max_in_flight_per_client", "per connection or API key, then UNAVAILABLE / 429"),
+                       ("max_request_bytes", "largest request, then RESOURCE_EXHAUSTED / 413")):  # fmt: skip
+        default = getattr(defaults, name)
+        flag = "--" + name.replace("_", "-")
+        limits.add_argument(flag, type=_positive, default=default, metavar="N", help=f"{what} (default {default})")
     parser.add_argument(
         "--tokenizer-dir",
         type=Path,
@@ -221,12 +206,9 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> FrontD
     admin_key = None
     if args.admin_key_file is not None:
         try:
-            lines = args.admin_key_file.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            parser.error(f"cannot read the admin key file {args.admin_key_file}: {exc.strerror}")
-        admin_key = lines[0].strip() if lines else ""
-        if not admin_key or not admin_key.isprintable():
-            parser.error(f"the admin key file {args.admin_key_file} must start with a line of printable characters")
+            admin_key = read_admin_key(args.admin_key_file)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.tokenizer_dir is not None and not args.tokenizer_dir.is_dir():
         parser.error(f"--tokenizer-dir {args.tokenizer_dir} is not a folder")
     return FrontDoorConfig(

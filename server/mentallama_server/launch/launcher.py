@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mentallama_server.front_door.config import read_admin_key as admin_key_of
 from mentallama_server.launch.paths import TritonInstall
 from mentallama_server.launch.stall_watch import StallWatch, read_progress
 
@@ -225,15 +226,11 @@ def closed_admin_key() -> str:
 
 
 def read_admin_key(path: Path) -> str:
-    """The admin key from the first line of a file, so that it is not on the launcher's command line."""
+    """The admin key from the first line of a file (`front_door.config.read_admin_key`), as a LaunchError."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise LaunchError(f"cannot read the admin key file {path}: {exc.strerror}") from None
-    key = lines[0].strip() if lines else ""
-    if not key:
-        raise LaunchError(f"the admin key file {path} is empty")
-    return key
+        return admin_key_of(path)
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
 
 
 def admin_args(opts: ServerOptions) -> list[str]:
