@@ -28,7 +28,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mentallama_build.safetensors_io import write_safetensors
+from mentallama_build.staging import staged_folder
 from mentallama_build.tiny import checkpoint_config
 from mentallama_build.tokenizer import BOS_ID, EOS_ID, UNK_ID, write_json, write_tokenizer
 
@@ -292,10 +292,7 @@ def export_checkpoint(model: Any, config: dict[str, Any], tokenizer_dir: Path, o
         if not (config["tie_word_embeddings"] and name == "lm_head.weight")
     }
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.exporting.", dir=output.parent))
-    try:
-        staging.chmod(0o755)
+    with staged_folder(output, "exporting") as staging:
         for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
             shutil.copyfile(tokenizer_dir / name, staging / name)
         write_json(staging / "config.json", config)
@@ -309,16 +306,6 @@ def export_checkpoint(model: Any, config: dict[str, Any], tokenizer_dir: Path, o
         for path in extra:  # keep files others put there (the model card)
             if path.is_file():
                 shutil.copy2(path, staging / path.name)
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=output.parent))
-            os.rename(output, old / output.name)
-            os.rename(staging, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 # --- batching ---

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import platform
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +39,7 @@ from mentallama_build.manifest import (
     save_manifest,
     tokenizer_digest,
 )
+from mentallama_build.staging import staged_folder
 
 __all__ = [
     "ENGINE_FILES",
@@ -222,22 +220,13 @@ def build_engine(
     if dry_run:
         say(f"dry run: would export to {output} with {options.normalised().key()} weights")
         return output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.building.", dir=output.parent))
-    work.chmod(0o755)  # mkdtemp makes it private; an engine folder is shared like a checkpoint
-    try:
-        started = time.monotonic()
+    started = time.monotonic()
+    with staged_folder(output) as work:
         say(f"exporting with optimum-intel ({options.normalised().key()} weights) into {output}")
         with _heartbeat(say, "exporting"):
             _export(checkpoint, work, options)
         _write_manifest(work, checkpoint, options, shape)
-        if output.exists():
-            shutil.rmtree(output)
-        os.rename(work, output)
-        say(f"engine ready in {output} ({time.monotonic() - started:.1f} s)")
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    say(f"engine ready in {output} ({time.monotonic() - started:.1f} s)")
     return output
 
 

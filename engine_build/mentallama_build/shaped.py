@@ -21,8 +21,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import math
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from mentallama_build.corpus import DEFAULT_SEED
 from mentallama_build.safetensors_io import write_safetensors
 from mentallama_build.shapes import llama_tensor_shapes
+from mentallama_build.staging import staged_folder
 from mentallama_build.tiny import CONTEXT_LENGTH, INIT_STD, ModelSize, checkpoint_config, generation_config
 from mentallama_build.tokenizer import train_sentencepiece, write_json, write_tokenizer
 
@@ -151,19 +150,10 @@ def build_shaped_checkpoint(
     output = Path(output)
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not force)):
         raise FileExistsError(f"{output} exists and is not an empty folder; pass force=True to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.building.", dir=output.parent))
-    try:
-        staging.chmod(0o755)
+    with staged_folder(output) as staging:
         vocab_size = write_tokenizer(staging, train_sentencepiece(), model_max_length=CONTEXT_LENGTH)
         config = shaped_config(spec, vocab_size)
         write_json(staging / "config.json", config)
         write_json(staging / "generation_config.json", generation_config())
         _write_weights(staging, config, device, seed)
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +19,7 @@ from mentallama_build.corpus import DEFAULT_SEED
 from mentallama_build.locks import file_lock
 from mentallama_build.safetensors_io import read_header, write_safetensors
 from mentallama_build.shapes import llama_tensor_shapes, parameter_count
+from mentallama_build.staging import staged_folder
 from mentallama_build.tokenizer import (
     BOS_ID,
     DEFAULT_VOCAB_SIZE,
@@ -214,26 +212,9 @@ def build_checkpoint(output: Path, size: str = "tiny", force: bool = False) -> P
         raise FileExistsError(f"{output} exists and is not a directory")
     if output.is_dir() and any(output.iterdir()) and not force:
         raise FileExistsError(f"{output} is not empty; pass --force to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.building.", dir=output.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp creates 0700; a checkpoint folder should be readable like any other
+    with staged_folder(output) as staging:
         _write_checkpoint(staging, size)
-        _replace_dir(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        os.rename(target, old / target.name)
-        os.rename(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(new, target)
 
 
 
