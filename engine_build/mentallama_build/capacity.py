@@ -38,7 +38,7 @@ MIB = 1024**2
 DEFAULT_TOKENS_PER_BLOCK = 32
 DEFAULT_RUNTIME_OVERHEAD_GIB = 3.0
 
-BYTES_PER_ELEMENT: dict[str, int] = {"float16": 2, "bfloat16": 2, "fp8": 1, "int8": 1}
+BYTES_PER_ELEMENT: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1, "int8": 1}
 
 # Bytes per decoder-layer weight. Weight-only and AWQ keep activations in dtype; AWQ adds one fp16 scale per
 # group of 128 weights. Per-channel scales of int8/int4 weight-only are < 0.1% and left out.
@@ -67,7 +67,7 @@ def weight_bytes(
     `--use_parallel_embedding`). PP puts the embedding on the first stage and lm_head on the last.
     """
     dt = BYTES_PER_ELEMENT[dtype]
-    layers = shape.layer_params * _LAYER_BYTES_PER_PARAM[quantization]
+    layers = shape.layer_params * (dt if quantization == "none" else _LAYER_BYTES_PER_PARAM[quantization])
     embed = shape.embedding_params * dt
     head = shape.embedding_params * dt
     total = int(layers + embed + head)
@@ -98,8 +98,10 @@ class CapacityPlan:
     plan_input_len: int
     plan_output_len: int
     blocks_per_sequence: int
+    """Blocks one request holds: its tokens' blocks times the beams (beam_width)."""
     kv_limited_sequences: int | None
     max_batch_size: int
+    beam_width: int = 1
 
     @property
     def concurrent_sequences(self) -> int | None:
@@ -130,6 +132,7 @@ def capacity_plan(
     max_batch_size: int = 64,
     tokens_per_block: int = DEFAULT_TOKENS_PER_BLOCK,
     runtime_overhead_gib: float = DEFAULT_RUNTIME_OVERHEAD_GIB,
+    beam_width: int = 1,
 ) -> CapacityPlan:
     """Compute the plan. Pure; every input is explicit so tests can check it against hand arithmetic."""
     kv_dtype = kv_cache_dtype or ("fp8" if quantization == "fp8" else dtype)
@@ -138,7 +141,8 @@ def capacity_plan(
     kv_token_gpu = kv_bytes_per_token(shape, kv_dtype, tp, pp)
     overhead = int(runtime_overhead_gib * GIB)
     seq_len = plan_input_len + plan_output_len
-    blocks_per_seq = -(-seq_len // tokens_per_block)
+    # Each beam of a beam-search request holds its own blocks (plan for the widest the engine allows).
+    blocks_per_seq = -(-seq_len // tokens_per_block) * max(1, beam_width)
 
     gpu_bytes = kv_bytes = blocks = tokens = seqs = None
     if gpu_memory_gib is not None:
@@ -168,6 +172,7 @@ def capacity_plan(
         blocks_per_sequence=blocks_per_seq,
         kv_limited_sequences=seqs,
         max_batch_size=max_batch_size,
+        beam_width=max(1, beam_width),
     )
 
 
@@ -193,6 +198,7 @@ def plan_for_build(
         plan_output_len=plan_output_len,
         max_batch_size=cfg.max_batch_size,
         runtime_overhead_gib=runtime_overhead_gib,
+        beam_width=cfg.max_beam_width,
     )
 
 
@@ -249,7 +255,8 @@ def format_plan(plan: CapacityPlan) -> str:
         ),
         (
             "sequence (input+output)",
-            f"{plan.plan_input_len}+{plan.plan_output_len} tokens = {plan.blocks_per_sequence} blocks",
+            f"{plan.plan_input_len}+{plan.plan_output_len} tokens = {plan.blocks_per_sequence} blocks"
+            + (f" ({plan.beam_width} beams)" if plan.beam_width > 1 else ""),
         ),
         (
             "sequences the KV cache holds",

@@ -85,6 +85,22 @@ def check(
 app.command("engine")(engine)
 
 
+@app.command("fast-tokenizer")
+def fast_tokenizer(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder whose tokenizer.model is converted.")],
+    output: Annotated[Path, typer.Option(help="Folder to write tokenizer.json (and its config) into.")],
+) -> None:
+    """Write tokenizer.json for a checkpoint that has only tokenizer.model (serving reads tokenizer.json alone)."""
+    from mentallama_build.fast_tokenizer import TokenizerConversionError, convert_tokenizer
+
+    try:
+        path = convert_tokenizer(checkpoint, output)
+    except TokenizerConversionError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(f"wrote {path / 'tokenizer.json'} (checked against tokenizer.model); serve with --tokenizer {path}")
+
+
 @app.command()
 def openvino(
     checkpoint: Annotated[Path, typer.Option(help="LLaMA checkpoint folder (Hugging Face layout).")],

@@ -2,7 +2,9 @@
 
 Order of work, so that nothing long starts before everything cheap has been checked:
 checkpoint check -> option validation -> capacity plan -> the exact commands -> (unless --dry-run) tool
-preflight -> conversion/quantisation -> trtllm-build -> build manifest beside the engine.
+preflight (the scripts, trtllm-build, a GPU, and the container's tensorrt_llm against the examples' release) ->
+tokenizer.json converted from tokenizer.model when the checkpoint has none -> conversion/quantisation ->
+trtllm-build -> build manifest beside the engine.
 
 `EngineRequest` holds every input, one flag per field; `plan_engine` does the checks and `run_engine_build`
 the whole command, so the Typer command only hands them the parsed request.
@@ -42,8 +44,10 @@ from mentallama_build.engine_config import (
     shape_from_report,
     validate,
 )
+from mentallama_build.fast_tokenizer import TokenizerConversionError, TokenizerPlan, convert_tokenizer, plan_tokenizer
 from mentallama_build.manifest import write_manifest
 from mentallama_build.trtllm_commands import TRTLLM_BUILD, Step, StepFailed, build_steps, run_steps
+from mentallama_build.trtllm_versions import version_findings
 
 __all__ = ["EngineRequest", "engine", "plan_engine", "run_engine_build"]
 
@@ -77,6 +81,7 @@ class EngineRequest:
     max_input_len: int = flag(3072, "Longest prompt in tokens.")
     max_seq_len: int = flag(4096, "Longest prompt + output in tokens (<= model context).")
     max_num_tokens: int = flag(8192, "Tokens per engine iteration (batched, unpadded).")
+    max_beam_width: int = flag(1, "Widest beam search the engine serves (1: sampling/greedy only).")
     workers: int = flag(1, "Parallel conversion/build workers (one GPU each).")
     gpu_memory_gib: float | None = flag(None, "GPU memory for the plan (default: GPU).", panel=PLAN_PANEL)
     kv_cache_free_gpu_mem_fraction: float = flag(
@@ -113,9 +118,7 @@ class EngineRequest:
 
 # The `BuildConfig` fields that no flag sets, and why (tests/engine_build/test_engine_cli_options.py checks that
 # every other field is one of EngineRequest's).
-BUILD_CONFIG_WITHOUT_FLAG = {
-    "max_beam_width": "MentaLLaMA serving decodes one beam (validate() warns about more); kept for the manifest",
-}
+BUILD_CONFIG_WITHOUT_FLAG: dict[str, str] = {}
 
 
 def _checkpoint_shape(checkpoint: Path, preset: str, validation: Validation) -> ModelShape:
@@ -169,7 +172,7 @@ def cli_args(cfg: BuildConfig) -> list[str]:
         "--tp", str(cfg.tp), "--pp", str(cfg.pp),
         "--max-batch-size", str(cfg.max_batch_size), "--max-input-len", str(cfg.max_input_len),
         "--max-seq-len", str(cfg.max_seq_len), "--max-num-tokens", str(cfg.max_num_tokens),
-        "--workers", str(cfg.workers),
+        "--max-beam-width", str(cfg.max_beam_width), "--workers", str(cfg.workers),
         "--kv-cache-free-gpu-mem-fraction", f"{cfg.kv_cache_free_gpu_mem_fraction:g}",
         "--trtllm-examples", str(cfg.trtllm_examples_dir),
     ]  # fmt: skip
@@ -191,8 +194,13 @@ def _mounts(paths: list[Path]) -> list[str]:
     return sorted(str(p) for p in out)
 
 
+NGC_VENV = "ngc-venv"
+"""The virtual environment our tools run from inside the NGC image: `<cache>/ngc-venv` (deploy/README.md)."""
+
+
 def container_hint(cfg: BuildConfig, image: str) -> str:
-    """How to run this build inside the NGC container (docker and Apptainer), mounting paths 1:1."""
+    """How to run this build inside the NGC container (docker and Apptainer), mounting paths 1:1, from the
+    virtual environment that deploy/container/install_tools.sh puts our tools in (once per image and checkout)."""
     cfg = replace(
         cfg,
         checkpoint_dir=cfg.checkpoint_dir.resolve(),
@@ -200,16 +208,13 @@ def container_hint(cfg: BuildConfig, image: str) -> str:
         trtllm_examples_dir=cfg.trtllm_examples_dir.resolve(),
         work_dir=None if cfg.work_dir is None else cfg.work_dir.resolve(),
     )
-    checkout = locations.checkout_root() or Path.cwd()  # the container installs our parts from it
+    checkout = locations.checkout_root() or Path.cwd()
+    venv = (locations.cache_dir() / NGC_VENV).resolve()
     mounts = _mounts(
         [cfg.checkpoint_dir, cfg.output_dir.parent, cfg.trtllm_checkpoint_dir.parent,
-         cfg.trtllm_examples_dir, checkout]
+         cfg.trtllm_examples_dir, checkout, venv.parent]
     )  # fmt: skip
-    parts = " ".join(f"-e {shlex.quote(str(checkout / part))}" for part in ("client", "engine_build"))
-    inner = (
-        f"pip install --no-deps {parts} && pip install typer==0.20.0 && "
-        + shlex.join(["mentallama-build", "engine", *cli_args(cfg)])
-    )
+    build = [str(venv / "bin" / "mentallama-build"), "engine", *cli_args(cfg)]
     docker = ["docker", "run", "--rm", "--gpus", "all", "--shm-size=2g", "--ulimit", "memlock=-1",
               "--ulimit", "stack=67108864", "-w", str(checkout)]  # fmt: skip
     for m in mounts:
@@ -217,29 +222,40 @@ def container_hint(cfg: BuildConfig, image: str) -> str:
     apptainer = ["apptainer", "exec", "--nv", "--cleanenv", "--pwd", str(checkout)]
     for m in mounts:
         apptainer += ["--bind", f"{m}:{m}"]
+    install = ["bash", str(checkout / "deploy" / "container" / "install_tools.sh"), "--venv", str(venv)]
     return "\n".join(
         [
             f"Run inside the NGC container (TensorRT-LLM {TRTLLM_VERSION}); the examples folder must come",
-            f"from the same release: git clone --branch v{TRTLLM_VERSION} --depth 1 "
-            "https://github.com/NVIDIA/TensorRT-LLM",
+            f"from the same release as the container's tensorrt_llm (the build checks): git clone --branch "
+            f"v{TRTLLM_VERSION} --depth 1 https://github.com/NVIDIA/TensorRT-LLM",
+            "Once per image: our tools and their dependencies in a virtual environment beside the checkout (the",
+            "image stays read-only; deploy/README.md, 'Our tools in the NGC image'):",
+            "    " + shlex.join([*install, "--image", image, "--runtime", "docker"]),
+            "    " + shlex.join([*install, "--image", f"docker://{image}", "--runtime", "apptainer"]),
             "  docker:",
-            "    " + shlex.join([*docker, image, "bash", "-lc", inner]),
+            "    " + shlex.join([*docker, image, *build]),
             "  apptainer:",
-            "    " + shlex.join([*apptainer, f"docker://{image}", "bash", "-lc", inner]),
+            "    " + shlex.join([*apptainer, f"docker://{image}", *build]),
         ]
     )
 
 
-def _preflight(cfg: BuildConfig, target: GpuInfo | None, gpu: GpuInfo | None) -> list[str]:
-    """What must exist before a real build starts: the example script, trtllm-build and a GPU of the
-    target's architecture (a TensorRT engine only runs on the compute capability it was built on)."""
+def _preflight(cfg: BuildConfig, target: GpuInfo | None, gpu: GpuInfo | None) -> tuple[list[str], list[str]]:
+    """(missing, warnings): what must exist before a real build starts: the example script, trtllm-build, a GPU
+    of the target's architecture (a TensorRT engine only runs on the compute capability it was built on), and
+    examples of the container's own TensorRT-LLM release."""
     missing: list[str] = []
+    warnings: list[str] = []
     script = build_steps(cfg)[0].argv[1]
     if not Path(script).is_file():
         missing.append(
             f"{script} not found: pass --trtllm-examples pointing at the examples/ folder of TensorRT-LLM "
             f"v{TRTLLM_VERSION} (or set TRTLLM_EXAMPLES_DIR)"
         )
+    else:
+        versions = version_findings(cfg.trtllm_examples_dir)
+        missing += versions.problems
+        warnings += versions.warnings
     if shutil.which(TRTLLM_BUILD) is None:
         missing.append(
             f"{TRTLLM_BUILD} not on PATH: run inside {DEFAULT_CONTAINER_IMAGE} (see --container-image)"
@@ -251,7 +267,7 @@ def _preflight(cfg: BuildConfig, target: GpuInfo | None, gpu: GpuInfo | None) ->
             f"this machine has {gpu.name} (cc {gpu.cc_text}) but --gpu-name {target.name} is cc "
             f"{target.cc_text}: build on the GPU type that will serve the engine"
         )
-    return missing
+    return missing, warnings
 
 
 @dataclass(frozen=True)
@@ -265,6 +281,7 @@ class EnginePlan:
     capacity: CapacityPlan
     steps: list[Step]
     findings: Validation
+    tokenizer: TokenizerPlan
 
 
 def plan_engine(request: EngineRequest) -> EnginePlan:
@@ -285,7 +302,8 @@ def plan_engine(request: EngineRequest) -> EnginePlan:
     plan_p, plan_w = plan_problems(capacity, cfg.max_seq_len)
     findings.problems += plan_p
     findings.warnings += plan_w
-    return EnginePlan(cfg, gpu, shape, capacity, build_steps(cfg), findings)
+    tokenizer = plan_tokenizer(cfg.checkpoint_dir, cfg.output_dir)
+    return EnginePlan(cfg, gpu, shape, capacity, build_steps(cfg), findings, tokenizer)
 
 
 def describe_plan(plan: EnginePlan) -> str:
@@ -295,6 +313,7 @@ def describe_plan(plan: EnginePlan) -> str:
     lines = [f"TensorRT-LLM {TRTLLM_VERSION} engine build, preset {plan.cfg.preset}, GPU: {gpu_text}",
              format_plan(plan.capacity), "\nCommands:"]  # fmt: skip
     lines += [f"  # {step.name}\n  {step.shell()}" for step in plan.steps]
+    lines.append(plan.tokenizer.describe())
     if plan.cfg.container_image:
         lines.append("\n" + container_hint(plan.cfg, plan.cfg.container_image))
     return "\n".join(lines)
@@ -314,19 +333,29 @@ def run_engine_build(request: EngineRequest, out: Callable[[str], None], err: Ca
         out("\n(dry run: nothing executed)")
         return 0
     build_gpu = detect_gpu()
-    missing = _preflight(plan.cfg, plan.gpu, build_gpu)
+    missing, preflight_warnings = _preflight(plan.cfg, plan.gpu, build_gpu)
+    for warning in preflight_warnings:
+        err(f"warning: {warning}")
     if missing:
         err("\n".join(f"error: {item}" for item in missing))
         return EXIT_TOOLS_MISSING
     cfg = plan.cfg
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    if plan.tokenizer.converted:
+        try:
+            convert_tokenizer(cfg.checkpoint_dir, plan.tokenizer.folder)
+        except TokenizerConversionError as exc:
+            err(f"error: {exc}")
+            return EXIT_STEP_FAILED
+        out(f"==> tokenizer.json written to {plan.tokenizer.folder}")
     log_path = cfg.output_dir / "mentallama_build.log"
     try:
         run_steps(plan.steps, out, log_path=log_path, timeout_s=request.step_timeout_s)
     except StepFailed as exc:
         err(f"error: {exc}; see the output above and {log_path}")
         return EXIT_STEP_FAILED
-    path = write_manifest(cfg.output_dir, cfg, gpu=build_gpu, shape=plan.shape)
+    path = write_manifest(cfg.output_dir, cfg, gpu=build_gpu, shape=plan.shape,
+                          tokenizer=plan.tokenizer.record(cfg.output_dir))  # fmt: skip
     out(f"\nEngine written to {cfg.output_dir}; manifest {path.name}.")
     return 0
 

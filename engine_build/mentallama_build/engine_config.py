@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_CONTAINER_IMAGE",
     "DTYPES",
     "GPU_TABLE",
+    "MAX_BEAM_WIDTH_LIMIT",
     "PRESETS",
     "QUANTIZATIONS",
     "TRTLLM_VERSION",
@@ -41,7 +42,10 @@ __all__ = [
 TRTLLM_VERSION = "1.2.1"
 DEFAULT_CONTAINER_IMAGE = "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
 
-DTYPES = ("float16", "bfloat16")
+# float32 is for exactness checks on small models (`mentallama-bench gpu-smoke` compares greedy tokens with the
+# CPU profile): no fused attention kernels exist for it (engine_step builds it without context FMHA).
+DTYPES = ("float16", "bfloat16", "float32")
+MAX_BEAM_WIDTH_LIMIT = 8  # the widest beam search the serving profiles relay; KV cache grows with each beam
 # none | weight-only int8/int4 (convert_checkpoint.py) | fp8 weights+activations with fp8 KV cache and
 # int4 AWQ (ModelOpt, examples/quantization/quantize.py).
 QUANTIZATIONS = ("none", "int8_wo", "int4_wo", "fp8", "int4_awq")
@@ -385,8 +389,19 @@ def validate(cfg: BuildConfig, shape: ModelShape, gpu: GpuInfo | None) -> Valida
             f"--max-num-tokens {cfg.max_num_tokens} < --max-input-len {cfg.max_input_len}: long prompts only "
             "run with enable_chunked_context=true in the Triton profile (the default)"
         )
-    if cfg.max_beam_width != 1:
-        w.append("beam search (max_beam_width > 1) multiplies KV cache use; MentaLLaMA serving uses 1")
+    if not 1 <= cfg.max_beam_width <= MAX_BEAM_WIDTH_LIMIT:
+        p.append(f"--max-beam-width must be in 1..{MAX_BEAM_WIDTH_LIMIT} (got {cfg.max_beam_width})")
+    elif cfg.max_beam_width > 1:
+        w.append(
+            f"--max-beam-width {cfg.max_beam_width}: every running beam-search request holds that many sequences of "
+            "KV cache (the plan counts them); requests of another beam width wait until the running ones finish "
+            "(the executor reconfigures between widths)"
+        )
+    if cfg.dtype == "float32":
+        w.append(
+            "float32 engine (exactness checks on small models): built without context FMHA, so serve it with "
+            "enable_chunked_context=false and enable_kv_cache_reuse=false (--set ...); 2x the memory of float16"
+        )
     if not 0.0 < cfg.kv_cache_free_gpu_mem_fraction < 1.0:
         p.append(
             f"--kv-cache-free-gpu-mem-fraction must be in (0, 1) (got {cfg.kv_cache_free_gpu_mem_fraction})"

@@ -140,6 +140,13 @@ def _engine_files(engine_dir: Path) -> dict[str, Any]:
     return out
 
 
+def _tokenizer_record(engine_dir: Path, tokenizer: dict[str, Any] | None) -> dict[str, Any]:
+    record = dict(tokenizer or {"source": "checkpoint", "dir": None})
+    if record.get("dir"):
+        record["files"] = tokenizer_digest(engine_dir / record["dir"])
+    return record
+
+
 def write_manifest(
     engine_dir: Path,
     cfg: BuildConfig,
@@ -147,8 +154,10 @@ def write_manifest(
     gpu: GpuInfo | None,
     shape: ModelShape | None = None,
     versions: dict[str, str | None] | None = None,
+    tokenizer: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the manifest beside the engine files; returns its path."""
+    """Write the manifest beside the engine files; returns its path. `tokenizer` says where serving reads
+    tokenizer.json (`fast_tokenizer.TokenizerPlan.record`); a converted one's files are digested here."""
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -160,6 +169,7 @@ def write_manifest(
         if gpu is None
         else {"name": gpu.name, "compute_capability": gpu.cc_text, "memory_gib": gpu.memory_gib},
         "engine_files": _engine_files(engine_dir),
+        "tokenizer": _tokenizer_record(engine_dir, tokenizer),
     }
     return save_manifest(engine_dir, manifest)
 
@@ -225,6 +235,32 @@ def _engine_problems(manifest: dict[str, Any], engine_dir: Path) -> Iterable[str
     for name, info in recorded.items():
         if name.endswith(".engine") and name in current and current[name] != info:
             yield f"{name} changed size after the manifest was written"
+    converted = manifest.get("tokenizer") or {}
+    if converted.get("dir"):
+        folder = engine_dir / converted["dir"]
+        if tokenizer_digest(folder) != converted.get("files"):
+            yield f"the tokenizer converted at build time ({folder}) is missing or changed: re-run the build"
+
+
+def served_tokenizer_dir(engine_dir: Path | str, tokenizer_dir: Path | str) -> tuple[Path | None, str | None]:
+    """The folder whose tokenizer.json serving reads, or None and why not: `tokenizer_dir` when it has one, else
+    the tokenizer the build converted from its tokenizer.model (recorded in the manifest). Serving never
+    converts: it loads the `tokenizers` library alone."""
+    engine_dir, tokenizer_dir = Path(engine_dir), Path(tokenizer_dir)
+    if (tokenizer_dir / "tokenizer.json").is_file():
+        return tokenizer_dir, None
+    try:
+        converted = (read_manifest(engine_dir).get("tokenizer") or {}).get("dir")
+    except (FileNotFoundError, ValueError):
+        converted = None
+    if converted and (engine_dir / converted / "tokenizer.json").is_file():
+        return engine_dir / converted, None
+    return None, (
+        f"{tokenizer_dir} has no tokenizer.json and the engine holds no converted one: serving reads tokenizer.json "
+        f"only (no transformers in the serving processes); rebuild with `mentallama-build engine`, which converts "
+        f"tokenizer.model once, or, for an engine built elsewhere, write one with `mentallama-build fast-tokenizer "
+        f"--checkpoint {tokenizer_dir} --output DIR` and serve with --tokenizer DIR"
+    )
 
 
 def verify_manifest(engine_dir: Path | str, tokenizer_dir: Path | str) -> list[str]:

@@ -13,7 +13,9 @@ plugin, packed input (`--remove_input_padding enable`), fused context attention 
 `--multiple_profiles enable` (more TensorRT profiles: longer build, faster runtime; docs "Useful Build-Time
 Flags"). GEMM plugin: `auto` (the model dtype) for fp16/bf16 and weight-only, as the LLaMA example README
 does; `disable` for fp8, which the "FP8 Quantization" tuning guide recommends (TensorRT picks its FP8 GEMMs),
-with `--use_fp8_context_fmha enable`.
+with `--use_fp8_context_fmha enable`. float32 engines (exactness checks) get neither fused context attention nor
+paged context FMHA: TensorRT-LLM has those kernels for fp16/bf16/fp8 only, so such an engine is served without
+chunked context and KV-cache reuse.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def conversion_step(cfg: BuildConfig) -> Step:
 def engine_step(cfg: BuildConfig) -> Step:
     """TensorRT-LLM checkpoint -> engine files (rank<i>.engine + config.json) in the output directory."""
     gemm_plugin = "disable" if cfg.quantization == "fp8" else "auto"
+    fused = "disable" if cfg.dtype == "float32" else "enable"
     argv = [
         TRTLLM_BUILD,
         "--checkpoint_dir", str(cfg.trtllm_checkpoint_dir),
@@ -117,8 +120,8 @@ def engine_step(cfg: BuildConfig) -> Step:
         "--gpt_attention_plugin", "auto",
         "--gemm_plugin", gemm_plugin,
         "--remove_input_padding", "enable",
-        "--context_fmha", "enable",
-        "--use_paged_context_fmha", "enable",
+        "--context_fmha", fused,
+        "--use_paged_context_fmha", fused,
         "--multiple_profiles", "enable",
         "--workers", str(min(cfg.workers, cfg.world_size)),
     ]  # fmt: skip

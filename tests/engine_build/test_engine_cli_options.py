@@ -26,7 +26,7 @@ OPTIONS = {p.name: p for p in ENGINE.params if isinstance(p, click.Option)}
 # The flags the command had before its options came from EngineRequest, in order.
 FLAGS_BEFORE = [
     "--checkpoint", "--output", "--preset", "--dtype", "--quantization", "--tp", "--pp", "--max-batch-size",
-    "--max-input-len", "--max-seq-len", "--max-num-tokens", "--workers", "--gpu-memory-gib",
+    "--max-input-len", "--max-seq-len", "--max-num-tokens", "--max-beam-width", "--workers", "--gpu-memory-gib",
     "--kv-cache-free-gpu-mem-fraction", "--gpu-name", "--plan-input-len", "--plan-output-len",
     "--runtime-overhead-gib", "--trtllm-examples", "--work-dir", "--calib-size", "--calib-dataset",
     "--container-image", "--dry-run", "--force", "--step-timeout-s",
@@ -62,7 +62,8 @@ def test_build_config_takes_the_preset_then_every_given_value(tmp_path: Path):
     cfg = request.build_config()
     assert (cfg.tp, cfg.max_batch_size) == (PRESETS["13b"].tp, PRESETS["13b"].max_batch_size)
     given = {"dtype": "bfloat16", "quantization": "fp8", "tp": 4, "pp": 2, "max_batch_size": 8, "max_input_len": 100,
-             "max_seq_len": 200, "max_num_tokens": 300, "workers": 2, "kv_cache_free_gpu_mem_fraction": 0.5,
+             "max_seq_len": 200, "max_num_tokens": 300, "max_beam_width": 2, "workers": 2,
+             "kv_cache_free_gpu_mem_fraction": 0.5,
              "gpu_name": "L4", "gpu_memory_gib": 20.0, "trtllm_examples_dir": tmp_path / "ex",
              "work_dir": tmp_path / "w", "calib_size": 9, "calib_dataset": "d", "container_image": "img"}  # fmt: skip
     shared = {f.name for f in fields(BuildConfig)} & {f.name for f in fields(EngineRequest)}

@@ -171,6 +171,20 @@ def test_trtllm_flags_reach_the_profile(tmp_path: Path, monkeypatch: pytest.Monk
     assert started == {"run_dir": tmp_path, "tritonserver": "/x/tritonserver", "ready_timeout_s": 7.0}
 
 
+@pytest.mark.parametrize(("profile", "expected"), [("cpu", 300.0), ("trtllm", 1800.0)])
+def test_ready_timeout_defaults_per_profile(profile: str, expected: float, monkeypatch: pytest.MonkeyPatch):
+    """Loading a 13B engine onto GPUs takes longer than the CPU profile's first engine build (issue 21)."""
+    waited: list[float] = []
+    monkeypatch.setattr(cli, "start_serving", lambda launch, opts, run_dir, timeout: waited.append(timeout) or (1, 2))
+    monkeypatch.setattr(cli, "_serve", lambda *args: None)
+    args = ["--engine", "e", "--tokenizer", "t"] if profile == "trtllm" else []
+    result = runner.invoke(cli.app, ["--profile", profile, *args])
+    assert result.exit_code == 0, result.output
+    assert waited == [expected]
+    help_text = " ".join(runner.invoke(cli.app, ["--help"]).output.split())  # wrapped to the terminal
+    assert "1800 for trtllm" in help_text
+
+
 def test_a_bad_profile_or_setting_is_a_launch_error():
     assert runner.invoke(cli.app, ["--profile", "gpu", "--render", "x"]).exit_code == 1
     bad = runner.invoke(cli.app, ["--profile", "trtllm", "--set", "no_such_setting=1", "--render", "x"])

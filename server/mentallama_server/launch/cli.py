@@ -182,8 +182,10 @@ def serve(
     ] = None,
     demo: Annotated[bool, typer.Option(help="send one sample analysis (gRPC streaming), print it, stop")] = False,
     ready_timeout: Annotated[
-        float, typer.Option(help="seconds to wait for the server to be ready (the first start builds the engine)")
-    ] = 300.0,
+        float | None,
+        typer.Option(help="seconds to wait for the server to be ready [default: 300 for cpu (the first start builds "
+                     "the engine), 1800 for trtllm (loading a 13B engine onto the GPUs)]", show_default=False),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", "-V", callback=_show_version, is_eager=True, help="print the version and exit")
     ] = False,
@@ -205,7 +207,8 @@ def serve(
         if render is not None:
             typer.echo(f"rendered the {profile} profile to {launch.render(render)}")
             return
-        server, front = start_serving(launch, opts, run_dir, ready_timeout)
+        timeout = ready_timeout if ready_timeout is not None else launch.ready_timeout_s
+        server, front = start_serving(launch, opts, run_dir, timeout)
     except (CheckpointError, LaunchError, RenderError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

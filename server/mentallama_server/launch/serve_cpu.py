@@ -147,6 +147,8 @@ class CpuLaunch:
     checkpoint: str | None
     engine: Path | None
     settings: CpuSettings
+    ready_timeout_s: float = 300.0
+    """--ready-timeout's default: the first start of a checkpoint builds its engine (minutes for 7B)."""
 
     @property
     def checkpoint_name(self) -> str | None:

@@ -8,7 +8,9 @@ engine's build manifest against the tokenizer and fit the profile to the engine'
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mentallama_server.launch.launcher import LaunchError, ServerOptions, TritonProcess, endpoint_args, launch
@@ -39,13 +41,22 @@ def render_trtllm(profile: TrtllmProfile, output: Path, python_path: list[str] |
     return render_repository("trtllm", values, output)
 
 
-def checked_profile(profile: TrtllmProfile) -> tuple[TrtllmProfile, int]:
-    """The profile fitted to the engine, and the engine's world size; refuses a mismatched engine."""
-    from mentallama_build.manifest import verify_manifest
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def checked_profile(profile: TrtllmProfile, warn: Callable[[str], None] = _warn) -> tuple[TrtllmProfile, int]:
+    """The profile fitted to the engine (and naming the tokenizer.json serving reads), and the engine's world
+    size; refuses a mismatched engine. An engine without our build manifest is served after the checks that can
+    still be made, with a warning (trtllm_engine_checks)."""
+    from mentallama_server.launch.trtllm_engine_checks import check_engine
 
     if not profile.engine_dir or not profile.tokenizer_dir:
         raise LaunchError("the trtllm profile needs --engine DIR and --tokenizer DIR")
-    problems = verify_manifest(profile.engine_dir, profile.tokenizer_dir)
+    engine_check = check_engine(profile.engine_dir, profile.tokenizer_dir)
+    problems = list(engine_check.problems)
+    if engine_check.tokenizer_dir is not None:
+        profile = replace(profile, tokenizer_dir=str(engine_check.tokenizer_dir))
     try:
         limits = read_engine_limits(profile.engine_dir)
     except ProfileError as exc:
@@ -55,6 +66,8 @@ def checked_profile(profile: TrtllmProfile) -> tuple[TrtllmProfile, int]:
         problems += engine_problems(profile, limits)
     if problems:
         raise LaunchError("refusing to serve this engine:\n" + "\n".join(f"  - {p}" for p in problems))
+    for warning in engine_check.warnings:
+        warn(warning)
     return profile, limits.world_size
 
 
@@ -96,6 +109,8 @@ class TrtllmLaunch:
 
     profile: TrtllmProfile
     tritonserver: str = CONTAINER_TRITONSERVER
+    ready_timeout_s: float = 1800.0
+    """--ready-timeout's default: loading a 13B engine onto its GPUs and allocating the KV cache takes minutes."""
 
     def render(self, output: Path) -> Path:
         return render_checked(self.profile, output)

@@ -113,6 +113,9 @@ SCALAR_RESHAPED_INPUTS: frozenset[str] = frozenset(
 )
 
 BATCH_SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
+UNBOUNDED_QUEUE_FRONT_ADMISSION = 512
+"""The front model's admission when Triton's queue is unbounded (max_queue_size 0): the front door's own
+default bound (--max-in-flight)."""
 
 
 class ProfileError(ValueError):
@@ -139,9 +142,9 @@ class TrtllmProfile:
     max_queue_delay_microseconds: int = 0
     """No Triton-side batching delay: the executor batches at every iteration (in-flight batching), so
     waiting to assemble a Triton batch only adds latency."""
-    max_beam_width: int = 1
-    """Sampling/greedy only; MentaLLaMA's answers are short explanations, beam search buys nothing and
-    multiplies KV-cache use. Must not exceed the engine's (built with 1)."""
+    max_beam_width: int | None = None
+    """Widest beam search served: unset takes the engine's (`mentallama-build engine --max-beam-width`, 1 by
+    default: sampling/greedy only, as each beam holds its own KV cache); must not exceed it."""
     kv_cache_free_gpu_mem_fraction: float = 0.9
     """Share of the GPU memory left after loading the engine that becomes paged KV cache (the backend's
     default). Lower it when something else shares the GPU."""
@@ -170,9 +173,10 @@ class TrtllmProfile:
     """Tokeniser instances; tokenising a post takes about a millisecond, two keep up with the GPU."""
     postprocessing_instances: int = 2
     """Detokeniser instances, one response chunk each; two keep streaming chunks from queueing."""
-    front_max_concurrent_requests: int = 512
-    """Requests the `mentallama` front model serves at once: above what the engine batches (64) plus the
-    queue, so the front model is never the bottleneck."""
+    front_max_concurrent_requests: int | None = None
+    """Requests the `mentallama` front model serves at once; unset: what the engine takes, its build-time batch
+    plus `max_queue_size` (64 + 256). Never more: past that the executor refuses a request with an error a BLS
+    caller receives as INTERNAL, while the front model's own refusal is UNAVAILABLE, which clients retry."""
 
     def problems(self) -> list[str]:
         """Values the backend would reject or silently misread."""
@@ -193,7 +197,9 @@ class TrtllmProfile:
             "postprocessing_instances", "front_max_concurrent_requests", "cancellation_check_period_ms",
         )  # fmt: skip
         out += [
-            f"{name} must be >= 1, got {getattr(self, name)}" for name in positive if getattr(self, name) < 1
+            f"{name} must be >= 1, got {getattr(self, name)}"
+            for name in positive
+            if getattr(self, name) is not None and getattr(self, name) < 1
         ]
         if self.max_queue_size < 0 or self.max_queue_delay_microseconds < 0:
             out.append("max_queue_size and max_queue_delay_microseconds must be >= 0")
@@ -209,6 +215,9 @@ class TrtllmProfile:
 
         values = {f.name: str(getattr(self, f.name)) for f in fields(self)}
         values.update(
+            # unset until fitted to an engine (fit_to_engine): then the engine's own values
+            max_beam_width=str(self.max_beam_width or 1),
+            front_max_concurrent_requests=str(self.front_admission(self.max_batch_size)),
             decoupled_mode=flag(self.decoupled),
             kv_cache_free_gpu_mem_fraction=f"{self.kv_cache_free_gpu_mem_fraction:g}",
             # Empty -> the backend's std::stoi throws, it logs "not specified" and uses the default.
@@ -221,6 +230,13 @@ class TrtllmProfile:
         )
         del values["decoupled"]
         return values
+
+    def front_admission(self, engine_batch: int) -> int:
+        """Requests the front model admits for an engine that batches `engine_batch`: the setting, else what the
+        engine takes (its batch plus the queue; an unbounded queue, 0, takes everything: 512 then)."""
+        if self.front_max_concurrent_requests is not None:
+            return self.front_max_concurrent_requests
+        return engine_batch + self.max_queue_size if self.max_queue_size else UNBOUNDED_QUEUE_FRONT_ADMISSION
 
     def with_overrides(self, overrides: Mapping[str, Any] | Iterable[str]) -> TrtllmProfile:
         """A copy with fields replaced: a mapping, or `key=value` strings as given on a command line."""
@@ -364,8 +380,18 @@ def engine_problems(profile: TrtllmProfile, limits: EngineLimits) -> list[str]:
             f"max_input_len + max_output_len = {profile.max_input_len + profile.max_output_len} > engine "
             f"max_seq_len {limits.max_seq_len}"
         )
-    if profile.max_beam_width > limits.max_beam_width:
-        out.append(f"max_beam_width {profile.max_beam_width} > engine max_beam_width {limits.max_beam_width}")
+    if profile.max_beam_width is not None and profile.max_beam_width > limits.max_beam_width:
+        out.append(
+            f"max_beam_width {profile.max_beam_width} > engine max_beam_width {limits.max_beam_width} (rebuild with "
+            "mentallama-build engine --max-beam-width N)"
+        )
+    engine_takes = limits.max_batch_size + profile.max_queue_size
+    if profile.max_queue_size and profile.front_admission(limits.max_batch_size) > engine_takes:
+        out.append(
+            f"front_max_concurrent_requests {profile.front_admission(limits.max_batch_size)} > what the engine takes "
+            f"({limits.max_batch_size} batched + max_queue_size {profile.max_queue_size} = {engine_takes}): the "
+            "engine's refusals reach clients as INTERNAL errors they do not retry; admit at most that many"
+        )
     if limits.paged_context_fmha is False and (
         profile.enable_chunked_context or profile.enable_kv_cache_reuse
     ):
@@ -377,10 +403,17 @@ def engine_problems(profile: TrtllmProfile, limits: EngineLimits) -> list[str]:
 
 
 def fit_to_engine(profile: TrtllmProfile, limits: EngineLimits) -> TrtllmProfile:
-    """Cap the request limits at what the engine was built for (output first keeps room for prompts)."""
+    """Cap the request limits at what the engine was built for (output first keeps room for prompts); unset
+    beam width and front admission take the engine's."""
     max_output = min(profile.max_output_len, limits.max_seq_len - 1)
     max_input = min(profile.max_input_len, limits.max_input_len, limits.max_seq_len - max_output)
-    return replace(profile, max_input_len=max_input, max_output_len=max_output)
+    return replace(
+        profile,
+        max_input_len=max_input,
+        max_output_len=max_output,
+        max_beam_width=profile.max_beam_width if profile.max_beam_width is not None else limits.max_beam_width,
+        front_max_concurrent_requests=profile.front_admission(limits.max_batch_size),
+    )
 
 
 # --- Launching one tritonserver rank per GPU ---------------------------------------------------------------
