@@ -25,6 +25,7 @@ from mentallama_server.launch.launcher import (
     ServerOptions,
     check_ports,
     free_ports,
+    log_tail,
     open_private_log,
 )
 
@@ -130,10 +131,7 @@ class FrontDoorProcess:
         return None if code is None else f"the front door exited with code {code}"
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
     def stop(self, grace_s: float = 8) -> int:
         if self.proc.poll() is None:

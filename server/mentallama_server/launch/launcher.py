@@ -136,6 +136,14 @@ def remove_shm_regions(prefix: str) -> None:
             region.unlink()
 
 
+def log_tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of a process's log, for an error message ("" when it cannot be read)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def port_free(host: str, port: int) -> bool:
     """Whether nothing listens on host:port (connections in TIME_WAIT from a previous server don't count)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
@@ -413,10 +421,7 @@ class TritonProcess:
         return sorted(dead)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
     def wait_ready(self, timeout_s: float = 300) -> None:
         deadline = time.monotonic() + timeout_s

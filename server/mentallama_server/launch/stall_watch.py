@@ -25,7 +25,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # Counters that move only while the server does work, never because a request arrived (a wedged stub still
 # takes requests in: Triton's nv_inference_count counts them, the canary's own too). The CPU engine step's
@@ -77,13 +81,17 @@ class StallWatch:
         return sorted(stalled)
 
 
-def read_progress(metrics_url: str, timeout_s: float = 2.0) -> dict[str, ModelProgress] | None:
-    """The server's progress now, or None when its metrics page cannot be read (then nothing is judged)."""
+def _read_metrics(metrics_url: str, parse: Callable[[str], T], timeout_s: float) -> T | None:
     try:
         with urllib.request.urlopen(metrics_url, timeout=timeout_s) as response:  # noqa: S310 - our own server
-            return parse_progress(response.read().decode("utf-8", "replace"))
+            return parse(response.read().decode("utf-8", "replace"))
     except (OSError, ValueError):
         return None
+
+
+def read_progress(metrics_url: str, timeout_s: float = 2.0) -> dict[str, ModelProgress] | None:
+    """The server's progress now, or None when its metrics page cannot be read (then nothing is judged)."""
+    return _read_metrics(metrics_url, parse_progress, timeout_s)
 
 
 def parse_work_done(metrics_text: str) -> dict[str, float]:
@@ -100,11 +108,7 @@ def parse_work_done(metrics_text: str) -> dict[str, float]:
 
 def read_work_done(metrics_url: str, timeout_s: float = 2.0) -> dict[str, float] | None:
     """The work counters now, or None when the metrics page cannot be read (then no progress is seen)."""
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=timeout_s) as response:  # noqa: S310 - our own server
-            return parse_work_done(response.read().decode("utf-8", "replace"))
-    except (OSError, ValueError):
-        return None
+    return _read_metrics(metrics_url, parse_work_done, timeout_s)
 
 
 @dataclass
