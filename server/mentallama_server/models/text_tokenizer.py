@@ -52,8 +52,9 @@ class TextTokenizer:
         path = folder / "tokenizer.json"
         if not path.is_file():
             raise TokenizerFilesError(
-                f"{folder} has no tokenizer.json (serving reads the fast-tokenizer file; "
-                "`mentallama-build openvino` writes it into the engine folder)"
+                f"{folder} has no tokenizer.json: serving reads the fast-tokenizer file alone (no transformers); "
+                "`mentallama-build openvino` and `mentallama-build engine` write it into the engine folder, "
+                "`mentallama-build fast-tokenizer --checkpoint DIR --output DIR` converts a tokenizer.model"
             )
         config_path = folder / "tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
@@ -84,14 +85,10 @@ class TextTokenizer:
         return id(self)
 
 
-def load_tokenizer(folder: str | Path) -> object:
-    """The tokenizer of `folder`: `TextTokenizer` when it has tokenizer.json (every CPU engine folder does).
+def load_tokenizer(folder: str | Path) -> TextTokenizer:
+    """The tokenizer of `folder`, from its tokenizer.json: every profile serves a fast-tokenizer file (issue 21).
 
-    A TensorRT-LLM profile may point at a checkpoint with only `tokenizer.model`; there (in NVIDIA's
-    container, which ships transformers) transformers' tokenizer is loaded instead.
-    """
-    if (Path(folder) / "tokenizer.json").is_file():
-        return TextTokenizer.from_folder(folder)
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(folder))
+    There is no transformers fallback: which transformers a container has would decide how posts are tokenised,
+    and no test could cover it. A checkpoint with only `tokenizer.model` gets its tokenizer.json once, at build
+    time (`mentallama-build engine` converts it into the engine folder; `mentallama-build fast-tokenizer`)."""
+    return TextTokenizer.from_folder(folder)
