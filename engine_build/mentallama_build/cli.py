@@ -113,15 +113,26 @@ def openvino(
     cache_num_blocks: Annotated[
         int, typer.Option(help="For the capacity plan: KV-cache blocks of 32 tokens you will serve with.")
     ] = 512,
-    kv_cache_precision: Annotated[str, typer.Option(help="For the capacity plan: f32, f16, bf16 or u8.")] = "f16",
+    kv_cache_precision: Annotated[
+        str,
+        typer.Option(help="For the capacity plan, as mentallama-serve --kv-cache-precision: auto (what serving uses "
+                          "unasked: f32 with f32 inference, else the engine's or the CPU plugin's default, u8 on "
+                          "x86-64), f32, f16, bf16 or u8."),
+    ] = "auto",  # fmt: skip
+    inference_precision: Annotated[
+        str, typer.Option(help="For the capacity plan, as mentallama-serve --inference-precision: auto, f32 or bf16.")
+    ] = "auto",
     dry_run: Annotated[bool, typer.Option(help="Check and plan only; export nothing.")] = False,
 ) -> None:
     """Compile a checkpoint into an OpenVINO engine for the CPU profile (mentallama-serve --engine DIR)."""
+    from mentallama_build.kv_cache import INFERENCE_PRECISIONS, KV_PRECISIONS
     from mentallama_build.openvino_build import EngineBuildError, OpenVinoOptions, build_engine
 
-    if kv_cache_precision not in ("f32", "f16", "bf16", "u8"):
-        typer.echo(f"error: --kv-cache-precision must be f32, f16, bf16 or u8, got {kv_cache_precision!r}", err=True)
-        raise typer.Exit(code=1)
+    for flag, value, choices in (("--kv-cache-precision", kv_cache_precision, KV_PRECISIONS),
+                                 ("--inference-precision", inference_precision, INFERENCE_PRECISIONS)):  # fmt: skip
+        if value not in choices:
+            typer.echo(f"error: {flag} must be one of {', '.join(choices)}, got {value!r}", err=True)
+            raise typer.Exit(code=1)
     options = OpenVinoOptions(weight_format, group_size, ratio)
     try:
         build_engine(
@@ -130,6 +141,7 @@ def openvino(
             options,
             say=lambda message: typer.echo(message, err=True),
             dry_run=dry_run,
+            inference_precision=inference_precision,
             kv_precision=kv_cache_precision,
             kv_blocks=cache_num_blocks,
         )

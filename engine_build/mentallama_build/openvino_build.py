@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import platform
 import sys
 import threading
@@ -30,6 +31,7 @@ from typing import Any
 from mentallama import locations
 from mentallama_build.check import check_checkpoint
 from mentallama_build.engine_config import ModelShape, shape_from_report
+from mentallama_build.kv_cache import exported_kv_precision, kv_plan, resolve_precisions
 from mentallama_build.locks import file_lock
 from mentallama_build.manifest import (
     _sha256_file,
@@ -51,18 +53,17 @@ __all__ = [
     "capacity_text",
     "ensure_engine",
     "option_problems",
+    "serving_precisions",
     "verify_engine",
 ]
 
 OPENVINO_MANIFEST_VERSION = 1
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")
 ENGINE_FILES = ("openvino_model.xml", "openvino_model.bin")
-KV_BLOCK_TOKENS = 32  # OpenVINO 2026.4 CPU plugin's paged-attention block (mentallama_server.engine.ov_engine)
 
 # Bytes per weight as stored; int8/int4 add one fp16 scale (and a zero point for asymmetric int8) per output
 # channel or group, which is what the small extra terms are.
 _WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0 + 4.0 / 4096, "int4": 0.5}
-_KV_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "u8": 1}
 
 
 class EngineBuildError(RuntimeError):
@@ -108,7 +109,9 @@ def option_problems(options: OpenVinoOptions, shape: ModelShape | None = None) -
 
 
 def capacity_text(shape: ModelShape, options: OpenVinoOptions, *, kv_precision: str, kv_blocks: int) -> str:
-    """Weight bytes, KV bytes per token and what the chosen KV cache holds, as printed before a build."""
+    """Weight bytes, KV bytes per token and what the chosen KV cache holds, as printed before a build;
+    ``kv_precision`` is resolved (:func:`mentallama_build.kv_cache.resolve_precisions`), the KV lines are
+    :class:`mentallama_build.kv_cache.KvPlan`'s, as the launcher's."""
     n = options.normalised()
     per_weight = _WEIGHT_BYTES[n.weight_format]
     if n.weight_format == "int4":
@@ -119,18 +122,22 @@ def capacity_text(shape: ModelShape, options: OpenVinoOptions, *, kv_precision: 
     layers = shape.parameter_count - embeddings
     embed_bytes = _WEIGHT_BYTES["int8" if n.weight_format in ("int8", "int4") else n.weight_format]
     weights = layers * per_weight + embeddings * embed_bytes
-    kv_per_token = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * _KV_BYTES[kv_precision]
-    tokens = kv_blocks * KV_BLOCK_TOKENS
-    seq_len = min(shape.context_length, 2048)
-    return "\n".join(
-        [
-            f"weights ({n.key()}): ~{weights / 2**20:,.1f} MiB for {shape.parameter_count:,} parameters",
-            f"KV cache: {kv_per_token:,} bytes per token ({kv_precision}; 2 x {shape.num_layers} layers x "
-            f"{shape.num_kv_heads} kv heads x {shape.head_dim})",
-            f"KV cache of {kv_blocks} blocks x {KV_BLOCK_TOKENS} tokens = {tokens:,} tokens, "
-            f"{tokens * kv_per_token / 2**20:,.1f} MiB: {tokens // seq_len} sequences of {seq_len} tokens at once",
-        ]
-    )
+    lines = [f"weights ({n.key()}): ~{weights / 2**20:,.1f} MiB for {shape.parameter_count:,} parameters"]
+    return "\n".join(lines + kv_plan(shape, kv_precision, kv_blocks).lines(shape))
+
+
+def serving_precisions(checkpoint: Path, options: OpenVinoOptions, inference: str = "auto",
+                       kv: str = "auto") -> tuple[str, str]:  # fmt: skip
+    """``(inference, KV-cache precision)`` that `mentallama-serve` will use for this checkpoint's engine with these
+    options: one rule for the launcher and the build step (:func:`mentallama_build.kv_cache.resolve_precisions`,
+    the engine's own runtime option predicted from its weight format). Raises `EngineBuildError` for a pair
+    the CPU plugin refuses."""
+    config = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    try:
+        return resolve_precisions(dtype, inference, kv, exported_kv_precision(options.normalised().weight_format))
+    except ValueError as exc:
+        raise EngineBuildError(str(exc)) from None
 
 
 def _export_kwargs(options: OpenVinoOptions) -> dict[str, Any]:
@@ -206,17 +213,21 @@ def build_engine(
     *,
     say: Callable[[str], None] = print,
     dry_run: bool = False,
-    kv_precision: str = "f32",
+    inference_precision: str = "auto",
+    kv_precision: str = "auto",
     kv_blocks: int = 512,
 ) -> Path:
-    """Check, plan and (unless `dry_run`) export `checkpoint` into the engine folder `output`."""
+    """Check, plan and (unless `dry_run`) export `checkpoint` into the engine folder `output`. The plan counts
+    the KV cache in the precision serving will use (:func:`serving_precisions`)."""
     checkpoint, output = Path(checkpoint).resolve(), Path(output).resolve()
     say(f"checking {checkpoint}")
     shape = _shape(checkpoint)
     problems = option_problems(options, shape)
     if problems:
         raise EngineBuildError("invalid options:\n" + "\n".join(f"  - {p}" for p in problems))
-    say(capacity_text(shape, options, kv_precision=kv_precision, kv_blocks=kv_blocks))
+    inference, kv = serving_precisions(checkpoint, options, inference_precision, kv_precision)
+    say(f"serving precision: {inference} inference, {kv} KV cache")
+    say(capacity_text(shape, options, kv_precision=kv, kv_blocks=kv_blocks))
     if dry_run:
         say(f"dry run: would export to {output} with {options.normalised().key()} weights")
         return output
@@ -303,8 +314,12 @@ def cached_engine_dir(checkpoint: Path, options: OpenVinoOptions) -> Path:
     return locations.engines_dir() / f"{Path(checkpoint).resolve().name}-{options.normalised().key()}-{key}"
 
 
-def ensure_engine(checkpoint: Path, options: OpenVinoOptions, *, say: Callable[[str], None] | None = None) -> Path:
-    """The cached engine of `checkpoint` with `options`, built first when missing or stale.
+def ensure_engine(
+    checkpoint: Path, options: OpenVinoOptions, *, say: Callable[[str], None] | None = None,
+    inference_precision: str = "auto", kv_precision: str = "auto", kv_blocks: int = 512,
+) -> Path:  # fmt: skip
+    """The cached engine of `checkpoint` with `options`, built first when missing or stale (the precisions and
+    blocks are the server's, for the plan printed before a build).
 
     The folder name holds a digest of the checkpoint and the options, so a changed checkpoint or other options
     get a new build; a folder whose manifest no longer matches is rebuilt."""
@@ -315,5 +330,6 @@ def ensure_engine(checkpoint: Path, options: OpenVinoOptions, *, say: Callable[[
     with file_lock(target.parent / f".{target.name}.lock"):
         if verify_engine(target, checkpoint):
             say(f"building the OpenVINO engine of {checkpoint} (first use of this checkpoint and options)")
-            build_engine(checkpoint, target, options, say=say)
+            build_engine(checkpoint, target, options, say=say, inference_precision=inference_precision,
+                         kv_precision=kv_precision, kv_blocks=kv_blocks)  # fmt: skip
     return target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
@@ -44,7 +45,9 @@ class CpuSettings:
     """Keep KV blocks of finished prompts for reuse by identical prefixes (IMHI prompts share their
     instruction tail, not their start, so it rarely pays; off keeps cache-usage figures exact)."""
     kv_cache_precision: str = _flag("auto", "auto, f32, f16, bf16 or u8")
-    """KV-cache element type: auto (f32 with f32 inference, else the plugin's default), f32, f16, bf16, u8."""
+    """KV-cache element type: auto (f32 with f32 inference, else the engine's own runtime option or the CPU plugin's
+    default: u8 on x86-64), f32, f16, bf16, u8; resolved at launch and written into the rendered config
+    (mentallama_build.kv_cache, the rule `mentallama-build openvino` plans with)."""
     inference_precision: str = _flag("auto", "auto, f32 or bf16")
     """auto: f32 for float32 checkpoints (the tiny model's greedy output then equals transformers'), bf16
     otherwise; or f32 / bf16."""
@@ -80,16 +83,21 @@ class CpuSettings:
             if getattr(self, name) not in choices
         ]
 
-    def resolved(self, checkpoint_dtype: str) -> CpuSettings:
-        """`auto` values decided for a checkpoint whose weights are `checkpoint_dtype` (config.json)."""
+    def resolved(self, checkpoint_dtype: str, engine_kv: str | None = None, *, engine_known: bool = False,
+                 plugin_default: Callable[[], str] | None = None) -> CpuSettings:  # fmt: skip
+        """`auto` values decided for a checkpoint whose weights are `checkpoint_dtype` (config.json), as the engine
+        will really run: `engine_kv` is the engine's own KV-cache runtime option (`engine_known`: read from the
+        engine; else predicted from the weight format, as before a build). Raises ValueError for precisions
+        the CPU plugin refuses together."""
         from dataclasses import replace
 
+        from mentallama_build.kv_cache import exported_kv_precision, plugin_default_kv_precision, resolve_precisions
+
         exact = checkpoint_dtype in ("float32", "fp32")
-        precision = self.inference_precision if self.inference_precision != "auto" else ("f32" if exact else "bf16")
-        kv = self.kv_cache_precision
-        if kv == "auto":
-            kv = "f32" if precision == "f32" else ""
         weights = self.weight_format if self.weight_format != "auto" else ("fp32" if exact else "int8")
+        own = engine_kv if engine_known else exported_kv_precision(weights)
+        precision, kv = resolve_precisions(checkpoint_dtype, self.inference_precision, self.kv_cache_precision, own,
+                                           plugin_default or plugin_default_kv_precision)  # fmt: skip
         return replace(self, inference_precision=precision, kv_cache_precision=kv, weight_format=weights)
 
     def template_values(self) -> dict[str, str]:

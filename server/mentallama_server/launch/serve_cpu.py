@@ -75,6 +75,7 @@ def resolve_engine(
 
     With `engine`, a prebuilt folder is checked against its manifest (and against `checkpoint` when given);
     otherwise the checkpoint's engine is built on first use and reused afterwards (artifacts/engines/)."""
+    from mentallama_build.kv_cache import config_shape, engine_kv_precision, kv_plan
     from mentallama_build.openvino_build import EngineBuildError, OpenVinoOptions, ensure_engine, verify_engine
 
     problems = settings.problems()
@@ -91,12 +92,22 @@ def resolve_engine(
             raise CheckpointError("give a checkpoint (--model) or a prebuilt engine (--engine)")
         source = checkpoint
     config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    settings = settings.resolved(str(config.get("torch_dtype") or config.get("dtype") or "float32"))
-    if engine is None:
-        try:
-            engine = ensure_engine(checkpoint, OpenVinoOptions(settings.weight_format), say=say)
-        except EngineBuildError as exc:
-            raise CheckpointError(str(exc)) from None
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    try:
+        planned = settings.resolved(dtype)  # before a build: the KV precision predicted from the weight format
+        if engine is None:
+            engine = ensure_engine(
+                checkpoint, OpenVinoOptions(planned.weight_format), say=say, kv_blocks=settings.cache_num_blocks,
+                inference_precision=planned.inference_precision, kv_precision=planned.kv_cache_precision,
+            )  # fmt: skip
+        # The engine's own runtime option decides `auto`; the rendered config names the precision it resolves to.
+        settings = settings.resolved(dtype, engine_kv_precision(engine), engine_known=True)
+    except EngineBuildError as exc:
+        raise CheckpointError(str(exc)) from None
+    except ValueError as exc:  # precisions the CPU plugin refuses together
+        raise CheckpointError(str(exc)) from None
+    plan = kv_plan(config_shape(config), settings.kv_cache_precision, settings.cache_num_blocks)
+    say(f"engine: {settings.inference_precision} inference; {plan.lines(config_shape(config))[0]}")
     return engine, settings
 
 
