@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -155,9 +156,14 @@ def settings_line(summaries: Sequence[dict[str, Any]]) -> str:
     run = summaries[0]["run"]
     data = run.get("dataset") or {}
     if "input_len" in data:
-        lengths = f"input {data['input_len']} / output {data['output_len']} tokens"
+        prompt = f"input {data['input_len']} tokens"
         if data.get("lengths", "tokenizer") != "tokenizer":
-            lengths += " (words)"
+            # Without --tokenizer the prompts are input_len words; the server's count says what that is in tokens.
+            counted = [s.get("input_tokens", {}).get("mean") for s in summaries]
+            counted = [c for c in counted if c]
+            prompt = (f"input ~{sum(counted) / len(counted):.0f} tokens (server count)" if counted
+                      else f"input {data['input_len']} words (no --tokenizer)")  # fmt: skip
+        lengths = f"{prompt} / output {data['output_len']} tokens"
     else:
         lengths = f"{data.get('name', 'dataset')} prompts, max_tokens {data.get('max_tokens', '?')}"
     if run.get("sampling", {}).get("force_output_len"):
@@ -201,12 +207,23 @@ def _plot_percentile(ax: Any, x: Sequence[float], runs: Sequence[dict[str, Any]]
     return bool(thin)
 
 
+def wrap_to_width(text: str, width_in: float, fontsize: float) -> list[str]:
+    """`text` in lines that fit a figure `width_in` inches wide at `fontsize` points (a character is at most about
+    0.6 em wide in DejaVu Sans, with a margin on both sides)."""
+    per_line = max(20, int((width_in * 72 - 24) / (0.6 * fontsize)))
+    return textwrap.wrap(text, per_line) or [""]
+
+
 def _finish(fig: Any, summaries: Sequence[dict[str, Any]], thin: bool) -> None:
-    """Run settings on top, the few-samples note at the bottom when it applies."""
-    fig.suptitle(settings_line(summaries), fontsize=8)
+    """Run settings on top (wrapped to the figure's width, so nothing is cut off), the few-samples note at the
+    bottom when it applies."""
+    lines = wrap_to_width(settings_line(summaries), fig.get_figwidth(), 8)
+    fig.suptitle("\n".join(lines), fontsize=8)
     if thin:
-        fig.text(0.01, 0.01, _THIN_NOTE, fontsize=7, style="italic")
-    fig.tight_layout(rect=(0, 0.04 if thin else 0, 1, 0.95))
+        fig.text(0.01, 0.01, "\n".join(wrap_to_width(_THIN_NOTE, fig.get_figwidth(), 7)), fontsize=7, style="italic")
+    title_in = (len(lines) * 8 * 1.3 + 10) / 72  # lines of 8 pt at 1.3 line spacing, plus a margin, in inches
+    top = 1 - title_in / fig.get_figheight()
+    fig.tight_layout(rect=(0, 0.04 if thin else 0, 1, top))
 
 
 def make_figures(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -326,8 +343,16 @@ def _server_lines(results: Sequence[RunResult]) -> list[str]:
                 )
             changed.append(f"- {r.label} ({url}): " + ", ".join(f"`{f}`" for f in section["changed"]))
     lines = ["## Server side (Prometheus, after - before each run)", ""]
-    lines += [_markdown_table(header, rows), "", SERVER_TIME_NOTE, ""] if rows else [
-        "No per-model Triton counters changed.", ""]
+    scraped = any("error" not in section for r in results for section in r.summary.get("server", {}).values())
+    if rows:
+        lines += [_markdown_table(header, rows), "", SERVER_TIME_NOTE, ""]
+    elif scraped:
+        lines += ["No per-model Triton counters changed.", ""]
+    elif not errors:
+        lines += ["Server metrics were not scraped: `--no-metrics`, a bare-engine run, or no metrics page found on the "
+                  "endpoint's host (the terminal said which URLs were tried); `--metrics URL` names it.", ""]
+    if errors:
+        errors.append("  (to fix: `--metrics http://HOST:PORT/metrics`, the URL `mentallama-serve` prints on start)")
     if changed:
         lines += [
             "Metric families that changed (full deltas in each run's `summary.json`, key `server`):",

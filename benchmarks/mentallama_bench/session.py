@@ -29,6 +29,7 @@ from mentallama_bench.backends import BACKENDS, DEFAULT_MODEL, HTTP_KINDS, Backe
 from mentallama_bench.compare import compare_summaries, format_comparison
 from mentallama_bench.datasets import BenchmarkDataset, ImhiDataset, SyntheticDataset, parse_task_mix
 from mentallama_bench.metrics import SLO
+from mentallama_bench.metrics_discovery import METRICS_FIX, find_metrics_urls
 from mentallama_bench.records import RunResult, SamplingParams
 from mentallama_bench.report import fixed_width, format_table
 from mentallama_bench.runner import COUNT_MODES, LoadSpec, SessionConfig, StopSpec, run_session
@@ -40,7 +41,6 @@ __all__ = [
     "SessionPlan",
     "build_loads",
     "default_http_endpoints",
-    "default_metrics_urls",
     "endpoint_problems",
     "engine_backend",
     "parse_list",
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 DEFAULT_GRPC = "127.0.0.1:8001"
-HTTP_PORT, METRICS_PORT = 8000, 8002
+HTTP_PORT = 8000
 DEFAULT_REQUESTS = 100  # per run, when neither --requests nor --duration is given
 
 
@@ -93,8 +93,12 @@ class BenchOptions:
     tokenizer: Path | None = flag(None, "checkpoint folder with the served model's tokenizer")
     count_tokens: str = flag("auto", "output token count source", choices=COUNT_MODES)
     slo: str | None = flag(None, "goodput SLOs in ms, e.g. 'ttft:500,itl:100,e2e:10000'")
-    metrics_url: list[str] | None = flag(None, "Prometheus URL to scrape (default http://HOST:8002/metrics)")
-    metrics: bool = flag(True, "scrape server metrics before/after each run")
+    metrics_url: list[str] | None = flag(
+        None, "the server's Prometheus URL, repeat for several (default: found on each endpoint's host: its gRPC port "
+        "+ 1 as mentallama-serve lays ports out, then 8002)", flags=("--metrics", "--metrics-url"),
+    )
+    scrape_metrics: bool = flag(True, "scrape server metrics before/after each run",
+                                flags=("--scrape-metrics/--no-metrics",))  # fmt: skip
     request_timeout: float = flag(600.0, "seconds before one request is abandoned (DEADLINE_EXCEEDED)")
     ready_timeout: float = flag(60.0, "seconds to wait for the server and model to be ready")
     output: Path | None = flag(None, "results folder; nothing is written without it", flags=("--output", "-o"))
@@ -131,10 +135,6 @@ def default_http_endpoints(grpc_endpoints: list[str]) -> list[str]:
     return [f"{_host(e)}:{HTTP_PORT}" for e in grpc_endpoints]
 
 
-def default_metrics_urls(endpoints: list[str]) -> list[str]:
-    """One Triton metrics URL per distinct host, Triton's default metrics port."""
-    hosts = dict.fromkeys(_host(e) for e in endpoints)
-    return [f"http://{h}:{METRICS_PORT}/metrics" for h in hosts]
 
 
 def build_loads(
@@ -195,9 +195,20 @@ class SessionPlan:
     config: SessionConfig
     tokenizer: Any | None
     folder: Path | None
+    find_metrics: bool = False
+    """No --metrics given: look for the server's metrics page on the endpoints' hosts before the runs."""
 
     def problems(self) -> list[str]:
         return endpoint_problems(self.kinds, self.grpc_endpoints, self.http_endpoints, self.model)
+
+    def locate_metrics(self) -> list[str]:
+        """With `find_metrics`, the metrics URLs found (set on the config); returns the warnings."""
+        if not self.find_metrics:
+            return []
+        grpc_used = self.grpc_endpoints if any(k not in HTTP_KINDS for k in self.kinds) else []
+        http_used = self.http_endpoints if any(k in HTTP_KINDS for k in self.kinds) else []
+        self.config.metrics_urls, warnings = find_metrics_urls(grpc_used, http_used, self.model)
+        return warnings
 
     async def run(self, on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
         return await run_session(self.groups, self.dataset, self.config, self.folder, self.tokenizer, on_result)
@@ -232,12 +243,13 @@ def plan_session(o: BenchOptions) -> SessionPlan:
         warmup=o.warmup,
         seed=o.seed,
         count_tokens=o.count_tokens,
-        metrics_urls=(o.metrics_url or default_metrics_urls(grpc_endpoints)) if o.metrics else [],
+        metrics_urls=list(o.metrics_url or []) if o.scrape_metrics else [],
         ready_timeout_s=o.ready_timeout,
         progress=o.progress,
     )
     folder = None if o.output is None else o.output / (o.name or datetime.now().strftime("%Y%m%d-%H%M%S"))
-    return SessionPlan(kinds, grpc_endpoints, http_endpoints, o.model, groups, dataset, config, tok, folder)
+    return SessionPlan(kinds, grpc_endpoints, http_endpoints, o.model, groups, dataset, config, tok, folder,
+                       find_metrics=o.scrape_metrics and not o.metrics_url and bool(kinds))  # fmt: skip
 
 
 def _stderr(line: str) -> None:
@@ -253,13 +265,24 @@ def run_plan(plan: SessionPlan, out: Callable[[str], None] = print, err: Callabl
     if problems:
         err("error: " + "; ".join(problems))
         return 1
+    for warning in plan.locate_metrics():
+        err(f"warning: {warning}")
+    if plan.find_metrics and plan.config.metrics_urls:
+        err(f"server metrics: {', '.join(plan.config.metrics_urls)} (found on the endpoint's host; --metrics URL to "
+            "name another)")  # fmt: skip
     finished: list[RunResult] = []
+    unreadable: set[str] = set()
 
     def keep(result: RunResult) -> None:
         finished.append(result)
         cut = " (interrupted)" if result.interrupted else ""
         counts = result.summary["requests"]
         out(f"{result.label}: {counts['completed']} ok, {counts['failed']} failed{cut}")
+        for url, section in result.summary.get("server", {}).items():
+            if "error" in section and url not in unreadable:  # said once per URL, not once per run
+                unreadable.add(url)
+                err(f"warning: could not read the server metrics at {url} ({section['error']}); runs without them "
+                    f"have no server-side counters; {METRICS_FIX}")  # fmt: skip
 
     try:
         results = asyncio.run(plan.run(on_result=keep))

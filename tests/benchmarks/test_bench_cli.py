@@ -23,7 +23,6 @@ from mentallama_bench.session import (
     BenchOptions,
     build_loads,
     default_http_endpoints,
-    default_metrics_urls,
     parse_list,
     plan_session,
 )
@@ -125,10 +124,6 @@ def test_ctrl_c_keeps_the_finished_records(fake_triton, tmp_path: Path) -> None:
 def test_option_helpers() -> None:
     assert parse_list("1, 2,4", int) == [1, 2, 4]
     assert parse_list("0.5,inf", float) == [0.5, float("inf")]
-    assert default_metrics_urls(["a:8001", "a:9001", "b:8001"]) == [
-        "http://a:8002/metrics",
-        "http://b:8002/metrics",
-    ]
     assert default_http_endpoints(["grpc://h:8001"]) == ["h:8000"]
     loads = build_loads(None, "1,2", burstiness=0.5, max_concurrency=8)
     assert [load.label for load in loads] == ["r1-b0.5-c8", "r2-b0.5-c8"]
@@ -149,7 +144,7 @@ def test_plan_session_builds_the_session_the_flags_describe(tmp_path: Path) -> N
                                      concurrency="1,4", output=tmp_path, name="s", warmup=0))  # fmt: skip
     assert [[b.endpoint for b in group] for group in plan.groups] == [["h:9001", "h:9101"], ["http://h:8000"] * 2]
     assert [load.label for load in plan.config.loads] == ["c1", "c4"]
-    assert plan.config.stop.requests == 100 and plan.config.metrics_urls == ["http://h:8002/metrics"]
+    assert plan.config.stop.requests == 100 and plan.config.metrics_urls == [] and plan.find_metrics
     assert plan.folder == tmp_path / "s" and plan.tokenizer is None
     with pytest.raises(ValueError, match="not both"):
         plan_session(BenchOptions(concurrency="1", request_rate="2"))

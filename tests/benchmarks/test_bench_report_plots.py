@@ -44,8 +44,8 @@ def test_figures_state_settings_start_at_zero_and_label_concurrency_with_numbers
     figures = make_figures([summary(c, 50) for c in (1, 2, 4)])
     try:
         for fig in figures.values():
-            title = fig._suptitle.get_text()
-            for part in ("mentallama", "input 128 / output 32 tokens", "50 requests/run", "c1, c2, c4"):
+            title = fig._suptitle.get_text().replace("\n", " ")  # wrapped to the figure's width
+            for part in ("mentallama", "input 128 tokens / output 32 tokens", "50 requests/run", "c1, c2, c4"):
                 assert part in title
             for ax in fig.axes:
                 assert ax.get_ylim()[0] == 0
@@ -91,3 +91,56 @@ def test_report_explains_server_vs_client_time(tmp_path: Path):
     assert "**interrupted**" in report and "triton-grpc-c2" in report
     assert set(plot_session(tmp_path, [r.summary for r in results])) == {
         "throughput_vs_ttft", "throughput_vs_itl", "latency_vs_load"}
+
+
+def _long_summary(concurrency: int, input_tokens: float | None) -> dict:
+    """A run whose settings line is long (the words dataset, many loads), as a real sweep gives."""
+    run = summary(concurrency, 50)
+    run["run"] = run["run"] | {"model": "mentallama", "backend": "triton-grpc-stream",
+                               "dataset": {"name": "synthetic", "input_len": 128, "output_len": 256,
+                                           "lengths": "words (approximate)"}}  # fmt: skip
+    if input_tokens is not None:
+        run["input_tokens"] = {"unit": "tokens", "count": 50, "mean": input_tokens}
+    return run
+
+
+def test_titles_fit_their_figure_and_state_lengths_in_tokens():
+    """Issue 22: the settings line was cut off at both edges of two plots, and said "tokens (words)"."""
+    import matplotlib.pyplot as plt
+
+    figures = make_figures([_long_summary(c, 171.4) for c in (1, 2, 4, 8, 16, 32, 64)])
+    try:
+        for name, fig in figures.items():
+            fig.canvas.draw()
+            renderer = fig.canvas.get_renderer()
+            box = fig._suptitle.get_window_extent(renderer)
+            width, height = fig.bbox.width, fig.bbox.height
+            assert box.x0 >= 0 and box.x1 <= width and box.y1 <= height, (name, box, width)
+            for ax in fig.axes:  # the settings do not run into the plots' own titles
+                assert ax.title.get_window_extent(renderer).y1 <= box.y0 + 1, name
+            title = fig._suptitle.get_text().replace("\n", " ")
+            assert "input ~171 tokens (server count) / output 256 tokens" in title and "words" not in title
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
+    figures = make_figures([_long_summary(1, None)])
+    try:
+        assert "input 128 words (no --tokenizer)" in figures["latency_vs_load"]._suptitle.get_text()
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
+
+
+def test_report_says_when_server_metrics_were_not_read(tmp_path: Path):
+    def results(server: dict) -> list[RunResult]:
+        s = summary(1, 5) | {"requests": {"completed": 5, "failed": 0}, "request_throughput": 1.0, "goodput": None,
+                             "token_count_source": {"server": 5}, "errors": {}, "slo": {}, "server": server}
+        return [RunResult(s["run"]["label"], [], s)]
+
+    write_session(tmp_path / "none", results({}))
+    report = (tmp_path / "none" / "report.md").read_text()
+    assert "Server metrics were not scraped" in report and "No per-model Triton counters changed" not in report
+    write_session(tmp_path / "failed", results({"http://h:8002/metrics": {"error": "URLError: refused"}}))
+    report = (tmp_path / "failed" / "report.md").read_text()
+    assert "could not scrape http://h:8002/metrics" in report and "--metrics http://HOST:PORT/metrics" in report
+    assert "No per-model Triton counters changed" not in report
