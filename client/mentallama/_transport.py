@@ -76,6 +76,15 @@ _HEALTH_TIMEOUT = 5.0
 _SERVER_UNAVAILABLE_HINTS = ("queue", "not ready", "unknown model", "exceeds", "unavailable: model", "overloaded")
 # Triton's refusal of a restricted protocol without its key ("This API is restricted, expecting header ...").
 _RESTRICTED_HINT = "restricted"
+# grpc's words when the port answers HTTP/1.1 (Triton's or the front door's HTTP port, the metrics page).
+_HTTP1_SIGN = "http1.x server"
+HTTP_PORT_HINT = ("this port answers HTTP/1.1, not gRPC: point the client at the server's gRPC port (mentallama-serve: "
+                  "gRPC 8001, HTTP 8000, metrics 8002 by default; it prints its ports on start)")  # fmt: skip
+
+
+def wrong_protocol_hint(details: str) -> str | None:
+    """:data:`HTTP_PORT_HINT` when gRPC's error ``details`` say the port speaks HTTP/1.1, else ``None``."""
+    return HTTP_PORT_HINT if _HTTP1_SIGN in details.lower() else None
 # Seconds a stopped generation may take to send its last response before its call is cancelled instead.
 _STOP_GRACE = 5.0
 
@@ -318,6 +327,8 @@ def error_from_status(
     message = " ".join((details or "").split())[:_MAX_MESSAGE_CHARS] or "no details"
     if status is None:
         status = _in_band_status(message)
+    if status is grpc.StatusCode.UNAVAILABLE and wrong_protocol_hint(details or ""):
+        return APIConnectionError(f"{HTTP_PORT_HINT} ({message})", request_id=request_id, status=status)
     if status is grpc.StatusCode.UNAVAILABLE and _RESTRICTED_HINT in message.lower():
         # Triton answers a missing or wrong key of a restricted API with UNAVAILABLE: retrying cannot help.
         return AuthenticationError(message, request_id=request_id, status=grpc.StatusCode.PERMISSION_DENIED)

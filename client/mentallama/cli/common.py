@@ -13,6 +13,7 @@ import typer
 from tritonclient.grpc import service_pb2
 
 from .._constants import ENV_ENDPOINTS
+from .._transport import HTTP_PORT_HINT, wrong_protocol_hint
 
 __all__ = [
     "HELP_OPTIONS",
@@ -101,6 +102,9 @@ def endpoint_problem(stub: Any, endpoint: str, model: str, timeout: float = 5.0,
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
         if code == grpc.StatusCode.UNAVAILABLE:
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            if wrong_protocol_hint(details or ""):
+                return f"{endpoint}: {HTTP_PORT_HINT}"
             return f"no server at {endpoint} (connection failed); {START_SERVER_HINT}"
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return f"the server at {endpoint} did not answer within {timeout:g} s; is it a Triton gRPC port?"
