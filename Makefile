@@ -3,6 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 MODEL  ?= nano
+# Ports of `make run` / `make serve` (mentallama-serve's defaults); e.g. `make serve GRPC_PORT=9001 HTTP_PORT=9000
+# METRICS_PORT=9002`. Keeping metrics at the gRPC port + 1 lets `mentallama-bench` find the metrics page itself.
+GRPC_PORT    ?= 8001
+HTTP_PORT    ?= 8000
+METRICS_PORT ?= 8002
+PORTS := --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
 PYTEST_ARGS ?=
 
 .PHONY: setup run serve test test-fast lint checkpoints bench clean
@@ -30,10 +36,10 @@ checkpoints: setup
 	$(BIN)/mentallama-build tiny --size bench --output artifacts/checkpoints/bench
 
 run: setup
-	$(BIN)/mentallama-serve --profile cpu --checkpoint $(MODEL) --demo
+	$(BIN)/mentallama-serve --profile cpu --checkpoint $(MODEL) $(PORTS) --demo
 
 serve: setup
-	$(BIN)/mentallama-serve --profile cpu --checkpoint $(MODEL)
+	$(BIN)/mentallama-serve --profile cpu --checkpoint $(MODEL) $(PORTS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
