@@ -185,6 +185,45 @@ def label_parsing(
     _run("label_parsing", imhi=imhi, seed=seed, json_path=json_path)
 
 
+def gpu_smoke(
+    trtllm_examples: Annotated[
+        Path, typer.Option(envvar="TRTLLM_EXAMPLES_DIR", help="examples/ of the TensorRT-LLM checkout (the "
+                           "container's release; its end-to-end client is run too)")  # fmt: skip
+    ] = Path("TensorRT-LLM/examples"),
+    work_dir: Annotated[
+        Path | None, typer.Option(help="folder for everything [default: <cache>/gpu-smoke]", show_default=False)
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="serve this small checkpoint instead of generating tiny", show_default=False)
+    ] = None,
+    cpu_endpoint: Annotated[
+        str | None, typer.Option(help="compare greedy answers with this CPU server of the same checkpoint "
+                                 "(HOST:PORT) instead of the recorded ones", show_default=False)  # fmt: skip
+    ] = None,
+    grpc_port: Annotated[int, typer.Option(help="the smoke server's gRPC port")] = 18701,
+    http_port: Annotated[int, typer.Option(help="the smoke server's HTTP port")] = 18700,
+    metrics_port: Annotated[int, typer.Option(help="the smoke server's metrics port")] = 18702,
+    load_seconds: Annotated[float, typer.Option(help="seconds of load")] = 60.0,
+    concurrency: Annotated[int, typer.Option(help="clients of the load run")] = 16,
+    ready_timeout: Annotated[float, typer.Option(help="seconds for the server to be ready")] = 1800.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print every step and command; run nothing")] = False,
+) -> None:
+    """First run on a GPU node: the TensorRT-LLM path end to end.
+
+    Inside the NGC container: versions, a small engine through `mentallama-build engine`, the GPU profile served,
+    greedy tokens against the CPU profile's, streaming, TensorRT-LLM's end-to-end client, 60 s of load, GPU memory
+    and KV cache; a report (gpu-smoke-report.md/.json in the work folder). Each failure names the step, what it
+    expected and what to check (benchmarks/mentallama_bench/gpu_smoke.py).
+
+    \b
+        mentallama-bench gpu-smoke --trtllm-examples /opt/TensorRT-LLM/examples [--dry-run]
+    """
+    _run("gpu_smoke", work_dir=work_dir, trtllm_examples=trtllm_examples, checkpoint=checkpoint,
+         cpu_endpoint=cpu_endpoint, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
+         load_seconds=load_seconds, concurrency=concurrency, ready_timeout=ready_timeout,
+         dry_run=dry_run)  # fmt: skip
+
+
 # command -> its function; `mentallama-bench --help` lists each with its docstring's first line.
 STUDIES: dict[str, Callable[..., None]] = {
     "soak": soak,
@@ -193,4 +232,5 @@ STUDIES: dict[str, Callable[..., None]] = {
     "front-door": front_door,
     "sdk-overhead": sdk_overhead,
     "label-parsing": label_parsing,
+    "gpu-smoke": gpu_smoke,
 }

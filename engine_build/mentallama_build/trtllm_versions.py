@@ -21,6 +21,7 @@ from pathlib import Path
 from mentallama_build.engine_config import DEFAULT_CONTAINER_IMAGE, TRTLLM_VERSION
 
 __all__ = [
+    "CONTAINER_TRTLLM",
     "TRTLLM_REPO_URL",
     "VersionFindings",
     "examples_version",
@@ -31,6 +32,11 @@ __all__ = [
 ]
 
 TRTLLM_REPO_URL = "https://github.com/NVIDIA/TensorRT-LLM"
+CONTAINER_TRTLLM = {"26.04": TRTLLM_VERSION, "26.05": TRTLLM_VERSION, "26.06": TRTLLM_VERSION, "26.07": TRTLLM_VERSION}
+"""NGC tritonserver `-trtllm-python-py3` releases -> the TensorRT-LLM they ship, as deploy/README.md states it.
+Unverified against the images (NVIDIA's support matrix lags; other projects list 1.2.0 for 26.04): the build
+compares the container's actual package with the examples, and `mentallama-bench gpu-smoke` reports the pair it
+finds, so this table is corrected from real nodes."""
 _VERSION_LINE = re.compile(r"""^__version__\s*=\s*["']([^"']+)["']""", re.MULTILINE)
 # Where NVIDIA's tritonserver images say what they are (`NVIDIA_TRITON_SERVER_VERSION=26.07`, the Triton release in
 # TRITON_SERVER_VERSION and /opt/tritonserver/TRITON_VERSION).

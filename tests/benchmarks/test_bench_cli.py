@@ -159,6 +159,7 @@ STUDY_FLAGS = {
     "front-door": ("--model", "--data", "--concurrency", "--requests", "--max-tokens", "--output"),
     "sdk-overhead": ("--endpoint", "--concurrency", "--rounds", "--per-round", "--max-tokens", "--output"),
     "label-parsing": ("--imhi", "--seed", "--json"),
+    "gpu-smoke": ("--trtllm-examples", "--work-dir", "--cpu-endpoint", "--load-seconds", "--dry-run"),
 }
 
 

@@ -78,6 +78,12 @@ def render_checked(profile: TrtllmProfile, output: Path) -> Path:
     return render_trtllm(fitted, output)
 
 
+def gpu_metrics_on(args: list[str]) -> list[str]:
+    """Triton's GPU metrics (memory used and total per GPU) on: the launcher turns them off for the CPU profile,
+    where there is no GPU to report; on the GPU they are the memory figures operators and gpu-smoke read."""
+    return [arg if arg != "--allow-gpu-metrics=false" else "--allow-gpu-metrics=true" for arg in args]
+
+
 def start_trtllm_server(
     profile: TrtllmProfile,
     opts: ServerOptions,
@@ -98,7 +104,7 @@ def start_trtllm_server(
         metrics_port=opts.metrics_port,
         shm_prefix=opts.shm_prefix,
         shm_pool_mib=opts.shm_pool_mib,
-        rank0_args=endpoint_args(opts),
+        rank0_args=gpu_metrics_on(endpoint_args(opts)),
     )
     return launch(argv, dict(os.environ), run_dir, opts, ready_timeout_s)
 
