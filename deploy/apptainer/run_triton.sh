@@ -7,7 +7,9 @@
 #
 # The container runs in the foreground (exec), so a caller can background it, track its PID and stop it with
 # SIGTERM; Apptainer forwards the signal, the supervisor stops both and Triton drains for --exit-timeout-secs.
-# The front door's packages must be installed once with the image's python3 (deploy/README.md, "Front door").
+# Our tools run from their environment on a bind mount (deploy/container/install_tools.sh, once per image and
+# checkout): the front door with its python, tritonserver's Python models from its site-packages (the rendered
+# repository names them), TensorRT-LLM with the image's own packages.
 #
 # Usage: run_triton.sh --model-repo DIR [options] [-- extra tritonserver args for rank 0]
 #   --model-repo DIR      rendered trtllm model repository (launcher's render step)
@@ -16,7 +18,7 @@
 #   --http-port P --grpc-port P --metrics-port P   public ports (default 8000 8001 8002)
 #   --triton-http-port P --triton-grpc-port P      tritonserver's own, on 127.0.0.1 (default: public + 10000)
 #   --host ADDR           address the front door binds (default 0.0.0.0)
-#   --front-door-deps DIR the front door's packages (default: $ML_FRONT_DOOR_DEPS or artifacts/front-door-deps)
+#   --venv DIR            our tools' environment (default: $ML_VENV or artifacts/ngc-venv of the checkout)
 #   --api-key-file F      API keys, one per line (or MENTALLAMA_API_KEYS, passed in as APPTAINERENV_)
 #   --tls-cert F --tls-key F [--tls-ca F]          TLS (mutual with --tls-ca) on both public ports
 #   --gpus LIST           CUDA_VISIBLE_DEVICES inside the container (default: inherited)
@@ -39,7 +41,7 @@ METRICS_PORT=8002
 TRITON_HTTP_PORT=""
 TRITON_GRPC_PORT=""
 SERVE_ADDR=0.0.0.0
-DEPS=${ML_FRONT_DOOR_DEPS:-$REPO/artifacts/front-door-deps}
+VENV=${ML_VENV:-$REPO/artifacts/ngc-venv}
 FRONT_FILES=()
 GPUS=${CUDA_VISIBLE_DEVICES:-}
 SHM_PREFIX=prefix
@@ -65,7 +67,7 @@ while (($#)); do
     --triton-http-port) TRITON_HTTP_PORT=$2; shift 2 ;;
     --triton-grpc-port) TRITON_GRPC_PORT=$2; shift 2 ;;
     --host) SERVE_ADDR=$2; shift 2 ;;
-    --front-door-deps) DEPS=$2; shift 2 ;;
+    --venv) VENV=$2; shift 2 ;;
     --api-key-file | --tls-cert | --tls-key | --tls-ca) FRONT_FILES+=("$1" "$(realpath -m "$2")"); shift 2 ;;
     --gpus) GPUS=$2; shift 2 ;;
     --bind) BINDS+=("$2"); shift 2 ;;
@@ -84,15 +86,15 @@ done
 RUNTIME=$(ml_container_runtime)
 TRITON_HTTP_PORT=${TRITON_HTTP_PORT:-$((HTTP_PORT + ML_TRITON_PORT_OFFSET))}
 TRITON_GRPC_PORT=${TRITON_GRPC_PORT:-$((GRPC_PORT + ML_TRITON_PORT_OFFSET))}
-DEPS=$(realpath -m "$DEPS")
-((DRY_RUN)) || [[ -d $DEPS ]] || {
-  echo "run_triton.sh: no front door packages in $DEPS: install deploy/container/front_door_requirements.txt" \
-    "there with the image's python3 (deploy/README.md, 'Front door'), or pass --front-door-deps DIR" >&2
+VENV=$(realpath -m "$VENV")
+((DRY_RUN)) || [[ -x $VENV/bin/python ]] || {
+  echo "run_triton.sh: no tools environment in $VENV: make it once with deploy/container/install_tools.sh" \
+    "--venv $VENV (deploy/README.md, 'Our tools in the NGC image'), or pass --venv DIR" >&2
   exit 2
 }
 
 # Same path inside and outside: the rendered configs name host paths (engine, tokenizer, code).
-CONTAINER=("$RUNTIME" exec --nv --cleanenv --env "PYTHONPATH=$REPO/server:$REPO/client" --env "ML_FRONT_DOOR_PYTHONPATH=$DEPS")
+CONTAINER=("$RUNTIME" exec --nv --cleanenv --env "ML_VENV=$VENV")
 if [[ -n $GPUS ]]; then
   CONTAINER+=(--env "CUDA_VISIBLE_DEVICES=$GPUS")
 fi
@@ -104,7 +106,7 @@ file_dirs=()
 for ((i = 1; i < ${#FRONT_FILES[@]}; i += 2)); do
   file_dirs+=("$(dirname "${FRONT_FILES[i]}")")
 done
-for dir in "$REPO" "$MODEL_REPO" "$DEPS" "${BINDS[@]}" "${file_dirs[@]}"; do
+for dir in "$REPO" "$MODEL_REPO" "$VENV" "${BINDS[@]}" "${file_dirs[@]}"; do
   CONTAINER+=(--bind "$dir:$dir")
 done
 if [[ -n $LOG_FILE ]]; then
@@ -114,7 +116,7 @@ if [[ -n $LOG_FILE ]]; then
 fi
 CONTAINER+=("$IMAGE")
 
-GEN=(python3 -m mentallama_server.launch.trtllm_profile mpi-command --print0
+GEN=("$VENV/bin/python" -m mentallama_server.launch.trtllm_profile mpi-command --print0
   --world-size "$WORLD_SIZE" --model-repo "$MODEL_REPO" --shm-prefix "$SHM_PREFIX" --shm-pool-mib "$SHM_POOL_MIB"
   --http-port "$TRITON_HTTP_PORT" --grpc-port "$TRITON_GRPC_PORT" --metrics-port "$METRICS_PORT")
 if [[ -n $LOG_FILE ]]; then
@@ -128,11 +130,12 @@ FRONT=(bash "$REPO/deploy/container/serve_with_front_door.sh" --upstream-grpc "1
   --upstream-http "http://127.0.0.1:$TRITON_HTTP_PORT" --host "$SERVE_ADDR" --http-port "$HTTP_PORT"
   --grpc-port "$GRPC_PORT" "${FRONT_FILES[@]}" --)
 
-# The launch argv comes from mentallama_server.launch.trtllm_profile.mpi_command (one definition, tested):
-# host python3 when it can run it, else the container's.
+# The launch argv comes from mentallama_server.launch.trtllm_profile.mpi_command (one definition, tested): the
+# host's python3 runs the module's file (it imports only the standard library), else the tools' environment in
+# the container does.
 argv_file=$(mktemp)
 trap 'rm -f "$argv_file"' EXIT
-if ! PYTHONPATH="$REPO/server:$REPO/client" python3 "${GEN[@]:1}" >"$argv_file" 2>/dev/null; then
+if ! python3 "$REPO/server/mentallama_server/launch/trtllm_profile.py" "${GEN[@]:3}" >"$argv_file" 2>/dev/null; then
   if ((DRY_RUN)); then
     printf '%q ' "${CONTAINER[@]}" "${GEN[@]}"  # how the argv would be made, in the container
     printf '\n'

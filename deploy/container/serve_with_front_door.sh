@@ -10,11 +10,9 @@
 #
 # Usage: serve_with_front_door.sh FRONT-DOOR-OPTIONS... -- TRITONSERVER-ARGV...
 # Environment:
-#   ML_FRONT_DOOR_PYTHONPATH  folder(s) holding the front door's packages (deploy/container/front_door_requirements.txt,
-#                             installed with this container's python3), put first on the front door's PYTHONPATH
-#                             only: Triton and TensorRT-LLM keep the container's own packages
-#   PYTHONPATH                must reach the repository's server/ and client/ (mentallama_server, mentallama)
-#   ML_PYTHON                 the interpreter (default python3, the container's)
+#   ML_VENV    the environment of our tools (deploy/container/install_tools.sh, made with this image's python3):
+#              its python runs the front door; tritonserver and TensorRT-LLM keep the image's own packages
+#   ML_PYTHON  the interpreter instead (default: $ML_VENV/bin/python, else python3)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,13 +30,12 @@ SERVER=("$@")
 ((${#FRONT[@]} > 0 && ${#SERVER[@]} > 0)) \
   || ml_die "usage: serve_with_front_door.sh FRONT-DOOR-OPTIONS... -- TRITONSERVER-ARGV..."
 
-PYTHON=${ML_PYTHON:-python3}
-FRONT_PATH=${ML_FRONT_DOOR_PYTHONPATH:+$ML_FRONT_DOOR_PYTHONPATH:}${PYTHONPATH:-}
+PYTHON=${ML_PYTHON:-${ML_VENV:+$ML_VENV/bin/python}}
+PYTHON=${PYTHON:-python3}
 # Fail before minutes of engine loading when the front door cannot even be imported.
-if ! PYTHONPATH=$FRONT_PATH "$PYTHON" -c 'import fastapi, uvicorn, tritonclient.grpc, mentallama_server.front_door.server' \
-  2>/dev/null; then
-  ml_die "the front door does not import with $PYTHON (PYTHONPATH=$FRONT_PATH): install" \
-    "deploy/container/front_door_requirements.txt into ML_FRONT_DOOR_PYTHONPATH (deploy/README.md, 'Front door')"
+if ! "$PYTHON" -c 'import fastapi, uvicorn, tritonclient.grpc, mentallama_server.front_door.server' 2>/dev/null; then
+  ml_die "the front door does not import with $PYTHON: install our tools once with" \
+    "deploy/container/install_tools.sh --venv DIR and pass ML_VENV=DIR (deploy/README.md, 'Our tools in the NGC image')"
 fi
 
 ml_install_traps
@@ -47,7 +44,7 @@ triton=$!
 ml_track "$triton"
 # The front door starts at once: it answers 503 / UNAVAILABLE (not ready) until Triton is, and reconnects
 # when Triton restarts.
-PYTHONPATH=$FRONT_PATH "$PYTHON" -m mentallama_server.front_door "${FRONT[@]}" &
+"$PYTHON" -m mentallama_server.front_door "${FRONT[@]}" &
 front=$!
 ml_track "$front"
 ml_log "tritonserver (pid $triton) and the front door (pid $front) started"

@@ -16,7 +16,7 @@
 #   ML_IMAGE           container image (SIF or docker://)
 #   SERVE_HOST         address the front doors bind (default 0.0.0.0)
 #   API_KEY_FILE       API keys, one per line (or MENTALLAMA_API_KEYS); TLS_CERT TLS_KEY [TLS_CA]: TLS
-#   ML_FRONT_DOOR_DEPS the front door's packages (default artifacts/front-door-deps; deploy/README.md)
+#   ML_VENV            our tools' environment (default artifacts/ngc-venv; deploy/container/install_tools.sh)
 set -euo pipefail
 
 REPO=${MENTALLAMA_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}

@@ -30,6 +30,9 @@ from mentallama_server.front_door.server import parse_args
 from mentallama_server.launch.trtllm_profile import mpi_command
 from tests.deploy.deploy_support import alive, free_base_port, free_port, port_free, script_env, stop, wait_for
 
+# The environment of our tools that install_tools.sh makes in the image; here, the test's own (it has them all).
+TOOLS_VENV = str(Path(sys.executable).parent.parent)
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 COMMON = DEPLOY / "lib" / "common.sh"
@@ -173,7 +176,7 @@ def test_run_triton_dry_run_puts_the_front_door_on_the_public_ports(tmp_path: Pa
         [str(DEPLOY / "apptainer" / "run_triton.sh"), "--model-repo", "/runs/repo dir", "--world-size", "2",
          "--bind", "/engines/13b", "--gpus", "2,3", "--http-port", "8100", "--grpc-port", "8101",
          "--metrics-port", "8102", "--shm-prefix", "n1_r1_", "--image", "/images/trtllm.sif",
-         "--api-key-file", str(keys), "--front-door-deps", "/opt/fd-deps", "--dry-run"],
+         "--api-key-file", str(keys), "--venv", "/opt/ngc-venv", "--dry-run"],
         capture_output=True, text=True, timeout=60, env=script_env(ML_CONTAINER_RUNTIME="apptainer"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -181,9 +184,9 @@ def test_run_triton_dry_run_puts_the_front_door_on_the_public_ports(tmp_path: Pa
     image_at = argv.index("/images/trtllm.sif")
     container, (front, server) = argv[:image_at], split_supervised(argv[image_at + 1 :])
     assert container[:4] == ["apptainer", "exec", "--nv", "--cleanenv"]
-    assert f"PYTHONPATH={REPO}/server:{REPO}/client" in container and "CUDA_VISIBLE_DEVICES=2,3" in container
-    assert "ML_FRONT_DOOR_PYTHONPATH=/opt/fd-deps" in container
-    for folder in (str(REPO), "/runs/repo dir", "/engines/13b", "/opt/fd-deps", str(keys.parent)):
+    assert "ML_VENV=/opt/ngc-venv" in container and "CUDA_VISIBLE_DEVICES=2,3" in container
+    assert not any(arg.startswith("PYTHONPATH=") for arg in container)  # our tools come from their environment
+    for folder in (str(REPO), "/runs/repo dir", "/engines/13b", "/opt/ngc-venv", str(keys.parent)):
         assert f"{folder}:{folder}" in container
     # tritonserver: loopback only, on the public ports + 10000; the metrics page where it was.
     assert server == mpi_command(
@@ -197,13 +200,13 @@ def test_run_triton_dry_run_puts_the_front_door_on_the_public_ports(tmp_path: Pa
     )  # fmt: skip
 
 
-def test_run_triton_refuses_to_start_without_the_front_door_packages(tmp_path: Path) -> None:
+def test_run_triton_refuses_to_start_without_the_tools_environment(tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(DEPLOY / "apptainer" / "run_triton.sh"), "--model-repo", "/r", "--front-door-deps",
-         str(tmp_path / "none")],
+        [str(DEPLOY / "apptainer" / "run_triton.sh"), "--model-repo", "/r", "--venv", str(tmp_path / "none")],
         capture_output=True, text=True, timeout=60, env=script_env(ML_CONTAINER_RUNTIME="false"),
     )  # fmt: skip
-    assert result.returncode == 2 and "no front door packages in" in result.stderr
+    assert result.returncode == 2 and "no tools environment in" in result.stderr
+    assert "deploy/container/install_tools.sh --venv" in result.stderr
 
 
 def test_kubernetes_pod_serves_through_the_front_door() -> None:
@@ -224,18 +227,22 @@ def test_kubernetes_pod_serves_through_the_front_door() -> None:
     assert generate[generate.index("--metrics-port") + 1] == "8002"
     assert generate[generate.index("--") + 1 : generate.index("--") + 3] == PRIVATE
     env = {e["name"]: e for e in container["env"]}
-    assert env["PYTHONPATH"]["value"] == "/models/code/server:/models/code/client"
-    assert env["ML_FRONT_DOOR_PYTHONPATH"]["value"] == "/models/pydeps"
+    assert env["ML_VENV"]["value"] == "/models/venv" and "PYTHONPATH" not in env
+    assert generate[0] == "$ML_VENV/bin/python"
     assert env["MENTALLAMA_API_KEYS"]["valueFrom"]["secretKeyRef"]["optional"] is True  # keys never in args
 
 
-def test_front_door_requirements_are_the_project_pins() -> None:
+def test_ngc_requirements_are_the_project_pins() -> None:
+    """What install_tools.sh adds to the NGC image: the project's pins, and nothing the image's tensorrt_llm needs
+    in its own versions."""
     from tests.support.pins import constraint_pins
 
-    wanted = constraint_pins(DEPLOY / "container" / "front_door_requirements.txt")
+    wanted = constraint_pins(DEPLOY / "container" / "ngc_requirements.txt")
     pins = constraint_pins()
-    assert {"fastapi", "uvicorn", "httptools", "grpcio", "protobuf", "numpy", "tritonclient", "jinja2"} <= set(wanted)
+    assert {"fastapi", "uvicorn", "httptools", "grpcio", "protobuf", "numpy", "tritonclient", "jinja2", "typer",
+            "aiohttp", "psutil"} <= set(wanted)  # fmt: skip
     assert {name: version for name, version in wanted.items() if pins.get(name) != version} == {}
+    assert not {"torch", "transformers", "tokenizers", "openvino", "nvidia-pytriton", "optimum-intel"} & set(wanted)
 
 
 def test_run_triton_requires_a_model_repo() -> None:
@@ -375,7 +382,6 @@ def fake_runtime(tmp_path: Path) -> tuple[Path, Path]:
     (tmp_path / "fake-triton").write_text(FAKE_TRITON.format(python=sys.executable, record=str(record)))
     for path in (runtime, tmp_path / "fake-triton"):
         path.chmod(0o755)
-    (tmp_path / "deps").mkdir()  # the front door's packages: this venv has them already
     return runtime, record
 
 
@@ -396,7 +402,7 @@ def test_node_replicas_start_publish_and_tear_down(tmp_path: Path, fake_runtime:
         MODEL_REPO=str(tmp_path / "repo"), RUN_DIR=str(run_dir), CUDA_VISIBLE_DEVICES="4,5",
         BASE_HTTP_PORT=str(base), BASE_GRPC_PORT=str(base + 1), BASE_METRICS_PORT=str(base + 2),
         READY_TIMEOUT_S="30", ML_BIND=f"{tmp_path}/engine:{tmp_path}/tokenizer", SERVE_HOST="127.0.0.1",
-        ML_FRONT_DOOR_DEPS=str(tmp_path / "deps"), ML_TRITON_PORT_OFFSET="7",
+        ML_VENV=TOOLS_VENV, ML_TRITON_PORT_OFFSET="7",
     )  # fmt: skip
     proc = subprocess.Popen(
         [str(DEPLOY / "slurm" / "node_replicas.sh")], env=env, stderr=subprocess.PIPE, text=True
@@ -439,7 +445,7 @@ def test_tp_sbatch_runs_world_size_ranks_and_stops_on_sigterm(
         ML_CONTAINER_RUNTIME=str(runtime), ML_IMAGE="fake.sif", FAKE_IMAGE="fake.sif",
         MODEL_REPO=str(tmp_path / "repo"), RUN_DIR=str(run_dir), WORLD_SIZE="2",
         HTTP_PORT=str(base), GRPC_PORT=str(base + 1), METRICS_PORT=str(base + 2), READY_TIMEOUT_S="30",
-        ML_FRONT_DOOR_DEPS=str(tmp_path / "deps"), ML_TRITON_PORT_OFFSET="3",
+        ML_VENV=TOOLS_VENV, ML_TRITON_PORT_OFFSET="3",
     )  # fmt: skip
     # The fake runtime starts the first program after the image: give it mpirun's argv to inspect.
     proc = subprocess.Popen(

@@ -139,7 +139,7 @@ def _show_version(value: bool) -> None:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            typer.echo(f"mentallama-serve {version('mentallama-serving')}")
+            typer.echo(f"mentallama-serve {version('mentallama-server')}")  # the server part's distribution
         except PackageNotFoundError:  # pragma: no cover - a source tree without an install
             typer.echo("mentallama-serve (not installed)")
         raise typer.Exit()
