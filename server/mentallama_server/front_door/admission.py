@@ -13,7 +13,7 @@ import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-OVERLOADED = "server overloaded"  # the prefix the SDK and the front model use for retryable refusals
+from mentallama_server.overload import OVERLOADED, as_overload
 
 
 class Refused(Exception):
@@ -34,8 +34,10 @@ class Ticket:
     model: str
 
     def own_words(self, text: str) -> str:
-        """Upstream text (Triton names the request in its errors) with the client's own id in it."""
-        return text.replace(self.upstream_id, self.client_id)
+        """Upstream text (Triton names the request in its errors) with the client's own id in it; an engine's
+        full queue in the words clients retry on (the ensemble's errors come straight from TensorRT-LLM)."""
+        text = text.replace(self.upstream_id, self.client_id)
+        return as_overload(text) or text
 
 
 @dataclass

@@ -44,6 +44,7 @@ from mentallama_server.models.preprocessing import Preprocessor
 from mentallama_server.models.request_errors import RequestError, scalar
 from mentallama_server.models.sampling import Inputs, Sampling, check_sampling_values, require_one_sequence
 from mentallama_server.models.word_lists import to_word_list
+from mentallama_server.overload import OVERLOADED, as_overload
 
 INPUT_NAMES = tuple(spec.name for spec in FRONT_INPUTS)
 # The front model always streams from the engine (to watch for cancellation between chunks) and
@@ -185,7 +186,6 @@ def engine_inputs(front: FrontRequest, streaming: bool = True) -> dict[str, np.n
 
 
 ErrorCode = Literal["INTERNAL", "INVALID_ARG", "UNAVAILABLE"]
-OVERLOADED = "server overloaded"
 # Longer ids are refused: an engine request id (`<id>#<32 hex>`) must fit one stop datagram (stop_channel).
 MAX_REQUEST_ID_CHARS = 256
 
@@ -217,15 +217,18 @@ class EngineChunk:
 
     @classmethod
     def failed(cls, message: str, code: int) -> EngineChunk:
-        """An engine error response. BLS responses of Triton 2.51 report every error as INTERNAL, so the
-        engine's overload refusal is recognised by its message to stay retryable."""
-        return cls(error=message, code="UNAVAILABLE" if message.startswith(OVERLOADED) else code)
+        """An engine error response. BLS responses report every error as INTERNAL, so an overload refusal (ours,
+        TensorRT-LLM's full queue, Triton's) is recognised by its message and passed on as UNAVAILABLE, in the
+        words clients retry on (`overload.as_overload`)."""
+        overload = as_overload(message)
+        return cls(error=message, code=code) if overload is None else cls(error=overload, code="UNAVAILABLE")
 
     @classmethod
     def failed_in_band(cls, message: bytes | str) -> EngineChunk:
         """A final response whose `error_message` output carries the engine's error (`errors_in_band`)."""
         text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
-        return cls(error=text, code="INTERNAL")
+        overload = as_overload(text)
+        return cls(error=text, code="INTERNAL") if overload is None else cls(error=overload, code="UNAVAILABLE")
 
 
 @dataclass(frozen=True)

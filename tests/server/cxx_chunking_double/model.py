@@ -9,6 +9,12 @@ Every request "generates" the token ids in `tokens.json` beside this file (writt
 in chunks of 1, 2, 3, 1, 2, 3, ... tokens, so chunks end inside byte runs at every offset. A request that
 does not stream gets them in one response, after its prompt unless `exclude_input_in_output`. A `stop`
 request is answered with a bare final flag.
+
+Two more behaviours of the C++ backend, switched on by files the test writes beside this one:
+- `refuse.txt`: every request is refused with that text, as the backend refuses a request its executor will not
+  take (an error response, code INTERNAL: "Maximum queue size of N has been reached, please try again later").
+- `hold`: streamed requests get no token until a `stop` with their id ends them (requests that occupy the
+  engine, for admission tests).
 """
 
 import json
@@ -36,15 +42,29 @@ def _response(ids):
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.tokens = json.loads((Path(__file__).parent / "tokens.json").read_text())
+        here = Path(__file__).parent
+        self.tokens = json.loads((here / "tokens.json").read_text())
+        refuse = here / "refuse.txt"
+        self.refusal = refuse.read_text() if refuse.is_file() else None
+        self.hold = (here / "hold").is_file()
+        self.held = {}  # request id -> sender of a held request
 
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
             if bool(_input(request, "stop", np.zeros(1)).reshape(-1)[0]):
+                held = self.held.pop(request.request_id(), None)
+                if held is not None:
+                    held.send(flags=FINAL)
                 sender.send(flags=FINAL)
                 continue
+            if self.refusal is not None:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(self.refusal)), flags=FINAL)
+                continue
             streaming = bool(_input(request, "streaming", np.zeros(1)).reshape(-1)[0])
+            if self.hold and streaming:
+                self.held[request.request_id()] = sender
+                continue
             if not streaming:
                 exclude = bool(_input(request, "exclude_input_in_output", np.zeros(1)).reshape(-1)[0])
                 length = int(_input(request, "input_lengths", np.zeros(1)).reshape(-1)[0])
