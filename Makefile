@@ -52,8 +52,10 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# IMHI: a clone of the MentaLLaMA authors' repository (git clone --depth 1 https://github.com/SteveKGYang/MentalLLaMA).
+IMHI ?= MentalLLaMA
 bench: setup
-	$(BIN)/mentallama-bench cpu-engine --model bench --imhi-dir ../shared/imhi --weight-formats int8,fp16
+	$(BIN)/mentallama-bench cpu-engine --checkpoint bench --imhi-dir $(IMHI) --weight-formats int8,fp16
 
 clean:
 	rm -rf artifacts/runs .pytest_cache

@@ -1,4 +1,5 @@
-"""CPU engine benchmark: the served OpenVINO engine vs. the same engine in-process vs. the authors' way.
+"""CPU engine benchmark: the served OpenVINO engine vs. the same engine in-process vs. the authors' way (and
+llama.cpp's `llama-server` on the same checkpoint in GGUF Q8_0, when given).
 
 Workload (issue 9): the first 8 queries of each IMHI test file (64 prompts), exactly `--output-len` new
 tokens each (min = max tokens, greedy), at each concurrency. Three ways, measured in one run because these
@@ -7,9 +8,15 @@ machines are noisy, so the ratios are what to read:
 - served: gRPC streaming to the `mentallama` model of a `mentallama-serve` CPU server (OpenVINO engine);
 - in-process: `OpenVinoEngine` with the server's own settings, in this process (no Triton, no gRPC);
 - authors' way: transformers `generate()` on the checkpoint in static batches of 8 with left padding, as the
-  MentaLLaMA authors' evaluation script runs it (one figure: a static batch has no concurrency).
+  MentaLLaMA authors' evaluation script runs it (one figure: a static batch has no concurrency);
+- llama.cpp (`--llama-server PATH --gguf FILE`): `llama-server` with one slot per request in flight, the
+  checkpoint converted to GGUF Q8_0 (mentallama_bench.llama_cpp says how), at each concurrency.
 
-    mentallama-bench cpu-engine --model bench --imhi-dir ../shared/imhi --weight-formats int8,fp16
+    mentallama-bench cpu-engine --checkpoint bench --imhi-dir MentalLLaMA --weight-formats int8,fp16 \
+        [--llama-server llama.cpp/build/bin/llama-server --gguf bench-q8_0.gguf]
+
+The report names the machine's CPU and its load average at the start and the end of the run: the ratios
+hold for one machine at one time, and a busy neighbour changes them.
 
 `--footprint` also starts the tiny model's server once its engine exists and reports the time to ready and
 the resident memory of tritonserver and its Python stubs.
@@ -20,11 +27,13 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from mentallama.evaluation import imhi_part
 from mentallama_bench.backends import Backend, TritonGrpcBackend
 from mentallama_bench.engine_backend import EngineBackend
 from mentallama_bench.records import SampleRequest, SamplingParams
@@ -38,10 +47,11 @@ AUTHORS_BATCH = 8
 
 def imhi_prompts(imhi_dir: Path, per_file: int = PER_FILE) -> list[tuple[str, str]]:
     """(task file, query) for the first `per_file` queries of each test file, files in name order."""
-    folder = imhi_dir / "test_instruction"
+    folder = imhi_part(imhi_dir, "test") or imhi_dir
     files = sorted(folder.glob("*.csv"))
     if not files:
-        raise SystemExit(f"no IMHI test files in {folder} (give --imhi-dir, the folder holding test_instruction/)")
+        raise SystemExit(f"no IMHI test files in {folder}: clone https://github.com/SteveKGYang/MentalLLaMA and "
+                         "give --imhi-dir MentalLLaMA (its test_data/test_instruction/ is read)")  # fmt: skip
     csv.field_size_limit(sys.maxsize)
     prompts = []
     for path in files:
@@ -132,6 +142,38 @@ def measure_format(
     return {"served": served, "in_process": in_process}
 
 
+def measure_llama_cpp(binary: Path, gguf: Path, samples: list[SampleRequest], concurrencies: list[int],
+                      output_len: int) -> list[dict[str, Any]]:  # fmt: skip
+    """tok/s of llama.cpp's server on the same samples, one server with a slot per request in flight."""
+    from mentallama_bench.llama_cpp import LlamaCppBackend, llama_server
+
+    longest = max(len(s.prompt) for s in samples)  # characters: at least as many as tokens, a safe context
+    runs: list[dict[str, Any]] = []
+    with llama_server(binary, gguf, max(concurrencies), min(longest, 4096) + output_len + 8) as url:
+        for c in concurrencies:
+            backend = LlamaCppBackend(url)
+            runs.append(asyncio.run(_closing(backend, run_load(backend, samples, c))))
+            print(f"  llama.cpp {gguf.name} c={c:<3} {runs[-1]['tok_s']:8.1f} tok/s", flush=True)
+    return runs
+
+
+def machine() -> dict[str, Any]:
+    """The CPU and how busy the machine is, for the report (the ratios hold for one machine at one time)."""
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    return {"cpu": name, "cores": os.cpu_count(), "isa": isa, "load_average": list(os.getloadavg())}
+
+
 def footprint() -> dict[str, Any]:
     """Time to ready and RSS of the tiny model's server once its engine exists."""
     import psutil
@@ -157,23 +199,43 @@ def _free_opts() -> ServerOptions:
     return ServerOptions.on_free_ports()
 
 
-def run_study(model: str = "bench", imhi_dir: Path = Path("../shared/imhi"), concurrency: str = "1,4,16,32",
+def run_study(checkpoint: str = "bench", imhi_dir: Path = Path("MentalLLaMA"), concurrency: str = "1,4,16,32",
               output_len: int = 64, weight_formats: str = "int8,fp16", skip_authors: bool = False,
               authors_dtype: str = "auto", with_footprint: bool = False,
-              output: Path = Path("results/cpu_engine_bench.json")) -> int:  # fmt: skip
+              output: Path = Path("results/cpu_engine_bench.json"), llama_server: Path | None = None,
+              gguf: Path | None = None) -> int:  # fmt: skip
     """`mentallama-bench cpu-engine`: measure, print the table and write the report to ``output``."""
-    checkpoint = resolve_checkpoint(model)
+    llama_binary = None
+    if gguf is not None or llama_server is not None:  # checked before an hour of measuring, not after
+        from mentallama_bench.llama_cpp import find_llama_server
+
+        if gguf is None or not gguf.is_file():
+            print(f"error: --gguf {gguf or '(missing)'}: give the checkpoint converted to GGUF Q8_0 (llama.cpp's "
+                  "convert_hf_to_gguf.py CHECKPOINT --outtype q8_0)", file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            llama_binary = find_llama_server(llama_server)
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    folder = resolve_checkpoint(checkpoint)
     concurrencies = [int(c) for c in concurrency.split(",")]
     prompts = imhi_prompts(imhi_dir)
     samples = [SampleRequest(i, query, task, output_len) for i, (task, query) in enumerate(prompts)]
-    print(f"{len(samples)} IMHI queries, {output_len} new tokens each, {checkpoint.name}", flush=True)
-    report: dict[str, Any] = {"model": checkpoint.name, "queries": len(samples), "output_len": output_len}
+    print(f"{len(samples)} IMHI queries, {output_len} new tokens each, {folder.name}", flush=True)
+    report: dict[str, Any] = {"model": folder.name, "queries": len(samples), "output_len": output_len,
+                              "machine": machine()}  # fmt: skip
+    checkpoint_dir = folder
     if not skip_authors:
-        report["authors"] = authors_way(checkpoint, [s.prompt for s in samples], output_len, authors_dtype)
+        report["authors"] = authors_way(checkpoint_dir, [s.prompt for s in samples], output_len, authors_dtype)
         print(f"  authors' way (generate, batches of 8): {report['authors']['tok_s']:.1f} tok/s", flush=True)
     report["formats"] = {
-        fmt: measure_format(checkpoint, fmt, samples, concurrencies) for fmt in weight_formats.split(",")
+        fmt: measure_format(checkpoint_dir, fmt, samples, concurrencies) for fmt in weight_formats.split(",")
     }
+    if llama_binary is not None and gguf is not None:
+        report["llama_cpp"] = {"gguf": gguf.name, "runs": measure_llama_cpp(llama_binary, gguf, samples,
+                                                                           concurrencies, output_len)}  # fmt: skip
+    report["machine"]["load_average_end"] = list(os.getloadavg())
     if with_footprint:
         report["footprint"] = footprint()
     print_report(report, concurrencies)
@@ -196,8 +258,22 @@ def print_report(report: dict[str, Any], concurrencies: list[int]) -> None:
                 f"| {fmt} | {served['concurrency']} | {served['tok_s']:.1f} | {local['tok_s']:.1f} | "
                 f"{served['tok_s'] / local['tok_s']:.2f} | {vs_authors}{note} |"
             )
+    llama = {r["concurrency"]: r["tok_s"] for r in report.get("llama_cpp", {}).get("runs", [])}
+    if llama:
+        print(f"\n| llama.cpp ({report['llama_cpp']['gguf']}) | concurrency | tok/s | "
+              + " | ".join(f"served {fmt} / llama.cpp" for fmt in report["formats"]) + " |")  # fmt: skip
+        print("|---|---|---|" + "---|" * len(report["formats"]))
+        for c, tok_s in llama.items():
+            ratios = [next((f"{r['tok_s'] / tok_s:.2f}" for r in runs["served"] if r["concurrency"] == c), "-")
+                      for runs in report["formats"].values()]  # fmt: skip
+            print(f"| | {c} | {tok_s:.1f} | " + " | ".join(ratios) + " |")
     if authors:
         print(f"\nauthors' way: {authors:.1f} tok/s ({report['authors']['dtype']}, static batches of {AUTHORS_BATCH})")
+    m = report.get("machine")
+    if m:
+        print(f"machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['isa']) or 'no AVX2'}); load average "
+              f"{m['load_average'][0]:.2f} at the start, {m.get('load_average_end', [float('nan')])[0]:.2f} at the "
+              "end (compare only figures of one run)")  # fmt: skip
     for fmt, runs in report["formats"].items():
         by_c = {r["concurrency"]: r["tok_s"] for r in runs["served"]}
         local = {r["concurrency"]: r["tok_s"] for r in runs["in_process"]}

@@ -17,6 +17,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from mentallama.evaluation import imhi_part
 from mentallama_bench.records import SampleRequest
 from mentallama_bench.tokens import count_input_tokens
 
@@ -69,7 +70,8 @@ def _csv_field_limit() -> None:
 
 
 class ImhiDataset(BenchmarkDataset):
-    """IMHI test queries: `FOLDER/test_instruction/*.csv` (or `FOLDER/*.csv`), column `query`.
+    """IMHI test queries: `FOLDER/test_data/test_instruction/*.csv` (a clone of the authors' repository),
+    `FOLDER/test_instruction/*.csv` or `FOLDER/*.csv`, column `query`.
 
     The task is the file's stem (`DR.csv` -> `DR`). With no `task_mix`, prompts are drawn from all
     rows uniformly (the benchmark's natural mix); with one, each request first picks a task by weight
@@ -113,11 +115,11 @@ class ImhiDataset(BenchmarkDataset):
 
     @staticmethod
     def _find_files(folder: Path) -> list[Path]:
-        for candidate in (folder / "test_instruction", folder):
+        for candidate in (imhi_part(folder, "test") or folder, folder):
             files = sorted(candidate.glob("*.csv")) if candidate.is_dir() else []
             if files:
                 return files
-        raise FileNotFoundError(f"no test_instruction/*.csv under {folder}")
+        raise FileNotFoundError(f"no test_data/test_instruction/*.csv, test_instruction/*.csv or *.csv under {folder}")
 
     @staticmethod
     def _read_queries(path: Path) -> list[str]:

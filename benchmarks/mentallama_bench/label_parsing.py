@@ -17,7 +17,11 @@ rules read from the reference answer's own verdict:
    and the explanation). Goal >= 95 %.
 4. **Speed**: seconds to parse 10,000 reference answers (all tasks, in file order), best of 3. Goal < 2 s.
 
-    mentallama-bench label-parsing --imhi ../shared/imhi [--json results/label_parsing.json]
+    mentallama-bench label-parsing --imhi MentalLLaMA [--json results/label_parsing.json]
+
+``--imhi``: a clone of the MentaLLaMA authors' repository (github.com/SteveKGYang/MentalLLaMA: its
+``train_data/instruction_data/``, ``test_data/test_instruction/`` and ``human_evaluation/test_instruction_expert/``)
+or a folder with ``train_instruction/``, ``test_instruction/`` and ``expert/``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mentallama.evaluation import imhi_part
 from mentallama.parsing import parse_response, read_rules
 from mentallama.tasks import TASKS, get_task
 from mentallama_build.label_model import TASK_ORDER, Example, TrainConfig, load_task_examples
@@ -104,8 +109,9 @@ def explanation_only(held: dict[str, list[Example]]) -> dict[str, dict]:
 
 def references(imhi: Path) -> dict[str, dict]:
     counts: dict[str, list[int]] = {}
-    for split in ("test_instruction", "expert"):
-        for path in sorted((imhi / split).glob("*.csv")):
+    for part in ("test", "expert"):
+        folder = imhi_part(imhi, part)
+        for path in sorted(folder.glob("*.csv")) if folder is not None else []:
             task = get_task(path.stem).name
             with path.open(newline="", encoding="utf-8") as f:
                 for row in csv.DictReader(f):
@@ -139,7 +145,8 @@ def failure_styles(held: dict[str, list[Example]], seed: int) -> dict[str, dict[
 
 def speed(imhi: Path, n: int = 10_000, repeats: int = 3) -> dict:
     answers: list[tuple[str, str]] = []
-    for path in sorted((imhi / "test_instruction").glob("*.csv")):
+    test = imhi_part(imhi, "test")
+    for path in sorted(test.glob("*.csv")) if test is not None else []:
         task = get_task(path.stem).name
         with path.open(newline="", encoding="utf-8") as f:
             answers += [(task, row["gpt-3.5-turbo"]) for row in csv.DictReader(f)]
@@ -163,8 +170,9 @@ def speed(imhi: Path, n: int = 10_000, repeats: int = 3) -> dict:
 
 
 def run(imhi: Path, seed: int = 11, echo: Callable[[str], None] = print) -> dict:
-    held = {task: load_task_examples(imhi, task, TrainConfig())[1] for task in TASK_ORDER
-            if (imhi / "train_instruction" / task).is_dir()}  # fmt: skip
+    train = imhi_part(imhi, "train")
+    held = {task: load_task_examples(train, task, TrainConfig())[1] for task in TASK_ORDER
+            if train is not None and (train / task).is_dir()}  # fmt: skip
     results = {"explanation_only": explanation_only(held), "references": references(imhi),
                "failure_styles": failure_styles(held, seed), "speed": speed(imhi)}  # fmt: skip
     echo("1. held-out validation answers, explanation only (goal >= 95 %):")
@@ -189,8 +197,10 @@ def run(imhi: Path, seed: int = 11, echo: Callable[[str], None] = print) -> dict
 def run_study(imhi: Path, seed: int = 11, json_path: Path | None = None) -> int:
     """`mentallama-bench label-parsing`: print the figures (and write them to ``json_path``); exit code 2 without
     the IMHI data."""
-    if not (imhi / "train_instruction").is_dir():
-        print(f"IMHI data not found at {imhi}", file=sys.stderr)
+    missing = [part for part in ("train", "test", "expert") if imhi_part(imhi, part) is None]
+    if missing:
+        print(f"IMHI data not found at {imhi} (no {', '.join(missing)} part): clone "
+              "https://github.com/SteveKGYang/MentalLLaMA and pass --imhi MentalLLaMA", file=sys.stderr)
         return 2
     results = run(imhi, seed)
     if json_path:

@@ -61,9 +61,17 @@ def soak(
          json_path=json_path)  # fmt: skip
 
 
+CheckpointOpt = Annotated[
+    str, typer.Option("--checkpoint", "--model", help="tiny, bench or a checkpoint folder (--model: its old name)")
+]
+
+
 def cpu_engine(
-    model: Annotated[str, typer.Option(help="tiny, bench or a checkpoint folder")] = "bench",
-    imhi_dir: Annotated[Path, typer.Option(help="IMHI root (its test_instruction/ is read)")] = Path("../shared/imhi"),
+    checkpoint: CheckpointOpt = "bench",
+    imhi_dir: Annotated[
+        Path, typer.Option(help="a clone of github.com/SteveKGYang/MentalLLaMA (its test_data/test_instruction/ is "
+                           "read) or a folder of IMHI test CSVs")  # fmt: skip
+    ] = Path("MentalLLaMA"),
     concurrency: Annotated[str, typer.Option(help="comma-separated concurrencies")] = "1,4,16,32",
     output_len: Annotated[int, typer.Option(help="new tokens per query")] = 64,
     weight_formats: Annotated[str, typer.Option(help="comma-separated engine weight formats")] = "int8,fp16",
@@ -73,23 +81,32 @@ def cpu_engine(
         bool, typer.Option("--footprint", help="also measure the tiny server's start and RSS")
     ] = False,
     output: Annotated[Path, typer.Option(help="report (JSON)")] = Path("results/cpu_engine_bench.json"),
+    llama_server: Annotated[
+        Path | None, typer.Option(help="llama.cpp's llama-server binary (default: on PATH when --gguf is given)",
+                                  show_default=False),  # fmt: skip
+    ] = None,
+    gguf: Annotated[
+        Path | None, typer.Option(help="the checkpoint converted to GGUF Q8_0: also measure llama-server on it",
+                                  show_default=False),  # fmt: skip
+    ] = None,
 ) -> None:
-    """Served vs in-process OpenVINO engine vs generate().
+    """Served vs in-process OpenVINO engine vs generate() (vs llama.cpp).
 
-    Output tokens/s on IMHI queries: the CPU profile served by Triton, the same OpenVINO engine in-process, and
-    the MentaLLaMA authors' transformers generate() loop (`make bench`).
+    Output tokens/s on IMHI queries, in one run: the CPU profile served by Triton, the same OpenVINO engine
+    in-process, the MentaLLaMA authors' transformers generate() loop (`make bench`), and with --gguf llama.cpp's
+    llama-server on the same checkpoint in GGUF Q8_0. The report names the CPU and the load average.
 
     \b
-        mentallama-bench cpu-engine --model bench --imhi-dir ../shared/imhi --weight-formats int8,fp16
+        mentallama-bench cpu-engine --checkpoint bench --imhi-dir MentalLLaMA --weight-formats int8,fp16
     """
     _ints(concurrency, "--concurrency")
-    _run("cpu_engine_bench", model=model, imhi_dir=imhi_dir, concurrency=concurrency, output_len=output_len,
-         weight_formats=weight_formats, skip_authors=skip_authors, authors_dtype=authors_dtype,
-         with_footprint=footprint, output=output)  # fmt: skip
+    _run("cpu_engine_bench", checkpoint=checkpoint, imhi_dir=imhi_dir, concurrency=concurrency,
+         output_len=output_len, weight_formats=weight_formats, skip_authors=skip_authors, authors_dtype=authors_dtype,
+         with_footprint=footprint, output=output, llama_server=llama_server, gguf=gguf)  # fmt: skip
 
 
 def serving_overhead(
-    model: Annotated[str, typer.Option(help="tiny, bench or a checkpoint folder")] = "bench",
+    model: CheckpointOpt = "bench",
     concurrency: Annotated[str, typer.Option(help="comma-separated concurrencies")] = "1,4,16",
     requests: Annotated[int, typer.Option(help="measured requests per concurrency")] = 32,
     input_len: Annotated[int, typer.Option(help="prompt tokens")] = 128,
@@ -102,7 +119,7 @@ def serving_overhead(
     synthetic load against the served model and against the engine built with the server's own settings.
 
     \b
-        mentallama-bench serving-overhead --model bench --concurrency 1,4,16 --requests 32 --output-len 128
+        mentallama-bench serving-overhead --checkpoint bench --concurrency 1,4,16 --requests 32 --output-len 128
     """
     _ints(concurrency, "--concurrency")
     _run("serving_overhead", model=model, concurrency=concurrency, requests=requests, input_len=input_len,
@@ -110,7 +127,7 @@ def serving_overhead(
 
 
 def front_door(
-    model: Annotated[str, typer.Option(help="tiny, bench or a checkpoint folder")] = "bench",
+    model: CheckpointOpt = "bench",
     data: Annotated[
         Path | None,
         typer.Option(help="IMHI data folder (test_instruction/*.csv); synthetic without", show_default=False),
@@ -131,7 +148,7 @@ def front_door(
     runs, the CPU they ran on and the front door's own CPU share. Run it on an idle machine.
 
     \b
-        mentallama-bench front-door --model bench --data IMHI_DIR --concurrency 1,8,16,32 --requests 128
+        mentallama-bench front-door --checkpoint bench --data IMHI_DIR --concurrency 1,8,16,32 --requests 128
     """
     _ints(concurrency, "--concurrency")
     _run("front_door_overhead", model=model, data=data, concurrency=concurrency, requests=requests,
@@ -166,8 +183,9 @@ def sdk_overhead(
 
 def label_parsing(
     imhi: Annotated[
-        Path, typer.Option(help="IMHI root (train_instruction/, test_instruction/, expert/): the data of the "
-                           "MentaLLaMA authors' repository, github.com/SteveKGYang/MentalLLaMA")  # fmt: skip
+        Path, typer.Option(help="a clone of the MentaLLaMA authors' repository (github.com/SteveKGYang/MentalLLaMA: "
+                           "its train_data/, test_data/ and human_evaluation/ are read), or a folder with "
+                           "train_instruction/, test_instruction/ and expert/")  # fmt: skip
     ],
     seed: Annotated[int, typer.Option(help="seed of the rewritten variants")] = 11,
     json_path: Annotated[
@@ -180,7 +198,7 @@ def label_parsing(
     10,000 answers (benchmarks/mentallama_bench/label_parsing.py says how each figure is made).
 
     \b
-        mentallama-bench label-parsing --imhi ../shared/imhi [--json results/label_parsing.json]
+        mentallama-bench label-parsing --imhi MentalLLaMA [--json results/label_parsing.json]
     """
     _run("label_parsing", imhi=imhi, seed=seed, json_path=json_path)
 

@@ -23,7 +23,10 @@ from .tasks import TASKS, TaskInfo, get_task
 from .types import Analysis
 
 __all__ = [
+    "IMHI_PARTS",
+    "IMHI_REPOSITORY",
     "ImhiExample",
+    "imhi_part",
     "LabelScore",
     "count_answer_flags",
     "count_label_sources",
@@ -37,6 +40,24 @@ __all__ = [
 QUERY_COLUMN = "query"
 REFERENCE_COLUMN = "gpt-3.5-turbo"
 INSTRUCTION_SPLIT = "test_instruction"
+IMHI_REPOSITORY = "https://github.com/SteveKGYang/MentalLLaMA"
+IMHI_PARTS: dict[str, tuple[str, ...]] = {
+    "test": ("test_data/test_instruction", INSTRUCTION_SPLIT),
+    "expert": ("human_evaluation/test_instruction_expert", "expert"),
+    "train": ("train_data/instruction_data", "train_instruction"),
+}
+"""Where each part of the IMHI data lies under a root: first as in a clone of the MentaLLaMA authors' repository
+(:data:`IMHI_REPOSITORY`), then as in a folder holding the three parts side by side."""
+
+
+def imhi_part(root: str | Path, part: str) -> Path | None:
+    """The folder of IMHI ``part`` (``"test"``, ``"expert"`` or ``"train"``) under ``root``: a clone of the authors'
+    repository or a folder with ``test_instruction/``, ``expert/``, ``train_instruction/``; ``None`` if absent."""
+    for relative in IMHI_PARTS[part]:
+        folder = Path(root) / relative
+        if folder.is_dir():
+            return folder
+    return None
 
 
 @dataclass(frozen=True)
@@ -123,13 +144,13 @@ class TaskScore:
 def find_task_files(folder: str | Path) -> dict[str, Path]:
     """Task name -> CSV path in an IMHI folder.
 
-    ``folder`` may be the IMHI root (its ``test_instruction/`` is used) or a folder of task CSVs
+    ``folder`` may be a clone of the authors' repository (its ``test_data/test_instruction/`` is used), a
+    folder holding ``test_instruction/``, or a folder of task CSVs
     (``test_instruction/``, ``expert/``). CSVs whose name is not a task (e.g. ``notes.csv``) are
     ignored; two files of one task are an error.
     """
     root = Path(folder)
-    if (root / INSTRUCTION_SPLIT).is_dir():
-        root = root / INSTRUCTION_SPLIT
+    root = imhi_part(root, "test") or root
     if not root.is_dir():
         raise FileNotFoundError(f"IMHI folder not found: {root}")
     found: dict[str, Path] = {}

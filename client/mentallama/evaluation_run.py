@@ -49,7 +49,7 @@ __all__ = [
     "write_reports",
 ]
 
-IMHI_SOURCE = "https://github.com/SteveKGYang/MentalLLaMA (folder IMHI)"
+IMHI_SOURCE = "https://github.com/SteveKGYang/MentalLLaMA (test_data/test_instruction/)"
 IMHI_CLONE = "git clone --depth 1 https://github.com/SteveKGYang/MentalLLaMA"
 COLUMNS = ("task", "n", "accuracy", "weighted_f1", "unparseable", "stated", "inferred", "conflicts", "off_task",
            "failed", "skipped")
@@ -91,7 +91,7 @@ def load_queries(
     the data comes from; an unknown task is ``load_imhi``'s ``ValueError``."""
     if not imhi_dir.is_dir():
         raise FileNotFoundError(f"{imhi_dir}: no such folder. The IMHI data is in {IMHI_SOURCE}: clone it "
-                                f"({IMHI_CLONE}) and pass --imhi-dir MentalLLaMA/IMHI")  # fmt: skip
+                                f"({IMHI_CLONE}) and pass --imhi-dir MentalLLaMA")  # fmt: skip
     examples = load_imhi(imhi_dir, tasks, limit)
     split = next(iter(find_task_files(imhi_dir).values()), imhi_dir / "?").parent
     if not examples:
@@ -164,8 +164,7 @@ def run_evaluation(
                                            max_tokens=max_tokens, on_result=done)  # fmt: skip
 
         try:
-            if pending:
-                asyncio.run(send())
+            asyncio.run(send())  # also with nothing pending: run.json names the model and endpoints
         except KeyboardInterrupt:
             writer.flush_all()
             received = len(examples) - len(pending) + writer.written

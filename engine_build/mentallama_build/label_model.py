@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mentallama.evaluation import imhi_part
 from mentallama.label_model import LabelModel, TaskLabelModel, featurize, ngrams
 from mentallama.parsing import MIN_FEATURES, OVERRIDE_THRESHOLDS, parse_response, read_rules
 from mentallama.prompts import aspect_of, split_query
@@ -109,10 +110,9 @@ def _examples(task: str, rows: Iterable[tuple[str, str]]) -> list[Example]:
 
 
 def load_task_examples(folder: Path, task: str, config: TrainConfig) -> tuple[list[Example], list[Example], str]:
-    """``(train, held_out, how the split was made)`` of ``task`` in ``folder`` (its train_instruction
-    folder or the IMHI root)."""
-    if (folder / "train_instruction").is_dir():
-        folder = folder / "train_instruction"
+    """``(train, held_out, how the split was made)`` of ``task`` in ``folder`` (a clone of the authors' repository,
+    whose ``train_data/instruction_data/`` is read, an IMHI root with ``train_instruction/``, or that folder)."""
+    folder = imhi_part(folder, "train") or folder
     task_dir = folder / task
     val = _rows(task_dir / "val.csv", config.limit)
     if (task_dir / "train.csv").is_file():
@@ -358,7 +358,7 @@ def train_label_models(
     echo: Callable[[str], None] = print,
 ) -> LabelModel:  # fmt: skip
     """Train every task with data in ``data``, write ``output``, print the held-out evaluation."""
-    root = data / "train_instruction" if (data / "train_instruction").is_dir() else data
+    root = imhi_part(data, "train") or data
     wanted = [get_task(t).name for t in tasks] if tasks else [t for t in TASK_ORDER if (root / t).is_dir()]
     if not wanted:
         raise FileNotFoundError(f"no task folder ({', '.join(TASK_ORDER)}) in {root}")

@@ -40,8 +40,8 @@ from .common import fail, suggest
 ImhiDirOpt = Annotated[
     Path,
     typer.Option(file_okay=False,
-                 help=f"IMHI data from {IMHI_SOURCE}: its root (test_instruction/ is read) or a folder of task CSVs "
-                 "such as expert/"),
+                 help=f"IMHI data from {IMHI_SOURCE}: the clone's root (its test_data/test_instruction/ is read) "
+                 "or a folder of task CSVs such as MentalLLaMA/human_evaluation/test_instruction_expert"),
 ]  # fmt: skip
 TasksOpt = Annotated[
     list[str] | None,
@@ -88,8 +88,9 @@ def evaluate(
     their explanation argues against (conflicts) and how many answers gave a verdict about another task.
 
     The IMHI data comes from the MentaLLaMA authors' repository (https://github.com/SteveKGYang/MentalLLaMA,
-    folder IMHI); eval reads its test split, test_instruction/ (one CSV per task, columns query and
-    answer), or the folder of task CSVs given. Ctrl-C keeps the raw outputs received so far; --resume
+    cloned as MentalLLaMA/); eval reads its test split, test_data/test_instruction/ (one CSV per task, columns
+    query and answer): pass --imhi-dir MentalLLaMA, or a folder of task CSVs such as
+    MentalLLaMA/human_evaluation/test_instruction_expert. Ctrl-C keeps the raw outputs received so far; --resume
     continues them."""
     if (overwrite or resume) and output is None:
         fail("--overwrite and --resume are about the raw outputs in an --output folder; give --output DIR", code=2)
