@@ -176,7 +176,8 @@ def nano(
     seed: Annotated[int, typer.Option(help="Seed of the tokenizer, the weights and the data order.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run saved in <output>.state/.")] = False,
     exclude: Annotated[
-        Path | None, typer.Option(help="Folder of test CSVs whose queries are dropped (default: ../test_instruction).")
+        Path | None, typer.Option(help="Folder of test CSVs whose queries are dropped (default: the test set beside "
+                                  "--data: ../test_instruction, or ../../test_data/test_instruction in a clone).")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Use at most this many rows (smoke tests).")] = None,
     save_minutes: Annotated[float, typer.Option(help="Minutes between checkpoints.")] = 5.0,

@@ -578,6 +578,10 @@ def describe_result(result: TrainResult) -> str:
 
 
 def default_exclude(data: Path) -> Path | None:
-    """The IMHI test sets beside `train_instruction/`, when present."""
-    candidate = Path(data).resolve().parent / "test_instruction"
-    return candidate if candidate.is_dir() else None
+    """The IMHI test sets beside the training data, when present: `test_instruction/` beside `train_instruction/`,
+    or in a clone of the authors' repository `test_data/test_instruction/` for `train_data/instruction_data/`."""
+    data = Path(data).resolve()
+    for candidate in (data.parent / "test_instruction", data.parent.parent / "test_data" / "test_instruction"):
+        if candidate.is_dir():
+            return candidate
+    return None
