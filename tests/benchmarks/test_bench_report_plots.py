@@ -131,16 +131,18 @@ def test_titles_fit_their_figure_and_state_lengths_in_tokens():
             plt.close(fig)
 
 
-def test_report_says_when_server_metrics_were_not_read(tmp_path: Path):
+def test_report_says_when_server_metrics_were_not_read():
+    from mentallama_bench.report import _server_lines
+
     def results(server: dict) -> list[RunResult]:
         s = summary(1, 5) | {"requests": {"completed": 5, "failed": 0}, "request_throughput": 1.0, "goodput": None,
                              "token_count_source": {"server": 5}, "errors": {}, "slo": {}, "server": server}
         return [RunResult(s["run"]["label"], [], s)]
 
-    write_session(tmp_path / "none", results({}))
-    report = (tmp_path / "none" / "report.md").read_text()
+    report = "\n".join(_server_lines(results({})))
     assert "Server metrics were not scraped" in report and "No per-model Triton counters changed" not in report
-    write_session(tmp_path / "failed", results({"http://h:8002/metrics": {"error": "URLError: refused"}}))
-    report = (tmp_path / "failed" / "report.md").read_text()
+    report = "\n".join(_server_lines(results({"http://h:8002/metrics": {"error": "URLError: refused"}})))
     assert "could not scrape http://h:8002/metrics" in report and "--metrics http://HOST:PORT/metrics" in report
     assert "No per-model Triton counters changed" not in report
+    changed = {"http://h:8002/metrics": {"models": {}, "changed": []}}
+    assert "No per-model Triton counters changed" in "\n".join(_server_lines(results(changed)))
