@@ -143,13 +143,20 @@ def measure_format(
 
 
 def measure_llama_cpp(binary: Path, gguf: Path, samples: list[SampleRequest], concurrencies: list[int],
-                      output_len: int) -> list[dict[str, Any]]:  # fmt: skip
-    """tok/s of llama.cpp's server on the same samples, one server with a slot per request in flight."""
+                      output_len: int, checkpoint: Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """tok/s of llama.cpp's server on the same samples, one server with a slot per request in flight, each slot's
+    context the longest prompt (counted by the checkpoint's tokenizer, else in characters) plus the new tokens."""
     from mentallama_bench.llama_cpp import LlamaCppBackend, llama_server
 
-    longest = max(len(s.prompt) for s in samples)  # characters: at least as many as tokens, a safe context
+    if checkpoint is not None and (checkpoint / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+        longest = max(len(tokenizer.encode(s.prompt).ids) for s in samples) + 1  # BOS
+    else:
+        longest = max(len(s.prompt) for s in samples)  # characters: at least as many as tokens
     runs: list[dict[str, Any]] = []
-    with llama_server(binary, gguf, max(concurrencies), min(longest, 4096) + output_len + 8) as url:
+    with llama_server(binary, gguf, max(concurrencies), longest + output_len + 16) as url:
         for c in concurrencies:
             backend = LlamaCppBackend(url)
             runs.append(asyncio.run(_closing(backend, run_load(backend, samples, c))))
@@ -233,8 +240,8 @@ def run_study(checkpoint: str = "bench", imhi_dir: Path = Path("MentalLLaMA"), c
         fmt: measure_format(checkpoint_dir, fmt, samples, concurrencies) for fmt in weight_formats.split(",")
     }
     if llama_binary is not None and gguf is not None:
-        report["llama_cpp"] = {"gguf": gguf.name, "runs": measure_llama_cpp(llama_binary, gguf, samples,
-                                                                           concurrencies, output_len)}  # fmt: skip
+        runs = measure_llama_cpp(llama_binary, gguf, samples, concurrencies, output_len, checkpoint_dir)
+        report["llama_cpp"] = {"gguf": gguf.name, "runs": runs}
     report["machine"]["load_average_end"] = list(os.getloadavg())
     if with_footprint:
         report["footprint"] = footprint()
