@@ -155,3 +155,19 @@ def test_a_lost_upstream_ends_the_client_rpc_unavailable_as_a_dead_triton_would(
     request = build_request("mentallama", "mine", {"text_input": "Hi", "max_tokens": 4})
     with pytest.raises(AssertionError, match="aborted: StatusCode.UNAVAILABLE the inference server is not reachable"):
         asyncio.run(_one_stream(ScriptedPool([lost]), request))
+
+
+@pytest.mark.parametrize(
+    ("message", "status"),
+    [
+        ("Stub process 'tensorrt_llm_0_0' is not healthy.", 503),  # Triton's words when a model's process died
+        ("in ensemble 'ensemble', Stub process 'tensorrt_llm_0_0' is not healthy.", 503),
+        ("server overloaded: 512 requests in flight; retry later", 503),
+        ("engine step failed: KeyError: 'x'", 500),
+        ("max_tokens must be at least 1", 400),
+    ],
+)
+def test_upstream_errors_map_to_http_statuses_a_client_can_act_on(message: str, status: int) -> None:
+    from mentallama_server.front_door.http_front import status_of
+
+    assert status_of(message) == status

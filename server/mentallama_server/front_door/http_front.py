@@ -47,7 +47,9 @@ def _dumps(body: dict[str, Any]) -> str:
 def status_of(message: str) -> int:
     """HTTP status of an error the upstream stream reported (a stream carries only the message)."""
     lowered = message.lower()
-    if lowered.startswith("server overloaded") or is_unreachable(message):
+    # A Python model's stub that died ("Stub process '...' is not healthy"): this server cannot serve until
+    # it is restarted; 503 so that clients retry elsewhere, not 400 as if the request were wrong.
+    if lowered.startswith("server overloaded") or is_unreachable(message) or "is not healthy" in lowered:
         return 503
     if "unknown model" in lowered:
         return 404
