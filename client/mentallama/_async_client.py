@@ -224,6 +224,7 @@ class AsyncMentaLLaMAClient(BaseClient[AsyncTransportProtocol]):
         end_id: int | None = None,
         pad_id: int | None = None,
         beam_width: int | None = None,
+        n: int | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> Generation:
@@ -278,6 +279,7 @@ class AsyncMentaLLaMAClient(BaseClient[AsyncTransportProtocol]):
         end_id: int | None = None,
         pad_id: int | None = None,
         beam_width: int | None = None,
+        n: int | None = None,
         timeout: float | None = None,
     ) -> list[GenerationResult]:
         """See :meth:`MentaLLaMAClient.generate_many`."""

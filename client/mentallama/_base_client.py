@@ -62,7 +62,9 @@ def _endpoints_from(value: str | Sequence[str] | None) -> tuple[str, ...]:
 # from what is sent.
 _ANALYSIS_SAMPLING_NAMES = ("temperature", "top_k", "top_p", "seed", "repetition_penalty", "presence_penalty",
                             "frequency_penalty", "min_tokens", "stop_words", "bad_words")  # fmt: skip
-_SAMPLING_NAMES = (*_ANALYSIS_SAMPLING_NAMES, "end_id", "pad_id", "beam_width")  # generate() takes these too
+_SAMPLING_NAMES = (*_ANALYSIS_SAMPLING_NAMES, "end_id", "pad_id", "beam_width", "n")  # generate() takes these too
+# Keyword arguments named otherwise than their ensemble input (OpenAI's and vLLM's `n`).
+_INPUT_OF = {"n": "num_return_sequences"}
 # Keyword arguments of ``analyze_many`` passed on to each ``analyze``.
 _PER_REQUEST_NAMES = ("max_tokens", "chat", "system_prompt", *_ANALYSIS_SAMPLING_NAMES, "timeout")
 # Keyword arguments of ``generate_many`` passed on to each ``generate``.
@@ -71,7 +73,7 @@ _PER_GENERATION_NAMES = ("max_tokens", "stream", *_SAMPLING_NAMES, "timeout")
 
 def _sampling(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """The optional ensemble inputs that were given (``None`` means "server default")."""
-    return {name: arguments[name] for name in _SAMPLING_NAMES if arguments.get(name) is not None}
+    return {_INPUT_OF.get(name, name): arguments[name] for name in _SAMPLING_NAMES if arguments.get(name) is not None}
 
 
 def _per_request_options(

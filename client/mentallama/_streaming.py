@@ -36,6 +36,8 @@ class GenerationBuilder:
         self.num_input_tokens: int | None = None
         self.num_output_tokens: int | None = None
         self.finished = False
+        self.sequences: dict[int, list[str]] = {}  # text parts of every sequence (``n``), by sequence_index
+        self.beams: tuple[str, ...] = ()  # the latest whole beams (each beam response replaces the last)
 
     def restart_clock(self) -> None:
         """Start timing now (a stream is timed from its first read, when the request is sent)."""
@@ -45,16 +47,22 @@ class GenerationBuilder:
         """Record ``event``; returns the text it adds."""
         now = time.perf_counter()
         self.last_at = now
-        if event.text:
-            self.parts.append(event.text)
-            if self.first_text_at is None:
-                self.first_text_at = now
+        if event.text and self.first_text_at is None:
+            self.first_text_at = now
+        added = ""
+        if event.texts:  # whole beams, replacing the last ones: no delta to stream
+            self.beams = event.texts
+        elif event.text:
+            self.sequences.setdefault(event.sequence_index, []).append(event.text)
+            if event.sequence_index == 0:  # a stream's deltas are its first sequence's
+                self.parts.append(event.text)
+                added = event.text
         if event.num_input_tokens is not None:
             self.num_input_tokens = event.num_input_tokens
         if event.num_output_tokens is not None:
             self.num_output_tokens = event.num_output_tokens
         self.finished = self.finished or event.final
-        return event.text
+        return added
 
     def finish_reason(self) -> str | None:
         if not self.finished:
@@ -71,8 +79,15 @@ class GenerationBuilder:
         ttft = None
         if self.streamed and self.first_text_at is not None:
             ttft = self.first_text_at - self.started
+        if self.beams:
+            texts = self.beams
+        elif len(self.sequences) > 1:
+            texts = tuple("".join(self.sequences[i]) for i in sorted(self.sequences))
+        else:
+            texts = ()
         return Generation(
-            text="".join(self.parts),
+            text=texts[0] if texts else "".join(self.parts),
+            texts=texts,
             request_id=self.request_id,
             num_input_tokens=self.num_input_tokens,
             num_output_tokens=self.num_output_tokens,

@@ -252,6 +252,7 @@ class MentaLLaMAClient(BaseClient[TransportProtocol]):
         end_id: int | None = None,
         pad_id: int | None = None,
         beam_width: int | None = None,
+        n: int | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> Generation:
@@ -259,7 +260,9 @@ class MentaLLaMAClient(BaseClient[TransportProtocol]):
 
         ``stream`` is the server's mode: ``False`` answers in one response, ``True`` in chunks that
         are joined here (and the result gets ``ttft_s``). The text is exactly what the server sent,
-        leading space included.
+        leading space included. ``n`` sequences (``num_return_sequences``; sampled ones differ only with
+        ``top_k``/``top_p`` set, greedy ones are the same) or ``beam_width`` beams come back in
+        ``Generation.texts`` (the beams best first), ``text`` being the first.
         """
         request_id, inputs = self._generation_request(locals(), stream)
         return self._run(inputs, request_id, timeout, streamed=stream)
@@ -311,6 +314,7 @@ class MentaLLaMAClient(BaseClient[TransportProtocol]):
         end_id: int | None = None,
         pad_id: int | None = None,
         beam_width: int | None = None,
+        n: int | None = None,
         timeout: float | None = None,
     ) -> list[GenerationResult]:
         """:meth:`generate` for many prompts, ``concurrency`` at a time; slots in input order hold the

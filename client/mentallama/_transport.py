@@ -249,16 +249,20 @@ class StreamEvent:
     """True for the request's last response (``triton_final_response``)."""
     num_input_tokens: int | None = None
     num_output_tokens: int | None = None
+    texts: tuple[str, ...] = ()
+    """Every string of ``text_output`` when it holds several (the beams of a beam search, best first)."""
+    sequence_index: int = 0
+    """Which sequence the response belongs to, when a prompt gets several (``n``)."""
 
 
-def _decode_bytes(raw: bytes) -> str:
+def _decode_strings(raw: bytes) -> list[str]:
     parts, offset = [], 0
     while offset + 4 <= len(raw):
         (size,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         parts.append(raw[offset : offset + size].decode("utf-8", "replace"))
         offset += size
-    return "".join(parts)
+    return parts
 
 
 def _first_int(raw: bytes | None, contents: Any) -> int | None:
@@ -274,20 +278,25 @@ def parse_stream_response(message: service_pb2.ModelStreamInferResponse, request
     response = message.infer_response
     final_param = response.parameters.get("triton_final_response")
     final = bool(final_param.bool_param) if final_param is not None else False
-    text, n_in, n_out = "", None, None
+    texts: list[str] = []
+    n_in = n_out = None
+    sequence_index = 0
     raws = response.raw_output_contents
     for i, output in enumerate(response.outputs):
         raw = raws[i] if i < len(raws) else None
         if output.name == "text_output":
             if raw is not None:
-                text = _decode_bytes(raw)
+                texts = _decode_strings(raw)
             else:
-                text = "".join(b.decode("utf-8", "replace") for b in output.contents.bytes_contents)
+                texts = [b.decode("utf-8", "replace") for b in output.contents.bytes_contents]
         elif output.name == "num_input_tokens":
             n_in = _first_int(raw, output.contents)
         elif output.name == "num_output_tokens":
             n_out = _first_int(raw, output.contents)
-    return StreamEvent(text, final, n_in, n_out)
+        elif output.name == "sequence_index":
+            sequence_index = _first_int(raw, output.contents) or 0
+    return StreamEvent(texts[0] if texts else "", final, n_in, n_out, tuple(texts) if len(texts) > 1 else (),
+                       sequence_index)  # fmt: skip
 
 
 # --- errors (the one place where gRPC statuses become SDK exceptions) ------------------------------

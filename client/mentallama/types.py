@@ -36,6 +36,10 @@ class Generation:
     ``"cancelled"`` (this client left the stream early), ``"stopped"`` (the server ended it early: a ``stop``
     request with its id); ``None`` when unknown."""
 
+    texts: tuple[str, ...] = ()
+    """Every sequence's text when several were asked for (``n`` > 1, or ``beam_width`` > 1): the samples in
+    order, or the beams best first; ``text`` is the first of them. Empty for one sequence."""
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON view."""
         return dataclasses.asdict(self)

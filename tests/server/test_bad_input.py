@@ -39,7 +39,8 @@ def _error_of(url: str, model: str, inputs) -> str:
         ("Hello", 4, {"top_p": 0.0}, "top_p"),
         ("Hello", 4, {"temperature": -1.0}, "temperature"),
         ("Hello", 4, {"top_k": -1}, "top_k"),
-        ("Hello", 4, {"beam_width": 2}, "beam_width"),
+        ("Hello", 4, {"beam_width": 0}, "beam_width"),
+        ("Hello", 4, {"beam_width": 5}, "beam_width"),  # above max_sequences
     ],
 )
 def test_bad_values_are_refused_with_the_field_named(cpu_server, model, text, max_tokens, extra, field):

@@ -71,9 +71,9 @@ def test_stack_padded_pads_the_last_dimension() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "words"),
     [
-        ("num_return_sequences", 2, "num_return_sequences must be 1"),
+        ("num_return_sequences", 5, "num_return_sequences is 5; this server serves at most 4"),
         ("return_perf_metrics", True, "return_perf_metrics is not supported"),
-        ("beam_width", 4, "beam_width must be 1"),
+        ("beam_width", 0, "beam_width must be >= 1"),
     ],
 )
 def test_engine_refuses_what_it_cannot_serve(name: str, value: object, words: str) -> None:

@@ -17,7 +17,7 @@ PROMPT = "I keep worrying about exams and I cannot sleep."
     ("extra", "field"),
     [
         ({"bad_words": ["sleep"]}, "bad_words"),
-        ({"beam_width": 2}, "beam_width"),
+        ({"beam_width": 5}, "beam_width"),  # above the server's max_sequences
     ],
 )
 def test_unsupported_inputs_are_refused_naming_the_field(cpu_server, model, extra, field) -> None:

@@ -182,8 +182,7 @@ def test_return_log_probs(url: str, model: str, stream: bool) -> None:
 
 # What the end-to-end client sends for a flag, with the outputs it then asks for, and a word the refusal names.
 REFUSED = [
-    ({"num_return_sequences": np.array([[2]], dtype=np.int32)}, ["sequence_index"], "num_return_sequences"),
-    ({"beam_width": np.array([[2]], dtype=np.int32)}, [], "beam_width"),
+    # beam_width and num_return_sequences are served (tests/server/test_beam_search.py)
     ({"return_context_logits": np.array([[True]], dtype=bool)}, ["context_logits"], "gather_context_logits"),
     ({"return_generation_logits": np.array([[True]], dtype=bool)}, ["generation_logits"], "generation logits"),
     (

@@ -64,7 +64,7 @@ from mentallama_server.models.stop_channel import StopSender, socket_path
 from mentallama_server.models.text_tokenizer import load_tokenizer
 from mentallama_server.models.triton_params import get_parameter, input_names, request_limits
 
-ENGINE_OUTPUTS = ["output_ids", "sequence_length", "cum_log_probs", "output_log_probs"]
+ENGINE_OUTPUTS = ["output_ids", "sequence_length", "cum_log_probs", "output_log_probs", "sequence_index"]
 RETIRE_AFTER_S = 5.0  # far longer than the stub takes to forget a finished iterator (milliseconds)
 # Seconds without an engine response, after the first one, before a streamed call is ended as failed. An
 # engine step sends a chunk per decoding step once a request runs; 30 s is far above a step of the 7B model
@@ -153,16 +153,12 @@ class TritonPythonModel(DecoupledModel):
             message = "" if failure is None else failure.as_numpy().reshape(-1)[0]
             if message:
                 return EngineChunk.failed_in_band(message)
-        ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
-        if ids_tensor is None:  # the engine's bare final flag
-            return EngineChunk()
-        lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy()
-        ids = [int(i) for i in ids_tensor.as_numpy()[0, 0, : int(lengths.reshape(-1)[0])]]
-        if not log_probs:
-            return EngineChunk(ids)
-        cum_log_prob = pb_utils.get_output_tensor_by_name(response, "cum_log_probs").as_numpy().reshape(-1)[0]
-        chunk_lp = pb_utils.get_output_tensor_by_name(response, "output_log_probs").as_numpy().reshape(-1)
-        return EngineChunk(ids, float(cum_log_prob), chunk_lp.tolist())
+
+        def output(name):
+            tensor = pb_utils.get_output_tensor_by_name(response, name)
+            return None if tensor is None else tensor.as_numpy()
+
+        return EngineChunk.of_outputs(output, log_probs)
 
     def stop(self, engine_id, wait):
         """The CPU engine's side channel first: one datagram, no BLS call (stop_channel). The BLS fallback waits

@@ -17,6 +17,11 @@ What each `GenerationRequest` field does here (nothing is silently ignored):
 - bad_words: not supported by OpenVINO GenAI's sampler: refused by `check_supported`, never ignored.
 - streaming: True delivers tokens after every step; False one final event.
 
+- beam_width, num_return_sequences, length_penalty: OpenVINO GenAI's beam search (`num_beams`, the best
+  `num_return_sequences` beams ranked by cum_log_prob / length ** length_penalty, transformers' HEURISTIC stop
+  rule) or several samples; the pipeline hands such sequences over when the request is done, so they arrive in
+  the final event (`TokenEvent.sequences`), cut after a stop word like single ones. Several greedy sequences are
+  one greedy run, copied: greedy decoding is deterministic.
 Every submitted request gets exactly one final event (`finished=True`): "length", "stop", "cancelled" or
 "error" (the pipeline dropped the request, a step failed, or the engine shut down). Request contents are
 never logged.
@@ -39,7 +44,15 @@ from typing import Any
 
 import numpy as np
 
-from .types import EngineStats, FinishReason, GenerationRequest, TokenEvent, is_greedy, validate_request
+from .types import (
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    SequenceOutput,
+    TokenEvent,
+    is_greedy,
+    validate_request,
+)
 
 __all__ = ["KV_BLOCK_TOKENS", "EventCallback", "OpenVinoEngine", "UnsupportedRequestError", "check_supported"]
 
@@ -82,6 +95,8 @@ class _Tracked:
     flush_scheduled: bool = False
     final_sent: bool = False
     callback_error: str | None = None
+    latest: Any = None  # the last read of a request with several sequences (`_read_sequences`)
+    sequences: tuple[SequenceOutput, ...] | None = None  # its final sequences, for the final event
 
 
 class OpenVinoEngine:
@@ -311,6 +326,7 @@ class OpenVinoEngine:
             config.rng_seed = request.seed if request.seed is not None else secrets.randbits(32)
         if request.return_log_probs:
             config.logprobs = 1
+        _configure_sequences(config, request)
         return config
 
     def _apply_cancels(self) -> None:
@@ -329,6 +345,9 @@ class OpenVinoEngine:
         with self._lock:
             running = [t for t in self._tracked.values() if t.handle is not None]
         for tracked in running:
+            if tracked.request.several:
+                self._read_sequences(tracked)
+                continue
             handle = tracked.handle
             reason: FinishReason | None = None
             while reason is None and handle.can_read():
@@ -354,6 +373,28 @@ class OpenVinoEngine:
                 self._finish(tracked, reason)
             elif tracked.request.streaming and len(tracked.output) > tracked.ready:
                 self._publish(tracked)
+
+    def _read_sequences(self, tracked: _Tracked) -> None:
+        """A request with several sequences: the pipeline hands them over once the request is done."""
+        import openvino_genai as og
+
+        handle = tracked.handle
+        while handle.can_read():
+            tracked.latest = handle.read()
+        status = handle.get_status()
+        if status == og.GenerationStatus.RUNNING:
+            return
+        if status == og.GenerationStatus.IGNORED:
+            self._finish(tracked, "error", error="the engine dropped the request: it does not fit in the KV cache")
+            return
+        outputs = list((tracked.latest or {}).values())
+        if not outputs:
+            self._finish(tracked, "error", error="the engine returned no sequence")
+            return
+        tracked.sequences = _returned_sequences(tracked.request, outputs, tracked.end_ids)
+        self._tokens_produced += sum(len(seq.token_ids) for seq in tracked.sequences)
+        reasons = {seq.finish_reason for seq in tracked.sequences}
+        self._finish(tracked, "length" if reasons == {"length"} else "stop")
 
     def _accept(self, tracked: _Tracked, ids: list[int], log_probs: list[float]) -> FinishReason | None:
         """Add new tokens; "stop" when the output now ends with a stop word (the rest is dropped)."""
@@ -384,7 +425,7 @@ class OpenVinoEngine:
             if self._tracked.pop(tracked.request.request_id, None) is None:
                 return
             self._finished[reason] = self._finished.get(reason, 0) + 1
-            self._tokens_generated += len(tracked.output)
+            self._tokens_generated += len(tracked.output) + sum(len(q.token_ids) for q in tracked.sequences or ())
         self._publish(tracked, (reason, error))
 
     def _fail_all(self, message: str) -> None:
@@ -411,7 +452,8 @@ class OpenVinoEngine:
                 final = tracked.final
                 tracked.final_sent = final is not None
             reason, error = final if final is not None else (None, None)
-            event = TokenEvent(tracked.request.request_id, new, new_lp, final is not None, reason, error)
+            sequences = tracked.sequences if final is not None else None
+            event = TokenEvent(tracked.request.request_id, new, new_lp, final is not None, reason, error, sequences)
             try:
                 tracked.on_event(event)
             except Exception as exc:  # one consumer's failure must not stop the others' events
@@ -439,6 +481,51 @@ def _eos_ids(engine_dir: Path, config: dict) -> tuple[int, ...]:
     if value is None:
         return ()
     return tuple(int(v) for v in (value if isinstance(value, list) else [value]))
+
+
+def _configure_sequences(config: Any, request: GenerationRequest) -> None:
+    """Beam search or several samples on an OpenVINO GenAI GenerationConfig (single sequences: untouched)."""
+    import openvino_genai as og
+
+    if request.beam_width > 1:
+        config.do_sample = False  # beams are searched, not sampled (TensorRT-LLM's beam search ignores top-k/p too)
+        config.num_beams = request.beam_width
+        config.num_beam_groups = 1
+        config.num_return_sequences = request.num_return_sequences
+        config.length_penalty = request.length_penalty
+        config.stop_criteria = og.StopCriteria.HEURISTIC  # transformers' default (early_stopping=False)
+        config.logprobs = 1  # each beam's cum_log_prob is the sum of its tokens' log-probabilities
+    elif request.num_return_sequences > 1 and not is_greedy(request):
+        config.num_return_sequences = request.num_return_sequences
+        config.logprobs = 1
+
+
+def _returned_sequences(
+    request: GenerationRequest, outputs: Sequence[Any], end_ids: frozenset[int]
+) -> tuple[SequenceOutput, ...]:
+    """The request's sequences from the pipeline's outputs: the best beams first (by the pipeline's score, which
+    applies length_penalty), or the samples in order; each cut after a stop word and without its end id."""
+    import openvino_genai as og
+
+    if request.beam_width > 1:
+        outputs = sorted(outputs, key=lambda output: float(output.score), reverse=True)
+    chosen = list(outputs[: request.num_return_sequences])
+    if len(chosen) < request.num_return_sequences and request.beam_width == 1 and is_greedy(request):
+        chosen = [chosen[0]] * request.num_return_sequences  # greedy: every sequence is the same one
+    sequences = []
+    for output in chosen:
+        ids = [int(t) for t in output.generated_ids]
+        log_probs = [float(v) for v in output.generated_log_probs]
+        reason: FinishReason = "length" if output.finish_reason == og.GenerationFinishReason.LENGTH else "stop"
+        for end in range(1, len(ids) + 1):
+            if end >= request.min_new_tokens and _ends_with_any(ids[:end], request.stop_words):
+                ids, log_probs, reason = ids[:end], log_probs[:end], "stop"
+                break
+        if ids and ids[-1] in end_ids:  # TensorRT-LLM's rule: the end id is not part of the output
+            ids, log_probs, reason = ids[:-1], log_probs[: len(ids) - 1], "stop"
+        kept = log_probs[: len(ids)]
+        sequences.append(SequenceOutput(ids, kept if request.return_log_probs else None, float(sum(kept)), reason))
+    return tuple(sequences)
 
 
 def _ends_with_any(tokens: list[int], words: Sequence[Sequence[int]]) -> bool:

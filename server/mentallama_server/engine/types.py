@@ -16,6 +16,7 @@ __all__ = [
     "EngineStats",
     "FinishReason",
     "GenerationRequest",
+    "SequenceOutput",
     "TokenEvent",
     "is_greedy",
     "validate_request",
@@ -58,6 +59,28 @@ class GenerationRequest:
     """Token sequences that are never completed: their last token is banned after the rest."""
     return_log_probs: bool = False
     streaming: bool = True
+    beam_width: int = 1
+    """Beams of a beam search (1: sampling or greedy, as the fields above say)."""
+    num_return_sequences: int = 1
+    """Sequences returned: the best beams in beam search (at most beam_width), else independent samples."""
+    length_penalty: float = 1.0
+    """Beam search ranks beams by cum_log_prob / length ** length_penalty (TensorRT-LLM's and transformers')."""
+
+    @property
+    def several(self) -> bool:
+        """Beam search or several sequences: the engine returns them together when they are done."""
+        return self.beam_width > 1 or self.num_return_sequences > 1
+
+
+@dataclass(frozen=True)
+class SequenceOutput:
+    """One returned sequence of a beam search or of several samples: its tokens (end id left out, cut after a stop
+    word), their log-probabilities when asked for, their sum, and why it ended."""
+
+    token_ids: list[int]
+    log_probs: list[float] | None
+    cum_log_prob: float
+    finish_reason: FinishReason
 
 
 @dataclass(frozen=True)
@@ -72,6 +95,9 @@ class TokenEvent:
     finished: bool = False
     finish_reason: FinishReason | None = None
     error: str | None = None
+    sequences: tuple[SequenceOutput, ...] | None = None
+    """The final event of a request with several sequences (`GenerationRequest.several`) carries them all, best
+    beam first (OpenVINO GenAI's pipeline hands them over when done, so such a request streams no tokens)."""
 
 
 @dataclass(frozen=True)
@@ -160,3 +186,11 @@ def validate_request(request: GenerationRequest, *, vocab_size: int, max_sequenc
         raise ValueError(f"seed must be in [0, 2**64), got {request.seed}")
     _check_word_list("stop_words", request.stop_words, vocab_size)
     _check_word_list("bad_words", request.bad_words, vocab_size)
+    if request.beam_width < 1 or request.num_return_sequences < 1:
+        raise ValueError("beam_width and num_return_sequences must be >= 1")
+    if request.beam_width > 1 and request.num_return_sequences > request.beam_width:
+        raise ValueError(
+            f"num_return_sequences ({request.num_return_sequences}) must not exceed beam_width ({request.beam_width})"
+        )
+    if not math.isfinite(request.length_penalty):
+        raise ValueError(f"length_penalty must be a finite number, got {request.length_penalty}")

@@ -68,6 +68,9 @@ class CpuSettings:
     keeps up; each instance maps its own shared-memory pool in /dev/shm."""
     postprocessing_instances: int = _flag(1, "postprocessing model instances (each maps a --shm-pool-mib pool)")
     """Detokenising a chunk is cheap next to a CPU decode step; as for preprocessing, each instance maps a pool."""
+    max_sequences: int = _flag(4, "most beams (beam_width) or sequences (num_return_sequences) a prompt may ask for")
+    """Most beams of a beam search, or samples, one prompt may ask for: each holds its own KV blocks, so a
+    request's memory grows with them (TensorRT-LLM bounds beams by the engine's max_beam_width the same way)."""
     front_max_concurrent_requests: int = _flag(256, "requests the mentallama front model serves at once")
     """Requests the `mentallama` front model serves at once (threads blocked on the engine)."""
 

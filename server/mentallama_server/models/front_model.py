@@ -17,6 +17,9 @@ C++ engine ends chunks anywhere, even inside the byte-fallback tokens of one cha
 (and their log probs) are held back until it is complete: streamed text never carries a partial character and
 concatenates to exactly the non-streamed text.
 
+Several sequences (beam search, `num_return_sequences`) are relayed in TensorRT-LLM's layout on every profile
+(front_sequences.py): beams together and whole, samples each with their `sequence_index`.
+
 Locks (the model's docstring says why): whatever may send or ask `is_cancelled` here (`FrontCall.send`,
 `FrontCall.cancel_if_client_gone`, `FrontCalls.open`) is called with the model's `pb_utils` lock (`pb_lock`, re-entrant)
 held; a call's lock is taken inside it, a batch sender's inside that. The lock of `FrontCalls` is held alone. Only
@@ -33,18 +36,31 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from mentallama_interface import ENGINE_INPUT_NAMES, FRONT_INPUTS
 from mentallama_server.models.batching import refuse_unserved, split_batch
 from mentallama_server.models.detokenize import AnchoredDecoder, IncrementalDetokenizer, byte_token_map
+from mentallama_server.models.front_messages import EngineChunk, ErrorCode, Reply
+from mentallama_server.models.front_sequences import several_texts
 from mentallama_server.models.preprocessing import Preprocessor
 from mentallama_server.models.request_errors import RequestError, scalar
-from mentallama_server.models.sampling import Inputs, Sampling, check_sampling_values, require_one_sequence
+from mentallama_server.models.sampling import (
+    Inputs,
+    Sampling,
+    Sequences,
+    check_sampling_values,
+    check_sequences,
+    refuse_perf_metrics,
+)
 from mentallama_server.models.word_lists import to_word_list
-from mentallama_server.overload import OVERLOADED, as_overload
+from mentallama_server.overload import OVERLOADED
+
+# EngineChunk, ErrorCode and Reply live in front_messages.py (front_sequences.py builds replies too); the model's
+# glue imports them from here, with the rest of the front model.
+__all__ = ["EngineChunk", "ErrorCode", "Reply"]
 
 INPUT_NAMES = tuple(spec.name for spec in FRONT_INPUTS)
 # The front model always streams from the engine (to watch for cancellation between chunks) and
@@ -80,6 +96,8 @@ class FrontRequest:
     passthrough: dict[str, np.ndarray] = field(default_factory=dict)
     batch_index: int = 0
     """Row of this prompt in a request of N prompts; sent back as `batch_index`."""
+    sequences: Sequences = Sequences(1, 1, 1.0)
+    """Beam search or several sequences (front_sequences.py), passed to the engine as asked."""
 
 
 def _flag(inputs: Mapping[str, np.ndarray | None], name: str) -> bool:
@@ -92,21 +110,17 @@ def is_stop_request(inputs: Mapping[str, np.ndarray | None]) -> bool:
     return _flag(inputs, "stop")
 
 
-_FRONT_LIMITS = {
-    "beam_width": "the `mentallama` model returns one sequence per prompt; beam search is served by the "
-    "`ensemble` on the GPU (trtllm) profile",
-    "num_return_sequences": "the `mentallama` model returns one sequence per prompt; the `ensemble` on the GPU "
-    "profile serves more, or send the prompt several times with different seeds",
-    "return_perf_metrics": "the `mentallama` model does not relay the engine's per-request metrics; the "
-    "`ensemble` on the GPU profile serves them",
-}
+NO_PERF_METRICS = (
+    "the `mentallama` model does not relay the engine's per-request metrics; the `ensemble` on the GPU profile "
+    "serves them"
+)
 
 
-def check_front_sampling(inputs: Inputs) -> Sampling:
-    """What the front model relays, on every profile: one sequence per prompt (the first beam's tokens alone
-    are read), no per-request perf metrics; values as every engine allows them."""
-    require_one_sequence(inputs, _FRONT_LIMITS)
-    return check_sampling_values(inputs)
+def check_front_sampling(inputs: Inputs) -> tuple[Sampling, Sequences]:
+    """What the front model relays, on every profile: beam search and several sequences as the engine serves them
+    (TensorRT-LLM's rules, the engine's limits), no per-request perf metrics; values as every engine allows them."""
+    refuse_perf_metrics(inputs, NO_PERF_METRICS)
+    return check_sampling_values(inputs), check_sequences(inputs)
 
 
 def parse_front_batch(inputs: Mapping[str, np.ndarray | None], preprocessor: Preprocessor) -> list[FrontRequest]:
@@ -145,7 +159,7 @@ def parse_front_request(inputs: Mapping[str, np.ndarray | None], preprocessor: P
         for name in ENGINE_INPUT_NAMES
         if name not in _NOT_PASSED and inputs.get(name) is not None
     }
-    sampling = check_front_sampling(passthrough)  # refuse bad sampling values here, with INVALID_ARGUMENT
+    sampling, sequences = check_front_sampling(passthrough)  # refuse bad values here, with INVALID_ARGUMENT
     if sampling.min_tokens > prepared.max_tokens:
         raise RequestError(f"min_tokens ({sampling.min_tokens}) is above max_tokens ({prepared.max_tokens})")
     return FrontRequest(
@@ -161,6 +175,7 @@ def parse_front_request(inputs: Mapping[str, np.ndarray | None], preprocessor: P
         return_num_input_tokens=_flag(inputs, "return_num_input_tokens"),
         return_num_output_tokens=_flag(inputs, "return_num_output_tokens"),
         passthrough=passthrough,
+        sequences=sequences,
     )
 
 
@@ -185,7 +200,6 @@ def engine_inputs(front: FrontRequest, streaming: bool = True) -> dict[str, np.n
     return tensors
 
 
-ErrorCode = Literal["INTERNAL", "INVALID_ARG", "UNAVAILABLE"]
 # Longer ids are refused: an engine request id (`<id>#<32 hex>`) must fit one stop datagram (stop_channel).
 MAX_REQUEST_ID_CHARS = 256
 
@@ -200,77 +214,6 @@ def client_request_id(read_id: Callable[[], str]) -> str:
     if len(request_id) > MAX_REQUEST_ID_CHARS:
         raise RequestError(f"the request id is {len(request_id)} characters long; the limit is {MAX_REQUEST_ID_CHARS}")
     return request_id
-
-
-@dataclass(frozen=True)
-class EngineChunk:
-    """One response of the engine (`tensorrt_llm`), read out of its tensors. `ids` are the new output tokens,
-    None for the engine's bare final flag; `cum_log_prob` and `log_probs` are read only for a client that asked
-    for log probs. An `error` ends the call with `code`: a `TritonError` code's name, or the engine's own code
-    (an int), passed through."""
-
-    ids: Sequence[int] | None = None
-    cum_log_prob: float = 0.0
-    log_probs: Sequence[float] = ()
-    error: str | None = None
-    code: ErrorCode | int = "INTERNAL"
-
-    @classmethod
-    def failed(cls, message: str, code: int) -> EngineChunk:
-        """An engine error response. BLS responses report every error as INTERNAL, so an overload refusal (ours,
-        TensorRT-LLM's full queue, Triton's) is recognised by its message and passed on as UNAVAILABLE, in the
-        words clients retry on (`overload.as_overload`)."""
-        overload = as_overload(message)
-        return cls(error=message, code=code) if overload is None else cls(error=overload, code="UNAVAILABLE")
-
-    @classmethod
-    def failed_in_band(cls, message: bytes | str) -> EngineChunk:
-        """A final response whose `error_message` output carries the engine's error (`errors_in_band`)."""
-        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
-        overload = as_overload(text)
-        return cls(error=text, code="INTERNAL") if overload is None else cls(error=overload, code="UNAVAILABLE")
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One response to the client: text (with what the client asked for beside it), an error, or neither (a
-    bare final flag). `final` ends the call; a `BatchSender` keeps the request open until its last call ends."""
-
-    text: str | None = None
-    batch_index: int = 0
-    log_probs: Sequence[float] | None = None  # with cum_log_prob, when the client asked for log probs
-    cum_log_prob: float = 0.0
-    num_input_tokens: int | None = None
-    num_output_tokens: int | None = None
-    error: str | None = None
-    code: ErrorCode | int = "INTERNAL"
-    final: bool = False
-
-    @classmethod
-    def failure(cls, message: str, code: ErrorCode | int) -> Reply:
-        return cls(error=message, code=code, final=True)
-
-    @property
-    def bare(self) -> bool:
-        return self.text is None and self.error is None
-
-    def tensors(self) -> dict[str, np.ndarray]:
-        """The response's tensors (none for an error or a bare flag), shaped as the ensemble returns them."""
-        if self.text is None:
-            return {}
-        tensors = {
-            # flat, one string per (prompt, sequence): [1], as TensorRT-LLM's postprocessing returns it
-            "text_output": np.array([self.text.encode("utf-8")], dtype=object),
-            "batch_index": np.array([[self.batch_index]], dtype=np.int32),
-        }
-        if self.log_probs is not None:
-            tensors["output_log_probs"] = np.asarray(self.log_probs, dtype=np.float32).reshape(1, 1, -1)
-            tensors["cum_log_probs"] = np.array([[self.cum_log_prob]], dtype=np.float32)
-        if self.num_input_tokens is not None:
-            tensors["num_input_tokens"] = np.array([[self.num_input_tokens]], dtype=np.int32)
-        if self.num_output_tokens is not None:
-            tensors["num_output_tokens"] = np.array([[self.num_output_tokens]], dtype=np.int32)
-        return tensors
 
 
 class Channel(Protocol):
@@ -293,7 +236,8 @@ class Engine(Protocol):
         ...
 
     def read(self, response: Any, log_probs: bool) -> EngineChunk:
-        """One engine response's tensors (called with the lock held); log probs only when asked for."""
+        """One engine response's tensors (called with the lock held; `EngineChunk.of_outputs`); log probs only when
+        asked for."""
         ...
 
     def stop(self, engine_id: str, wait: bool) -> None:
@@ -377,6 +321,7 @@ class FrontCall:
         self.lock = threading.Lock()
         self.responses = 0  # engine responses seen
         self.last_response = time.monotonic()
+        self.several = several_texts(front, decoding)  # beams or several samples; None for one sequence
 
     def run(self, engine: Engine) -> None:
         """The call's whole walk, on its own thread: issue its engine request, turn each engine response into
@@ -398,7 +343,8 @@ class FrontCall:
                 if reply is not None and reply.final:  # an engine error ended the call
                     return
             with engine.pb_lock:
-                self.send(self.complete())
+                for reply in self.final_replies():
+                    self.send(reply)
         finally:
             engine.retire(responses)
 
@@ -421,11 +367,13 @@ class FrontCall:
         if chunk.error is not None:
             return Reply.failure(chunk.error, chunk.code)
         front = self.front
-        if chunk.ids is None:  # the engine's bare final flag
+        if chunk.ids is None and chunk.beams is None:  # the engine's bare final flag
             if front.return_log_probs:
                 self.cum_log_prob = 0.0
             return None
-        assert self.detokenizer is not None, "begin() first"
+        if self.several is not None:
+            return self.several.add(chunk, self.cancelled)
+        assert self.detokenizer is not None and chunk.ids is not None, "begin() first"
         text = self.detokenizer.add(chunk.ids)  # "" while a character's bytes are incomplete
         cum_log_prob = 0.0
         if front.return_log_probs:
@@ -440,6 +388,13 @@ class FrontCall:
             return Reply(text, front.batch_index, log_probs, cum_log_prob)
         self.texts.append(text)
         return None
+
+    def final_replies(self) -> list[Reply]:
+        """The replies once the engine's stream ended, the last one final: `complete()` for one sequence; the
+        final beams, or each sample's rest, for several."""
+        if self.several is None or self.cancelled:
+            return [self.complete()]
+        return self.several.final()
 
     def complete(self) -> Reply:
         """The final reply once the engine's stream ended: the held-back rest (streaming) or the whole text, with

@@ -3,8 +3,14 @@
 A SentencePiece decoder drops the leading space of the first piece it sees, so decoding streamed
 chunks one by one would lose the spaces between them. Each chunk is decoded behind an anchor token
 (`detokenize.AnchoredDecoder`): the result is the text the chunk adds to a sequence. A chunk that
-starts with BOS is a whole sequence (prompt included) and decodes as usual. The engine step ends
-streamed chunks only where `detokenize.utf8_safe_boundary` allows, so chunks never split a character.
+starts with BOS is a whole sequence (prompt included) and decodes as usual.
+
+Being stateless, a chunk is exact text only when the engine ended it on a character. The CPU profile's engine
+step does (it ends streamed chunks only where `detokenize.utf8_safe_boundary` allows); TensorRT-LLM's C++ backend
+on the GPU profile does not: a character whose byte-fallback tokens it splits over two chunks decodes here as
+U+FFFD, one per byte, as in TensorRT-LLM's own ensemble. The `mentallama` front model decodes each call
+incrementally and never splits a character (README, "Text contract"). Beams of a beam search come whole in every
+response (TensorRT-LLM streams them so), so their texts are exact on every profile.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Sampling inputs (`tensorrt_llm` names) checked the same way by every model that reads them.
 
-What each model can serve differs (beam search, several sequences, perf metrics): those rules stay with the
-model (`tensorrt_llm_cpu.parse_sampling` for the CPU engine, `front_model.py` for the `mentallama` model); the value
-ranges here hold for every engine.
+Beam search and several sequences per prompt (`check_sequences`) follow TensorRT-LLM's rules on every profile;
+what else a model cannot serve (per-request perf metrics) stays with it (`tensorrt_llm_cpu.parse_sampling` for
+the CPU engine, `front_model.py` for the `mentallama` model); the value ranges here hold for every engine.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,17 +24,50 @@ def input_value(inputs: Inputs, name: str, cast: type, default):
     return default if value is None else cast(value)
 
 
-def require_one_sequence(inputs: Inputs, why: Mapping[str, str]) -> None:
-    """Refuse beam search, several sequences per prompt and per-request perf metrics, each with the reason
-    the calling model gives (`why`: field -> reason)."""
+@dataclass(frozen=True)
+class Sequences:
+    """How many sequences a prompt gets, as TensorRT-LLM serves them: `beam_width` beams of which the best
+    `num_return_sequences` come back in one response (default: all of them), or `num_return_sequences` independent
+    samples, each in responses of its own with its `sequence_index`."""
+
+    beam_width: int
+    num_return_sequences: int
+    length_penalty: float
+
+    @property
+    def several(self) -> bool:
+        return self.beam_width > 1 or self.num_return_sequences > 1
+
+
+def check_sequences(inputs: Inputs, max_sequences: int | None = None) -> Sequences:
+    """Beam width, sequences per prompt and length penalty of a request, checked as TensorRT-LLM checks them
+    (num_return_sequences <= beam_width in beam search) and against the server's `max_sequences`, if any."""
     beam_width = input_value(inputs, "beam_width", int, 1)
-    if beam_width != 1:
-        raise RequestError(f"beam_width must be 1, got {beam_width}: {why['beam_width']}")
-    sequences = input_value(inputs, "num_return_sequences", int, 1)
-    if sequences != 1:
-        raise RequestError(f"num_return_sequences must be 1, got {sequences}: {why['num_return_sequences']}")
+    if beam_width < 1:
+        raise RequestError(f"beam_width must be >= 1, got {beam_width}")
+    requested = input_value(inputs, "num_return_sequences", int, None)
+    if requested is not None and requested < 1:
+        raise RequestError(f"num_return_sequences must be >= 1, got {requested}")
+    returned = requested or beam_width
+    if beam_width > 1 and returned > beam_width:
+        raise RequestError(
+            f"num_return_sequences ({returned}) must not exceed beam_width ({beam_width}) in beam search: the "
+            "best beams are returned, as in TensorRT-LLM"
+        )
+    for name, value in (("beam_width", beam_width), ("num_return_sequences", returned)):
+        if max_sequences is not None and value > max_sequences:
+            raise RequestError(f"{name} is {value}; this server serves at most {max_sequences} (max_sequences)")
+    # len_penalty (length_penalty) only ranks beams: with beam_width 1 TensorRT-LLM ignores it too.
+    length_penalty = input_value(inputs, "len_penalty", float, 1.0)
+    if not math.isfinite(length_penalty):
+        raise RequestError(f"length_penalty must be a finite number, got {length_penalty}")
+    return Sequences(beam_width, returned, length_penalty)
+
+
+def refuse_perf_metrics(inputs: Inputs, why: str) -> None:
+    """Per-request perf metrics (KV-cache blocks, scheduling times) come from TensorRT-LLM's executor alone."""
     if input_value(inputs, "return_perf_metrics", bool, False):
-        raise RequestError(f"return_perf_metrics is not supported: {why['return_perf_metrics']}")
+        raise RequestError(f"return_perf_metrics is not supported: {why}")
 
 
 @dataclass(frozen=True)
@@ -46,9 +80,6 @@ class Sampling:
 
 def check_sampling_values(inputs: Inputs) -> Sampling:
     """The sampling values of a request; out-of-range values are refused naming the field."""
-    # len_penalty (length_penalty) only scores beams in beam search: with beam_width 1 TensorRT-LLM ignores
-    # it too, so it is accepted and has no effect.
-    input_value(inputs, "len_penalty", float, 1.0)
     top_k = input_value(inputs, "runtime_top_k", int, 0)
     if top_k < 0:
         raise RequestError(f"top_k must be >= 0, got {top_k}")

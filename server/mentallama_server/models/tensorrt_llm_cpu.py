@@ -3,7 +3,11 @@
 Parsing and assembly: inputs and outputs follow the TensorRT-LLM backend's tensor interface, so the shared
 ensemble and the `mentallama` front model talk to the CPU and GPU profiles the same way. A request of N prompts
 becomes N engine generations (`parse_batch`); engine events become output tensors through a `ResponseAssembler`
-each.
+each. Beam search and several sequences come back in TensorRT-LLM's layout (`ResponseAssembler.sequences`): the
+best `num_return_sequences` of `beam_width` beams in one response (`output_ids` [1, beams, len], `cum_log_probs`
+[1, beams], `sequence_index` 0), or each sample in a response of its own with its `sequence_index`. A streamed
+request with several sequences gets them in its final responses: OpenVINO GenAI hands them over when done (TensorRT-
+LLM streams beams as whole sequences so far, which the last response is).
 
 Life cycle (`CpuStep`): the model hands each request's tensors here with a `Channel` over its response sender;
 engine events become `Reply`s; the request's stream ends (the final flag) with its last prompt's last reply. An
@@ -26,16 +30,18 @@ from typing import Literal, Protocol
 import numpy as np
 
 from mentallama_interface import ENGINE_ERROR_OUTPUT, ERRORS_IN_BAND
-from mentallama_server.engine.types import GenerationRequest, TokenEvent
+from mentallama_server.engine.types import GenerationRequest, SequenceOutput, TokenEvent
 from mentallama_server.models.batching import split_batch
 from mentallama_server.models.detokenize import byte_token_map, utf8_safe_boundary
 from mentallama_server.models.request_errors import Limits, RequestError, scalar
 from mentallama_server.models.sampling import (
     Inputs,
     Sampling,
+    Sequences,
     check_sampling_values,
+    check_sequences,
     input_value,
-    require_one_sequence,
+    refuse_perf_metrics,
 )
 from mentallama_server.models.word_lists import from_word_list
 
@@ -89,32 +95,35 @@ def parse_stop(inputs: Inputs) -> bool:
     return bool(input_value(inputs, "stop", bool, False))
 
 
-_CPU_ENGINE_LIMITS = {
-    "beam_width": "the CPU profile has no beam search",
-    "num_return_sequences": "the CPU engine returns one sequence per prompt (the `ensemble` on the GPU profile "
-    "serves more; or send the prompt several times with different seeds)",
-    "return_perf_metrics": "the CPU engine (OpenVINO GenAI) reports no per-request KV-cache blocks or scheduling "
-    "times (the `ensemble` on the GPU profile serves them; Triton's metrics endpoint has the CPU engine's counters)",
-}
+NO_PERF_METRICS = (
+    "the CPU engine (OpenVINO GenAI) reports no per-request KV-cache blocks or scheduling times (the `ensemble` on "
+    "the GPU profile serves them; Triton's metrics endpoint has the CPU engine's counters)"
+)
+DEFAULT_MAX_SEQUENCES = 4
+"""Beams or sequences a prompt may ask for when the model config names no `max_sequences` (CpuSettings)."""
 
 
-def parse_sampling(inputs: Inputs) -> Sampling:
-    """The CPU engine's sampling: one sequence per prompt, no beam search, no perf metrics; values as
-    `check_sampling_values` allows."""
-    require_one_sequence(inputs, _CPU_ENGINE_LIMITS)
-    return check_sampling_values(inputs)
+def parse_sampling(inputs: Inputs, max_sequences: int = DEFAULT_MAX_SEQUENCES) -> tuple[Sampling, Sequences]:
+    """The CPU engine's sampling and sequences (beam search and several sequences as TensorRT-LLM serves them);
+    no perf metrics; values as `check_sampling_values` allows."""
+    refuse_perf_metrics(inputs, NO_PERF_METRICS)
+    return check_sampling_values(inputs), check_sequences(inputs, max_sequences)
 
 
-def parse_batch(inputs: Inputs, request_id: str, limits: Limits) -> list[StepRequest]:
+def parse_batch(
+    inputs: Inputs, request_id: str, limits: Limits, max_sequences: int = DEFAULT_MAX_SEQUENCES
+) -> list[StepRequest]:
     """Validate a request of one or more prompts (`[N, ...]` tensors): one StepRequest per prompt, with
     its `batch_index` and engine request id `<request_id>/<index>`. Any bad prompt refuses the request."""
     return [
-        replace(parse_request(item, f"{request_id}/{i}", limits), batch_index=i)
+        replace(parse_request(item, f"{request_id}/{i}", limits, max_sequences), batch_index=i)
         for i, item in enumerate(split_batch(inputs))
     ]
 
 
-def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepRequest:
+def parse_request(
+    inputs: Inputs, request_id: str, limits: Limits, max_sequences: int = DEFAULT_MAX_SEQUENCES
+) -> StepRequest:
     """Validate the engine inputs of one prompt; a `RequestError` names the bad field."""
     ids = inputs.get("input_ids")
     if ids is None:
@@ -134,7 +143,7 @@ def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepReques
         raise RequestError("request_output_len (max_tokens) is required")
     if not 0 < max_new <= limits.max_output_len:
         raise RequestError(f"max_tokens must be in [1, {limits.max_output_len}], got {max_new}")
-    sampling = parse_sampling(inputs)
+    sampling, sequences = parse_sampling(inputs, max_sequences)
     if sampling.min_tokens > max_new:
         raise RequestError(f"min_tokens ({sampling.min_tokens}) must not exceed max_tokens ({max_new})")
     seed = scalar(inputs.get("seed"), "seed")
@@ -156,6 +165,9 @@ def parse_request(inputs: Inputs, request_id: str, limits: Limits) -> StepReques
         bad_words=from_word_list(inputs.get("bad_words_list")),
         return_log_probs=bool(input_value(inputs, "return_log_probs", bool, False)),
         streaming=bool(input_value(inputs, "streaming", bool, False)),
+        beam_width=sequences.beam_width,
+        num_return_sequences=sequences.num_return_sequences,
+        length_penalty=sequences.length_penalty,
     )
     return StepRequest(
         generation=generation,
@@ -216,6 +228,44 @@ class ResponseAssembler:
         if not self.request.exclude_input_in_output:
             tokens = self.request.generation.input_ids + tokens
         return self._tensors(tokens, self.all_log_probs, final)
+
+    def sequences(self, sequences: tuple[SequenceOutput, ...]) -> list[dict[str, np.ndarray]]:
+        """The responses of a request's several sequences, in TensorRT-LLM's layout: beams together in one, samples
+        one each with their `sequence_index`. Streamed beams are the generated tokens (TensorRT-LLM streams whole
+        beams without the prompt); otherwise the prompt comes first unless `exclude_input_in_output`."""
+        generation = self.request.generation
+        prompt = [] if self.request.exclude_input_in_output or self.request.streaming else generation.input_ids
+        if generation.beam_width > 1:
+            return [self._beams([prompt + list(q.token_ids) for q in sequences], sequences)]
+        return [
+            {**self._beams([prompt + list(q.token_ids)], (q,)), "sequence_index": np.array([[i]], dtype=np.int32)}
+            for i, q in enumerate(sequences)
+        ]
+
+    def _beams(self, beams: list[list[int]], sequences: tuple[SequenceOutput, ...]) -> dict[str, np.ndarray]:
+        width = max(len(beam) for beam in beams)
+        ids = np.full((1, len(beams), width), -1, dtype=np.int32)  # padding as TensorRT-LLM's Python backend
+        for b, beam in enumerate(beams):
+            ids[0, b, : len(beam)] = beam
+        out = {
+            "output_ids": ids,
+            "sequence_length": np.array([[len(beam) for beam in beams]], dtype=np.int32),
+            "batch_index": np.array([[self.request.batch_index]], dtype=np.int32),
+        }
+        if len(beams) > 1:  # TensorRT-LLM sends it with several sequences; beams share index 0
+            out["sequence_index"] = np.zeros((1, 1), dtype=np.int32)
+        if self.request.return_log_probs:
+            longest = max(len(q.log_probs or ()) for q in sequences)
+            log_probs = np.zeros((1, len(sequences), longest), dtype=np.float32)
+            for b, q in enumerate(sequences):
+                log_probs[0, b, : len(q.log_probs or ())] = q.log_probs or ()
+            out["cum_log_probs"] = np.array([[q.cum_log_prob for q in sequences]], dtype=np.float32)
+            out["output_log_probs"] = log_probs
+        if self.request.return_num_input_tokens:
+            out["num_input_tokens"] = np.array([[len(self.request.generation.input_ids)]], dtype=np.int32)
+        if self.request.return_num_output_tokens:
+            out["num_output_tokens"] = np.array([[sum(len(q.token_ids) for q in sequences)]], dtype=np.int32)
+        return out
 
     def _tensors(
         self, tokens: list[int], chunk_log_probs: list[float] | None, final: bool
@@ -303,11 +353,19 @@ class CpuStep:
     (running + waiting), refusing more at once with UNAVAILABLE so clients back off or go to another replica
     instead of queueing without bound."""
 
-    def __init__(self, engine: Engine, boundary: Utf8Boundary, limits: Limits, max_pending: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        boundary: Utf8Boundary,
+        limits: Limits,
+        max_pending: int,
+        max_sequences: int = DEFAULT_MAX_SEQUENCES,
+    ) -> None:
         self.engine = engine
         self.boundary = boundary
         self.limits = limits
         self.max_pending = max_pending
+        self.max_sequences = max_sequences
         self.active: dict[str, _Active] = {}
         self.active_lock = threading.Lock()
 
@@ -319,7 +377,7 @@ class CpuStep:
                 self.stop(client_id)
                 channel.send(Reply(final=True))
                 return
-            steps = parse_batch(inputs, f"{client_id}#{uuid.uuid4().hex}", self.limits)
+            steps = parse_batch(inputs, f"{client_id}#{uuid.uuid4().hex}", self.limits, self.max_sequences)
             with self.active_lock:
                 pending = len(self.active)
             if pending + len(steps) > self.max_pending:
@@ -369,12 +427,16 @@ class CpuStep:
                 else:
                     request.channel.send(Reply(error=event.error, final=True))
             else:
-                tensors = state.assembler.add(list(event.new_token_ids), event.log_probs, event.finished)
                 last = event.finished and request.remaining == 1
-                if tensors is not None:
-                    request.channel.send(Reply(outputs=tensors, final=last))
+                if event.sequences is not None:
+                    replies = state.assembler.sequences(event.sequences)
+                else:
+                    tensors = state.assembler.add(list(event.new_token_ids), event.log_probs, event.finished)
+                    replies = [] if tensors is None else [tensors]
+                for i, tensors in enumerate(replies):
+                    request.channel.send(Reply(outputs=tensors, final=last and i == len(replies) - 1))
                     request.sent_output = True
-                elif last:
+                if last and not replies:
                     request.channel.send(Reply(final=True))
                 if event.finished:
                     request.remaining -= 1

@@ -18,7 +18,13 @@ from _glue import DecoupledModel, model_config, read_inputs
 
 from mentallama_server.engine.ov_engine import OpenVinoEngine
 from mentallama_server.models.stop_channel import StopListener, socket_path
-from mentallama_server.models.tensorrt_llm_cpu import INPUTS, CpuStep, Utf8Boundary, asks_errors_in_band
+from mentallama_server.models.tensorrt_llm_cpu import (
+    DEFAULT_MAX_SEQUENCES,
+    INPUTS,
+    CpuStep,
+    Utf8Boundary,
+    asks_errors_in_band,
+)
 from mentallama_server.models.text_tokenizer import TextTokenizer
 from mentallama_server.models.triton_params import get_parameter, input_names, request_limits
 
@@ -49,6 +55,7 @@ class TritonPythonModel(DecoupledModel):
             Utf8Boundary(TextTokenizer.from_folder(engine_dir)),
             request_limits(config),
             max_pending=get_parameter(config, "max_pending_requests", int),
+            max_sequences=get_parameter(config, "max_sequences", int, DEFAULT_MAX_SEQUENCES),
         )
         self.stop_listener = self._listen_for_stops(args.get("model_repository", ""))
         self._init_metrics()
