@@ -110,6 +110,7 @@ def test_examples_of_another_release_are_refused_with_both_versions_and_the_fix(
     assert not (tmp_path / "engine").exists(), "nothing may run before the preflight passes"
 
 
+@pytest.mark.slow  # converts a tokenizer with transformers (seconds to import)
 def test_a_matching_release_builds_converts_the_tokenizer_and_records_it(
     container, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

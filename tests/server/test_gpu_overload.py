@@ -32,6 +32,7 @@ from mentallama_server.overload import as_overload
 from tests.server.triton_io import StreamCall, infer, make_inputs
 from tests.support.servers import READY_TIMEOUT_S, loopback_options
 
+pytestmark = pytest.mark.server
 DOUBLE = Path(__file__).parent / "cxx_chunking_double" / "model.py"
 EXECUTOR_FULL = "[TensorRT-LLM][ERROR] Maximum queue size of 320 has been reached, please try again later"
 TRITON_FULL = "Exceeds maximum queue size"

@@ -39,6 +39,7 @@ def test_a_folder_without_tokenizer_json_is_refused_with_the_fix(sentencepiece_o
     assert "mentallama-build fast-tokenizer" in str(info.value) and "no transformers" in str(info.value)
 
 
+@pytest.mark.slow  # converts with transformers (seconds to import)
 def test_the_converted_tokenizer_serves_like_the_checkpoints_own(
     sentencepiece_only: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
