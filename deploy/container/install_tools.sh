@@ -77,7 +77,9 @@ run() {
 inside() {
   local wheel_dir=${WHEELS:-$VENV/.wheels} part tool
   ml_log "making $VENV with $PYTHON (the image's packages stay visible: --system-site-packages)"
-  run "$PYTHON" -m venv --system-site-packages "$VENV"
+  # --without-pip: Ubuntu-based images leave out ensurepip (python3-venv); the image's own pip, visible through
+  # the system site-packages, installs into the environment all the same.
+  run "$PYTHON" -m venv --system-site-packages --without-pip "$VENV"
   if [[ -z $WHEELS ]]; then
     # From a copy of the parts (and model_repository/, which the server's package links to): a build in the
     # checkout would leave build/ there, whose stale files a later wheel would carry.
