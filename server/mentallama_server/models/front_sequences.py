@@ -16,14 +16,36 @@ decoded sequence.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from mentallama_server.models.detokenize import IncrementalDetokenizer
 from mentallama_server.models.front_messages import EngineChunk, Reply
+from mentallama_server.models.sampling import Sequences
 
-if TYPE_CHECKING:  # the front model's types (it imports this module)
-    from mentallama_server.models.front_model import FrontRequest, TextDecoding
+
+class FrontRequest(Protocol):
+    """What these keepers read of a front request (`front_model.FrontRequest`, which imports this module)."""
+
+    input_ids: list[int]
+    stream: bool
+    exclude_input_in_output: bool
+    return_log_probs: bool
+    return_num_input_tokens: bool
+    return_num_output_tokens: bool
+    batch_index: int
+    sequences: Sequences
+
+
+class TextDecoding(Protocol):
+    """`front_model.TextDecoding`: the tokenizer, its anchored decoder and byte-token map."""
+
+    tokenizer: Any
+    decoder: Any
+    byte_of: Mapping[int, int]
+
+    def prompt_text(self, input_ids: Sequence[int]) -> str: ...
 
 __all__ = ["BeamTexts", "SampleTexts", "several_texts"]
 
