@@ -123,7 +123,7 @@ def tool_versions(container_image: str | None = None) -> dict[str, str | None]:
         "tensorrt_llm": _version("tensorrt_llm", "tensorrt-llm"),
         "tensorrt": _version("tensorrt", "tensorrt-cu12", "tensorrt_cu13"),
         "nvidia_modelopt": _version("nvidia-modelopt"),
-        "mentallama_serving": _version("mentallama-build"),  # this part's version: it wrote the manifest
+        "mentallama_build": _version("mentallama-build"),  # this part wrote the manifest
         "python": platform.python_version(),
         "container_image": container_image,
         "triton_server_container": os.environ.get("NVIDIA_TRITON_SERVER_VERSION"),

@@ -162,7 +162,7 @@ def _tool_versions() -> dict[str, str | None]:
         "nncf": _version("nncf"),
         "transformers": _version("transformers"),
         "torch": _version("torch"),
-        "mentallama_serving": _version("mentallama-serving"),
+        "mentallama_build": _version("mentallama-build"),  # this part wrote the engine
         "python": platform.python_version(),
     }
 
