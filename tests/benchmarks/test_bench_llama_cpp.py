@@ -92,12 +92,14 @@ def _real_llama_server() -> str | None:
 @pytest.mark.slow
 @pytest.mark.skipif(_real_llama_server() is None, reason="no llama-server here ($LLAMA_SERVER or PATH)")
 def test_a_real_llama_server_on_the_tiny_checkpoint_in_q8_0(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    convert = os.environ.get("LLAMA_CONVERT")  # llama.cpp's convert_hf_to_gguf.py (needs the gguf package)
+    convert = os.environ.get("LLAMA_CONVERT")  # llama.cpp's convert_hf_to_gguf.py
     if not convert:
         pytest.skip("set LLAMA_CONVERT to llama.cpp's convert_hf_to_gguf.py")
     gguf = tmp_path / "tiny-q8_0.gguf"
+    # Its gguf package: installed, or llama.cpp's gguf-py/ folder given in $LLAMA_GGUF_PY (for the converter alone).
+    env = dict(os.environ) | ({"PYTHONPATH": os.environ["LLAMA_GGUF_PY"]} if "LLAMA_GGUF_PY" in os.environ else {})
     subprocess.run([sys.executable, convert, str(tiny_checkpoint), "--outtype", "q8_0", "--outfile", str(gguf)],
-                   check=True, capture_output=True, timeout=600)  # fmt: skip
+                   check=True, capture_output=True, timeout=600, env=env)  # fmt: skip
     from mentallama_bench.cpu_engine_bench import measure_llama_cpp
 
     samples = [SampleRequest(i, f"Post number {i}: I cannot sleep.", "DR", 16) for i in range(4)]
