@@ -119,3 +119,16 @@ def test_streamed_samples_are_tagged_deltas(tokenizer) -> None:
     assert samples.add(EngineChunk([470], sequence_index=1), cancelled=True) is None  # a cancelled call says nothing
     assert several_texts(front(stream=True), decoding) is None  # one sequence: the front call's own path
     assert np.array_equal(replies[0].tensors()["sequence_index"], np.array([[0]]))
+
+
+@pytest.mark.parametrize("log_probs", [False, True])
+def test_a_response_with_no_new_tokens_reads_as_an_empty_chunk(log_probs: bool) -> None:
+    """A streamed request's final response can carry no new tokens: output_ids [1, 1, 0]."""
+    tensors = {
+        "output_ids": np.zeros((1, 1, 0), dtype=np.int32),
+        "sequence_length": np.zeros((1, 1), dtype=np.int32),
+        "cum_log_probs": np.zeros((1, 1), dtype=np.float32),
+        "output_log_probs": np.zeros((1, 1, 0), dtype=np.float32),
+    }
+    chunk = EngineChunk.of_outputs(tensors.get, log_probs)
+    assert list(chunk.ids) == [] and chunk.beams is None and chunk.error is None

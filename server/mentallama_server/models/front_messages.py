@@ -63,7 +63,10 @@ class EngineChunk:
         ids = output("output_ids")
         if ids is None:  # the engine's bare final flag
             return cls()
-        ids = np.asarray(ids).reshape(-1, *np.asarray(ids).shape[-2:])[0]  # [beams, len]
+        ids = np.asarray(ids)
+        # [beams, len] of the first (only) batch row; indexing, not reshape(-1, ...): a streamed final response
+        # can carry no new tokens ([1, 1, 0]), whose -1 numpy cannot infer.
+        ids = ids[(0,) * (ids.ndim - 2)] if ids.ndim >= 2 else ids[np.newaxis]
         lengths = np.asarray(output("sequence_length")).reshape(-1)
         index = output("sequence_index")
         sequence_index = 0 if index is None else int(np.asarray(index).reshape(-1)[0])
