@@ -32,6 +32,7 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_MODEL",
     "HTTP_KINDS",
+    "AiohttpBackend",
     "Backend",
     "OpenAIChatBackend",
     "SseParser",
@@ -292,14 +293,11 @@ def _json_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-class TritonHttpBackend(Backend):
-    """Triton's `POST /v2/models/<model>/generate_stream` (SSE), one aiohttp session per endpoint."""
-
-    kind = "triton-http"
+class AiohttpBackend(Backend):
+    """An HTTP backend: one aiohttp session per endpoint, opened on first use (`self._session`)."""
 
     def __init__(self, endpoint: str, model: str = DEFAULT_MODEL, request_timeout_s: float = 600.0) -> None:
-        base = endpoint if "://" in endpoint else f"http://{endpoint}"
-        super().__init__(base.rstrip("/"), model, request_timeout_s)
+        super().__init__(endpoint, model, request_timeout_s)
         self._session: Any = None
 
     async def open(self) -> None:
@@ -315,6 +313,16 @@ class TritonHttpBackend(Backend):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class TritonHttpBackend(AiohttpBackend):
+    """Triton's `POST /v2/models/<model>/generate_stream` (SSE), one aiohttp session per endpoint."""
+
+    kind = "triton-http"
+
+    def __init__(self, endpoint: str, model: str = DEFAULT_MODEL, request_timeout_s: float = 600.0) -> None:
+        base = endpoint if "://" in endpoint else f"http://{endpoint}"
+        super().__init__(base.rstrip("/"), model, request_timeout_s)
 
     async def is_ready(self) -> bool:
         await self.open()

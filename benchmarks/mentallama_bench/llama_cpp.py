@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mentallama_bench.backends import Backend, _short
+from mentallama_bench.backends import AiohttpBackend, _short
 from mentallama_bench.records import RequestOutcome, SampleRequest, SamplingParams
 
 __all__ = ["LlamaCppBackend", "find_llama_server", "llama_server"]
@@ -91,7 +91,7 @@ def llama_server(binary: Path, gguf: Path, slots: int, context_per_slot: int, *,
         log.close()
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(AiohttpBackend):
     """One `POST /completion` per request, not streamed: the benchmark reads tokens per second, not latencies."""
 
     kind = "llama-cpp"
@@ -100,19 +100,6 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, endpoint: str, model: str = "gguf", request_timeout_s: float = 600.0) -> None:
         super().__init__(endpoint.rstrip("/"), model, request_timeout_s)
-        self._session: Any = None
-
-    async def open(self) -> None:
-        import aiohttp
-
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.request_timeout_s),
-                                                  connector=aiohttp.TCPConnector(limit=0))  # fmt: skip
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def is_ready(self) -> bool:
         await self.open()
