@@ -7,10 +7,11 @@ from __future__ import annotations
 import queue
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Answer", "greedy_inputs", "stream_request"]
+__all__ = ["Answer", "greedy_inputs", "stream_request", "stream_responses"]
 
 
 @dataclass
@@ -45,12 +46,12 @@ def _index(result, name: str) -> int:
     return 0 if value is None else int(np.asarray(value).reshape(-1)[0])
 
 
-def stream_request(
-    url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str], *, timeout_s: float = 300.0
-) -> Answer:
-    """Send one request on its own gRPC stream and wait for the server to close it."""
+def stream_responses(url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str], *,
+                     timeout_s: float | None = 300.0, request_id: str = "") -> list[Any]:  # fmt: skip
+    """Send one request on its own gRPC stream, wait for the server to close it, and return what arrived in
+    order: results, and `InferenceServerException`s for error responses."""
     import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+    from tritonclient.utils import np_to_triton_dtype
 
     tensors = []
     for name, array in inputs.items():
@@ -62,14 +63,24 @@ def stream_request(
     try:
         client.start_stream(callback=partial(lambda q, result, error: q.put(error or result), responses),
                             stream_timeout=timeout_s)  # fmt: skip
-        client.async_stream_infer(model, tensors, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
+        client.async_stream_infer(model, tensors, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
+                                  request_id=request_id)  # fmt: skip
         client.stop_stream()  # waits until the server ends the stream
     finally:
         client.close()
+    return [responses.get() for _ in range(responses.qsize())]
+
+
+def stream_request(
+    url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str], *, timeout_s: float = 300.0
+) -> Answer:
+    """Send one request on its own gRPC stream and read its responses into an `Answer`."""
+    from tritonclient.utils import InferenceServerException
+
+    responses = stream_responses(url, model, inputs, outputs, timeout_s=timeout_s)
     answer = Answer()
     streamed = bool(np.asarray(inputs.get("stream", np.array([[False]]))).reshape(-1)[0])
-    while not responses.empty():
-        result = responses.get()
+    for result in responses:
         if isinstance(result, InferenceServerException):
             answer.errors.append(f"{result.status()}: {result.message()}")
             continue

@@ -14,15 +14,14 @@ Our own client code, written from the facts of two upstream clients:
 from __future__ import annotations
 
 import json
-import queue
 import urllib.request
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
+
+from mentallama_bench.gpu_smoke_client import stream_responses
 
 pytestmark = pytest.mark.server
 MODELS = ("ensemble", "mentallama")  # upstream's client takes ensemble or tensorrt_llm_bls: mentallama is ours
@@ -51,25 +50,10 @@ class Outcome:
 
 
 def run(url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str], *, stream: bool) -> Outcome:
-    """One request on one gRPC stream, parsed as the end-to-end client parses it."""
-    tensors = []
-    for name, array in inputs.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    responses: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(url=url)
-    try:
-        client.start_stream(callback=partial(lambda q, result, error: q.put(error or result), responses))
-        client.async_stream_infer(
-            model, tensors, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs], request_id="compat-1"
-        )
-        client.stop_stream()  # waits until the server closes the stream
-    finally:
-        client.close()
+    """One request on one gRPC stream (sent as gpu-smoke sends it), parsed as the end-to-end client parses it."""
+    responses = stream_responses(url, model, inputs, outputs, timeout_s=None, request_id="compat-1")
     outcome = Outcome()
-    while not responses.empty():
-        result = responses.get()
+    for result in responses:
         if isinstance(result, InferenceServerException):
             outcome.errors.append(result.message())
             continue
