@@ -106,7 +106,9 @@ def test_the_e2e_clients_two_sequences_request(url: str, model: str, stream: boo
             i, text = int(r.as_numpy("sequence_index")[0][0]), r.as_numpy("text_output")[0].decode("utf-8")
             texts[i] = texts.get(i, "") + text if stream else text  # streamed: chunks per sequence
     assert sorted(texts) == [0, 1]
-    assert texts[0] == texts[1] and len(texts[0]) > 0
+    single = run(url, model, upstream_inputs(prompt, stream=stream), ["text_output"], stream=stream)
+    assert texts[0] == texts[1] == single.texts[0]  # each copy is the whole greedy answer
+    assert len(texts[0]) > len(prompt) + 10
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -379,8 +379,12 @@ class OpenVinoEngine:
         import openvino_genai as og
 
         handle = tracked.handle
+        # Greedy copies are one greedy run, which the pipeline streams: a read holds only the tokens since the last
+        # one, so reads are joined (beams and samples are read whole, once the request is done).
+        joined = tracked.request.beam_width == 1 and is_greedy(tracked.request)
         while handle.can_read():
-            tracked.latest = handle.read()
+            read = handle.read()
+            tracked.latest = _join_reads(tracked.latest, read) if joined else read
         status = handle.get_status()
         if status == og.GenerationStatus.RUNNING:
             return
@@ -498,6 +502,26 @@ def _configure_sequences(config: Any, request: GenerationRequest) -> None:
     elif request.num_return_sequences > 1 and not is_greedy(request):
         config.num_return_sequences = request.num_return_sequences
         config.logprobs = 1
+
+
+@dataclass
+class _JoinedOutput:
+    """A streamed run's reads as one output (the fields `_returned_sequences` reads)."""
+
+    generated_ids: list[int] = field(default_factory=list)
+    generated_log_probs: list[float] = field(default_factory=list)
+    finish_reason: Any = None
+    score: float = 0.0
+
+
+def _join_reads(joined: dict[int, _JoinedOutput] | None, read: dict[int, Any]) -> dict[int, _JoinedOutput]:
+    joined = {} if joined is None else joined
+    for key, output in read.items():
+        whole = joined.setdefault(key, _JoinedOutput())
+        whole.generated_ids.extend(int(t) for t in output.generated_ids)
+        whole.generated_log_probs.extend(float(v) for v in output.generated_log_probs)
+        whole.finish_reason, whole.score = output.finish_reason, float(output.score)
+    return joined
 
 
 def _returned_sequences(
