@@ -47,14 +47,15 @@ def test_every_flag_reaches_the_config(tmp_path: Path) -> None:
         ["--upstream-grpc", "127.0.0.1:18011", "--upstream-http", "http://127.0.0.1:18010/", "--host", "0.0.0.0",
          "--grpc-port", "8011", "--http-port", "8010", "--tls-cert", str(cert), "--tls-key", str(key),
          "--tls-ca", str(ca), "--api-key-file", str(tmp_path / "keys"), "--admin-key-file", str(tmp_path / "admin"),
-         "--max-in-flight", "64", "--max-in-flight-per-client", "8", "--max-request-bytes", "4096"],
+         "--max-in-flight", "64", "--max-in-flight-per-client", "8", "--max-request-bytes", "4096",
+         "--max-sequences", "8"],
         {API_KEYS_ENV: "key-c, key-d"},
     )  # fmt: skip
     assert config == FrontDoorConfig(
         upstream_grpc="127.0.0.1:18011", upstream_http="http://127.0.0.1:18010", host="0.0.0.0", grpc_port=8011,
         http_port=8010, tls_cert=str(cert), tls_key=str(key), tls_ca=str(ca),
         api_keys=["key-a", "key-b", "key-c", "key-d"], admin_key="admin-secret", max_in_flight=64,
-        max_in_flight_per_client=8, max_request_bytes=4096,
+        max_in_flight_per_client=8, max_request_bytes=4096, max_sequences=8,
     )  # fmt: skip
 
 
@@ -91,6 +92,7 @@ def test_the_launchers_config_file_still_works(tmp_path: Path, capsys: pytest.Ca
         ([*UPSTREAM, "--grpc-port", "x"], "invalid _port value"),
         ([*UPSTREAM, "--max-in-flight", "0"], "must be >= 1"),
         ([*UPSTREAM, "--max-request-bytes", "-5"], "must be >= 1"),
+        ([*UPSTREAM, "--max-sequences", "0"], "must be >= 1"),
         ([*UPSTREAM, "--tls-cert", "/no/cert.pem"], "TLS needs both --tls-cert and --tls-key"),
         ([*UPSTREAM, "--tls-cert", "/no/cert.pem", "--tls-key", "/no/key.pem"], "TLS file /no/cert.pem does not"),
         ([*UPSTREAM, "--tls-ca", "/no/ca.pem"], "--tls-ca (mutual TLS) needs --tls-cert"),

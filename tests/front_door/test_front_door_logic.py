@@ -4,8 +4,10 @@ against a scripted upstream (the real-server tests are in the other files of thi
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
+import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
@@ -13,7 +15,7 @@ from mentallama._transport import build_request
 from mentallama_server.front_door.admission import Admission, Refused
 from mentallama_server.front_door.config import FrontDoorConfig
 from mentallama_server.front_door.grpc_front import GrpcFront
-from mentallama_server.front_door.tensors import generate_request, load_json, response_json
+from mentallama_server.front_door.tensors import check_sequences, generate_request, load_json, response_json
 from mentallama_server.front_door.upstream import FINAL, is_final
 
 INPUTS = {"text_input": ("BYTES", [1]), "max_tokens": ("INT32", [1]), "stop_words": ("BYTES", [-1]),
@@ -171,3 +173,47 @@ def test_upstream_errors_map_to_http_statuses_a_client_can_act_on(message: str, 
     from mentallama_server.front_door.http_front import status_of
 
     assert status_of(message) == status
+
+
+# ---- beams and sequences per prompt: capped at the door (the GPU path has no cap of its own on samples) ------
+
+
+def _with_sequences(name: str, values: list[int], raw: bool, datatype: str = "INT32") -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="ensemble")
+    tensor = request.inputs.add(name=name, datatype=datatype, shape=[len(values), 1])
+    if raw:
+        dtype = {"INT32": "<i4", "INT64": "<i8", "UINT8": "u1"}[datatype]
+        request.raw_input_contents.append(np.array(values, dtype=dtype).tobytes())
+    elif datatype == "INT64":
+        tensor.contents.int64_contents.extend(values)
+    else:
+        tensor.contents.int_contents.extend(values)
+    return request
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["contents", "raw"])
+@pytest.mark.parametrize("name", ["beam_width", "num_return_sequences"])
+def test_beams_and_sequences_above_the_cap_are_refused_naming_the_input(name: str, raw: bool) -> None:
+    check_sequences(_with_sequences(name, [4, 1, 3], raw), 4)
+    for values, words in (([5], f"{name} is 5; this server serves at most 4"), ([1, 2**31 - 1], "2147483647"),
+                          ([0], f"{name} must be >= 1, got 0"), ([-7], "got -7")):  # fmt: skip
+        with pytest.raises(Refused, match=re.escape(words)) as caught:
+            check_sequences(_with_sequences(name, values, raw), 4)
+        assert caught.value.status == 400 and caught.value.grpc_code == "INVALID_ARGUMENT"
+    with pytest.raises(Refused, match="10000000000"):  # a wider type (Triton would refuse it; we never pass it on)
+        check_sequences(_with_sequences(name, [10**10], raw, "INT64"), 4)
+
+
+def test_a_sequence_input_that_is_not_an_integer_is_refused() -> None:
+    request = service_pb2.ModelInferRequest(model_name="ensemble")
+    request.inputs.add(name="beam_width", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(1e9)
+    with pytest.raises(Refused, match="beam_width must be an integer input"):
+        check_sequences(request, 4)
+
+
+def test_the_grpc_door_refuses_a_huge_beam_width_before_anything_goes_upstream() -> None:
+    pool = ScriptedPool([])
+    request = build_request("ensemble", "wide", {"text_input": "Hi", "max_tokens": 2, "beam_width": 10**6})
+    (answer,) = asyncio.run(_one_stream(pool, request))
+    assert "beam_width is 1000000; this server serves at most 4" in answer.error_message
+    assert answer.infer_response.id == "wide" and pool.submitted == []

@@ -14,6 +14,7 @@ from mentallama_server.front_door.admission import Refused, Ticket
 from mentallama_server.front_door.chat_template import ChatTemplate, TemplateError, llama2_prompt, load_chat_template
 from mentallama_server.front_door.openai_api import (
     ApiError,
+    Choices,
     Progress,
     chat_messages,
     check_fields,
@@ -111,7 +112,7 @@ def test_greedy_unless_sampling_is_asked_for(fields, sampled) -> None:
 
 @pytest.mark.parametrize(
     ("fields", "param"),
-    [({"n": 3}, "n"), ({"logprobs": True}, "logprobs"), ({"top_logprobs": 2}, "top_logprobs"),
+    [({"n": 5}, "n"), ({"logprobs": True}, "logprobs"), ({"top_logprobs": 2}, "top_logprobs"),
      ({"response_format": {"type": "json_object"}}, "response_format"), ({"logit_bias": {"1": 5}}, "logit_bias"),
      ({"tools": [{"type": "function"}]}, "tools"), ({"best_of": 2}, "best_of"), ({"ignore_eos": True}, "ignore_eos"),
      ({"stop": ["a", ""]}, "stop"), ({"stop": ["a"] * 17}, "stop"), ({"min_tokens": 300}, "min_tokens"),
@@ -208,3 +209,84 @@ def test_stream_chunks_validate_against_the_documented_model() -> None:
              "choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": None, "finish_reason": None}],
              "usage": None}  # fmt: skip
     assert ChatCompletionChunk.model_validate(chunk).choices[0].delta.content == "x"
+
+
+# ---- n and best_of: several choices in one request ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [({"n": 0}, "n"), ({"n": -1}, "n"), ({"n": "2"}, "n"), ({"n": True}, "n"), ({"n": 1.5}, "n"),
+     ({"best_of": 0}, "best_of"), ({"best_of": "3"}, "best_of")],
+)  # fmt: skip
+def test_n_and_best_of_must_be_positive_json_integers(fields, param) -> None:
+    """Strict: "2" and true are not 2 (pydantic's lax mode would take them)."""
+    with pytest.raises(ApiError) as caught:
+        parse(CompletionRequest, {"model": "m", "prompt": "p", **fields})
+    assert caught.value.param == param and caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("fields", "limit", "param", "words"),
+    [({"n": 10**9}, 4, "n", "n is 1000000000; this server returns at most 4"),
+     ({"n": 3}, 2, "n", "at most 2 choices"),
+     ({"n": 3, "best_of": 2}, 4, "best_of", "best_of (2) must be >= n (3)"),
+     ({"best_of": 5}, 4, "best_of", "best_of is 5; this server generates at most 4"),
+     ({"n": 1, "best_of": 2, "stream": True}, 4, "best_of", "cannot be streamed")],
+)  # fmt: skip
+def test_choices_above_the_servers_limit_are_refused_naming_the_field_and_the_limit(fields, limit, param,
+                                                                                    words) -> None:  # fmt: skip
+    request = parse(CompletionRequest, {"model": "m", "prompt": "p", **fields})
+    with pytest.raises(ApiError) as caught:
+        check_fields(request, limit)
+    assert (caught.value.param, caught.value.status) == (param, 400) and words in caught.value.message
+
+
+def test_n_within_the_limit_passes_and_becomes_num_return_sequences() -> None:
+    check_fields(chat(n=4), 4)
+    check_fields(parse(CompletionRequest, {"model": "m", "prompt": "p", "n": 2, "best_of": 4}), 4)
+    assert upstream_fields(chat(n=3), "p")["num_return_sequences"] == 3
+    assert "return_log_probs" not in upstream_fields(chat(n=3), "p")
+    assert "num_return_sequences" not in upstream_fields(chat(n=1), "p")
+    ranked = upstream_fields(parse(CompletionRequest, {"model": "m", "prompt": "p", "best_of": 3}), "p")
+    assert ranked["num_return_sequences"] == 3 and ranked["return_log_probs"] is True  # best_of ranks by them
+
+
+def _sequence(text: str, index: int | None, n_out: int | None = None, n_in: int | None = None,
+              cum: float | None = None) -> service_pb2.ModelStreamInferResponse:  # fmt: skip
+    message = _response(text, n_out)
+    outputs = message.infer_response.outputs
+    for name, value, datatype in (("sequence_index", index, "INT32"), ("num_input_tokens", n_in, "INT32")):
+        if value is not None:
+            outputs.add(name=name, datatype=datatype, shape=[1, 1]).contents.int_contents.append(value)
+    if cum is not None:
+        outputs.add(name="cum_log_probs", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(cum)
+    return message
+
+
+def test_choices_follow_each_sequence_by_its_index_and_count_every_one() -> None:
+    choices = Choices.of(2, 8, ("##",))
+    got = [choices.add(_sequence(t, i), TICKET) for t, i in (("a #", 0), ("b", 1), ("#c", 0), ("d##", 1))]
+    assert got == [(0, "a "), (1, "b"), (0, "##c"), (1, "d")]
+    choices.add(_sequence("", 0, n_out=8, n_in=7), TICKET)
+    choices.add(_sequence("", 1, n_out=3, n_in=7), TICKET)
+    assert [p.finish() for p in choices.sequences] == ["", ""]  # sequence 1's "##" ended it: dropped
+    assert [p.text for p in choices.sequences] == ["a ##c", "bd"]
+    assert [p.finish_reason() for p in choices.sequences] == ["length", "stop"]
+    assert choices.usage() == {"prompt_tokens": 7, "completion_tokens": 11, "total_tokens": 18}
+    assert choices.best(2) == choices.sequences  # n choices: all, in order
+
+
+def test_best_of_returns_the_highest_log_probability_per_token_first() -> None:
+    choices = Choices.of(3, 8)
+    for index, (n_out, cum) in enumerate(((2, -4.0), (8, -8.0), (4, -6.0))):  # per token -2, -1, -1.5
+        choices.add(_sequence(f"s{index}", index, n_out=n_out, n_in=5, cum=cum), TICKET)
+    assert [p.text for p in choices.best(2)] == ["s1", "s2"]
+    assert choices.usage()["completion_tokens"] == 14  # every sequence generated counts
+
+
+def test_a_sequence_index_out_of_range_is_a_server_error_not_a_lost_choice() -> None:
+    choices = Choices.of(2, 8)
+    assert choices.add(_sequence("x", 5), TICKET) == (0, "")
+    assert choices.error is not None and "sequence_index 5" in choices.error
+    assert ApiError.upstream(choices.error, "prompt").status == 500

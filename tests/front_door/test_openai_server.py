@@ -129,7 +129,7 @@ def test_unknown_model_is_404_in_openai_shape(client) -> None:
 
 @pytest.mark.parametrize(
     ("extra", "param"),
-    [({"n": 2}, "n"), ({"temperature": 5}, "temperature"), ({"logprobs": True}, "logprobs"),
+    [({"n": 5}, "n"), ({"temperature": 5}, "temperature"), ({"logprobs": True}, "logprobs"),
      ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"), ({"guided_json": {}}, "guided_json"),
      ({"seed": -1}, "seed")],
 )  # fmt: skip

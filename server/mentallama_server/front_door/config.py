@@ -39,6 +39,10 @@ class FrontDoorConfig:
     """Largest request message or HTTP body. Keeps the Python backend's shared-memory pool from growing on
     client input (16 MiB per model instance, docs/RELIABILITY.md)."""
     max_json_depth: int = 16
+    max_sequences: int = 4
+    """Most beams (`beam_width`) or sequences (`num_return_sequences`, OpenAI's `n`) one prompt may ask for; beyond,
+    INVALID_ARGUMENT / 400 naming the field. Each holds KV cache of its own, and TensorRT-LLM bounds sampled
+    sequences by nothing. The launcher sets what the served profile serves (`rendered_max_sequences`)."""
     tokenizer_dir: str | None = None
     """The served checkpoint's tokenizer folder: /v1/chat/completions renders its chat template (the LLaMA-2-chat
     format without one). The launcher reads it from the rendered `mentallama` config."""

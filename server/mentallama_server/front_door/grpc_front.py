@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2
 
 from mentallama_server.front_door.admission import Admission, Refused, Ticket
 from mentallama_server.front_door.config import ENTRY_MODELS, FrontDoorConfig
-from mentallama_server.front_door.tensors import check_request_id, is_stop, wants_empty_final
+from mentallama_server.front_door.tensors import check_request_id, check_sequences, is_stop, wants_empty_final
 from mentallama_server.front_door.upstream import FINAL, UpstreamPool, is_unreachable
 
 log = logging.getLogger("mentallama.front_door")
@@ -175,6 +175,7 @@ class GrpcFront:
                     raise Refused("stop: give the request id of the request to stop")
                 await self.pool.stop_for(self.admission, client, request.id, request.model_name)
                 return _empty_final(request) if empty_final else None
+            check_sequences(request, self.config.max_sequences)
             ticket = self.admission.admit(client, request.id, request.model_name)
         except Refused as refusal:
             return _error(request, refusal.message, empty_final)

@@ -23,7 +23,13 @@ from tritonclient.grpc import service_pb2
 
 from mentallama_server.front_door.admission import Admission, Refused, Ticket
 from mentallama_server.front_door.config import ENTRY_MODELS, FrontDoorConfig
-from mentallama_server.front_door.tensors import generate_request, is_stop, load_json, response_json
+from mentallama_server.front_door.tensors import (
+    check_sequences,
+    generate_request,
+    is_stop,
+    load_json,
+    response_json,
+)
 from mentallama_server.front_door.upstream import UNREACHABLE, Delivery, UpstreamPool, is_unreachable
 
 # curl's default for `-d`, which upstream's own README examples use against `generate`: the body is still JSON.
@@ -134,6 +140,7 @@ class HttpFront:
     ) -> tuple[Ticket, asyncio.Queue[Delivery]]:
         """Admit a request under the client's limits and send it upstream under its namespaced id; raises
         Refused. The caller owns the ticket: `relay` (or `_abandon`) lets it go."""
+        check_sequences(upstream, self.config.max_sequences)
         ticket = self.admission.admit(client, client_id, upstream.model_name)
         upstream.id = ticket.upstream_id
         try:

@@ -7,10 +7,14 @@ Python) and `GET /v1/tasks` (the SDK's task catalog). Every request goes the way
 `mentallama` model over the shared streams, an in-band stop when the client disconnects. Request text is never
 logged. `/openapi.json` describes the /v1 routes only.
 
-Refused with a 400 naming the field, because the engine cannot honour them: `n` > 1 and `best_of` > 1 (one
-sequence per prompt), `logprobs` / `top_logprobs` / `echo` / `suffix` (the engine's log probabilities come per
-chunk without the tokens they belong to), tools and functions, `response_format` other than text, `logit_bias`,
-non-text content parts, and any field not known here unless it changes nothing (`IGNORED_FIELDS`).
+`n` > 1 is one upstream request with `num_return_sequences` = n: the front model relays each sampled sequence in
+responses of its own, tagged with its `sequence_index`, which becomes the choice's `index` (streamed chunks carry
+it too, as OpenAI's do). `best_of` samples that many and returns the n with the highest log probability per token.
+Both are bounded by the server's max_sequences (`FrontDoorConfig.max_sequences`), refused above it naming the field.
+Refused with a 400 naming the field, because the engine cannot honour them: `logprobs` / `top_logprobs` / `echo` /
+`suffix` (the engine's log probabilities come per chunk without the tokens they belong to), tools and functions,
+`response_format` other than text, `logit_bias`, non-text content parts, and any field not known here unless it
+changes nothing (`IGNORED_FIELDS`).
 Sampling fields left out use the server's defaults, greedy decoding, as the SDK does (OpenAI's default temperature
 is 1): a `temperature` above 0 samples (top_p 1 unless given).
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import time
 import uuid
@@ -35,6 +40,7 @@ from tritonclient.grpc import service_pb2
 
 from mentallama_server.front_door.admission import Refused, Ticket
 from mentallama_server.front_door.chat_template import ChatTemplate, TemplateError, load_chat_template
+from mentallama_server.front_door.config import FrontDoorConfig
 from mentallama_server.front_door.http_front import HttpFront, status_of
 from mentallama_server.front_door.openai_schema import (
     MAX_POSTS,
@@ -147,17 +153,26 @@ _NOT_SERVED: dict[str, tuple[Any, str]] = {
 }  # fmt: skip
 
 
-def check_fields(req: ChatCompletionRequest | CompletionRequest) -> None:
-    """Refuse what this server would silently get wrong, naming the field."""
+def sequences_of(req: ChatCompletionRequest | CompletionRequest) -> tuple[int, int]:
+    """(choices returned, sequences generated): `n`, and `best_of` where given (the best n of them)."""
+    n = req.n or 1
+    return n, max(n, getattr(req, "best_of", None) or 1)
+
+
+def check_fields(req: ChatCompletionRequest | CompletionRequest,
+                 max_sequences: int = FrontDoorConfig.max_sequences) -> None:  # fmt: skip
+    """Refuse what this server would silently get wrong, naming the field; `max_sequences`: the most sequences one
+    request may generate (the front door's cap)."""
     extra = dict(req.model_extra or {})
     for name, (harmless, why) in _NOT_SERVED.items():
         value = extra.pop(name, None)
         if value is not None and not harmless(value):
             raise ApiError(why, 400, name, "unsupported_parameter")
     _refuse_unknown(extra)
-    if req.n not in (None, 1):
-        raise ApiError(f"n must be 1, got {req.n}: the engine serves one sequence per prompt; send {req.n} "
-                       "requests (with different seeds) instead", 400, "n", "unsupported_parameter")  # fmt: skip
+    n = req.n or 1
+    if n > max_sequences:
+        raise ApiError(f"n is {n}; this server returns at most {max_sequences} choices per request (its "
+                       "max_sequences)", 400, "n")  # fmt: skip
     if isinstance(req, ChatCompletionRequest):
         if req.logprobs or req.top_logprobs:
             name = "logprobs" if req.logprobs else "top_logprobs"
@@ -168,9 +183,18 @@ def check_fields(req: ChatCompletionRequest | CompletionRequest) -> None:
                             f"messages[{index}].")  # fmt: skip
     else:
         for name, bad in (("logprobs", req.logprobs is not None), ("echo", bool(req.echo)),
-                          ("best_of", req.best_of not in (None, 1)), ("suffix", bool(req.suffix))):  # fmt: skip
+                          ("suffix", bool(req.suffix))):  # fmt: skip
             if bad:
                 raise ApiError(f"{name} is not served by this engine", 400, name, "unsupported_parameter")
+        if req.best_of is not None:
+            if req.best_of < n:
+                raise ApiError(f"best_of ({req.best_of}) must be >= n ({n})", 400, "best_of")
+            if req.best_of > max_sequences:
+                raise ApiError(f"best_of is {req.best_of}; this server generates at most {max_sequences} sequences "
+                               "per request (its max_sequences)", 400, "best_of")  # fmt: skip
+            if req.best_of > n and req.stream:
+                raise ApiError("best_of above n cannot be streamed: the best are known only at the end", 400,
+                               "best_of")  # fmt: skip
     if isinstance(req.stop, list):
         if len(req.stop) > MAX_STOP:
             raise ApiError(f"stop has {len(req.stop)} strings; the limit is {MAX_STOP}", 400, "stop")
@@ -233,6 +257,11 @@ def upstream_fields(req: ChatCompletionRequest | CompletionRequest, prompt: str)
             fields[name] = value
     if req.stop:
         fields["stop_words"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+    n, generated = sequences_of(req)
+    if generated > 1:
+        fields["num_return_sequences"] = generated
+    if generated > n:  # best_of ranks the sequences by their log probabilities
+        fields["return_log_probs"] = True
     return fields
 
 
@@ -251,6 +280,7 @@ class Progress:
     held: str = ""
     num_input_tokens: int | None = None
     num_output_tokens: int | None = None
+    cum_log_prob: float | None = None
     error: str | None = None
 
     def add(self, message: service_pb2.ModelStreamInferResponse, ticket: Ticket) -> str:
@@ -258,13 +288,18 @@ class Progress:
         if message.error_message:
             self.error = ticket.own_words(message.error_message)
             return ""
-        body = response_json(message.infer_response, "")
+        return self.take(response_json(message.infer_response, ""))
+
+    def take(self, body: Mapping[str, Any]) -> str:
+        """Record one response's outputs; returns the text they let out."""
         text = body.get("text_output", "")
         text = "".join(text) if isinstance(text, list) else str(text)
         if isinstance(body.get("num_input_tokens"), int):
             self.num_input_tokens = body["num_input_tokens"]
         if isinstance(body.get("num_output_tokens"), int):
             self.num_output_tokens = body["num_output_tokens"]
+        if isinstance(body.get("cum_log_probs"), float):
+            self.cum_log_prob = body["cum_log_probs"]
         return self._out(self._hold(text))
 
     def _hold(self, text: str) -> str:
@@ -307,6 +342,51 @@ class Progress:
 
     def usage(self) -> dict[str, int]:
         prompt, completion = self.num_input_tokens or 0, self.num_output_tokens or 0
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def per_token(self) -> float:
+        """Log probability per generated token, best_of's ranking (OpenAI's); unknown ranks last."""
+        if self.cum_log_prob is None:
+            return -math.inf
+        return self.cum_log_prob / max(self.num_output_tokens or 1, 1)
+
+
+@dataclass
+class Choices:
+    """The sequences of one request (`num_return_sequences`), each followed by a `Progress` of its own: the front
+    model tags a sequence's responses with its `sequence_index` (none for a single sequence)."""
+
+    sequences: list[Progress]
+    error: str | None = None
+
+    @classmethod
+    def of(cls, count: int, max_tokens: int, stops: tuple[str, ...] = ()) -> Choices:
+        return cls([Progress(max_tokens, stops) for _ in range(count)])
+
+    def add(self, message: service_pb2.ModelStreamInferResponse, ticket: Ticket) -> tuple[int, str]:
+        """Record one response; returns its sequence's index and the text it lets out."""
+        if message.error_message:
+            self.error = ticket.own_words(message.error_message)
+            return 0, ""
+        body = response_json(message.infer_response, "")
+        index = body.get("sequence_index", 0)
+        if not isinstance(index, int) or not 0 <= index < len(self.sequences):
+            self.error = (f"generation failed: the model answered sequence_index {str(index)[:20]} for "
+                          f"{len(self.sequences)} sequences")  # fmt: skip
+            return 0, ""
+        return index, self.sequences[index].take(body)
+
+    def best(self, n: int) -> list[Progress]:
+        """The n sequences returned: all of them in order, or (best_of) the n of highest log probability per
+        token, best first."""
+        if n >= len(self.sequences):
+            return self.sequences
+        return sorted(self.sequences, key=lambda p: p.per_token(), reverse=True)[:n]
+
+    def usage(self) -> dict[str, int]:
+        """Prompt tokens once, completion tokens of every sequence generated (best_of's too, as OpenAI counts)."""
+        prompt = next((p.num_input_tokens for p in self.sequences if p.num_input_tokens is not None), 0)
+        completion = sum(p.num_output_tokens or 0 for p in self.sequences)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -365,7 +445,7 @@ class OpenAIFront:
         return ticket, queue, first
 
     async def _collect(self, request: Request, ticket: Any, queue: asyncio.Queue, first: Any,
-                       progress: Progress) -> bool:  # fmt: skip
+                       progress: Progress | Choices) -> bool:  # fmt: skip
         """All responses into `progress`; False when the client disconnected (the request is stopped)."""
         delivery = first
         while True:
@@ -384,7 +464,7 @@ class OpenAIFront:
         try:
             client, req = await self._admitted(request, ChatCompletionRequest if chat else CompletionRequest)
             self._check_model(req.model)
-            check_fields(req)
+            check_fields(req, self.front.config.max_sequences)
             if chat:
                 try:
                     prompt = (await self.template()).render(chat_messages(req))
@@ -393,8 +473,8 @@ class OpenAIFront:
             else:
                 prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
                 if len(prompts) != 1:
-                    raise ApiError(f"prompt: give one prompt per request, got {len(prompts)} (the engine serves one "
-                                   "sequence per prompt)", 400, "prompt", "unsupported_parameter")  # fmt: skip
+                    raise ApiError(f"prompt: give one prompt per request, got {len(prompts)} (send one request per "
+                                   "prompt)", 400, "prompt", "unsupported_parameter")  # fmt: skip
                 prompt = prompts[0]
             completion_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
             fields = upstream_fields(req, prompt)
@@ -404,60 +484,69 @@ class OpenAIFront:
             return error.response()
         if first is None:
             return Response(status_code=499)
-        progress = Progress(fields["max_tokens"], tuple(fields.get("stop_words", ())))
+        n, generated = sequences_of(req)
+        choices = Choices.of(generated, fields["max_tokens"], tuple(fields.get("stop_words", ())))
         head = {"id": completion_id, "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": MODEL}  # fmt: skip
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(self._events(ticket, queue, first, progress, head, chat, usage),
+            return StreamingResponse(self._events(ticket, queue, first, choices, head, chat, usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})  # fmt: skip
-        if not await self._collect(request, ticket, queue, first, progress):
+        if not await self._collect(request, ticket, queue, first, choices):
             return Response(status_code=499)
-        progress.finish()
-        if progress.error:
-            return ApiError.upstream(progress.error, "messages" if chat else "prompt").response()
+        for progress in choices.sequences:
+            progress.finish()
+        if choices.error:
+            return ApiError.upstream(choices.error, "messages" if chat else "prompt").response()
+        listed = []
+        for index, progress in enumerate(choices.best(n)):
+            if chat:
+                content = {"message": {"role": "assistant", "content": progress.text, "refusal": None}}
+            else:
+                content = {"text": progress.text}
+            listed.append({"index": index, **content, "logprobs": None, "finish_reason": progress.finish_reason()})
+        body = {**head, "choices": listed, "usage": choices.usage()}
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": progress.text, "refusal": None},
-                      "logprobs": None, "finish_reason": progress.finish_reason()}  # fmt: skip
-            body = {**head, "object": "chat.completion", "choices": [choice], "usage": progress.usage()}
-        else:
-            choice = {"index": 0, "text": progress.text, "logprobs": None, "finish_reason": progress.finish_reason()}
-            body = {**head, "choices": [choice], "usage": progress.usage()}
+            body["object"] = "chat.completion"
         return Response(_dumps(body), media_type="application/json")
 
-    async def _events(self, ticket: Any, queue: asyncio.Queue, first: Any, progress: Progress,
+    async def _events(self, ticket: Any, queue: asyncio.Queue, first: Any, choices: Choices,
                       head: dict[str, Any], chat: bool, include_usage: bool) -> AsyncIterator[str]:  # fmt: skip
-        """SSE chunks: (chat) a role chunk, one chunk per text response, a chunk with finish_reason, (include_usage)
-        a chunk with `usage` and no choices, then `data: [DONE]`."""
+        """SSE chunks, each with one choice and its index: (chat) a role chunk per choice, one chunk per text
+        response, a chunk with finish_reason per choice, (include_usage) a chunk with `usage` and no choices, then
+        `data: [DONE]`. Streams are never best_of above n (check_fields), so every sequence is a choice."""
         prefix = _dumps(head)[:-1]  # `{"id":...,"model":"mentallama"` without its brace: each chunk appends to it
         tail = ',"usage":null}' if include_usage else "}"
 
         def chunk(choice: dict[str, Any]) -> str:
             return f'data: {prefix},"choices":[{_dumps(choice)}]{tail}\n\n'
 
-        def piece(text: str | None = None, finish: str | None = None, role: bool = False) -> str:
+        def piece(index: int, text: str | None = None, finish: str | None = None, role: bool = False) -> str:
             if not chat:
-                return chunk({"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish})
+                return chunk({"index": index, "text": text or "", "logprobs": None, "finish_reason": finish})
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
             if text is not None:
                 delta["content"] = text
-            return chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish})
+            return chunk({"index": index, "delta": delta, "logprobs": None, "finish_reason": finish})
 
         if chat:
-            yield piece(role=True)
+            for index in range(len(choices.sequences)):
+                yield piece(index, role=True)
         async with contextlib.aclosing(self.front.relay(ticket, queue, first)) as messages:
             async for message in messages:
-                text = progress.add(message, ticket)
+                index, text = choices.add(message, ticket)
                 if text:
-                    yield piece(text)
-        if rest := progress.finish():
-            yield piece(rest)
-        if progress.error:
-            yield f"data: {_dumps(ApiError.upstream(progress.error, 'messages' if chat else 'prompt').body())}\n\n"
+                    yield piece(index, text)
+        for index, progress in enumerate(choices.sequences):
+            if rest := progress.finish():
+                yield piece(index, rest)
+        if choices.error:
+            yield f"data: {_dumps(ApiError.upstream(choices.error, 'messages' if chat else 'prompt').body())}\n\n"
         else:
-            yield piece(finish=progress.finish_reason())
+            for index, progress in enumerate(choices.sequences):
+                yield piece(index, finish=progress.finish_reason())
             if include_usage:
-                yield f'data: {prefix},"choices":[],"usage":{_dumps(progress.usage())}}}\n\n'
+                yield f'data: {prefix},"choices":[],"usage":{_dumps(choices.usage())}}}\n\n'
         yield "data: [DONE]\n\n"
 
     # --- /v1/models ---------------------------------------------------------------------------------------------

@@ -50,7 +50,9 @@ class _Sampling(_Open):
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(1, description="Only 1: the engine serves one sequence per prompt.")
+    n: int | None = Field(1, ge=1, strict=True, description="Choices to return, up to the server's max_sequences "
+                          "(4 by default): one request whose engine samples n sequences of the prompt (greedy "
+                          "ones are n copies).")  # fmt: skip
     user: str | None = Field(None, description="Accepted and ignored.")
     top_k: int | None = Field(None, ge=0, le=2**31 - 1, description="vLLM's extension; 0: off.")
     min_tokens: int | None = Field(None, ge=0, le=2**31 - 1, description="vLLM's extension.")
@@ -68,7 +70,9 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] = Field(description="The prompt text as is (no template); a list of one prompt.")
     logprobs: int | None = Field(None, description="Not served: the engine's log probabilities carry no tokens.")
     echo: bool | None = Field(False, description="Not served.")
-    best_of: int | None = Field(None, description="Only 1.")
+    best_of: int | None = Field(None, ge=1, strict=True, description="Sequences sampled, >= n and up to the "
+                                "server's max_sequences; the n with the highest log probability per token are "
+                                "returned (not streamed when above n). Every one counts in `usage`.")  # fmt: skip
     suffix: str | None = Field(None, description="Not served (no fill-in-the-middle).")
 
 

@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     limits = parser.add_argument_group("limits")
     for name, what in (("max_in_flight", "requests in flight in all, then UNAVAILABLE / 503"),
                        ("max_in_flight_per_client", "per connection or API key, then UNAVAILABLE / 429"),
-                       ("max_request_bytes", "largest request, then RESOURCE_EXHAUSTED / 413")):  # fmt: skip
+                       ("max_request_bytes", "largest request, then RESOURCE_EXHAUSTED / 413"),
+                       ("max_sequences", "beams or sequences per prompt (beam_width, num_return_sequences, OpenAI's "
+                        "n), then INVALID_ARGUMENT / 400")):  # fmt: skip
         default = getattr(defaults, name)
         flag = "--" + name.replace("_", "-")
         limits.add_argument(flag, type=_positive, default=default, metavar="N", help=f"{what} (default {default})")
@@ -218,6 +220,7 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> FrontD
         tls_cert=_text(args.tls_cert), tls_key=_text(args.tls_key), tls_ca=_text(args.tls_ca),
         api_keys=api_keys, admin_key=admin_key, max_in_flight=args.max_in_flight,
         max_in_flight_per_client=args.max_in_flight_per_client, max_request_bytes=args.max_request_bytes,
+        max_sequences=args.max_sequences,
     )  # fmt: skip
 
 

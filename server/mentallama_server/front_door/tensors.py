@@ -78,6 +78,39 @@ def is_stop(request: service_pb2.ModelInferRequest) -> bool:
     return bool(_first_value(request, "stop"))
 
 
+SEQUENCE_INPUTS = ("beam_width", "num_return_sequences")
+
+
+def _int_values(request: service_pb2.ModelInferRequest, index: int) -> list[int] | None:
+    """The values of integer input `index` (typed contents or raw bytes); None for a non-integer type."""
+    tensor = request.inputs[index]
+    if tensor.datatype not in INT_RANGES:
+        return None
+    if index < len(request.raw_input_contents) and request.raw_input_contents[index]:
+        dtype = np.dtype(_NUMPY[tensor.datatype]).newbyteorder("<")
+        raw = request.raw_input_contents[index]
+        return np.frombuffer(raw[: len(raw) - len(raw) % dtype.itemsize], dtype=dtype).tolist()
+    return list(getattr(tensor.contents, _CONTENTS[tensor.datatype]))
+
+
+def check_sequences(request: service_pb2.ModelInferRequest, limit: int) -> None:
+    """Refuse `beam_width` / `num_return_sequences` outside 1..`limit` (FrontDoorConfig.max_sequences), naming the
+    input: every beam or sampled sequence holds KV cache of its own, and TensorRT-LLM bounds sampled sequences by
+    nothing (the CPU engine step checks --max-sequences, too late for the GPU path)."""
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name not in SEQUENCE_INPUTS:
+            continue
+        values = _int_values(request, index)
+        if values is None:
+            raise Refused(f"{tensor.name} must be an integer input (INT32), got {tensor.datatype[:16]}")
+        for value in values:
+            if value < 1:
+                raise Refused(f"{tensor.name} must be >= 1, got {value}")
+            if value > limit:
+                raise Refused(f"{tensor.name} is {value}; this server serves at most {limit} sequences per prompt "
+                              "(max_sequences)")  # fmt: skip
+
+
 # --- HTTP generate ---------------------------------------------------------------------------------------------
 def load_json(body: bytes, max_depth: int) -> dict[str, Any]:
     """The request object, with its nesting bounded (Triton 2.51's parser recursed until it crashed)."""

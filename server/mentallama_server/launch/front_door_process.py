@@ -58,9 +58,33 @@ def rendered_tokenizer_dir(run_dir: Path) -> str | None:
     return match[1] if match and match[1] else None
 
 
+def _engine_parameter(run_dir: Path, key: str) -> int | None:
+    """An integer parameter of the rendered engine step's config (one line on the CPU profile, two on trtllm)."""
+    config = Path(run_dir) / "model_repository" / "tensorrt_llm" / "config.pbtxt"
+    pattern = rf'key:\s*"{key}"\s*value:\s*\{{\s*string_value:\s*"(\d+)"'
+    try:
+        match = re.search(pattern, config.read_text(encoding="utf-8"))
+    except OSError:
+        return None
+    return int(match[1]) if match else None
+
+
+def rendered_max_sequences(run_dir: Path) -> int:
+    """The front door's cap on beams and sequences per prompt, from what the rendered profile serves: the CPU
+    profile's --max-sequences; on TensorRT-LLM the engine's beam width, at least the default (samples are bounded
+    by nothing there, beams by the engine, which refuses wider ones itself)."""
+    default = FrontDoorConfig.max_sequences
+    cpu = _engine_parameter(run_dir, "max_sequences")
+    if cpu is not None:
+        return max(cpu, 1)
+    beams = _engine_parameter(run_dir, "max_beam_width")
+    return max(default, beams or 1)
+
+
 def front_door_config(public: ServerOptions, upstream: ServerOptions, run_dir: Path | None = None) -> FrontDoorConfig:
     config = FrontDoorConfig(
         tokenizer_dir=None if run_dir is None else rendered_tokenizer_dir(run_dir),
+        max_sequences=FrontDoorConfig.max_sequences if run_dir is None else rendered_max_sequences(run_dir),
         upstream_grpc=upstream.grpc_url,
         upstream_http=upstream.http_url,
         host=public.host,
