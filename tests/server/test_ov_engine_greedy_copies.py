@@ -10,6 +10,8 @@ import pytest
 
 from tests.server.test_ov_engine import prompt, reference, request, run
 
+pytestmark = pytest.mark.slow  # runs the OpenVINO engine and transformers, as test_ov_engine.py does
+
 
 @pytest.mark.parametrize("log_probs", [False, True])
 def test_greedy_copies_are_the_whole_greedy_run(cpu_engine: Any, reference_model: Any, log_probs: bool) -> None:
