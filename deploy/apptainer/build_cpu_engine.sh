@@ -36,11 +36,6 @@ LOCK_TIMEOUT_S=14400
 DRY_RUN=0
 HAVE_LOCK=0
 
-usage() {
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
-  exit "${1:-0}"
-}
-
 while (($#)); do
   case $1 in
     --checkpoint) CHECKPOINT=$2; shift 2 ;;
@@ -52,8 +47,8 @@ while (($#)); do
     --bind) BINDS+=("$2"); shift 2 ;;
     --lock-timeout) LOCK_TIMEOUT_S=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage 0 ;;
-    *) echo "build_cpu_engine.sh: unknown option $1" >&2; usage 2 ;;
+    -h | --help) ml_usage 0 ;;
+    *) echo "build_cpu_engine.sh: unknown option $1" >&2; ml_usage 2 ;;
   esac
 done
 

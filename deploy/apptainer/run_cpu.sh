@@ -38,11 +38,6 @@ BINDS=()
 EXTRA=()
 DRY_RUN=0
 
-usage() {
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
-  exit "${1:-0}"
-}
-
 while (($#)); do
   case $1 in
     --engine) ENGINE=$2; shift 2 ;;
@@ -57,9 +52,9 @@ while (($#)); do
     --image) IMAGE=$2; shift 2 ;;
     --bind) BINDS+=("$2"); shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage 0 ;;
+    -h | --help) ml_usage 0 ;;
     --) shift; EXTRA=("$@"); break ;;
-    *) echo "run_cpu.sh: unknown option $1" >&2; usage 2 ;;
+    *) echo "run_cpu.sh: unknown option $1" >&2; ml_usage 2 ;;
   esac
 done
 

@@ -51,11 +51,6 @@ DRY_RUN=0
 BINDS=()
 RANK0_ARGS=(--exit-timeout-secs=30 --strict-readiness=true)
 
-usage() {
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
-  exit "${1:-0}"
-}
-
 while (($#)); do
   case $1 in
     --model-repo) MODEL_REPO=$2; shift 2 ;;
@@ -75,9 +70,9 @@ while (($#)); do
     --shm-pool-mib) SHM_POOL_MIB=$2; shift 2 ;;
     --log-file) LOG_FILE=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage 0 ;;
+    -h | --help) ml_usage 0 ;;
     --) shift; RANK0_ARGS+=("$@"); break ;;
-    *) echo "run_triton.sh: unknown option $1" >&2; usage 2 ;;
+    *) echo "run_triton.sh: unknown option $1" >&2; ml_usage 2 ;;
   esac
 done
 

@@ -43,11 +43,6 @@ mentallama_server.front_door.server, mentallama_bench.cli, mentallama_bench.gpu_
 tritonclient.http"
 TOOLS=(mentallama mentallama-build mentallama-serve mentallama-bench)
 
-usage() {
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
-  exit "${1:-0}"
-}
-
 while (($#)); do
   case $1 in
     --venv) VENV=$2; shift 2 ;;
@@ -57,8 +52,8 @@ while (($#)); do
     --wheels) WHEELS=$2; shift 2 ;;
     --inside) INSIDE=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage 0 ;;
-    *) echo "install_tools.sh: unknown option $1" >&2; usage 2 ;;
+    -h | --help) ml_usage 0 ;;
+    *) echo "install_tools.sh: unknown option $1" >&2; ml_usage 2 ;;
   esac
 done
 [[ -n $VENV ]] || { echo "install_tools.sh: --venv DIR is required" >&2; exit 2; }

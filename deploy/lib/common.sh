@@ -21,6 +21,12 @@ ml_die() {
   exit 1
 }
 
+# ml_usage [CODE]: print the calling script's help, its header comment (from line 2 to `set -euo`), and exit CODE.
+ml_usage() {
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[1]}" | sed -e '$d' -e 's/^# \{0,1\}//'
+  exit "${1:-0}"
+}
+
 # ml_http_ok URL: true when URL answers 2xx (curl, else python3's urllib).
 ml_http_ok() {
   if command -v curl >/dev/null 2>&1; then
