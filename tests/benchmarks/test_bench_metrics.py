@@ -11,38 +11,18 @@ from mentallama_bench.metrics import SLO, benchmark_duration, describe, flatten_
 from mentallama_bench.records import RequestRecord
 
 
+def _record(i: int, start: float, end: float, max_tokens: int, **kw) -> RequestRecord:
+    return RequestRecord(request_id=str(i), sample_index=i, task="t", backend="fake", endpoint="x",
+                         max_tokens=max_tokens, start_s=start, end_s=end, **kw)  # fmt: skip
+
+
 def _rec(i: int, start: float, ttft: float, e2e: float, out: int, **kw) -> RequestRecord:
-    return RequestRecord(
-        request_id=str(i),
-        sample_index=i,
-        task="t",
-        backend="fake",
-        endpoint="x",
-        max_tokens=out,
-        start_s=start,
-        end_s=start + e2e,
-        first_token_s=start + ttft,
-        last_token_s=start + e2e,
-        output_tokens=out,
-        input_tokens=10,
-        token_source="server",
-        **kw,
-    )
+    return _record(i, start, start + e2e, out, first_token_s=start + ttft, last_token_s=start + e2e,
+                   output_tokens=out, input_tokens=10, token_source="server", **kw)  # fmt: skip
 
 
 def _failed(i: int, start: float, end: float, code: str) -> RequestRecord:
-    return RequestRecord(
-        request_id=str(i),
-        sample_index=i,
-        task="t",
-        backend="fake",
-        endpoint="x",
-        max_tokens=5,
-        start_s=start,
-        end_s=end,
-        success=False,
-        error_code=code,
-    )
+    return _record(i, start, end, 5, success=False, error_code=code)
 
 
 def test_record_latencies_follow_genai_perf_definitions() -> None:
