@@ -6,13 +6,11 @@ $LLAMA_SERVER) and the `gguf` converter, the tiny checkpoint is converted to Q8_
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,10 +20,10 @@ from mentallama_bench.cli import app
 from mentallama_bench.cpu_engine_bench import run_load
 from mentallama_bench.llama_cpp import LlamaCppBackend
 from mentallama_bench.records import SampleRequest
-from tests.support.endpoints import free_port
+from tests.support.http_double import QuietHandler, serving
 
 
-class _Completion(http.server.BaseHTTPRequestHandler):
+class _Completion(QuietHandler):
     """llama-server's /health and /completion, as far as the backend uses them (a test double of its API)."""
 
     bodies: list[dict] = []
@@ -46,17 +44,11 @@ class _Completion(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 def test_the_backend_sends_the_same_work_and_reads_the_servers_count() -> None:
-    port = free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Completion)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(_Completion) as url:
         samples = [SampleRequest(i, f"Consider this post: post {i}\\nQuestion: ...", "DR", 5) for i in range(6)]
-        backend = LlamaCppBackend(f"http://127.0.0.1:{port}")
+        backend = LlamaCppBackend(url)
 
         async def go() -> dict:
             assert await backend.is_ready()
@@ -66,9 +58,6 @@ def test_the_backend_sends_the_same_work_and_reads_the_servers_count() -> None:
                 await backend.close()
 
         result = asyncio.run(go())
-    finally:
-        server.shutdown()
-        server.server_close()
     assert result["tokens"] == 6 * 5 and result["errors"] == [] and result["tok_s"] > 0
     sent = _Completion.bodies[-1]
     assert sent["prompt"].startswith("Consider this post") and sent["n_predict"] == 5

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +13,7 @@ from mentallama_bench.cli import app
 from mentallama_bench.metrics_discovery import candidate_urls, find_metrics_urls, probe
 from mentallama_bench.session import BenchOptions, plan_session
 from tests.support.endpoints import free_port
+from tests.support.http_double import QuietHandler, serving
 
 PAGE = '# TYPE nv_inference_request_success counter\nnv_inference_request_success{model="mentallama",version="1"} 3\n'
 
@@ -23,7 +22,7 @@ PAGE = '# TYPE nv_inference_request_success counter\nnv_inference_request_succes
 def metrics_page(port: int, body: str = PAGE) -> Iterator[str]:
     """A real HTTP server on `port` answering `body` at /metrics."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             data = body.encode()
             self.send_response(200 if self.path == "/metrics" else 404)
@@ -31,17 +30,8 @@ def metrics_page(port: int, body: str = PAGE) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}/metrics"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler, port) as url:
+        yield f"{url}/metrics"
 
 
 def test_candidates_follow_the_launchers_port_layout_then_8002() -> None:

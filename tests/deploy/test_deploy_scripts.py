@@ -6,7 +6,6 @@ Python HTTP server that answers Triton's health endpoints on the port it is give
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shlex
@@ -15,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +27,7 @@ from mentallama_server.front_door.config import FrontDoorConfig
 from mentallama_server.front_door.server import parse_args
 from mentallama_server.launch.trtllm_profile import mpi_command
 from tests.deploy.deploy_support import alive, free_base_port, free_port, port_free, script_env, stop, wait_for
+from tests.support.http_double import QuietHandler, serving
 
 # The environment of our tools that install_tools.sh makes in the image; here, the test's own (it has them all).
 TOOLS_VENV = str(Path(sys.executable).parent.parent)
@@ -253,7 +252,7 @@ def test_run_triton_requires_a_model_repo() -> None:
     assert result.returncode == 2 and "--model-repo is required" in result.stderr
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
+class _Health(QuietHandler):
     ready_after = 2  # the first requests get 503, as while Triton loads models
     calls = 0
 
@@ -263,21 +262,12 @@ class _Health(http.server.BaseHTTPRequestHandler):
         self.send_response(200 if ok else 503)
         self.end_headers()
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def health_server() -> Iterator[str]:
     _Health.calls = 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Health) as url:
+        yield url
 
 
 def bash(code: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,6 @@ wedged, issue 18 item 3)."""
 
 from __future__ import annotations
 
-import http.server
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from mentallama_server.launch.stall_watch import (
     read_progress,
     read_work_done,
 )
+from tests.support.http_double import QuietHandler, serving
 from tests.support.metrics import scrape_metric
 
 PAGE = """# HELP nv_inference_count Number of inferences performed
@@ -145,7 +145,7 @@ def test_default_canary_reports_a_wedge_within_90_s() -> None:
     assert canary.quiet_s >= 45
 
 
-class _Answering(http.server.BaseHTTPRequestHandler):
+class _Answering(QuietHandler):
     """A test double of Triton's HTTP generate endpoint and metrics page: answers per its `mode`; the metrics
     page's token counter moves at each read while `busy` is set."""
 
@@ -169,21 +169,13 @@ class _Answering(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(f"mentallama_engine_tokens_total {self.tokens}\n".encode())
 
-    def log_message(self, *args) -> None:
-        pass
-
 
 @pytest.fixture
 def double() -> Iterator[tuple[type[_Answering], str]]:
     """A fresh test double class (its own mode, busy flag and counter) serving on a free loopback port."""
     handler = type("Handler", (_Answering,), {"mode": "ok", "busy": threading.Event(), "tokens": 0})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield handler, f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
+    with serving(handler) as url:
+        yield handler, url
 
 
 @pytest.mark.parametrize(("mode", "answered"), [("ok", True), ("overloaded", True), ("silent", False)])
