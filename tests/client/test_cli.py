@@ -116,6 +116,17 @@ def test_help_and_version():
 POSTS_TO_CUT = 200
 
 
+def imhi_copies(folder: Path, n: int) -> Path:
+    """``folder`` made an IMHI test folder whose DR.csv holds the mini set's first DR query ``n`` times."""
+    folder.mkdir()
+    with (IMHI_MINI / "test_instruction" / "DR.csv").open(newline="") as f:
+        reader = csv.reader(f)
+        header, first = next(reader), next(reader)
+    with (folder / "DR.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([header] + [first] * n)
+    return folder
+
+
 def run_interrupted(args: list[str], watch: Path, rows: int) -> subprocess.CompletedProcess:
     """Run the CLI as a user would, press Ctrl-C once ``watch`` holds ``rows`` lines."""
     exe = Path(sys.executable).with_name("mentallama")
@@ -247,13 +258,7 @@ class TestWithServer:
         assert "Traceback" not in done.stderr
 
     def test_eval_ctrl_c_keeps_the_raw_outputs(self, cpu_server, tmp_path):
-        imhi = tmp_path / "imhi"
-        imhi.mkdir()
-        with (IMHI_MINI / "test_instruction" / "DR.csv").open(newline="") as f:
-            reader = csv.reader(f)
-            header, first = next(reader), next(reader)
-        with (imhi / "DR.csv").open("w", newline="") as f:
-            csv.writer(f).writerows([header] + [first] * POSTS_TO_CUT)
+        imhi = imhi_copies(tmp_path / "imhi", POSTS_TO_CUT)
         out = tmp_path / "eval"
         args = ["eval", "--imhi-dir", str(imhi), "-o", str(out), "--concurrency", "2", "--max-tokens", "1000",
                 "-e", cpu_server.grpc_url]  # fmt: skip

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mentallama.cli import app
-from tests.client.test_cli import IMHI_MINI, run_interrupted
+from tests.client.test_cli import IMHI_MINI, imhi_copies, run_interrupted
 
 runner = CliRunner()
 POSTS = 60
@@ -109,13 +109,7 @@ class TestWithServer:
         assert rows[: len(before)] == before  # what was there stays as it was
 
     def test_eval_ctrl_c_then_resume_scores_every_query_once(self, cpu_server, tmp_path):
-        imhi = tmp_path / "imhi"
-        imhi.mkdir()
-        with (IMHI_MINI / "test_instruction" / "DR.csv").open(newline="") as f:
-            reader = csv.reader(f)
-            header, first = next(reader), next(reader)
-        with (imhi / "DR.csv").open("w", newline="") as f:
-            csv.writer(f).writerows([header] + [first] * POSTS)
+        imhi = imhi_copies(tmp_path / "imhi", POSTS)
         out = tmp_path / "eval"
         args = ["eval", "--imhi-dir", str(imhi), "-o", str(out), "--concurrency", "2", "--max-tokens", "300",
                 "-e", cpu_server.grpc_url]  # fmt: skip
