@@ -92,19 +92,25 @@ def test_readme_cli_flags_exist():
             assert flag in help_text, f"{flag} of `{line}` is not an option of mentallama {words[1]}"
 
 
+def run_curl_block(section: str, http_url: str, cwd: Path) -> list[dict]:
+    """The curl lines of ``section``'s first bash block, run as pasted against ``http_url``; their JSON replies."""
+    block = re.findall(r"^```bash\n(.*?)^```", section, flags=re.S | re.M)[0]
+    commands = [c for c in block.replace("\\\n", " ").splitlines() if c.strip().startswith("curl ")]
+    replies = []
+    for command in commands:
+        done = subprocess.run(command.replace(README_HTTP, http_url), shell=True, cwd=cwd, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        replies.append(json.loads(done.stdout))
+    return replies
+
+
 @pytest.mark.server
 def test_openai_curl_examples_run_as_pasted(cpu_server, tmp_path):
     """The section "OpenAI-compatible API": its curl lines, against the test server's HTTP port."""
     section = README.read_text(encoding="utf-8").split("## OpenAI-compatible API", 1)[1].split("\n## ", 1)[0]
-    block = re.findall(r"^```bash\n(.*?)^```", section, flags=re.S | re.M)[0]
-    commands = [c for c in block.replace("\\\n", " ").splitlines() if c.strip().startswith("curl ")]
-    assert len(commands) == 2
-    replies = []
-    for command in commands:
-        done = subprocess.run(command.replace(README_HTTP, cpu_server.http_url), shell=True, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        replies.append(json.loads(done.stdout))
+    replies = run_curl_block(section, cpu_server.http_url, tmp_path)
+    assert len(replies) == 2
     assert replies[0]["object"] == "chat.completion" and replies[0]["choices"][0]["message"]["content"]
     assert replies[1]["task"] == "dreaddit" and replies[1]["results"][0]["raw_text"]
 
@@ -187,15 +193,6 @@ def test_generate_text_contract_examples_run_as_pasted(cpu_server, tmp_path):
     """Issue 22: the text contract's curl lines, against the test server's HTTP port: the prompt comes first unless
     `exclude_input_in_output`, and then the rest is the same new text."""
     section = README.read_text(encoding="utf-8").split("**Text contract.**", 1)[1]
-    block = re.findall(r"^```bash\n(.*?)^```", section, flags=re.S | re.M)[0]
-    commands = [c for c in block.replace("\\\n", " ").splitlines() if c.strip().startswith("curl ")]
-    assert len(commands) == 2
-    texts = []
-    for command in commands:
-        done = subprocess.run(command.replace(README_HTTP, cpu_server.http_url), shell=True, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        texts.append(json.loads(done.stdout)["text_output"])
-    with_prompt, without = texts
+    with_prompt, without = [reply["text_output"] for reply in run_curl_block(section, cpu_server.http_url, tmp_path)]
     assert with_prompt.startswith("Hello there") and without and not without.startswith("Hello there")
     assert with_prompt == "Hello there" + without
