@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,21 @@ def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 240) -> st
     raise AssertionError(f"{text!r} not printed; output:\n{''.join(seen)}")
 
 
+@contextmanager
+def serving(tmp_path: Path, checkpoint: Path) -> Iterator[tuple[subprocess.Popen, dict[str, int], str]]:
+    """`mentallama-serve` on free ports, up to its banner: yields the process, its ports and the banner; then kills
+    what is left of it and checks that every port is free again."""
+    p = ports()
+    proc = subprocess.Popen(
+        serve_args(tmp_path, checkpoint, **p), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        yield proc, p, wait_for_line(proc, "metrics http://")
+    finally:
+        kill_tree(proc)
+    assert all(port_free("127.0.0.1", port) for port in p.values())
+
+
 def test_taken_port_fails_fast_with_a_clear_message(tmp_path, tiny_checkpoint):
     p = ports()
     with socket.socket() as blocker:
@@ -99,31 +116,18 @@ def test_render_writes_the_repository_and_exits(tmp_path, tiny_checkpoint):
 
 @pytest.mark.server
 def test_serves_then_stops_on_sigterm(tmp_path, tiny_checkpoint):
-    p = ports()
-    proc = subprocess.Popen(
-        serve_args(tmp_path, tiny_checkpoint, **p), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        banner = wait_for_line(proc, "metrics http://")
+    with serving(tmp_path, tiny_checkpoint) as (proc, p, banner):
         assert f"127.0.0.1:{p['grpc']}" in banner
         assert infer(f"127.0.0.1:{p['grpc']}", "mentallama", "Hello", 4).text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    finally:
-        kill_tree(proc)
-    assert all(port_free("127.0.0.1", port) for port in p.values())
 
 
 @pytest.mark.server
 def test_dead_engine_process_stops_the_server_with_an_error(tmp_path, tiny_checkpoint):
     import psutil
 
-    p = ports()
-    proc = subprocess.Popen(
-        serve_args(tmp_path, tiny_checkpoint, **p), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        wait_for_line(proc, "metrics http://")
+    with serving(tmp_path, tiny_checkpoint) as (proc, p, _):
         stubs = [
             c
             for c in psutil.Process(proc.pid).children(recursive=True)
@@ -136,9 +140,6 @@ def test_dead_engine_process_stops_the_server_with_an_error(tmp_path, tiny_check
         assert result.error is not None
         assert proc.wait(60) == 3
         assert "tensorrt_llm" in proc.stdout.read()
-    finally:
-        kill_tree(proc)
-    assert all(port_free("127.0.0.1", port) for port in p.values())
 
 
 @pytest.mark.server
