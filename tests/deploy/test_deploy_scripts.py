@@ -375,6 +375,14 @@ def fake_runtime(tmp_path: Path) -> tuple[Path, Path]:
     return runtime, record
 
 
+def runtime_env(runtime: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The scripts' environment for the fake runtime and image and the tools venv; the model repository and the run
+    folder (`run/`) are under ``tmp_path``."""
+    return script_env(ML_CONTAINER_RUNTIME=str(runtime), ML_IMAGE="fake.sif", FAKE_IMAGE="fake.sif",
+                      MODEL_REPO=str(tmp_path / "repo"), RUN_DIR=str(tmp_path / "run"), READY_TIMEOUT_S="30",
+                      ML_VENV=TOOLS_VENV, **extra)  # fmt: skip
+
+
 def http_get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -387,12 +395,10 @@ def test_node_replicas_start_publish_and_tear_down(tmp_path: Path, fake_runtime:
     runtime, record = fake_runtime
     base = free_base_port(stride=10, count=2)
     run_dir = tmp_path / "run"
-    env = script_env(
-        ML_CONTAINER_RUNTIME=str(runtime), ML_IMAGE="fake.sif", FAKE_IMAGE="fake.sif",
-        MODEL_REPO=str(tmp_path / "repo"), RUN_DIR=str(run_dir), CUDA_VISIBLE_DEVICES="4,5",
+    env = runtime_env(
+        runtime, tmp_path, CUDA_VISIBLE_DEVICES="4,5",
         BASE_HTTP_PORT=str(base), BASE_GRPC_PORT=str(base + 1), BASE_METRICS_PORT=str(base + 2),
-        READY_TIMEOUT_S="30", ML_BIND=f"{tmp_path}/engine:{tmp_path}/tokenizer", SERVE_HOST="127.0.0.1",
-        ML_VENV=TOOLS_VENV, ML_TRITON_PORT_OFFSET="7",
+        ML_BIND=f"{tmp_path}/engine:{tmp_path}/tokenizer", SERVE_HOST="127.0.0.1", ML_TRITON_PORT_OFFSET="7",
     )  # fmt: skip
     proc = subprocess.Popen(
         [str(DEPLOY / "slurm" / "node_replicas.sh")], env=env, stderr=subprocess.PIPE, text=True
@@ -431,11 +437,9 @@ def test_tp_sbatch_runs_world_size_ranks_and_stops_on_sigterm(
     runtime, record = fake_runtime
     base = free_base_port(stride=1, count=1)
     run_dir = tmp_path / "run"
-    env = script_env(
-        ML_CONTAINER_RUNTIME=str(runtime), ML_IMAGE="fake.sif", FAKE_IMAGE="fake.sif",
-        MODEL_REPO=str(tmp_path / "repo"), RUN_DIR=str(run_dir), WORLD_SIZE="2",
-        HTTP_PORT=str(base), GRPC_PORT=str(base + 1), METRICS_PORT=str(base + 2), READY_TIMEOUT_S="30",
-        ML_VENV=TOOLS_VENV, ML_TRITON_PORT_OFFSET="3",
+    env = runtime_env(
+        runtime, tmp_path, WORLD_SIZE="2", HTTP_PORT=str(base), GRPC_PORT=str(base + 1), METRICS_PORT=str(base + 2),
+        ML_TRITON_PORT_OFFSET="3",
     )  # fmt: skip
     # The fake runtime starts the first program after the image: give it mpirun's argv to inspect.
     proc = subprocess.Popen(
