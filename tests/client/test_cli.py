@@ -116,17 +116,6 @@ def test_help_and_version():
 POSTS_TO_CUT = 200
 
 
-def imhi_copies(folder: Path, n: int) -> Path:
-    """``folder`` made an IMHI test folder whose DR.csv holds the mini set's first DR query ``n`` times."""
-    folder.mkdir()
-    with (IMHI_MINI / "test_instruction" / "DR.csv").open(newline="") as f:
-        reader = csv.reader(f)
-        header, first = next(reader), next(reader)
-    with (folder / "DR.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([header] + [first] * n)
-    return folder
-
-
 def run_interrupted(args: list[str], watch: Path, rows: int) -> subprocess.CompletedProcess:
     """Run the CLI as a user would, press Ctrl-C once ``watch`` holds ``rows`` lines."""
     exe = Path(sys.executable).with_name("mentallama")
@@ -140,6 +129,23 @@ def run_interrupted(args: list[str], watch: Path, rows: int) -> subprocess.Compl
     os.kill(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def interrupted_eval(tmp_path: Path, grpc_url: str, queries: int,
+                     max_tokens: int) -> tuple[list[str], Path, subprocess.CompletedProcess]:  # fmt: skip
+    """`mentallama eval -o` over ``queries`` copies of the mini set's first DR query, Ctrl-C once two answers are
+    written: its arguments, its output folder and the finished run."""
+    imhi = tmp_path / "imhi"
+    imhi.mkdir()
+    with (IMHI_MINI / "test_instruction" / "DR.csv").open(newline="") as f:
+        reader = csv.reader(f)
+        header, first = next(reader), next(reader)
+    with (imhi / "DR.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([header] + [first] * queries)
+    out = tmp_path / "eval"
+    args = ["eval", "--imhi-dir", str(imhi), "-o", str(out), "--concurrency", "2", "--max-tokens", str(max_tokens),
+            "-e", grpc_url]  # fmt: skip
+    return args, out, run_interrupted(args, out / "raw_outputs.jsonl", rows=2)
 
 
 @pytest.mark.server
@@ -258,11 +264,7 @@ class TestWithServer:
         assert "Traceback" not in done.stderr
 
     def test_eval_ctrl_c_keeps_the_raw_outputs(self, cpu_server, tmp_path):
-        imhi = imhi_copies(tmp_path / "imhi", POSTS_TO_CUT)
-        out = tmp_path / "eval"
-        args = ["eval", "--imhi-dir", str(imhi), "-o", str(out), "--concurrency", "2", "--max-tokens", "1000",
-                "-e", cpu_server.grpc_url]  # fmt: skip
-        done = run_interrupted(args, out / "raw_outputs.jsonl", rows=2)
+        _, out, done = interrupted_eval(tmp_path, cpu_server.grpc_url, POSTS_TO_CUT, max_tokens=1000)
         assert done.returncode == 130, done.stderr
         raw = [json.loads(line) for line in (out / "raw_outputs.jsonl").read_text().splitlines()]
         assert 2 <= len(raw) < POSTS_TO_CUT and all(r["task"] == "DR" and "raw" in r for r in raw)

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mentallama.cli import app
-from tests.client.test_cli import IMHI_MINI, imhi_copies, run_interrupted
+from tests.client.test_cli import IMHI_MINI, interrupted_eval, run_interrupted
 
 runner = CliRunner()
 POSTS = 60
@@ -109,11 +109,7 @@ class TestWithServer:
         assert rows[: len(before)] == before  # what was there stays as it was
 
     def test_eval_ctrl_c_then_resume_scores_every_query_once(self, cpu_server, tmp_path):
-        imhi = imhi_copies(tmp_path / "imhi", POSTS)
-        out = tmp_path / "eval"
-        args = ["eval", "--imhi-dir", str(imhi), "-o", str(out), "--concurrency", "2", "--max-tokens", "300",
-                "-e", cpu_server.grpc_url]  # fmt: skip
-        stopped = run_interrupted(args, out / "raw_outputs.jsonl", rows=2)
+        args, out, stopped = interrupted_eval(tmp_path, cpu_server.grpc_url, POSTS, max_tokens=300)
         assert stopped.returncode == 130 and "--resume" in stopped.stderr, stopped.stderr
         before = rows_of(out / "raw_outputs.jsonl")
         refused = runner.invoke(app, args)
