@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .parsing import parse_response
 from .prompts import aspect_of, split_query
@@ -36,6 +36,8 @@ __all__ = [
     "score",
     "score_examples",
 ]
+
+ValueT = TypeVar("ValueT")
 
 QUERY_COLUMN = "query"
 REFERENCE_COLUMN = "gpt-3.5-turbo"
@@ -262,32 +264,38 @@ def score(
     return TaskScore(info.name, n, accuracy, weighted_f1, macro_f1, unparseable, skipped, per_label)
 
 
+def _by_task(
+    examples: Sequence[ImhiExample], values: Sequence[ValueT], what: str
+) -> dict[str, list[tuple[ImhiExample, ValueT]]]:
+    """``values`` (aligned with ``examples``) beside their examples, grouped per task in the order tasks appear."""
+    if len(examples) != len(values):
+        raise ValueError(f"{len(examples)} examples but {len(values)} {what}")
+    grouped: dict[str, list[tuple[ImhiExample, ValueT]]] = {}
+    for example, value in zip(examples, values, strict=True):
+        grouped.setdefault(example.task, []).append((example, value))
+    return grouped
+
+
 def score_examples(
     examples: Sequence[ImhiExample], predictions: Sequence[str | None]
 ) -> dict[str, TaskScore]:
     """Score predicted labels (aligned with ``examples``) per task, in the order tasks appear."""
-    if len(examples) != len(predictions):
-        raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
-    grouped: dict[str, tuple[list[str | None], list[str | None]]] = {}
-    for example, predicted in zip(examples, predictions, strict=True):
-        refs, preds = grouped.setdefault(example.task, ([], []))
-        refs.append(example.reference_label)
-        preds.append(predicted)
-    return {task: score(task, refs, preds) for task, (refs, preds) in grouped.items()}
+    return {task: score(task, [example.reference_label for example, _ in pairs], [p for _, p in pairs])
+            for task, pairs in _by_task(examples, predictions, "predictions").items()}  # fmt: skip
 
 
 def count_label_sources(examples: Sequence[ImhiExample], sources: Sequence[str | None]) -> dict[str, dict[str, int]]:
     """Per task, how many predicted labels were ``"stated"`` and how many ``"inferred"``
     (:attr:`~mentallama.types.Analysis.label_source`, aligned with ``examples``; ``None``: no label)."""
-    if len(examples) != len(sources):
-        raise ValueError(f"{len(examples)} examples but {len(sources)} label sources")
     counts: dict[str, dict[str, int]] = {}
-    for example, source in zip(examples, sources, strict=True):
-        task = counts.setdefault(example.task, {"stated": 0, "inferred": 0})
-        if source is not None:
-            if source not in task:
+    for task, pairs in _by_task(examples, sources, "label sources").items():
+        counts[task] = {"stated": 0, "inferred": 0}
+        for _, source in pairs:
+            if source is None:
+                continue
+            if source not in counts[task]:
                 raise ValueError(f"unknown label source {source!r}")
-            task[source] += 1
+            counts[task][source] += 1
     return counts
 
 
@@ -298,12 +306,9 @@ def count_answer_flags(
     :attr:`~mentallama.types.Analysis.conflict`) and how many give a verdict about another task
     (``"off_task"``, :attr:`~mentallama.types.Analysis.off_task`); aligned with ``examples``, ``None``:
     no answer."""
-    if len(examples) != len(analyses):
-        raise ValueError(f"{len(examples)} examples but {len(analyses)} analyses")
     counts: dict[str, dict[str, int]] = {}
-    for example, analysis in zip(examples, analyses, strict=True):
-        task = counts.setdefault(example.task, {"conflicts": 0, "off_task": 0})
-        if analysis is not None:
-            task["conflicts"] += analysis.conflict
-            task["off_task"] += analysis.off_task is not None
+    for task, pairs in _by_task(examples, analyses, "analyses").items():
+        answered = [analysis for _, analysis in pairs if analysis is not None]
+        counts[task] = {"conflicts": sum(a.conflict for a in answered),
+                        "off_task": sum(a.off_task is not None for a in answered)}  # fmt: skip
     return counts

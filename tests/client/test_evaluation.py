@@ -10,6 +10,7 @@ import pytest
 
 from mentallama.evaluation import (
     ImhiExample,
+    count_answer_flags,
     count_label_sources,
     find_task_files,
     load_imhi,
@@ -172,6 +173,19 @@ def test_label_sources_are_counted_per_task() -> None:
         count_label_sources(examples, sources[:1])
     with pytest.raises(ValueError):
         count_label_sources(examples[:1], ["guessed"])
+
+
+def test_answer_flags_are_counted_per_task() -> None:
+    from mentallama.types import Analysis
+
+    examples = [ImhiExample("DR", "q", "r", "yes"), ImhiExample("SAD", "q", "r", "work"),
+                ImhiExample("DR", "q", "r", "no"), ImhiExample("DR", "q", "r", "no")]  # fmt: skip
+    analyses = [Analysis("DR", "yes", "", "", conflict=True), None, Analysis("DR", None, "", "", off_task="stress"),
+                Analysis("DR", "no", "", "", conflict=True)]  # fmt: skip
+    assert count_answer_flags(examples, analyses) == {"DR": {"conflicts": 2, "off_task": 1},
+                                                      "SAD": {"conflicts": 0, "off_task": 0}}  # fmt: skip
+    with pytest.raises(ValueError, match="4 examples but 1 analyses"):
+        count_answer_flags(examples, analyses[:1])
 
 
 def test_a_run_whose_requests_all_fail_writes_every_error_and_scores_them_unparseable(tmp_path: Path) -> None:
