@@ -19,6 +19,19 @@ from mentallama_bench.records import RequestRecord, SampleRequest, SamplingParam
 from mentallama_bench.runner import LoadSpec, SessionConfig, StopSpec, run_session
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SUMMARY_KEYS = ("ttft", "itl", "e2e_latency", "output_token_throughput", "request_throughput", "goodput")
+
+
+def read_run(folder: Path, slo: SLO) -> tuple[list[RequestRecord], dict]:
+    """A run folder's records and summary, once it is seen to hold a run's four files and a summary that its
+    records give again under ``slo``."""
+    assert {p.name for p in folder.iterdir()} == {"requests.json", "requests.csv", "summary.json", "summary.csv"}
+    records = [RequestRecord.from_dict(d) for d in json.loads((folder / "requests.json").read_text())]
+    summary = json.loads((folder / "summary.json").read_text())
+    again = summarize(records, slo)
+    for key in SUMMARY_KEYS:
+        assert summary[key] == pytest.approx(again[key]), key
+    return records, summary
 
 
 class ScriptedPrompts(BenchmarkDataset):
@@ -129,18 +142,8 @@ def test_session_writes_every_artefact_and_summary_matches_rows_fake_triton(
 
     for r in results:
         folder = tmp_path / r.label
-        assert {p.name for p in folder.iterdir()} == {
-            "requests.json",
-            "requests.csv",
-            "summary.json",
-            "summary.csv",
-        }
-        rows = [RequestRecord.from_dict(d) for d in json.loads((folder / "requests.json").read_text())]
+        rows, summary = read_run(folder, SLO(ttft_ms=1000, itl_ms=1000))
         assert len(rows) == 8 and all(x.output_tokens == 5 for x in rows)  # min_tokens forced the length
-        summary = json.loads((folder / "summary.json").read_text())
-        again = summarize(rows, SLO(ttft_ms=1000, itl_ms=1000))
-        for key in ("ttft", "itl", "e2e_latency", "output_token_throughput", "request_throughput", "goodput"):
-            assert summary[key] == pytest.approx(again[key]), key
         assert summary["goodput"] == pytest.approx(summary["request_throughput"])  # loose SLO: all good
         with (folder / "requests.csv").open() as fh:
             assert len(list(csv.DictReader(fh))) == 8
