@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from mentallama import __version__, locations
-from mentallama.cli.common import version_option
+from mentallama.cli.common import cache_dir_option, version_option
 from mentallama_build.check import check_checkpoint
 from mentallama_build.engine_cli import engine
 from mentallama_build.tiny import build_checkpoint, default_checkpoint_dir, describe
@@ -29,12 +29,7 @@ app = typer.Typer(
 @app.callback()
 def _main(
     version: Annotated[bool, version_option("mentallama-build", __version__)] = False,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(envvar="MENTALLAMA_CACHE", show_default=False,
-                     help="folder for built engines and generated checkpoints [default: artifacts/ in a checkout, "
-                     "else ~/.cache/mentallama]"),
-    ] = None,
+    cache_dir: Annotated[Path | None, cache_dir_option("built engines and generated checkpoints")] = None,
 ) -> None:
     """Checkpoint tooling for MentaLLaMA serving: generated test checkpoints, checks, engine builds (OpenVINO for
     CPUs, TensorRT-LLM for NVIDIA GPUs)."""

@@ -12,6 +12,7 @@ import grpc
 import typer
 from tritonclient.grpc import service_pb2
 
+from .. import locations
 from .._constants import ENV_ENDPOINTS
 from .._transport import HTTP_PORT_HINT, wrong_protocol_hint
 
@@ -19,6 +20,7 @@ __all__ = [
     "HELP_OPTIONS",
     "KNOWN_MODELS",
     "START_SERVER_HINT",
+    "cache_dir_option",
     "endpoint_problem",
     "fail",
     "plain_help",
@@ -72,6 +74,13 @@ def version_option(program: str, version: str) -> Any:
             raise typer.Exit()
 
     return typer.Option("--version", "-V", callback=show, is_eager=True, help="print the version and exit")
+
+
+def cache_dir_option(what: str) -> Any:
+    """A ``--cache-dir`` option (or ``$MENTALLAMA_CACHE``), the folder for ``what``; the command passes its value to
+    :func:`mentallama.locations.set_cache_dir`."""
+    return typer.Option(envvar=locations.CACHE_ENV, show_default=False,
+                        help=f"folder for {what} [default: artifacts/ in a checkout, else ~/.cache/mentallama]")
 
 
 def suggest(name: str, choices: Sequence[str]) -> str:

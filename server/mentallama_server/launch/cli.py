@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from mentallama import locations
+from mentallama.cli.common import cache_dir_option
 from mentallama.cli.options import OptionGroup, PanelledCommand, flag, with_option_groups
 from mentallama_server.front_door.config import FrontDoorConfig, read_api_keys
 from mentallama_server.launch.cpu_profile import CpuSettings
@@ -175,10 +176,7 @@ def serve(
     render: Annotated[Path | None, typer.Option(help="write the rendered repository here and exit")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="folder for the rendered repository and logs")] = None,
     cache_dir: Annotated[
-        Path | None,
-        typer.Option(envvar="MENTALLAMA_CACHE", show_default=False,
-                     help="folder for built engines, generated checkpoints and run folders [default: artifacts/ "
-                     "in a checkout, else ~/.cache/mentallama]"),
+        Path | None, cache_dir_option("built engines, generated checkpoints and run folders")
     ] = None,
     demo: Annotated[bool, typer.Option(help="send one sample analysis (gRPC streaming), print it, stop")] = False,
     ready_timeout: Annotated[
