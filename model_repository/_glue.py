@@ -8,6 +8,8 @@ Copied beside each `model.py` at render time, as `_bootstrap.py` is, which a `mo
 - `DecoupledModel`: the frame of a decoupled model (the `mentallama` front model, the CPU engine step). `execute`
   hands the requests to an intake thread, which accepts each one under the model's `pb_utils` lock with a
   `Channel` over its response sender; a watcher thread calls the model's `watch_once` every `WATCH_INTERVAL_S`.
+  A request whose caller stops it in band (parameter `stops_in_band`: the front door, the front model) gets a
+  `Channel` that never asks Triton `is_cancelled`: a round trip to tritonserver per request and watcher round.
 
 Every call into `pb_utils` of a decoupled model (reading and sending tensors and responses, `is_cancelled`,
 metrics, the log) holds `pb_lock`: the Python-backend stub of Triton 2.51 crashed when threads used it at once
@@ -23,8 +25,9 @@ import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from mentallama_interface import STOPS_IN_BAND
 from mentallama_server.models.request_errors import RequestError
-from mentallama_server.models.triton_params import check_inputs, parse_model_config
+from mentallama_server.models.triton_params import check_inputs, parse_model_config, request_flag
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 WATCH_INTERVAL_S = 0.05
@@ -72,14 +75,25 @@ def respond(requests: Iterable[Any], names: Iterable[str], handle: Callable[[dic
     return responses
 
 
+def _stops_in_band(request: Any) -> bool:
+    """Whether the request's caller stops it in band (`STOPS_IN_BAND`); parameters that cannot be read (a string
+    that is not UTF-8) say no."""
+    try:
+        return request_flag(request.parameters(), STOPS_IN_BAND)
+    except Exception:
+        return False
+
+
 class Channel:
     """A request's response sender, behind the model's `pb_utils` lock. `send` takes a reply of the model's logic:
     an `error` (with its `code`), the tensors `tensors()` returns, or neither (a bare flag); `final` ends the
-    request's stream. Counts the responses it sends in the model's `responses_sent`."""
+    request's stream. Counts the responses it sends in the model's `responses_sent`. Without `polls`, the caller
+    stops the request in band and `is_cancelled` is False without asking Triton."""
 
-    def __init__(self, sender: Any, model: "DecoupledModel") -> None:
+    def __init__(self, sender: Any, model: "DecoupledModel", polls: bool = True) -> None:
         self.sender = sender
         self.model = model
+        self.polls = polls
 
     def send(self, reply: Any) -> None:
         flags = FINAL if reply.final else 0
@@ -102,6 +116,8 @@ class Channel:
             self.model.log(f"{self.model.INTAKE}: could not send an error ({type(exc).__name__})", error=True)
 
     def is_cancelled(self) -> bool:
+        if not self.polls:
+            return False
         with self.model.pb_lock:
             return self.sender.is_cancelled()
 
@@ -156,7 +172,7 @@ class DecoupledModel:
         request id that was not UTF-8 once raised here, and every later request then waited forever while the
         server still reported ready (issue 18, finding 1)."""
         try:
-            channel = Channel(request.get_response_sender(), self)
+            channel = Channel(request.get_response_sender(), self, not _stops_in_band(request))
         except Exception as exc:
             self.log(f"{self.INTAKE}: no response sender ({type(exc).__name__})", error=True)
             return

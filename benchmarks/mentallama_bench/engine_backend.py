@@ -32,6 +32,7 @@ _SETTING_TO_ENGINE = {
     "kv_cache_precision": "kv_cache_precision",
     "inference_precision": "inference_precision",
     "num_threads": "num_threads",
+    "stream_hold_ms": "stream_hold_ms",
 }
 _BUILD_SETTINGS = ("weight_format",)
 

@@ -179,6 +179,11 @@ ENGINE_OUTPUT_NAMES: tuple[str, ...] = tuple(
 # `mentallama` front model asks; the ensemble does not ask, and gets the error.
 ENGINE_ERROR_OUTPUT = "error_message"
 ERRORS_IN_BAND = "errors_in_band"
+# A caller that ends every request it abandons with a `stop` request, and never by cancelling its call, sets this
+# request parameter (the front door for `mentallama` and `ensemble`, the front model for `tensorrt_llm`): the model
+# then does not ask Triton whether the client cancelled. Each `is_cancelled` is a round trip between the stub and
+# tritonserver, asked every 50 ms of every running request, and for these callers it is never true.
+STOPS_IN_BAND = "stops_in_band"
 
 # Ensemble inputs that the engine step takes directly, under the `tensorrt_llm` model's names.
 ENGINE_INPUT_NAMES: dict[str, str] = {

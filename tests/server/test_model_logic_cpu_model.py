@@ -173,6 +173,33 @@ def test_a_cancelled_client_stops_its_generation(model: Any) -> None:
     assert len(tokens(sent)) < LONG
 
 
+class CountingSender(ResponseSender):
+    """Counts the `is_cancelled` questions: each is a round trip to tritonserver in the real stub."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def is_cancelled(self) -> bool:
+        self.asked += 1
+        return super().is_cancelled()
+
+
+def test_a_caller_that_stops_in_band_is_never_asked_about_cancellation(model: Any) -> None:
+    polled, in_band = CountingSender(), CountingSender()
+    run(model, make_request(engine_inputs(LONG, streaming=True), sender=polled),
+        make_request(engine_inputs(LONG, streaming=True), request_id="in-band-1", sender=in_band,
+                     parameters={"stops_in_band": True}))  # fmt: skip
+    wait_for(lambda: polled.asked >= 3 and in_band.sent)  # several watcher rounds with both running
+    assert in_band.asked == 0
+    # Such a caller ends its request with a `stop` (the front model, the front door), which still works.
+    run(model, make_request(engine_inputs(1, stop=True), request_id="in-band-1"))
+    assert len(tokens(in_band.wait_final(timeout=5))) < LONG
+    polled.cancel()
+    assert len(tokens(polled.wait_final(timeout=5))) < LONG
+    assert in_band.asked == 0
+
+
 def test_stop_request_ends_the_request_with_its_id(model: Any) -> None:
     victim = make_request(engine_inputs(LONG, streaming=True), request_id="victim-1")
     bystander = make_request(engine_inputs(64, streaming=True), request_id="bystander-1")
@@ -236,3 +263,21 @@ def test_metrics_publish_the_engine_counters(model: Any) -> None:
     sender.cancel()
     sender.wait_final(timeout=5)
     wait_for(lambda: triton_stub.metric_value("mentallama_engine_tracked_requests") == 0)
+
+
+def test_metrics_are_sent_only_when_they_change(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each metric update is a round trip to tritonserver: an idle engine step sends none, a busy one what moved.
+    updates: list[tuple[str, float]] = []
+    for name in ("metric_active", "metric_waiting", "metric_blocks_used", "metric_blocks_total", "metric_tracked"):
+        metric = getattr(model, name)
+        monkeypatch.setattr(metric, "set", lambda value, name=name, set_=metric.set: (updates.append((name, value)),
+                                                                                       set_(value)))  # fmt: skip
+    time.sleep(0.3)  # six watcher rounds of an idle engine
+    assert updates == []
+    (sender,) = run(model, make_request(engine_inputs(LONG, streaming=True)))
+    wait_for(lambda: ("metric_tracked", 1) in updates)
+    sender.cancel()
+    sender.wait_final(timeout=5)
+    wait_for(lambda: ("metric_tracked", 0) in updates)
+    assert ("metric_blocks_total", 256) not in updates  # unchanged since the model started: never sent again
+

@@ -431,7 +431,8 @@ def test_a_streamed_request(model: Any, engine_model: Callable[..., EngineDouble
     (request,) = engine.requests
     assert request.model_name == "tensorrt_llm" and request.request_id().startswith("req-1#")
     assert bool(engine.inputs()["streaming"].reshape(-1)[0]) is True
-    assert json.loads(request.parameters()) == {"errors_in_band": True}  # the CPU engine declares error_message
+    # The CPU engine declares error_message; this model stops what it abandons, so the engine need not poll.
+    assert json.loads(request.parameters()) == {"errors_in_band": True, "stops_in_band": True}
     assert "error_message" in request.requested_output_names()
 
 
@@ -513,6 +514,56 @@ def test_a_cancelled_client_stops_its_engine_request(
     sender.cancel()  # the watcher polls is_cancelled and stops the engine request
     assert sender.wait_final()[-1] == (None, FINAL_FLAG)
     assert engine.stops == [engine.requests[0].request_id()]
+
+
+class CountingSender(ResponseSender):
+    """Counts the `is_cancelled` questions: each is a round trip to tritonserver in the real stub."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def is_cancelled(self) -> bool:
+        self.asked += 1
+        return super().is_cancelled()
+
+
+def test_a_client_that_stops_in_band_is_never_asked_about_cancellation(
+    model: Any, engine_model: Callable[..., EngineDouble], output_ids: list[int]
+) -> None:
+    # The front door says `stops_in_band`: it never cancels upstream, so asking Triton would only cost.
+    engine = engine_model(lambda request: [EngineDouble.chunk(output_ids[:2])], hold=True)
+    polled, in_band = CountingSender(), CountingSender()
+    model.execute([
+        make_request(query(PROMPT_TEXT, stream=True), request_id="polled", sender=polled),
+        make_request(query(PROMPT_TEXT, stream=True), request_id="in-band", sender=in_band,
+                     parameters={"stops_in_band": True}),
+    ])  # fmt: skip
+    wait_for(lambda: polled.asked >= 3 and in_band.sent)  # several watcher rounds with both running
+    assert in_band.asked == 0
+    assert send(model, query("", stop=True), "in-band").wait_final() == [(None, FINAL_FLAG)]
+    assert in_band.wait_final()[-1] == (None, FINAL_FLAG)
+    polled.cancel()
+    assert polled.wait_final()[-1] == (None, FINAL_FLAG)
+    assert sorted(s.split("#")[0] for s in engine.stops) == ["in-band", "polled"] and in_band.asked == 0
+
+
+def test_an_error_still_ends_the_whole_batch_of_a_client_that_stops_in_band(
+    model: Any, engine_model: Callable[..., EngineDouble], output_ids: list[int], tokenizer: Any
+) -> None:
+    failing = tokenizer.encode("other")[-1]
+
+    def script(request: Any) -> list[InferenceResponse]:
+        ids = triton_stub.get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1).tolist()
+        return [EngineDouble.error("boom")] if failing in ids else [EngineDouble.chunk(output_ids[:2])]
+
+    engine = engine_model(script, hold=True)
+    sender = CountingSender()
+    model.execute([make_request(query(PROMPT_TEXT, "other", stream=True), request_id="batch", sender=sender,
+                                parameters={"stops_in_band": True})])  # fmt: skip
+    assert sender.wait_final()[-1][0].error().message() == "boom"
+    wait_for(lambda: len(engine.stops) == 1)  # the other prompt's engine request, stopped by the watcher
+    assert sender.asked == 0
 
 
 def test_bad_requests_are_refused_without_calling_the_engine(

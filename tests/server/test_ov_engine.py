@@ -167,6 +167,41 @@ def test_slow_consumer_gets_tokens_coalesced(cpu_engine: OpenVinoEngine) -> None
     assert collector.tokens == expected
 
 
+def test_stream_hold_rule(tiny_engine: Path) -> None:
+    """`stream_hold_ms`: new tokens wait for the next step's only while the oldest of them would, once it ends,
+    have waited at most the hold; a request's first tokens never wait (the rule alone, on the test's clock)."""
+    from mentallama_server.engine.ov_engine import _Tracked
+
+    engine = OpenVinoEngine(tiny_engine, max_num_seqs=16, stream_hold_ms=1600)  # not started: nothing runs
+    assert engine._stream_hold_s(16) == engine._stream_hold_s(40) == pytest.approx(1.6)  # a full batch: all of it
+    assert engine._stream_hold_s(1) == pytest.approx(0.1)  # one stream of 16: a sixteenth
+    assert OpenVinoEngine(tiny_engine)._stream_hold_s(32) == 0  # no hold: every step's tokens go out
+    tracked = _Tracked(request([1, 5], 40), lambda event: None, frozenset())
+    engine._step_s = 0.030
+    assert engine._release_now(tracked, 1.000, 0.1)  # nothing published yet: the first token goes at once
+    tracked.ready = 1
+    assert not engine._release_now(tracked, 1.010, 0.1)  # held: after the next step it will have waited 30 ms
+    assert not engine._release_now(tracked, 1.070, 0.1)  # 60 + 30 <= 100
+    assert engine._release_now(tracked, 1.090, 0.1)  # 80 + 30 > 100: out now, having waited 80 ms
+    assert not engine._release_now(tracked, 1.100, 0.1)  # the next tokens start a hold of their own
+    engine._step_s = 0.150  # a step longer than the hold is never waited for
+    assert engine._release_now(tracked, 1.110, 0.1)
+    assert engine._release_now(tracked, 2.0, 0.0)
+
+
+def test_held_stream_carries_the_same_tokens_in_fewer_events(
+    cpu_engine: OpenVinoEngine, tiny_engine: Path, engine_kwargs: dict[str, Any]
+) -> None:
+    ids = prompt(8, seed=23)
+    each_step = run(cpu_engine, request(ids, 200, end_id=-1))
+    hold_ms = 30 * engine_kwargs["max_num_seqs"]  # 30 ms for the one stream
+    with OpenVinoEngine(tiny_engine, **engine_kwargs, stream_hold_ms=hold_ms) as engine:
+        held = run(engine, request(ids, 200, end_id=-1))
+    assert held.tokens == each_step.tokens
+    assert len(held.events[0].new_token_ids) == 1  # the first token was not held
+    assert len(held.events) < len(each_step.events) / 2
+
+
 # --------------------------------------------------------------------------------------- cancellation
 
 

@@ -47,7 +47,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from _glue import DecoupledModel, model_config, read_inputs
 
-from mentallama_interface import ENGINE_ERROR_OUTPUT, ERRORS_IN_BAND
+from mentallama_interface import ENGINE_ERROR_OUTPUT, ERRORS_IN_BAND, STOPS_IN_BAND
 from mentallama_server.models.front_model import (
     INPUT_NAMES,
     EngineChunk,
@@ -139,7 +139,9 @@ class TritonPythonModel(DecoupledModel):
                 request_id=engine_id,
             )
             if self.errors_in_band:
-                options["parameters"] = {ERRORS_IN_BAND: True}
+                # The CPU engine step (it declares `error_message`) reads both. This model stops every engine
+                # request it abandons (`stop`), so the engine step need not poll Triton for cancellations.
+                options["parameters"] = {ERRORS_IN_BAND: True, STOPS_IN_BAND: True}
             infer = pb_utils.InferenceRequest(**options)
         # exec() waits until the engine answers: holding the lock there would stall every other request.
         return iter(infer.exec(decoupled=True))

@@ -15,13 +15,14 @@ What each `GenerationRequest` field does here (nothing is silently ignored):
 - return_log_probs: the log-probability of each chosen token under the model's full distribution (OpenVINO
   GenAI's; TensorRT-LLM reports it under the top-k/top-p renormalised one, so sampled values differ).
 - bad_words: not supported by OpenVINO GenAI's sampler: refused by `check_supported`, never ignored.
-- streaming: True delivers tokens after every step; False one final event.
-
+- streaming: True delivers tokens after every step; False one final event. With `stream_hold_ms`, a
+  request's new tokens may wait for the next step's to share one event (see `_release_now`).
 - beam_width, num_return_sequences, length_penalty: OpenVINO GenAI's beam search (`num_beams`, the best
   `num_return_sequences` beams ranked by cum_log_prob / length ** length_penalty, transformers' HEURISTIC stop
   rule) or several samples; the pipeline hands such sequences over when the request is done, so they arrive in
   the final event (`TokenEvent.sequences`), cut after a stop word like single ones. Several greedy sequences are
   one greedy run, copied: greedy decoding is deterministic.
+
 Every submitted request gets exactly one final event (`finished=True`): "length", "stop", "cancelled" or
 "error" (the pipeline dropped the request, a step failed, or the engine shut down). Request contents are
 never logged.
@@ -97,6 +98,7 @@ class _Tracked:
     callback_error: str | None = None
     latest: Any = None  # the last read of a request with several sequences (`_read_sequences`)
     sequences: tuple[SequenceOutput, ...] | None = None  # its final sequences, for the final event
+    held_since: float | None = None  # when the oldest unpublished token of a streamed request was produced
 
 
 class OpenVinoEngine:
@@ -121,6 +123,12 @@ class OpenVinoEngine:
         kv_cache_precision: "" (the plugin's default), "f32", "f16", "bf16" or "u8".
         inference_precision: "f32" (exact: the tiny checkpoint's greedy output equals transformers') or "bf16".
         num_threads: OpenVINO inference threads; 0 keeps the plugin's default (one per core).
+        stream_hold_ms: longest a streamed token may wait for later steps' tokens, so that several go out in
+            one event, when `max_num_seqs` streams run; with fewer, proportionally less (0: one event per step).
+            Each event costs every hop after the engine (the Triton response, the front model's, gRPC, the front
+            door, the client) about the same whatever it carries, so the engine sends about
+            `max_num_seqs / stream_hold_ms` events per second at any load. First tokens and final events never
+            wait, and a step longer than the hold is never waited for.
     """
 
     def __init__(
@@ -135,6 +143,7 @@ class OpenVinoEngine:
         kv_cache_precision: str = "",
         inference_precision: str = "f32",
         num_threads: int = 0,
+        stream_hold_ms: float = 0.0,
     ) -> None:
         self.engine_dir = Path(engine_dir)
         config = json.loads((self.engine_dir / "config.json").read_text(encoding="utf-8"))
@@ -166,6 +175,10 @@ class OpenVinoEngine:
         self._tokens_generated = 0
         self._tokens_produced = 0  # written by the generation thread only
         self._finished: dict[str, int] = {}
+        self._hold_s = max(0.0, stream_hold_ms) / 1000.0
+        self._undelivered = 0  # flushes queued or being delivered (under the lock)
+        self._delivered = threading.Condition(self._lock)
+        self._step_s = 0.0  # how long the last step took: the expected wait for the next one's tokens
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -265,22 +278,32 @@ class OpenVinoEngine:
             for tracked in admitted:
                 self._admit(tracked)
             self._apply_cancels()
+            step_started = time.monotonic()
             try:
                 # An idle step refreshes the metrics after the last request left (they lag one step).
                 self._pipe.step()
             except Exception as exc:  # a failed step fails every request in it, with the reason
                 logger.error("engine step failed: %s", type(exc).__name__)
                 self._fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
+            self._step_s = time.monotonic() - step_started
             self._read_outputs()
             metrics = self._pipe.get_metrics()
             with self._lock:
                 self._metrics = (int(metrics.requests), int(metrics.scheduled_requests), float(metrics.cache_usage))
             requests, _, usage = self._metrics
             stale_metrics = (requests > 0 or usage > 0) and not self._pipe_busy()
-            # Let the dispatcher send what this step produced before the next step starts (a fast model
-            # otherwise fills several steps into one Python time slice and its stream arrives in one chunk).
-            time.sleep(0)
+            self._await_delivery()
         self._fail_all(_SHUTDOWN_MESSAGE)
+
+    def _await_delivery(self) -> None:
+        """Let the dispatcher deliver what this step produced before the next step starts, for at most as long as
+        a step takes. `step()` holds the GIL throughout (OpenVINO GenAI's binding does not release it), so a
+        dispatcher whose consumer waits outside the GIL (a Triton response is a round trip to tritonserver) would
+        otherwise deliver one event per step: at 32 requests in flight a request's tokens then came in three or
+        four chunks, its first token seconds late, and its final response late enough to leave its place in the
+        batch empty for several steps."""
+        with self._delivered:
+            self._delivered.wait_for(lambda: self._undelivered == 0, timeout=max(self._step_s, 0.001))
 
     def _has_cancels(self) -> bool:
         return any(t.cancel_requested and t.handle is not None for t in self._tracked.values())
@@ -344,6 +367,8 @@ class OpenVinoEngine:
 
         with self._lock:
             running = [t for t in self._tracked.values() if t.handle is not None]
+        hold_s = self._stream_hold_s(sum(1 for t in running if t.request.streaming))
+        now = time.monotonic()
         for tracked in running:
             if tracked.request.several:
                 self._read_sequences(tracked)
@@ -371,8 +396,31 @@ class OpenVinoEngine:
                 if status == og.GenerationStatus.RUNNING:
                     handle.stop()  # a stop word: free its KV blocks now
                 self._finish(tracked, reason)
-            elif tracked.request.streaming and len(tracked.output) > tracked.ready:
+            elif (
+                tracked.request.streaming
+                and len(tracked.output) > tracked.ready
+                and self._release_now(tracked, now, hold_s)
+            ):
                 self._publish(tracked)
+
+    def _stream_hold_s(self, streams: int) -> float:
+        """The hold when `streams` streamed requests run: `stream_hold_ms` at a full batch, proportionally less
+        with fewer, so that the engine sends about as many responses per second at any load (their cost, on
+        every hop after the engine, is what the hold bounds)."""
+        return self._hold_s * min(1.0, streams / self.scheduler["max_num_seqs"])
+
+    def _release_now(self, tracked: _Tracked, now: float, hold_s: float) -> bool:
+        """Whether a streamed request's new tokens go out now, or wait for the next step's to share their event.
+        They wait only while the oldest of them, once the next step ends (if it takes as long as the last one),
+        has waited at most `hold_s`; a request's first tokens never wait (time to first token)."""
+        if hold_s <= 0 or tracked.ready == 0:
+            return True
+        if tracked.held_since is None:
+            tracked.held_since = now
+        if now - tracked.held_since + self._step_s <= hold_s:
+            return False
+        tracked.held_since = None
+        return True
 
     def _read_sequences(self, tracked: _Tracked) -> None:
         """A request with several sequences: the pipeline hands them over once the request is done."""
@@ -422,6 +470,7 @@ class OpenVinoEngine:
             if tracked.flush_scheduled:
                 return
             tracked.flush_scheduled = True
+            self._undelivered += 1
         self._flushes.put(tracked)
 
     def _finish(self, tracked: _Tracked, reason: FinishReason, error: str | None = None) -> None:
@@ -445,7 +494,15 @@ class OpenVinoEngine:
     # -- dispatcher thread -----------------------------------------------------------------------------
 
     def _dispatch_loop(self) -> None:
-        while (tracked := self._flushes.get()) is not None:
+        tracked: _Tracked | None = None
+        while True:
+            if tracked is not None:  # the last flush was delivered (or skipped)
+                with self._lock:
+                    self._undelivered -= 1
+                    if self._undelivered == 0:
+                        self._delivered.notify_all()
+            if (tracked := self._flushes.get()) is None:
+                break
             with self._lock:
                 tracked.flush_scheduled = False
                 if tracked.final_sent:

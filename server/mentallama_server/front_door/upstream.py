@@ -3,7 +3,9 @@ share, and one more for stops. No upstream stream is ever cancelled (Triton 2.51
 aborts the server, docs/RELIABILITY.md): a client that leaves early gets its request stopped in band instead.
 
 Every request goes up with `triton_enable_empty_final_response`, so each request's last response carries
-`triton_final_response`; responses are handed to the request by their id (Triton sets it on errors too).
+`triton_final_response`; responses are handed to the request by their id (Triton sets it on errors too). Every
+request also says `stops_in_band` (mentallama_interface.STOPS_IN_BAND): the models then never ask Triton whether
+it was cancelled, which costs a round trip per running request every 50 ms and is never true here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from mentallama_interface import STOPS_IN_BAND
 from mentallama_server.front_door.admission import Admission, Refused, Ticket
 from mentallama_server.front_door.config import STOP_TARGETS
 
@@ -65,6 +68,7 @@ class _Stream:
         if self.closed:
             raise Refused(f"{UNREACHABLE}; retry later", 503, "UNAVAILABLE")
         request.parameters[EMPTY_FINAL].bool_param = True
+        request.parameters[STOPS_IN_BAND].bool_param = True
         queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._waiting[request.id] = queue
         self._outbox.put_nowait(request)

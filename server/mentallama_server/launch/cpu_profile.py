@@ -56,6 +56,16 @@ class CpuSettings:
     fp32, fp16, int8, int4."""
     num_threads: int = _flag(0, "OpenVINO threads; 0 = one per core")
     """OpenVINO inference threads; 0 = the plugin's default (one per core)."""
+    stream_hold_ms: int = _flag(
+        640, "longest a streamed token waits to share a response with later ones, at a full batch (fewer streams: "
+        "proportionally less); 0 = a response per engine step"
+    )  # fmt: skip
+    """Streamed tokens wait for later steps' so that several share one response, at most this long when
+    --engine-max-batch-size streams run and proportionally less with fewer (20 ms for one stream of 32). Every
+    response costs the hops after the engine (Triton, the front model, gRPC, the front door, the client) about a
+    millisecond of CPU whatever it carries, and on a CPU node that time is taken from the engine: the engine then
+    sends about 50 responses per second at any load (measured: docs/SERVING_PROFILE.md). First tokens and final
+    responses never wait; a step longer than the hold is never waited for."""
     max_input_len: int = _flag(2048, "longest prompt in tokens (fitted to the model's context with --max-output-len)")
     """Longest prompt in tokens (fitted to the model's context together with max_output_len)."""
     max_output_len: int = _flag(1024, "largest max_tokens a request may ask for")

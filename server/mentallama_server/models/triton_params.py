@@ -1,4 +1,5 @@
-"""Typed access to `parameters` and inputs of a Triton model config (as the Python backend passes it, JSON)."""
+"""Typed access to `parameters` and inputs of a Triton model config (as the Python backend passes it, JSON), and to a
+request's boolean parameters."""
 
 from __future__ import annotations
 
@@ -53,3 +54,11 @@ def check_inputs(model_config: dict[str, Any], handled: Iterable[str]) -> None:
     if problems:
         name = model_config.get("name")
         raise ValueError(f"model {name!r}: config.pbtxt inputs and code differ; {'; '.join(problems)}")
+
+
+def request_flag(parameters: str | None, name: str) -> bool:
+    """Whether a request's parameters (`request.parameters()`, a JSON object) set `name` to true."""
+    try:
+        return json.loads(parameters or "{}").get(name) is True
+    except (ValueError, AttributeError):  # not JSON, or JSON that is not an object
+        return False

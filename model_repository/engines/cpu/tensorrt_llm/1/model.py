@@ -48,6 +48,7 @@ class TritonPythonModel(DecoupledModel):
             kv_cache_precision=get_parameter(config, "kv_cache_precision", str, ""),
             inference_precision=get_parameter(config, "inference_precision", str, "f32"),
             num_threads=get_parameter(config, "num_threads", int, 0),
+            stream_hold_ms=get_parameter(config, "stream_hold_ms", float, 0.0),
         )
         self.engine.start()
         self.step = CpuStep(
@@ -98,6 +99,7 @@ class TritonPythonModel(DecoupledModel):
         )
         self.metric_tokens = self.tokens_family.Metric(labels={})
         self.tokens_published = 0
+        self.gauges_published: dict[str, int] = {}
 
     def accept(self, request, channel):
         inputs = read_inputs(request, self.input_names)
@@ -106,12 +108,18 @@ class TritonPythonModel(DecoupledModel):
     def watch_once(self):
         tracked = self.step.watch_once()
         stats = self.engine.stats()
+        gauges = {
+            "active": (self.metric_active, stats.active_requests),
+            "waiting": (self.metric_waiting, stats.waiting_requests),
+            "blocks_used": (self.metric_blocks_used, stats.cache_blocks_used),
+            "blocks_total": (self.metric_blocks_total, stats.cache_blocks_total),
+            "tracked": (self.metric_tracked, tracked),
+        }
         with self.pb_lock:
-            self.metric_active.set(stats.active_requests)
-            self.metric_waiting.set(stats.waiting_requests)
-            self.metric_blocks_used.set(stats.cache_blocks_used)
-            self.metric_blocks_total.set(stats.cache_blocks_total)
-            self.metric_tracked.set(tracked)
+            for name, (metric, value) in gauges.items():
+                if self.gauges_published.get(name) != value:  # each update is a round trip to tritonserver
+                    metric.set(value)
+                    self.gauges_published[name] = value
             if stats.tokens_produced > self.tokens_published:
                 self.metric_tokens.increment(stats.tokens_produced - self.tokens_published)
                 self.tokens_published = stats.tokens_produced
