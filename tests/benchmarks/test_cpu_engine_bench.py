@@ -1,0 +1,80 @@
+"""`mentallama-bench cpu-engine` (issue 23): served runs go through the real front door, served and in-process runs
+alternate load by load, and each run reports TTFT and ITL p50 beside tok/s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mentallama_bench.cpu_engine_bench import latencies, measure_format, print_report
+from mentallama_bench.records import RequestOutcome, SampleRequest
+
+
+def outcome(start: float, chunks: list[float], tokens: int, error: str | None = None) -> RequestOutcome:
+    return RequestOutcome(start=start, end=chunks[-1] if chunks else start, chunk_times=chunks,
+                          server_output_tokens=tokens, error_code=error)  # fmt: skip
+
+
+def test_latencies_follow_genai_perfs_definitions() -> None:
+    runs = [
+        outcome(0.0, [0.100, 0.200, 0.400], 5),  # TTFT 100 ms, ITL (400 - 100) / 4 = 75 ms
+        outcome(1.0, [1.300, 1.500], 3),  # TTFT 300 ms, ITL 100 ms
+        outcome(2.0, [2.050], 1),  # one token: a TTFT, no ITL
+        outcome(3.0, [], 0, error="UNAVAILABLE"),  # failed: in no statistic
+    ]
+    stats = latencies(runs)
+    assert stats["ttft_p50_ms"] == pytest.approx(100.0)  # median of 100, 300, 50
+    assert stats["itl_p50_ms"] == pytest.approx(87.5)  # median of 75 and 100
+    assert stats["responses_per_request"] == pytest.approx(2.0)
+    assert latencies([]) == {"ttft_p50_ms": None, "itl_p50_ms": None, "responses_per_request": None}
+
+
+def run(concurrency: int, tok_s: float, ttft: float | None = 120.0) -> dict[str, Any]:
+    return {"concurrency": concurrency, "tok_s": tok_s, "errors": [], "ttft_p50_ms": ttft, "itl_p50_ms": 9.5}
+
+
+def test_report_names_latencies_and_the_goal_at_each_concurrency(capsys: pytest.CaptureFixture[str]) -> None:
+    report = {"formats": {"int8": {"served": [run(1, 96.0), run(32, 470.0, None)],
+                                   "in_process": [run(1, 100.0), run(32, 500.0)]}}}  # fmt: skip
+    print_report(report, [1, 32])
+    out = capsys.readouterr().out
+    assert "| int8 | 1 | 96.0 | 100.0 | 0.96 | 120.0 ms / 120.0 ms | 9.5 ms / 9.5 ms |" in out
+    assert "| int8 | 32 | 470.0 | 500.0 | 0.94 | - / 120.0 ms |" in out
+    assert "served/in-process 0.96 @1, 0.94 @32 (goal >= 0.95 at each)" in out
+
+
+@pytest.mark.server
+def test_served_runs_go_through_the_front_door_and_alternate_with_in_process(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mentallama_bench.cpu_engine_bench as bench
+
+    started: list[Any] = []
+    real_start = bench.FrontDoorProcess.start
+
+    def start(public: Any, upstream: Any, run_dir: Path) -> Any:
+        started.append((public.grpc_port, upstream.grpc_port))
+        return real_start(public, upstream, run_dir)
+
+    order: list[str] = []
+    real_run_load = bench.run_load
+
+    async def recording_run_load(backend: Any, samples: list[SampleRequest], concurrency: int) -> dict[str, Any]:
+        order.append(f"{backend.kind}@{getattr(backend, 'endpoint', '')}" if backend.kind != "engine" else "engine")
+        return await real_run_load(backend, samples, concurrency)
+
+    monkeypatch.setattr(bench.FrontDoorProcess, "start", start)
+    monkeypatch.setattr(bench, "run_load", recording_run_load)
+    samples = [SampleRequest(i, f"Post {i}: I feel tired and sad every day.", "DR", 12) for i in range(4)]
+    result = measure_format(tiny_checkpoint, "fp32", samples, [1, 2])
+    ((front_port, triton_port),) = started
+    assert front_port != triton_port
+    served = f"triton-grpc@127.0.0.1:{front_port}"  # the front door's public port, never tritonserver's own
+    assert order == [served, "engine", "engine", served]
+    for side in ("served", "in_process"):
+        assert [r["concurrency"] for r in result[side]] == [1, 2]
+        for r in result[side]:
+            assert r["errors"] == [] and r["tokens"] == 4 * 12 and r["tok_s"] > 0
+            assert r["ttft_p50_ms"] > 0 and r["itl_p50_ms"] > 0 and r["responses_per_request"] >= 1
