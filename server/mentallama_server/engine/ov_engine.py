@@ -177,6 +177,7 @@ class OpenVinoEngine:
         self._finished: dict[str, int] = {}
         self._hold_s = max(0.0, stream_hold_ms) / 1000.0
         self._undelivered = 0  # flushes queued or being delivered (under the lock)
+        self._queued = 0  # of which the dispatcher has yet to take (under the lock)
         self._delivered = threading.Condition(self._lock)
         self._step_s = 0.0  # how long the last step took: the expected wait for the next one's tokens
 
@@ -301,9 +302,12 @@ class OpenVinoEngine:
         dispatcher whose consumer waits outside the GIL (a Triton response is a round trip to tritonserver) would
         otherwise deliver one event per step: at 32 requests in flight a request's tokens then came in three or
         four chunks, its first token seconds late, and its final response late enough to leave its place in the
-        batch empty for several steps."""
+        batch empty for several steps. The last response may still be on its way: its round trip goes on while
+        the next step runs, and only the dispatcher's few lines after it wait for the step's end."""
         with self._delivered:
-            self._delivered.wait_for(lambda: self._undelivered == 0, timeout=max(self._step_s, 0.001))
+            self._delivered.wait_for(
+                lambda: self._queued == 0 and self._undelivered <= 1, timeout=max(self._step_s, 0.001)
+            )
 
     def _has_cancels(self) -> bool:
         return any(t.cancel_requested and t.handle is not None for t in self._tracked.values())
@@ -471,6 +475,7 @@ class OpenVinoEngine:
                 return
             tracked.flush_scheduled = True
             self._undelivered += 1
+            self._queued += 1
         self._flushes.put(tracked)
 
     def _finish(self, tracked: _Tracked, reason: FinishReason, error: str | None = None) -> None:
@@ -499,12 +504,15 @@ class OpenVinoEngine:
             if tracked is not None:  # the last flush was delivered (or skipped)
                 with self._lock:
                     self._undelivered -= 1
-                    if self._undelivered == 0:
+                    if self._undelivered <= 1:
                         self._delivered.notify_all()
             if (tracked := self._flushes.get()) is None:
                 break
             with self._lock:
                 tracked.flush_scheduled = False
+                self._queued -= 1
+                if self._queued == 0:
+                    self._delivered.notify_all()
                 if tracked.final_sent:
                     continue
                 new = tracked.output[tracked.sent : tracked.ready]
