@@ -66,3 +66,21 @@ def test_the_server_finds_its_templates_and_the_shipped_checkpoint_as_package_da
     assert paths.TEMPLATES.resolve() == ROOT / "model_repository"  # the link to the one copy in a checkout
     assert resolve_checkpoint("nano") == paths.SHIPPED_CHECKPOINTS / "mentallama-nano"
     assert set(paths.package_roots()) == {str(ROOT / "server"), str(ROOT / "client")}
+
+
+@pytest.mark.parametrize("command", ["mentallama-build", "mentallama-serve"])
+def test_a_cache_folder_that_cannot_be_written_is_a_usage_error(command: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    if command == "mentallama-build":
+        from mentallama_build.cli import app
+    else:
+        from mentallama_server.launch.cli import app
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = ["--cache-dir", str(blocker / "cache")] + (["tiny"] if command == "mentallama-build" else ["--render",
+                                                                                                    str(tmp_path)])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.replace("\u2502", " ").split())  # rich's error box wraps and frames it
+    assert "cannot write into" in text and str(blocker) in text.replace(" ", "") and "Traceback" not in text

@@ -5,7 +5,9 @@ reason an endpoint cannot serve a model."""
 from __future__ import annotations
 
 import difflib
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -76,10 +78,23 @@ def version_option(program: str, version: str) -> Any:
     return typer.Option("--version", "-V", callback=show, is_eager=True, help="print the version and exit")
 
 
+def _writable_folder(path: Path | None) -> Path | None:
+    """The cache folder, made if missing; a usage error (not a traceback deep in a build) when it cannot be."""
+    if path is None:
+        return None
+    try:
+        path.expanduser().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.expanduser()):
+            pass
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write into {path}: {exc.strerror or exc}") from None
+    return path
+
+
 def cache_dir_option(what: str) -> Any:
-    """A ``--cache-dir`` option (or ``$MENTALLAMA_CACHE``), the folder for ``what``; the command passes its value to
-    :func:`mentallama.locations.set_cache_dir`."""
-    return typer.Option(envvar=locations.CACHE_ENV, show_default=False,
+    """A ``--cache-dir`` option (or ``$MENTALLAMA_CACHE``), the folder for ``what``, checked writable; the command
+    passes its value to :func:`mentallama.locations.set_cache_dir`."""
+    return typer.Option(envvar=locations.CACHE_ENV, show_default=False, callback=_writable_folder,
                         help=f"folder for {what} [default: artifacts/ in a checkout, else ~/.cache/mentallama]")
 
 
