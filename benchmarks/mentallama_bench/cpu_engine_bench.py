@@ -89,15 +89,18 @@ async def run_load(backend: Backend, samples: list[SampleRequest], concurrency: 
 
 
 def latencies(outcomes: list[Any]) -> dict[str, float | None]:
-    """TTFT and ITL p50 (ms, genai-perf's definitions: first text - send; (last text - first text) / (tokens - 1))
-    and text-bearing responses per request, over the successful requests."""
+    """TTFT, ITL and E2E p50 (ms, genai-perf's definitions: first text - send; (last text - first text) /
+    (tokens - 1); last text - send) and text-bearing responses per request, over the successful requests. ITL
+    alone flatters a stream whose first token came late; E2E does not."""
     ok = [o for o in outcomes if o.success and o.chunk_times]
     ttft = [o.chunk_times[0] - o.start for o in ok]
+    e2e = [o.chunk_times[-1] - o.start for o in ok]
     itl = [(o.chunk_times[-1] - o.chunk_times[0]) / (o.server_output_tokens - 1)
            for o in ok if (o.server_output_tokens or 0) > 1]  # fmt: skip
     return {
         "ttft_p50_ms": 1000 * statistics.median(ttft) if ttft else None,
         "itl_p50_ms": 1000 * statistics.median(itl) if itl else None,
+        "e2e_p50_ms": 1000 * statistics.median(e2e) if e2e else None,
         "responses_per_request": statistics.mean(len(o.chunk_times) for o in ok) if ok else None,
     }
 
@@ -158,7 +161,8 @@ def measure_format(
                         in_process.append(asyncio.run(run_load(engine, samples, c)))
                         run = in_process[-1]
                     print(f"  {weight_format} {side:<11} c={c:<3} {run['tok_s']:8.1f} tok/s  TTFT p50 "
-                          f"{_ms(run['ttft_p50_ms'])}  ITL p50 {_ms(run['itl_p50_ms'])}", flush=True)  # fmt: skip
+                          f"{_ms(run['ttft_p50_ms'])}  ITL p50 {_ms(run['itl_p50_ms'])}  E2E p50 "
+                          f"{_ms(run['e2e_p50_ms'])}", flush=True)  # fmt: skip
     finally:
         asyncio.run(engine.close())
         server.stop()
@@ -282,8 +286,8 @@ def run_study(checkpoint: str = "bench", imhi_dir: Path = Path("MentalLLaMA"), c
 def print_report(report: dict[str, Any], concurrencies: list[int]) -> None:
     authors = report.get("authors", {}).get("tok_s")
     print("\n| engine | concurrency | served tok/s | in-process tok/s | served/in-process | TTFT p50 served / "
-          "in-process | ITL p50 served / in-process | served/authors |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+          "in-process | ITL p50 served / in-process | E2E p50 served / in-process | served/authors |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for fmt, runs in report["formats"].items():
         for served, local in zip(runs["served"], runs["in_process"], strict=True):
             vs_authors = f"{served['tok_s'] / authors:.1f}x" if authors else "-"
@@ -293,7 +297,7 @@ def print_report(report: dict[str, Any], concurrencies: list[int]) -> None:
                 f"| {fmt} | {served['concurrency']} | {served['tok_s']:.1f} | {local['tok_s']:.1f} | "
                 f"{served['tok_s'] / local['tok_s']:.2f} | {_ms(served.get('ttft_p50_ms'))} / "
                 f"{_ms(local.get('ttft_p50_ms'))} | {_ms(served.get('itl_p50_ms'))} / {_ms(local.get('itl_p50_ms'))} | "
-                f"{vs_authors}{note} |"
+                f"{_ms(served.get('e2e_p50_ms'))} / {_ms(local.get('e2e_p50_ms'))} | {vs_authors}{note} |"
             )
     llama = {r["concurrency"]: r["tok_s"] for r in report.get("llama_cpp", {}).get("runs", [])}
     if llama:
