@@ -43,30 +43,28 @@ def upstream_options(public: ServerOptions) -> ServerOptions:
     )  # fmt: skip
 
 
-# The one line of the rendered `mentallama` config that names the tokenizer folder (model_repository/mentallama).
-_TOKENIZER_DIR = re.compile(r'key: "tokenizer_dir" value: \{ string_value: "([^"]*)" \}')
+def _rendered_parameter(run_dir: Path, model: str, key: str) -> str | None:
+    """A string parameter of a rendered model's config (one line on the CPU profile, may wrap on trtllm); None
+    when the config or the parameter is missing."""
+    config = Path(run_dir) / "model_repository" / model / "config.pbtxt"
+    pattern = rf'key:\s*"{key}"\s*value:\s*\{{\s*string_value:\s*"([^"]*)"'
+    try:
+        match = re.search(pattern, config.read_text(encoding="utf-8"))
+    except OSError:
+        return None
+    return match[1] if match else None
 
 
 def rendered_tokenizer_dir(run_dir: Path) -> str | None:
     """The tokenizer folder the rendered front model was configured with, for the front door's chat template
     (Triton's ModelConfig API, where it also stands, is closed to the front door without an admin key)."""
-    config = Path(run_dir) / "model_repository" / "mentallama" / "config.pbtxt"
-    try:
-        match = _TOKENIZER_DIR.search(config.read_text(encoding="utf-8"))
-    except OSError:
-        return None
-    return match[1] if match and match[1] else None
+    return _rendered_parameter(run_dir, "mentallama", "tokenizer_dir") or None
 
 
 def _engine_parameter(run_dir: Path, key: str) -> int | None:
-    """An integer parameter of the rendered engine step's config (one line on the CPU profile, two on trtllm)."""
-    config = Path(run_dir) / "model_repository" / "tensorrt_llm" / "config.pbtxt"
-    pattern = rf'key:\s*"{key}"\s*value:\s*\{{\s*string_value:\s*"(\d+)"'
-    try:
-        match = re.search(pattern, config.read_text(encoding="utf-8"))
-    except OSError:
-        return None
-    return int(match[1]) if match else None
+    """An integer parameter of the rendered engine step's config."""
+    value = _rendered_parameter(run_dir, "tensorrt_llm", key)
+    return int(value) if value and value.isdigit() else None
 
 
 def rendered_max_sequences(run_dir: Path) -> int:
