@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import numpy as np
@@ -46,14 +46,19 @@ def is_final(message: service_pb2.ModelStreamInferResponse) -> bool:
     return flag is not None and flag.bool_param
 
 
+Lost = Callable[[list[tuple[str, str]]], None]  # told the (model, upstream id) of requests a closed stream held
+
+
 class _Stream:
     """One upstream stream: requests in through a queue, responses out to each request's own queue."""
 
-    def __init__(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, name: str) -> None:
+    def __init__(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, name: str, on_lost: Lost | None = None) -> None:
         self.name = name
         self.closed = False
+        self._on_lost = on_lost
         self._outbox: asyncio.Queue[service_pb2.ModelInferRequest | None] = asyncio.Queue()
         self._waiting: dict[str, asyncio.Queue[Delivery]] = {}
+        self._models: dict[str, str] = {}
         self._call = stub.ModelStreamInfer(self._requests())
         self._reader = asyncio.create_task(self._read(), name=f"upstream-{name}")
 
@@ -71,11 +76,13 @@ class _Stream:
         request.parameters[STOPS_IN_BAND].bool_param = True
         queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._waiting[request.id] = queue
+        self._models[request.id] = request.model_name
         self._outbox.put_nowait(request)
         return queue
 
     def forget(self, request_id: str) -> None:
         self._waiting.pop(request_id, None)
+        self._models.pop(request_id, None)
 
     async def _read(self) -> None:
         reason = "its stream ended"
@@ -87,7 +94,7 @@ class _Stream:
                     continue
                 final = is_final(message)
                 if final:
-                    del self._waiting[message.infer_response.id]
+                    self.forget(message.infer_response.id)
                 queue.put_nowait((message, final))
         except grpc.aio.AioRpcError as exc:
             reason = f"it closed the stream ({exc.code().name})"
@@ -99,7 +106,12 @@ class _Stream:
                 failure = service_pb2.ModelStreamInferResponse(error_message=f"{UNREACHABLE}: {reason}; retry later")
                 failure.infer_response.id = request_id
                 queue.put_nowait((failure, True))
+            # A live tritonserver whose stream broke goes on generating what it held (the models never ask
+            # Triton whether a request was cancelled): those requests are stopped in band, on a new stream.
+            if self._on_lost is not None and self._models and reason != "the front door is stopping":
+                self._on_lost([(model, request_id) for request_id, model in self._models.items()])
             self._waiting.clear()
+            self._models.clear()
 
     async def close(self) -> None:
         self._outbox.put_nowait(None)  # half-close: Triton finishes what is in flight, then ends the stream
@@ -140,10 +152,12 @@ class UpstreamPool:
     def __init__(self, target: str, streams: int, max_message_bytes: int) -> None:
         self.channel = grpc.aio.insecure_channel(
             target,
+            # No keepalive pings: tritonserver is on this host (its death closes the connection), and it answers
+            # pings more often than every 5 minutes on idle streams with GOAWAY "too_many_pings", which broke
+            # every open stream after ~2.5 minutes without traffic.
             options=[
                 ("grpc.max_send_message_length", max_message_bytes + 4096),
                 ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.keepalive_time_ms", 30_000),
             ],
         )
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
@@ -156,7 +170,7 @@ class UpstreamPool:
     def _open(self, index: int) -> _Stream:
         stream = self._streams[index]
         if stream is None or stream.closed:  # Triton restarted or refused the stream: a new one
-            stream = self._streams[index] = _Stream(self.stub, str(index))
+            stream = self._streams[index] = _Stream(self.stub, str(index), self._stop_lost)
         return stream
 
     def submit(self, request: service_pb2.ModelInferRequest) -> asyncio.Queue[Delivery]:
@@ -165,25 +179,36 @@ class UpstreamPool:
 
     def stop_later(self, ticket: Ticket) -> None:
         """Stop a running request in band, without waiting (the client that owned it may be gone)."""
-        task = asyncio.create_task(self.stop(ticket))
+        self._stop_later(ticket.model, ticket.upstream_id)
+
+    def _stop_later(self, model: str, upstream_id: str) -> None:
+        task = asyncio.create_task(self._stop(model, upstream_id))
         self.stopping.add(task)
         task.add_done_callback(self.stopping.discard)
 
+    def _stop_lost(self, requests: list[tuple[str, str]]) -> None:
+        log.warning("an upstream stream broke with %d requests on it; stopping them in band", len(requests))
+        for model, upstream_id in requests:
+            self._stop_later(model, upstream_id)
+
     async def stop(self, ticket: Ticket) -> None:
+        await self._stop(ticket.model, ticket.upstream_id)
+
+    async def _stop(self, model: str, upstream_id: str) -> None:
         if self._stops is None or self._stops.closed:
             self._stops = _Stream(self.stub, "stops")
         try:
-            queue = self._stops.submit(stop_request(ticket.model, ticket.upstream_id))
+            queue = self._stops.submit(stop_request(model, upstream_id))
             deadline = asyncio.get_running_loop().time() + STOP_TIMEOUT_S
             while True:
                 message, final = await asyncio.wait_for(queue.get(), deadline - asyncio.get_running_loop().time())
                 if message.error_message:
-                    log.warning("stop of a %s request refused upstream: %s", ticket.model, message.error_message)
+                    log.warning("stop of a %s request refused upstream: %s", model, message.error_message)
                 if final:
                     return
         except (Refused, asyncio.TimeoutError):
-            self._stops.forget(ticket.upstream_id)
-            log.warning("stop of a %s request not answered upstream", ticket.model)
+            self._stops.forget(upstream_id)
+            log.warning("stop of a %s request not answered upstream", model)
 
     async def stop_for(self, admission: Admission, client: str, client_id: str, model: str) -> None:
         """A client's `stop`: its own running requests with exactly `client_id` end. The stop counts against the
