@@ -127,7 +127,7 @@ def test_an_idle_link_sends_nothing(relayed) -> None:
     came next failed UNAVAILABLE."""
     url, relay = relayed
     assert list(stream(url, {"text_input": "Hello", "max_tokens": 2, "stream": True}))  # the streams are open
-    time.sleep(1)
+    time.sleep(2)  # the frames that follow a response (window updates) have gone by
     before = relay.upstream_bytes
     time.sleep(35)  # longer than the 30 s keepalive that broke it
     assert relay.upstream_bytes == before
