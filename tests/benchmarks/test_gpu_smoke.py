@@ -148,7 +148,8 @@ def test_the_smoke_checks_pass_on_the_cpu_profile(cpu_server) -> None:
     assert greedy.figures["matched"] == f"{2 * len(PROMPTS)} of {2 * len(PROMPTS)}"
     streaming = check_streaming(cpu_server.grpc_url)
     assert streaming.passed, streaming.problems
-    assert streaming.figures["chunks"] > 2 and streaming.figures["replacement_characters"] >= 0
+    # Two chunks at least: on the fast tiny engine held tokens may all share the response after the first.
+    assert streaming.figures["chunks"] >= 2 and streaming.figures["replacement_characters"] >= 0
 
 
 def test_a_run_without_a_gpu_fails_at_versions_and_says_what_to_check(tmp_path: Path, tiny_checkpoint: Path) -> None:
