@@ -13,6 +13,7 @@ The `tensorrt_llm` model here is tests/server/cxx_chunking_double/model.py behin
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import time
 import urllib.error
@@ -134,7 +135,13 @@ def test_the_front_model_admits_its_limit_then_refuses_retryably(holding: Double
     try:
         deadline = time.monotonic() + 30
         while True:  # the held calls reach the front model in their own time
-            refused = infer(url, "mentallama", "Hello", 8, stream=True)
+            probe = StreamCall(url, "mentallama", make_inputs("Hello", 8, stream=True))
+            try:
+                refused = probe.result(timeout=5)
+            except queue.Empty:  # it came in ahead of a held call and is held itself: send another
+                held.append(probe)
+                assert time.monotonic() < deadline, "no request was refused"
+                continue
             if refused.error is not None or time.monotonic() > deadline:
                 break
         assert refused.error is not None and "server overloaded: 2 requests in flight" in refused.error
