@@ -14,7 +14,7 @@ import pytest
 from mentallama_server.models.tensorrt_llm_cpu import INPUTS
 from tests.support import triton_stub
 from tests.support.triton_stub import TRITONSERVER_RESPONSE_COMPLETE_FINAL as FINAL_FLAG
-from tests.support.triton_stub import InferenceResponse, ResponseSender, TritonError, make_request
+from tests.support.triton_stub import CountingSender, InferenceResponse, ResponseSender, TritonError, make_request
 
 MAX_OUTPUT_LEN = 2048
 LONG = MAX_OUTPUT_LEN  # the tiny engine streams ~2000 tokens/s: a request that lasts about a second
@@ -171,18 +171,6 @@ def test_a_cancelled_client_stops_its_generation(model: Any) -> None:
     sent = sender.wait_final(timeout=5)
     assert flags(sent)[-1] == FINAL_FLAG and flags(sent).count(FINAL_FLAG) == 1
     assert len(tokens(sent)) < LONG
-
-
-class CountingSender(ResponseSender):
-    """Counts the `is_cancelled` questions: each is a round trip to tritonserver in the real stub."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked = 0
-
-    def is_cancelled(self) -> bool:
-        self.asked += 1
-        return super().is_cancelled()
 
 
 def test_a_caller_that_stops_in_band_is_never_asked_about_cancellation(model: Any) -> None:

@@ -31,7 +31,14 @@ from mentallama_server.models.front_model import (
 from mentallama_server.models.request_errors import RequestError
 from tests.support import triton_stub
 from tests.support.triton_stub import TRITONSERVER_RESPONSE_COMPLETE_FINAL as FINAL_FLAG
-from tests.support.triton_stub import EngineDouble, InferenceResponse, ResponseSender, TritonError, make_request
+from tests.support.triton_stub import (
+    CountingSender,
+    EngineDouble,
+    InferenceResponse,
+    ResponseSender,
+    TritonError,
+    make_request,
+)
 
 # Byte-fallback tokens: "😀" is four of them in the tiny vocabulary, "è" and "€" pieces of their own.
 OUTPUT_TEXT = "Je suis très 😀 fatigué €"
@@ -514,18 +521,6 @@ def test_a_cancelled_client_stops_its_engine_request(
     sender.cancel()  # the watcher polls is_cancelled and stops the engine request
     assert sender.wait_final()[-1] == (None, FINAL_FLAG)
     assert engine.stops == [engine.requests[0].request_id()]
-
-
-class CountingSender(ResponseSender):
-    """Counts the `is_cancelled` questions: each is a round trip to tritonserver in the real stub."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked = 0
-
-    def is_cancelled(self) -> bool:
-        self.asked += 1
-        return super().is_cancelled()
 
 
 def test_a_client_that_stops_in_band_is_never_asked_about_cancellation(

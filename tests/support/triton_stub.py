@@ -154,6 +154,18 @@ class ResponseSender:
             return [response for response, _ in self.sent if response is not None]
 
 
+class CountingSender(ResponseSender):
+    """Counts the `is_cancelled` questions: each is a round trip to tritonserver in the real stub."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def is_cancelled(self) -> bool:
+        self.asked += 1
+        return super().is_cancelled()
+
+
 class InferenceRequest:
     """A request as `execute` receives it (build one with `make_request`), or a BLS request a model builds."""
 
