@@ -57,8 +57,7 @@ class _Stream:
         self.closed = False
         self._on_lost = on_lost
         self._outbox: asyncio.Queue[service_pb2.ModelInferRequest | None] = asyncio.Queue()
-        self._waiting: dict[str, asyncio.Queue[Delivery]] = {}
-        self._models: dict[str, str] = {}
+        self._waiting: dict[str, tuple[str, asyncio.Queue[Delivery]]] = {}  # upstream id: (model, responses)
         self._call = stub.ModelStreamInfer(self._requests())
         self._reader = asyncio.create_task(self._read(), name=f"upstream-{name}")
 
@@ -75,43 +74,40 @@ class _Stream:
         request.parameters[EMPTY_FINAL].bool_param = True
         request.parameters[STOPS_IN_BAND].bool_param = True
         queue: asyncio.Queue[Delivery] = asyncio.Queue()
-        self._waiting[request.id] = queue
-        self._models[request.id] = request.model_name
+        self._waiting[request.id] = (request.model_name, queue)
         self._outbox.put_nowait(request)
         return queue
 
     def forget(self, request_id: str) -> None:
         self._waiting.pop(request_id, None)
-        self._models.pop(request_id, None)
 
     async def _read(self) -> None:
-        reason = "its stream ended"
+        reason, lost = "its stream ended", self._on_lost
         try:
             async for message in self._call:
-                queue = self._waiting.get(message.infer_response.id)
-                if queue is None:  # a request whose client was told already (never expected)
+                waiting = self._waiting.get(message.infer_response.id)
+                if waiting is None:  # a request whose client was told already (never expected)
                     log.warning("upstream %s: a response for no waiting request", self.name)
                     continue
                 final = is_final(message)
                 if final:
                     self.forget(message.infer_response.id)
-                queue.put_nowait((message, final))
+                waiting[1].put_nowait((message, final))
         except grpc.aio.AioRpcError as exc:
             reason = f"it closed the stream ({exc.code().name})"
         except asyncio.CancelledError:
-            reason = "the front door is stopping"
+            reason, lost = "the front door is stopping", None
         finally:
             self.closed = True
-            for request_id, queue in self._waiting.items():
+            for request_id, (_, queue) in self._waiting.items():
                 failure = service_pb2.ModelStreamInferResponse(error_message=f"{UNREACHABLE}: {reason}; retry later")
                 failure.infer_response.id = request_id
                 queue.put_nowait((failure, True))
             # A live tritonserver whose stream broke goes on generating what it held (the models never ask
             # Triton whether a request was cancelled): those requests are stopped in band, on a new stream.
-            if self._on_lost is not None and self._models and reason != "the front door is stopping":
-                self._on_lost([(model, request_id) for request_id, model in self._models.items()])
+            if lost is not None and self._waiting:
+                lost([(model, request_id) for request_id, (model, _) in self._waiting.items()])
             self._waiting.clear()
-            self._models.clear()
 
     async def close(self) -> None:
         self._outbox.put_nowait(None)  # half-close: Triton finishes what is in flight, then ends the stream
