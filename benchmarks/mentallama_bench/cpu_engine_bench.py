@@ -17,7 +17,10 @@ machines are noisy, so the ratios are what to read:
         [--llama-server llama.cpp/build/bin/llama-server --gguf bench-q8_0.gguf]
 
 Served and in-process runs alternate load by load (served then in-process at the first concurrency, in-process
-then served at the next, ...) with both kept up, so drift of the machine weighs on both alike; the idle side costs
+then served at the next, ...) with both kept up, so drift of the machine weighs on both alike; `--rounds N` runs
+each concurrency N times per side, flipping the order each time, and pools them (tokens over time; the median of
+the latency p50s), printing the ratio of each round too, for a machine whose back-to-back runs differ more than
+the gap being measured; the idle side costs
 about 1 % of a core. Beside tok/s, each run reports TTFT p50 and ITL p50 (genai-perf's definitions, README of
 mentallama_bench) and the text-bearing responses per request. The report names the machine's CPU and its load
 average at the start and the end of the run: the ratios hold for one machine at one time, and a busy neighbour
@@ -137,10 +140,27 @@ def authors_way(checkpoint: Path, prompts: list[str], output_len: int, dtype: st
     return {"tok_s": tokens / elapsed, "tokens": tokens, "s": elapsed, "dtype": str(model.dtype)}
 
 
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one side at one concurrency as one: tok/s of all their tokens over all their time, the
+    median of their latency p50s; each run is kept under "rounds"."""
+    tokens, seconds = sum(r["tokens"] for r in runs), sum(r["s"] for r in runs)
+
+    def median(key: str) -> float | None:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    keys = ("ttft_p50_ms", "itl_p50_ms", "e2e_p50_ms", "responses_per_request")
+    errors = [e for r in runs for e in r["errors"]]
+    return {"concurrency": runs[0]["concurrency"], "tok_s": tokens / seconds, "tokens": tokens, "s": seconds,
+            "errors": errors, **{k: median(k) for k in keys}, "rounds": runs}  # fmt: skip
+
+
 def measure_format(
-    checkpoint: Path, weight_format: str, samples: list[SampleRequest], concurrencies: list[int]
+    checkpoint: Path, weight_format: str, samples: list[SampleRequest], concurrencies: list[int], rounds: int = 1
 ) -> dict[str, Any]:
-    """Served (through the front door) and in-process runs of one weight format, alternating load by load."""
+    """Served (through the front door) and in-process runs of one weight format, alternating load by load; with
+    `rounds` > 1, each concurrency is run that many times per side, the order flipping each time (served,
+    in-process, in-process, served, ...), and pooled."""
     settings = CpuSettings(weight_format=weight_format, max_queue_size=256)
     public = ServerOptions.on_free_ports()
     upstream = upstream_options(public)
@@ -151,18 +171,21 @@ def measure_format(
     try:
         with FrontDoorProcess.start(public, upstream, server.run_dir):
             for i, c in enumerate(concurrencies):
-                for side in ("served", "in-process")[:: 1 if i % 2 == 0 else -1]:
-                    if side == "served":
-                        # A gRPC channel belongs to the event loop that made it: one backend per asyncio.run.
-                        backend = TritonGrpcBackend(public.grpc_url)
-                        served.append(asyncio.run(_closing(backend, run_load(backend, samples, c))))
-                        run = served[-1]
-                    else:
-                        in_process.append(asyncio.run(run_load(engine, samples, c)))
-                        run = in_process[-1]
-                    print(f"  {weight_format} {side:<11} c={c:<3} {run['tok_s']:8.1f} tok/s  TTFT p50 "
-                          f"{_ms(run['ttft_p50_ms'])}  ITL p50 {_ms(run['itl_p50_ms'])}  E2E p50 "
-                          f"{_ms(run['e2e_p50_ms'])}", flush=True)  # fmt: skip
+                runs: dict[str, list[dict[str, Any]]] = {"served": [], "in-process": []}
+                for r in range(rounds):
+                    for side in ("served", "in-process")[:: 1 if (i + r) % 2 == 0 else -1]:
+                        if side == "served":
+                            # A gRPC channel belongs to the event loop that made it: one backend per asyncio.run.
+                            backend = TritonGrpcBackend(public.grpc_url)
+                            run = asyncio.run(_closing(backend, run_load(backend, samples, c)))
+                        else:
+                            run = asyncio.run(run_load(engine, samples, c))
+                        runs[side].append(run)
+                        print(f"  {weight_format} {side:<11} c={c:<3} {run['tok_s']:8.1f} tok/s  TTFT p50 "
+                              f"{_ms(run['ttft_p50_ms'])}  ITL p50 {_ms(run['itl_p50_ms'])}  E2E p50 "
+                              f"{_ms(run['e2e_p50_ms'])}", flush=True)  # fmt: skip
+                served.append(pooled(runs["served"]))
+                in_process.append(pooled(runs["in-process"]))
     finally:
         asyncio.run(engine.close())
         server.stop()
@@ -241,7 +264,7 @@ def run_study(checkpoint: str = "bench", imhi_dir: Path = Path("MentalLLaMA"), c
               output_len: int = 64, weight_formats: str = "int8,fp16", skip_authors: bool = False,
               authors_dtype: str = "auto", with_footprint: bool = False,
               output: Path = Path("results/cpu_engine_bench.json"), llama_server: Path | None = None,
-              gguf: Path | None = None) -> int:  # fmt: skip
+              gguf: Path | None = None, rounds: int = 1) -> int:  # fmt: skip
     """`mentallama-bench cpu-engine`: measure, print the table and write the report to ``output``."""
     llama_binary = None
     if gguf is not None or llama_server is not None:  # checked before an hour of measuring, not after
@@ -262,13 +285,13 @@ def run_study(checkpoint: str = "bench", imhi_dir: Path = Path("MentalLLaMA"), c
     samples = [SampleRequest(i, query, task, output_len) for i, (task, query) in enumerate(prompts)]
     print(f"{len(samples)} IMHI queries, {output_len} new tokens each, {folder.name}", flush=True)
     report: dict[str, Any] = {"model": folder.name, "queries": len(samples), "output_len": output_len,
-                              "machine": machine()}  # fmt: skip
+                              "rounds": rounds, "machine": machine()}  # fmt: skip
     checkpoint_dir = folder
     if not skip_authors:
         report["authors"] = authors_way(checkpoint_dir, [s.prompt for s in samples], output_len, authors_dtype)
         print(f"  authors' way (generate, batches of 8): {report['authors']['tok_s']:.1f} tok/s", flush=True)
     report["formats"] = {
-        fmt: measure_format(checkpoint_dir, fmt, samples, concurrencies) for fmt in weight_formats.split(",")
+        fmt: measure_format(checkpoint_dir, fmt, samples, concurrencies, rounds) for fmt in weight_formats.split(",")
     }
     if llama_binary is not None and gguf is not None:
         runs = measure_llama_cpp(llama_binary, gguf, samples, concurrencies, output_len, checkpoint_dir)
@@ -323,6 +346,13 @@ def print_report(report: dict[str, Any], concurrencies: list[int]) -> None:
             goals.append(f"served@16 / authors = {by_c[16] / authors:.1f}x (goal >= 4x)")
         ratios = ", ".join(f"{by_c[c] / local[c]:.2f} @{c}" for c in by_c)
         goals.append(f"served/in-process {ratios} (goal >= 0.95 at each)")
+        if report.get("rounds", 1) > 1:
+            each = "; ".join(
+                f"@{s['concurrency']} " + ", ".join(f"{a['tok_s'] / b['tok_s']:.2f}" for a, b in
+                                                   zip(s["rounds"], p["rounds"], strict=True))
+                for s, p in zip(runs["served"], runs["in_process"], strict=True)
+            )  # fmt: skip
+            goals.append(f"round by round {each}")
         if 4 in by_c and 32 in by_c:
             goals.append(f"served @32 / @4 = {by_c[32] / by_c[4]:.2f} (goal >= 1)")
         print(f"{fmt}: " + "; ".join(goals))

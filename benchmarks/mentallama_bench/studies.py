@@ -89,6 +89,8 @@ def cpu_engine(
         Path | None, typer.Option(help="the checkpoint converted to GGUF Q8_0: also measure llama-server on it",
                                   show_default=False),  # fmt: skip
     ] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="runs per side and concurrency, the order flipping each "
+                                        "time, pooled (each round's ratio is printed too)")] = 1,  # fmt: skip
 ) -> None:
     """Served vs in-process OpenVINO engine vs generate() (vs llama.cpp).
 
@@ -102,7 +104,7 @@ def cpu_engine(
     _ints(concurrency, "--concurrency")
     _run("cpu_engine_bench", checkpoint=checkpoint, imhi_dir=imhi_dir, concurrency=concurrency,
          output_len=output_len, weight_formats=weight_formats, skip_authors=skip_authors, authors_dtype=authors_dtype,
-         with_footprint=footprint, output=output, llama_server=llama_server, gguf=gguf)  # fmt: skip
+         with_footprint=footprint, output=output, llama_server=llama_server, gguf=gguf, rounds=rounds)  # fmt: skip
 
 
 def serving_overhead(

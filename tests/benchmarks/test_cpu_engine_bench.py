@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mentallama_bench.cpu_engine_bench import latencies, measure_format, print_report
+from mentallama_bench.cpu_engine_bench import latencies, measure_format, pooled, print_report
 from mentallama_bench.records import RequestOutcome, SampleRequest
 
 
@@ -47,9 +47,23 @@ def test_report_names_latencies_and_the_goal_at_each_concurrency(capsys: pytest.
     assert "served/in-process 0.96 @1, 0.94 @32 (goal >= 0.95 at each)" in out
 
 
+def test_rounds_are_pooled_and_each_round_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = run(8, 100.0), run(8, 300.0)
+    first.update(tokens=1000, s=10.0)
+    second.update(tokens=3000, s=10.0, ttft_p50_ms=200.0)
+    both = pooled([first, second])
+    assert both["tok_s"] == 200.0 and both["tokens"] == 4000  # all tokens over all the time, not a mean of rates
+    assert both["ttft_p50_ms"] == 160.0 and both["rounds"] == [first, second]
+    local = pooled([{**run(8, 250.0), "tokens": 2500, "s": 10.0}, {**run(8, 150.0), "tokens": 1500, "s": 10.0}])
+    print_report({"rounds": 2, "formats": {"int8": {"served": [both], "in_process": [local]}}}, [8])
+    out = capsys.readouterr().out
+    assert "served/in-process 1.00 @8 (goal >= 0.95 at each); round by round @8 0.40, 2.00" in out
+
+
 @pytest.mark.server
+@pytest.mark.parametrize(("concurrencies", "rounds", "sides"), [([1, 2], 1, "SE ES"), ([1], 2, "SE ES")])
 def test_served_runs_go_through_the_front_door_and_alternate_with_in_process(
-    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, concurrencies: list[int], rounds: int, sides: str
 ) -> None:
     import mentallama_bench.cpu_engine_bench as bench
 
@@ -70,13 +84,14 @@ def test_served_runs_go_through_the_front_door_and_alternate_with_in_process(
     monkeypatch.setattr(bench.FrontDoorProcess, "start", start)
     monkeypatch.setattr(bench, "run_load", recording_run_load)
     samples = [SampleRequest(i, f"Post {i}: I feel tired and sad every day.", "DR", 12) for i in range(4)]
-    result = measure_format(tiny_checkpoint, "fp32", samples, [1, 2])
+    result = measure_format(tiny_checkpoint, "fp32", samples, concurrencies, rounds)
     ((front_port, triton_port),) = started
     assert front_port != triton_port
     served = f"triton-grpc@127.0.0.1:{front_port}"  # the front door's public port, never tritonserver's own
-    assert order == [served, "engine", "engine", served]
+    assert order == [served if side == "S" else "engine" for side in sides.replace(" ", "")]
     for side in ("served", "in_process"):
-        assert [r["concurrency"] for r in result[side]] == [1, 2]
+        assert [r["concurrency"] for r in result[side]] == concurrencies
         for r in result[side]:
-            assert r["errors"] == [] and r["tokens"] == 4 * 12 and r["tok_s"] > 0
+            assert len(r["rounds"]) == rounds
+            assert r["errors"] == [] and r["tokens"] == rounds * 4 * 12 and r["tok_s"] > 0
             assert 0 < r["ttft_p50_ms"] < r["e2e_p50_ms"] and r["itl_p50_ms"] > 0 and r["responses_per_request"] >= 1
