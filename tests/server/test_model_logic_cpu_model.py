@@ -59,14 +59,6 @@ def model(loaded: tuple[Any, Any]) -> Iterator[Any]:
     while model.step.active and time.monotonic() < deadline:
         time.sleep(0.01)
     assert model.step.active == {}, "a test left generations running"
-    # ... and its stats idle: they come from the engine's process, the last of them after the engine's idle step
-    while not _stats_idle(model.engine.stats()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)  # the watcher publishes them (every 50 ms)
-
-
-def _stats_idle(stats: Any) -> bool:
-    return stats.unfinished_requests == stats.active_requests == stats.waiting_requests == stats.cache_blocks_used == 0
 
 
 def engine_inputs(max_tokens: int, prompts: int = 1, **extra: Any) -> dict[str, np.ndarray]:

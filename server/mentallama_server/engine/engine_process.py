@@ -181,9 +181,8 @@ class EngineProcess:
 
     def _read_loop(self) -> None:
         """Deliver the child's events. What arrived while the last callbacks ran is read at once, and each
-        request's events among it become one (`_merge`), but for its first: a consumer slower than the engine gets
-        tokens coalesced, as `OpenVinoEngine`'s dispatcher gives them, rather than a backlog of one event per
-        step, and its first token as soon as it came."""
+        request's events among it become one (`_merge`): a consumer slower than the engine gets tokens coalesced,
+        as `OpenVinoEngine`'s dispatcher gives them, rather than a backlog of one event per step."""
         assert self._conn is not None and self._proc is not None
         open_ = True
         while open_:
@@ -194,26 +193,16 @@ class EngineProcess:
                     messages.append(self._conn.recv())
             except (EOFError, OSError):
                 open_ = False
-            events: list[TokenEvent] = []
-            mergeable: dict[str, int] = {}  # request id -> its event in `events` that later ones join
+            events: dict[str, TokenEvent] = {}
             for kind, body in messages:
                 if kind == "event":
                     event, self._stats = body
-                    rid = event.request_id
-                    if rid in mergeable:
-                        events[mergeable[rid]] = _merge(events[mergeable[rid]], event)
-                        continue
-                    pending = self._pending.get(rid)
-                    if pending is not None and not pending.began:
-                        pending.began = True  # a request's first tokens go alone: the time to first token
-                    else:
-                        mergeable[rid] = len(events)
-                    events.append(event)
+                    events[event.request_id] = _merge(events.get(event.request_id), event)
                 elif kind == "stats":
                     self._stats = body
                 elif kind == "stopped":
                     open_ = False
-            for event in events:
+            for event in events.values():
                 self._deliver(event)
         with self._lock:
             expected = self._stopping
@@ -267,7 +256,6 @@ class _Pending:
     callback: EventCallback
     cancelled: bool = False
     callback_error: str | None = None  # why its consumer failed: its final event says so
-    began: bool = False  # its first event was read (the reader's)
 
 
 def _merge(earlier: TokenEvent | None, later: TokenEvent) -> TokenEvent:
