@@ -28,7 +28,6 @@ SLOW_PATHS = (
     "tests/engine_build/test_tiny.py",
     "tests/engine_build/test_shaped.py",
     "tests/server/test_ov_engine.py",
-    "tests/server/test_engine_process.py",
     "tests/client/test_label_model.py",
     "tests/benchmarks/test_bench_cli.py",
     "tests/deploy/",

@@ -31,16 +31,12 @@ def tiny_tokenizer(tiny_checkpoint: Path) -> Any:
     return AutoTokenizer.from_pretrained(tiny_checkpoint)
 
 
-@pytest.fixture(scope="module", params=["in-process", "engine-process"])
-def cpu_engine(request: pytest.FixtureRequest, tiny_engine: Path) -> Iterator[Any]:
-    """One started engine per test module and way of running it: `OpenVinoEngine` in this process (the benchmark's
-    in-process side) and `EngineProcess`, the same engine in a child process (as the CPU engine step serves it);
-    tests must leave it idle (every request finished)."""
-    from mentallama_server.engine.engine_process import EngineProcess
+@pytest.fixture(scope="module")
+def cpu_engine(tiny_engine: Path) -> Iterator[Any]:
+    """One started engine per test module; tests must leave it idle (every request finished)."""
     from mentallama_server.engine.ov_engine import OpenVinoEngine
 
-    kind = OpenVinoEngine if request.param == "in-process" else EngineProcess
-    engine = kind(tiny_engine, **ENGINE_KWARGS)
+    engine = OpenVinoEngine(tiny_engine, **ENGINE_KWARGS)
     engine.start()
     try:
         yield engine

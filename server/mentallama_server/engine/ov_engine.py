@@ -129,9 +129,6 @@ class OpenVinoEngine:
             door, the client) about the same whatever it carries, so the engine sends about
             `max_num_seqs / stream_hold_ms` events per second at any load. First tokens and final events never
             wait, and a step longer than the hold is never waited for.
-        before_step: called by the generation thread before it takes new requests for each step while requests
-            run (`EngineProcess`'s child submits what arrived there: a step holds the GIL throughout, so another
-            thread would get it only between steps, one at a time).
     """
 
     def __init__(
@@ -147,7 +144,6 @@ class OpenVinoEngine:
         inference_precision: str = "f32",
         num_threads: int = 0,
         stream_hold_ms: float = 0.0,
-        before_step: Callable[[], None] | None = None,
     ) -> None:
         self.engine_dir = Path(engine_dir)
         config = json.loads((self.engine_dir / "config.json").read_text(encoding="utf-8"))
@@ -184,7 +180,6 @@ class OpenVinoEngine:
         self._queued = 0  # of which the dispatcher has yet to take (under the lock)
         self._delivered = threading.Condition(self._lock)
         self._step_s = 0.0  # how long the last step took: the expected wait for the next one's tokens
-        self._before_step = before_step
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -222,15 +217,10 @@ class OpenVinoEngine:
 
     # -- API -----------------------------------------------------------------------------------------------
 
-    def check(self, request: GenerationRequest) -> None:
-        """ValueError (naming the field) when `request` is invalid or unsupported. Reads only the engine folder's
-        configuration: an engine that is not started (`EngineProcess`'s copy) checks requests too."""
-        validate_request(request, vocab_size=self.vocab_size, max_sequence_tokens=self.max_sequence_tokens)
-        check_supported(request)
-
     def submit(self, request: GenerationRequest, on_event: EventCallback) -> None:
         """Queue `request`; ValueError (naming the field) when it is invalid or unsupported."""
-        self.check(request)
+        validate_request(request, vocab_size=self.vocab_size, max_sequence_tokens=self.max_sequence_tokens)
+        check_supported(request)
         if request.end_id is None:
             end_ids = frozenset(self.eos_ids)
         else:
@@ -280,11 +270,6 @@ class OpenVinoEngine:
     def _generate_loop(self) -> None:
         stale_metrics = False
         while True:
-            if self._before_step is not None:
-                try:
-                    self._before_step()
-                except Exception as exc:  # the generation thread must go on: it is what finishes every request
-                    logger.error("before_step failed: %s", type(exc).__name__)
             with self._wake:
                 while not (self._stopping or self._inbox or self._has_cancels() or self._pipe_busy() or stale_metrics):
                     self._wake.wait(_IDLE_WAIT_S)

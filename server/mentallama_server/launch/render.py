@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import string
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -52,7 +51,6 @@ def interface_values() -> dict[str, str]:
         "unserved_inputs": pbtxt_tensors(spec for spec, _ in UNSERVED_INPUTS.values()),
         "unserved_input_map": unserved_map,
         "python_path": os.pathsep.join(python_path()),
-        "python_executable": sys.executable,
     }
 
 

@@ -1,11 +1,10 @@
 """CPU engine step: the `tensorrt_llm` tensor interface over an OpenVINO engine (in-flight batching).
 
 Thin adapter: the request life cycle, parsing and assembly live in `mentallama_server.models.tensorrt_llm_cpu`,
-generation in `mentallama_server.engine.ov_engine` (OpenVINO GenAI's ContinuousBatchingPipeline), run in a
-process of its own (`engine_process`: the pipeline's step holds the GIL, which would stop this stub's threads for
-every step). Requests are decoupled: `execute` only hands them to an intake thread that submits them; the engine
-process's reader thread sends responses as tokens arrive. A watcher thread forwards client cancellations to the
-engine and publishes the engine's counters as Prometheus metrics.
+generation in `mentallama_server.engine.ov_engine` (OpenVINO GenAI's ContinuousBatchingPipeline). Requests are
+decoupled: `execute` only hands them to an intake thread that submits them; the engine's dispatcher thread sends
+responses as tokens are produced. A watcher thread forwards client cancellations to the engine and publishes the
+engine's counters as Prometheus metrics.
 
 The intake and watcher threads and the response channels are `_glue.DecoupledModel`'s. Every `pb_utils` call
 (reading requests, sending responses, `is_cancelled`, metrics) holds one lock: the Python-backend stub of Triton
@@ -13,13 +12,11 @@ The intake and watcher threads and the response channels are `_glue.DecoupledMod
 moment.
 """
 
-import os
-
 import _bootstrap  # noqa: F401  (sets sys.path; must come first)
 import triton_python_backend_utils as pb_utils
 from _glue import DecoupledModel, model_config, read_inputs
 
-from mentallama_server.engine.engine_process import EngineProcess
+from mentallama_server.engine.ov_engine import OpenVinoEngine
 from mentallama_server.models.stop_channel import StopListener, socket_path
 from mentallama_server.models.tensorrt_llm_cpu import (
     DEFAULT_MAX_SEQUENCES,
@@ -41,11 +38,8 @@ class TritonPythonModel(DecoupledModel):
         config = model_config(args, INPUTS)
         self.input_names = input_names(config)
         engine_dir = get_parameter(config, "engine_dir", str)
-        self.engine = EngineProcess(
+        self.engine = OpenVinoEngine(
             engine_dir,
-            python=get_parameter(config, "python_executable", str),
-            python_path=get_parameter(config, "python_path", str).split(os.pathsep),
-            on_exit=self._engine_exited,
             max_num_seqs=get_parameter(config, "engine_max_batch_size", int),
             max_num_batched_tokens=get_parameter(config, "max_batch_tokens", int),
             num_kv_blocks=get_parameter(config, "cache_num_blocks", int),
@@ -67,12 +61,6 @@ class TritonPythonModel(DecoupledModel):
         self.stop_listener = self._listen_for_stops(args.get("model_repository", ""))
         self._init_metrics()
         self.start()
-
-    def _engine_exited(self, reason):
-        """The engine's process died: its requests got their errors; this stub ends too, so that the launcher,
-        which watches the stubs, restarts the server (Triton would keep routing requests to a dead engine)."""
-        self.log(f"{reason}: the engine step's process exits", error=True)
-        os._exit(1)
 
     def _listen_for_stops(self, model_dir: str):
         """The front model's side channel for stops (stop_channel); without it the front falls back to BLS."""
