@@ -17,14 +17,13 @@ machines are noisy, so the ratios are what to read:
         [--llama-server llama.cpp/build/bin/llama-server --gguf bench-q8_0.gguf]
 
 Served and in-process runs alternate load by load (served then in-process at the first concurrency, in-process
-then served at the next, ...) with both kept up, so drift of the machine weighs on both alike; `--rounds N` runs
-each concurrency N times per side, flipping the order each time, and pools them (tokens over time; the median of
-the latency p50s), printing the ratio of each round too, for a machine whose back-to-back runs differ more than
-the gap being measured; the idle side costs
-about 1 % of a core. Beside tok/s, each run reports TTFT p50 and ITL p50 (genai-perf's definitions, README of
-mentallama_bench) and the text-bearing responses per request. The report names the machine's CPU and its load
-average at the start and the end of the run: the ratios hold for one machine at one time, and a busy neighbour
-changes them.
+then served at the next, ...) with both kept up, so drift of the machine weighs on both alike; the idle side costs
+about 1 % of a core. `--rounds N` runs each concurrency N times per side, flipping the order each time, and pools
+them (tokens over time; the median of the latency p50s), printing the ratio of each round too, for a machine whose
+back-to-back runs differ more than the gap being measured. Beside tok/s, each run reports TTFT p50 and ITL p50
+(genai-perf's definitions, README of mentallama_bench) and the text-bearing responses per request. The report
+names the machine's CPU and its load average at the start and the end of the run: the ratios hold for one machine
+at one time, and a busy neighbour changes them.
 
 `--footprint` also starts the tiny model's server once its engine exists and reports the time to ready and
 the resident memory of tritonserver and its Python stubs.
