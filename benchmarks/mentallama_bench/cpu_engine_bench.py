@@ -16,14 +16,16 @@ machines are noisy, so the ratios are what to read:
     mentallama-bench cpu-engine --checkpoint bench --imhi-dir MentalLLaMA --weight-formats int8,fp16 \
         [--llama-server llama.cpp/build/bin/llama-server --gguf bench-q8_0.gguf]
 
-Served and in-process runs alternate load by load (served then in-process at the first concurrency, in-process
-then served at the next, ...) with both kept up, so drift of the machine weighs on both alike; the idle side costs
-about 1 % of a core. `--rounds N` runs each concurrency N times per side, flipping the order each time, and pools
-them (tokens over time; the median of the latency p50s), printing the ratio of each round too, for a machine whose
-back-to-back runs differ more than the gap being measured. Beside tok/s, each run reports TTFT p50 and ITL p50
-(genai-perf's definitions, README of mentallama_bench) and the text-bearing responses per request. The report
-names the machine's CPU and its load average at the start and the end of the run: the ratios hold for one machine
-at one time, and a busy neighbour changes them.
+Served and in-process runs alternate load by load (served then in-process at the first concurrency, in-process then
+served at the next, ...) with both kept up, so drift of the machine weighs on both alike; the idle side costs about
+1 % of a core. Before the first measured load, each side runs one load at the highest concurrency that is not
+measured (`--no-warmup` leaves it out): a fresh engine's first load is slower. `--rounds N` runs each concurrency N
+times per side, flipping the order each time, and pools them (tokens over time; the median of the latency p50s),
+printing the ratio of each round too, for a machine whose back-to-back runs differ more than the gap being
+measured. Beside tok/s, each run reports TTFT p50 and ITL p50 (genai-perf's definitions, README of
+mentallama_bench) and the text-bearing responses per request. The report names the machine's CPU and its load
+average at the start and the end of the run: the ratios hold for one machine at one time, and a busy neighbour
+changes them.
 
 `--footprint` also starts the tiny model's server once its engine exists and reports the time to ready and
 the resident memory of tritonserver and its Python stubs.
@@ -155,11 +157,15 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure_format(
-    checkpoint: Path, weight_format: str, samples: list[SampleRequest], concurrencies: list[int], rounds: int = 1
+    checkpoint: Path, weight_format: str, samples: list[SampleRequest], concurrencies: list[int], rounds: int = 1,
+    warmup: bool = False,
 ) -> dict[str, Any]:
     """Served (through the front door) and in-process runs of one weight format, alternating load by load; with
     `rounds` > 1, each concurrency is run that many times per side, the order flipping each time (served,
-    in-process, in-process, served, ...), and pooled."""
+    in-process, in-process, served, ...), and pooled. With `warmup`, each side first runs one load at the highest
+    concurrency that is not measured: a fresh engine's first load was up to a third slower on both sides (its
+    first inferences of each shape, memory first touched), which weighed on whichever side the first round
+    measured first."""
     settings = CpuSettings(weight_format=weight_format, max_queue_size=256)
     public = ServerOptions.on_free_ports()
     upstream = upstream_options(public)
@@ -167,18 +173,27 @@ def measure_format(
     in_process: list[dict[str, Any]] = []
     server = start_cpu_server(str(checkpoint), settings, upstream)
     engine = EngineBackend(checkpoint, settings)
+
+    def load(side: str, c: int) -> dict[str, Any]:
+        if side == "in-process":
+            return asyncio.run(run_load(engine, samples, c))
+        # A gRPC channel belongs to the event loop that made it: one backend per asyncio.run.
+        backend = TritonGrpcBackend(public.grpc_url)
+        return asyncio.run(_closing(backend, run_load(backend, samples, c)))
+
+    warmed: dict[str, float] = {}
     try:
         with FrontDoorProcess.start(public, upstream, server.run_dir):
+            if warmup:
+                for side in ("served", "in-process"):
+                    warmed[side] = load(side, max(concurrencies))["tok_s"]
+                    print(f"  {weight_format} {side:<11} warm-up at c={max(concurrencies)} (not measured): "
+                          f"{warmed[side]:.1f} tok/s", flush=True)  # fmt: skip
             for i, c in enumerate(concurrencies):
                 runs: dict[str, list[dict[str, Any]]] = {"served": [], "in-process": []}
                 for r in range(rounds):
                     for side in ("served", "in-process")[:: 1 if (i + r) % 2 == 0 else -1]:
-                        if side == "served":
-                            # A gRPC channel belongs to the event loop that made it: one backend per asyncio.run.
-                            backend = TritonGrpcBackend(public.grpc_url)
-                            run = asyncio.run(_closing(backend, run_load(backend, samples, c)))
-                        else:
-                            run = asyncio.run(run_load(engine, samples, c))
+                        run = load(side, c)
                         runs[side].append(run)
                         print(f"  {weight_format} {side:<11} c={c:<3} {run['tok_s']:8.1f} tok/s  TTFT p50 "
                               f"{_ms(run['ttft_p50_ms'])}  ITL p50 {_ms(run['itl_p50_ms'])}  E2E p50 "
@@ -189,7 +204,8 @@ def measure_format(
         asyncio.run(engine.close())
         server.stop()
     # getattr: the same benchmark measures server code from before the hold existed (the before/after of issue 23)
-    return {"served": served, "in_process": in_process, "stream_hold_ms": getattr(settings, "stream_hold_ms", None)}
+    return {"served": served, "in_process": in_process, "warm_up_tok_s": warmed,
+            "stream_hold_ms": getattr(settings, "stream_hold_ms", None)}  # fmt: skip
 
 
 def _ms(value: float | None) -> str:
@@ -264,7 +280,7 @@ def run_study(checkpoint: str = "bench", imhi_dir: Path = Path("MentalLLaMA"), c
               output_len: int = 64, weight_formats: str = "int8,fp16", skip_authors: bool = False,
               authors_dtype: str = "auto", with_footprint: bool = False,
               output: Path = Path("results/cpu_engine_bench.json"), llama_server: Path | None = None,
-              gguf: Path | None = None, rounds: int = 1) -> int:  # fmt: skip
+              gguf: Path | None = None, rounds: int = 1, warmup: bool = True) -> int:  # fmt: skip
     """`mentallama-bench cpu-engine`: measure, print the table and write the report to ``output``."""
     llama_binary = None
     if gguf is not None or llama_server is not None:  # checked before an hour of measuring, not after
@@ -285,13 +301,14 @@ def run_study(checkpoint: str = "bench", imhi_dir: Path = Path("MentalLLaMA"), c
     samples = [SampleRequest(i, query, task, output_len) for i, (task, query) in enumerate(prompts)]
     print(f"{len(samples)} IMHI queries, {output_len} new tokens each, {folder.name}", flush=True)
     report: dict[str, Any] = {"model": folder.name, "queries": len(samples), "output_len": output_len,
-                              "rounds": rounds, "machine": machine()}  # fmt: skip
+                              "rounds": rounds, "warmup": warmup, "machine": machine()}  # fmt: skip
     checkpoint_dir = folder
     if not skip_authors:
         report["authors"] = authors_way(checkpoint_dir, [s.prompt for s in samples], output_len, authors_dtype)
         print(f"  authors' way (generate, batches of 8): {report['authors']['tok_s']:.1f} tok/s", flush=True)
     report["formats"] = {
-        fmt: measure_format(checkpoint_dir, fmt, samples, concurrencies, rounds) for fmt in weight_formats.split(",")
+        fmt: measure_format(checkpoint_dir, fmt, samples, concurrencies, rounds, warmup)
+        for fmt in weight_formats.split(",")
     }
     if llama_binary is not None and gguf is not None:
         runs = measure_llama_cpp(llama_binary, gguf, samples, concurrencies, output_len, checkpoint_dir)

@@ -4,27 +4,33 @@ Starts the CPU profile as `mentallama-serve` does (tritonserver on private loopb
 public ones), then runs each load back to back on tritonserver's own gRPC port (`triton-direct`) and on the
 front door's (`front-door`), in the order direct, door, door, direct with `--repeats 2` (so a machine that drifts
 during the load weighs on both sides alike), and prints the front door / direct ratio of the pooled runs measured
-in this one session, with the CPU they ran on and the front door's own CPU share. Run it on an idle machine.
+in this one session, with the CPU they ran on and the front door's own CPU share. With `--paired-requests N` it
+then measures the TTFT the door adds within one load per concurrency (`paired_ttft`): separate loads differ by
+more than that. Run it on an idle machine.
 
-    mentallama-bench front-door --model bench --data IMHI_DIR --concurrency 1,8,16,32 --requests 128 --repeats 2
+    mentallama-bench front-door --model bench --data IMHI_DIR --concurrency 1,8,16,32 --requests 128 --repeats 2 \
+        --paired-requests 128
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
+import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from mentallama_bench.backends import make_backend
-from mentallama_bench.records import RunResult
+from mentallama_bench.backends import Backend, TritonGrpcBackend, make_backend
+from mentallama_bench.records import RequestOutcome, RunResult, SampleRequest, SamplingParams
 from mentallama_bench.report import fixed_width
 from mentallama_bench.session import BenchOptions, plan_session
 
-__all__ = ["cpu_name", "run_study", "server_behind_front_door"]
+__all__ = ["cpu_name", "paired_ttft", "run_study", "server_behind_front_door"]
 DIRECT = "triton-direct"
 DOOR = "front-door"
 
@@ -63,8 +69,10 @@ def server_behind_front_door(model: str) -> Iterator[tuple[str, str, str, Path, 
 
 
 def run_study(model: str = "bench", data: Path | None = None, concurrency: str = "1,8,16,32", requests: int = 64,
-              max_tokens: int = 64, repeats: int = 2, output: Path | None = None) -> int:  # fmt: skip
-    """`mentallama-bench front-door`: the runs on a server it starts, then the pooled front door / direct table."""
+              max_tokens: int = 64, repeats: int = 2, output: Path | None = None,
+              paired_requests: int = 0) -> int:  # fmt: skip
+    """`mentallama-bench front-door`: the runs on a server it starts, then the pooled front door / direct table;
+    with `paired_requests`, then the TTFT the front door adds, measured paired within one load per concurrency."""
     if repeats not in (1, 2):
         raise ValueError(f"repeats must be 1 or 2, got {repeats}")
     with server_behind_front_door(model) as (front, direct, metrics_url, checkpoint, front_pid):
@@ -88,12 +96,108 @@ def run_study(model: str = "bench", data: Path | None = None, concurrency: str =
 
         start = door.cpu_times()
         results = asyncio.run(plan.run(on_result=mark))
+        paired = []
+        if paired_requests > 0:
+            samples = plan.dataset.sample(paired_requests, seed=1)
+            for c in [int(c) for c in concurrency.split(",")]:
+                paired.append(paired_ttft(front, direct, samples, c, max_tokens))
     print(f"\nfront door / direct, one session on {cpu_name()} (model {model}, {requests} requests per run, "
           f"{'direct, door, door, direct' if repeats == 2 else 'direct, door'} per load):")  # fmt: skip
     header, rows = pooled_table([r.summary for r in results])
     print(fixed_width(header, rows))
     print("\n" + _door_cpu(marks, start.user + start.system))
+    if paired:
+        print(f"\nTTFT added by the front door, paired within one load ({paired_requests} prompts, each sent once "
+              "through the door and once direct, the two in turn, alternating which goes first; 95 % bootstrap "
+              "intervals):")  # fmt: skip
+        print(fixed_width(*paired_table(paired)))
     return 0
+
+
+def paired_ttft(door_url: str, direct_url: str, samples: list[SampleRequest], concurrency: int,
+                max_tokens: int) -> dict[str, Any]:  # fmt: skip
+    """The TTFT the front door adds, with the engine's load the same for both sides: every prompt is sent twice
+    in one load, through the door and straight to tritonserver, the two next to each other in the queue (which
+    goes first alternates), `concurrency` requests in flight of either kind. Separate loads differ by more than
+    the door costs on a busy engine (run to run, tens of ms of TTFT at concurrency 8 and up); within one load
+    the engine's queue weighs on both sides alike. What this leaves out, the CPU the door takes from the engine
+    (which slows both sides here), is in the throughput ratio of the separate loads."""
+    order = [(i, side) for i in range(len(samples))
+             for side in ((DOOR, DIRECT) if i % 2 == 0 else (DIRECT, DOOR))]  # fmt: skip
+    ttft: dict[str, dict[int, float]] = {DOOR: {}, DIRECT: {}}
+    errors: list[str] = []
+
+    async def load() -> None:
+        backends: dict[str, Backend] = {DOOR: TritonGrpcBackend(door_url), DIRECT: TritonGrpcBackend(direct_url)}
+        params = SamplingParams(force_output_len=True)
+        queue = iter(order)
+        try:
+            for backend in backends.values():  # one request each first: channel set-up is not TTFT
+                await backend.open()
+                await backend.generate(dataclasses.replace(samples[0], max_tokens=max_tokens), params)
+
+            async def worker() -> None:
+                for i, side in queue:  # one shared iterator: each item is taken by one worker
+                    outcome: RequestOutcome = await backends[side].generate(
+                        dataclasses.replace(samples[i], max_tokens=max_tokens), params
+                    )
+                    if outcome.success and outcome.chunk_times:
+                        ttft[side][i] = 1000 * (outcome.chunk_times[0] - outcome.start)
+                    else:
+                        errors.append(f"{side}: {outcome.error_code}")
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        finally:
+            for backend in backends.values():
+                await backend.close()
+
+    asyncio.run(load())
+    both = sorted(set(ttft[DOOR]) & set(ttft[DIRECT]))
+    door, direct = [ttft[DOOR][i] for i in both], [ttft[DIRECT][i] for i in both]
+    return {"concurrency": concurrency, "pairs": len(both), "errors": errors, **paired_statistics(door, direct)}
+
+
+def paired_statistics(door: list[float], direct: list[float], resamples: int = 2000) -> dict[str, Any]:
+    """p50 of each side, their difference and the median of the per-prompt differences, each difference with a
+    95 % percentile-bootstrap interval over the pairs (resampled together, so the pairing is kept)."""
+    if not door:
+        return {"door_p50_ms": None, "direct_p50_ms": None, "added_p50_ms": None, "added_ci_ms": None,
+                "paired_median_ms": None, "paired_ci_ms": None}  # fmt: skip
+    n = len(door)
+    rng = random.Random(0)
+    added, per_pair = [], []
+    for _ in range(resamples):
+        picks = [rng.randrange(n) for _ in range(n)]
+        added.append(statistics.median(door[k] for k in picks) - statistics.median(direct[k] for k in picks))
+        per_pair.append(statistics.median(door[k] - direct[k] for k in picks))
+
+    def interval(values: list[float]) -> tuple[float, float]:
+        values = sorted(values)
+        return values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
+
+    return {
+        "door_p50_ms": statistics.median(door),
+        "direct_p50_ms": statistics.median(direct),
+        "added_p50_ms": statistics.median(door) - statistics.median(direct),
+        "added_ci_ms": interval(added),
+        "paired_median_ms": statistics.median(d - t for d, t in zip(door, direct, strict=True)),
+        "paired_ci_ms": interval(per_pair),
+    }
+
+
+def paired_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    header = ["concurrency", "pairs", "TTFT p50 direct", "door", "added (p50 door - p50 direct)", "95 % interval",
+              "median of per-prompt door - direct", "95 % interval", "errors"]  # fmt: skip
+
+    def span(ci: tuple[float, float] | None) -> str:
+        return "-" if ci is None else f"{ci[0]:+.1f} .. {ci[1]:+.1f}"
+
+    return header, [
+        [str(r["concurrency"]), str(r["pairs"]), _num(r["direct_p50_ms"]), _num(r["door_p50_ms"]),
+         _num(r["added_p50_ms"], "+.1f"), span(r["added_ci_ms"]), _num(r["paired_median_ms"], "+.1f"),
+         span(r["paired_ci_ms"]), str(len(r["errors"]))]
+        for r in rows
+    ]  # fmt: skip
 
 
 def _abba(door: list, direct: list, repeats: int) -> list[list]:

@@ -91,6 +91,8 @@ def cpu_engine(
     ] = None,
     rounds: Annotated[int, typer.Option(min=1, help="runs per side and concurrency, the order flipping each "
                                         "time, pooled (each round's ratio is printed too)")] = 1,  # fmt: skip
+    warmup: Annotated[bool, typer.Option(help="a load per side at the highest concurrency first, not "
+                                         "measured (a fresh engine's first load is slower)")] = True,  # fmt: skip
 ) -> None:
     """Served vs in-process OpenVINO engine vs generate() (vs llama.cpp).
 
@@ -104,7 +106,8 @@ def cpu_engine(
     _ints(concurrency, "--concurrency")
     _run("cpu_engine_bench", checkpoint=checkpoint, imhi_dir=imhi_dir, concurrency=concurrency,
          output_len=output_len, weight_formats=weight_formats, skip_authors=skip_authors, authors_dtype=authors_dtype,
-         with_footprint=footprint, output=output, llama_server=llama_server, gguf=gguf, rounds=rounds)  # fmt: skip
+         with_footprint=footprint, output=output, llama_server=llama_server, gguf=gguf, rounds=rounds,
+         warmup=warmup)  # fmt: skip
 
 
 def serving_overhead(
@@ -142,6 +145,10 @@ def front_door(
                           "1: direct, door")  # fmt: skip
     ] = 2,
     output: Annotated[Path | None, typer.Option(help="results folder (runs and report)", show_default=False)] = None,
+    paired_requests: Annotated[
+        int, typer.Option(min=0, help="then the TTFT the door adds, paired within one load per concurrency: "
+                          "this many prompts, each sent through the door and direct (0: leave out)")  # fmt: skip
+    ] = 0,
 ) -> None:
     """The same load through the front door and direct.
 
@@ -154,7 +161,7 @@ def front_door(
     """
     _ints(concurrency, "--concurrency")
     _run("front_door_overhead", model=model, data=data, concurrency=concurrency, requests=requests,
-         max_tokens=max_tokens, repeats=repeats, output=output)  # fmt: skip
+         max_tokens=max_tokens, repeats=repeats, output=output, paired_requests=paired_requests)  # fmt: skip
 
 
 def sdk_overhead(

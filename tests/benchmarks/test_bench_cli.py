@@ -155,9 +155,10 @@ def test_plan_session_builds_the_session_the_flags_describe(tmp_path: Path) -> N
 STUDY_FLAGS = {
     "soak": ("--endpoint", "--metrics", "--minutes", "--concurrency", "--mix", "--json"),
     "cpu-engine": ("--checkpoint", "--imhi-dir", "--concurrency", "--weight-formats", "--footprint", "--output",
-                   "--llama-server", "--gguf"),
+                   "--llama-server", "--gguf", "--rounds", "--no-warmup"),
     "serving-overhead": ("--checkpoint", "--concurrency", "--requests", "--input-len", "--output-len", "--output"),
-    "front-door": ("--checkpoint", "--data", "--concurrency", "--requests", "--max-tokens", "--output"),
+    "front-door": ("--checkpoint", "--data", "--concurrency", "--requests", "--max-tokens", "--output",
+                   "--paired-requests"),
     "sdk-overhead": ("--endpoint", "--concurrency", "--rounds", "--per-round", "--max-tokens", "--output"),
     "label-parsing": ("--imhi", "--seed", "--json"),
     "gpu-smoke": ("--trtllm-examples", "--work-dir", "--cpu-endpoint", "--load-seconds", "--dry-run"),

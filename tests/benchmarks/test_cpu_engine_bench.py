@@ -61,9 +61,13 @@ def test_rounds_are_pooled_and_each_round_is_reported(capsys: pytest.CaptureFixt
 
 
 @pytest.mark.server
-@pytest.mark.parametrize(("concurrencies", "rounds", "sides"), [([1, 2], 1, "SE ES"), ([1], 2, "SE ES")])
+@pytest.mark.parametrize(
+    ("concurrencies", "rounds", "warmup", "sides"),
+    [([1, 2], 1, False, "SE ES"), ([1], 2, False, "SE ES"), ([1, 2], 1, True, "SE SE ES")],
+)
 def test_served_runs_go_through_the_front_door_and_alternate_with_in_process(
-    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, concurrencies: list[int], rounds: int, sides: str
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, concurrencies: list[int], rounds: int, warmup: bool,
+    sides: str,
 ) -> None:
     import mentallama_bench.cpu_engine_bench as bench
 
@@ -77,18 +81,24 @@ def test_served_runs_go_through_the_front_door_and_alternate_with_in_process(
     order: list[str] = []
     real_run_load = bench.run_load
 
+    loads: list[int] = []
+
     async def recording_run_load(backend: Any, samples: list[SampleRequest], concurrency: int) -> dict[str, Any]:
         order.append(f"{backend.kind}@{getattr(backend, 'endpoint', '')}" if backend.kind != "engine" else "engine")
+        loads.append(concurrency)
         return await real_run_load(backend, samples, concurrency)
 
     monkeypatch.setattr(bench.FrontDoorProcess, "start", start)
     monkeypatch.setattr(bench, "run_load", recording_run_load)
     samples = [SampleRequest(i, f"Post {i}: I feel tired and sad every day.", "DR", 12) for i in range(4)]
-    result = measure_format(tiny_checkpoint, "fp32", samples, concurrencies, rounds)
+    result = measure_format(tiny_checkpoint, "fp32", samples, concurrencies, rounds, warmup)
     ((front_port, triton_port),) = started
     assert front_port != triton_port
     served = f"triton-grpc@127.0.0.1:{front_port}"  # the front door's public port, never tritonserver's own
     assert order == [served if side == "S" else "engine" for side in sides.replace(" ", "")]
+    # The warm-up loads (one per side, at the highest concurrency) come first and are in no result.
+    assert loads[:2] == ([max(concurrencies)] * 2 if warmup else loads[:2])
+    assert set(result["warm_up_tok_s"]) == ({"served", "in-process"} if warmup else set())
     for side in ("served", "in_process"):
         assert [r["concurrency"] for r in result[side]] == concurrencies
         for r in result[side]:
