@@ -23,9 +23,11 @@ measured (`--no-warmup` leaves it out): a fresh engine's first load is slower. `
 times per side, flipping the order each time, and pools them (tokens over time; the median of the latency p50s),
 printing the ratio of each round too, for a machine whose back-to-back runs differ more than the gap being
 measured. Beside tok/s, each run reports TTFT p50 and ITL p50 (genai-perf's definitions, README of
-mentallama_bench) and the text-bearing responses per request. The report names the machine's CPU and its load
-average at the start and the end of the run: the ratios hold for one machine at one time, and a busy neighbour
-changes them.
+mentallama_bench), the text-bearing responses per request and the share of the CPUs the hypervisor stole during it
+(`mentallama_bench.steal`: a neighbour on the host slows a run without the load average showing it); a run during
+which more than `--max-steal` % (5) was stolen is set aside and run again, at most twice. The report names the
+machine's CPU and its load average at the start and the end of the run: the ratios hold for one machine at one
+time, and a busy neighbour changes them.
 
 `--footprint` also starts the tiny model's server once its engine exists and reports the time to ready and
 the resident memory of tritonserver and its Python stubs.
@@ -47,6 +49,7 @@ from mentallama.evaluation import imhi_part
 from mentallama_bench.backends import Backend, TritonGrpcBackend
 from mentallama_bench.engine_backend import EngineBackend
 from mentallama_bench.records import SampleRequest, SamplingParams
+from mentallama_bench.steal import CpuCounters, steal_percent
 from mentallama_server.launch.cpu_profile import CpuSettings
 from mentallama_server.launch.front_door_process import FrontDoorProcess, upstream_options
 from mentallama_server.launch.launcher import ServerOptions
@@ -54,6 +57,7 @@ from mentallama_server.launch.serve_cpu import resolve_checkpoint, start_cpu_ser
 
 PER_FILE = 8
 AUTHORS_BATCH = 8
+MAX_STEAL_RETRIES = 2
 
 
 def imhi_prompts(imhi_dir: Path, per_file: int = PER_FILE) -> list[tuple[str, str]]:
@@ -83,13 +87,14 @@ async def run_load(backend: Backend, samples: list[SampleRequest], concurrency: 
 
     await backend.open()
     await one(samples[0])  # warm-up: first-request costs are not throughput
+    counters = CpuCounters.now()
     started = time.perf_counter()
     outcomes = await asyncio.gather(*(one(s) for s in samples))
     elapsed = time.perf_counter() - started
     errors = [o.error for o in outcomes if not o.success]
     tokens = sum(o.server_output_tokens or 0 for o in outcomes)
     return {"concurrency": concurrency, "tok_s": tokens / elapsed, "tokens": tokens, "s": elapsed, "errors": errors,
-            **latencies(outcomes)}  # fmt: skip
+            "steal_pct": steal_percent(counters, CpuCounters.now()), **latencies(outcomes)}  # fmt: skip
 
 
 def latencies(outcomes: list[Any]) -> dict[str, float | None]:
@@ -152,20 +157,23 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     keys = ("ttft_p50_ms", "itl_p50_ms", "e2e_p50_ms", "responses_per_request")
     errors = [e for r in runs for e in r["errors"]]
+    steals = [(r["steal_pct"], r["s"]) for r in runs if r.get("steal_pct") is not None]
+    steal = sum(p * s for p, s in steals) / sum(s for _, s in steals) if steals else None
     return {"concurrency": runs[0]["concurrency"], "tok_s": tokens / seconds, "tokens": tokens, "s": seconds,
-            "errors": errors, **{k: median(k) for k in keys}, "rounds": runs}  # fmt: skip
+            "errors": errors, "steal_pct": steal, **{k: median(k) for k in keys}, "rounds": runs}  # fmt: skip
 
 
 def measure_format(
     checkpoint: Path, weight_format: str, samples: list[SampleRequest], concurrencies: list[int], rounds: int = 1,
-    warmup: bool = False,
+    warmup: bool = False, max_steal: float | None = None,
 ) -> dict[str, Any]:
     """Served (through the front door) and in-process runs of one weight format, alternating load by load; with
     `rounds` > 1, each concurrency is run that many times per side, the order flipping each time (served,
     in-process, in-process, served, ...), and pooled. With `warmup`, each side first runs one load at the highest
     concurrency that is not measured: a fresh engine's first load was up to a third slower on both sides (its
     first inferences of each shape, memory first touched), which weighed on whichever side the first round
-    measured first."""
+    measured first. A run during which the hypervisor stole more than `max_steal` % of the CPUs is run again, at
+    most twice (the runs set aside are kept under "set_aside")."""
     settings = CpuSettings(weight_format=weight_format, max_queue_size=256)
     public = ServerOptions.on_free_ports()
     upstream = upstream_options(public)
@@ -182,6 +190,17 @@ def measure_format(
         return asyncio.run(_closing(backend, run_load(backend, samples, c)))
 
     warmed: dict[str, float] = {}
+    set_aside: list[dict[str, Any]] = []
+
+    def measured(side: str, c: int) -> dict[str, Any]:
+        for _ in range(MAX_STEAL_RETRIES):
+            run = load(side, c)
+            if max_steal is None or run["steal_pct"] is None or run["steal_pct"] <= max_steal:
+                return run
+            set_aside.append({**run, "side": side})
+            print(f"  {weight_format} {side:<11} c={c:<3} {run['tok_s']:8.1f} tok/s  set aside: the hypervisor "
+                  f"stole {run['steal_pct']:.1f} % of the CPUs (> {max_steal:g} %); again", flush=True)  # fmt: skip
+        return load(side, c)
     try:
         with FrontDoorProcess.start(public, upstream, server.run_dir):
             if warmup:
@@ -193,23 +212,34 @@ def measure_format(
                 runs: dict[str, list[dict[str, Any]]] = {"served": [], "in-process": []}
                 for r in range(rounds):
                     for side in ("served", "in-process")[:: 1 if (i + r) % 2 == 0 else -1]:
-                        run = load(side, c)
+                        run = measured(side, c)
                         runs[side].append(run)
                         print(f"  {weight_format} {side:<11} c={c:<3} {run['tok_s']:8.1f} tok/s  TTFT p50 "
                               f"{_ms(run['ttft_p50_ms'])}  ITL p50 {_ms(run['itl_p50_ms'])}  E2E p50 "
-                              f"{_ms(run['e2e_p50_ms'])}", flush=True)  # fmt: skip
+                              f"{_ms(run['e2e_p50_ms'])}  steal {_pct(run['steal_pct'])}", flush=True)  # fmt: skip
                 served.append(pooled(runs["served"]))
                 in_process.append(pooled(runs["in-process"]))
     finally:
         asyncio.run(engine.close())
         server.stop()
     # getattr: the same benchmark measures server code from before the hold existed (the before/after of issue 23)
-    return {"served": served, "in_process": in_process, "warm_up_tok_s": warmed,
+    return {"served": served, "in_process": in_process, "warm_up_tok_s": warmed, "set_aside": set_aside,
             "stream_hold_ms": getattr(settings, "stream_hold_ms", None)}  # fmt: skip
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
+
+
+def _steals(served: dict[str, Any], local: dict[str, Any]) -> str:
+    """The hypervisor's steal during a round's two runs, where it was measured."""
+    if served.get("steal_pct") is None or local.get("steal_pct") is None:
+        return ""
+    return f" (steal {served['steal_pct']:.0f}/{local['steal_pct']:.0f} %)"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} %"
 
 
 def measure_llama_cpp(binary: Path, gguf: Path, samples: list[SampleRequest], concurrencies: list[int],
@@ -280,7 +310,8 @@ def run_study(checkpoint: str = "bench", imhi_dir: Path = Path("MentalLLaMA"), c
               output_len: int = 64, weight_formats: str = "int8,fp16", skip_authors: bool = False,
               authors_dtype: str = "auto", with_footprint: bool = False,
               output: Path = Path("results/cpu_engine_bench.json"), llama_server: Path | None = None,
-              gguf: Path | None = None, rounds: int = 1, warmup: bool = True) -> int:  # fmt: skip
+              gguf: Path | None = None, rounds: int = 1, warmup: bool = True,
+              max_steal: float | None = 5.0) -> int:  # fmt: skip
     """`mentallama-bench cpu-engine`: measure, print the table and write the report to ``output``."""
     llama_binary = None
     if gguf is not None or llama_server is not None:  # checked before an hour of measuring, not after
@@ -301,13 +332,14 @@ def run_study(checkpoint: str = "bench", imhi_dir: Path = Path("MentalLLaMA"), c
     samples = [SampleRequest(i, query, task, output_len) for i, (task, query) in enumerate(prompts)]
     print(f"{len(samples)} IMHI queries, {output_len} new tokens each, {folder.name}", flush=True)
     report: dict[str, Any] = {"model": folder.name, "queries": len(samples), "output_len": output_len,
-                              "rounds": rounds, "warmup": warmup, "machine": machine()}  # fmt: skip
+                              "rounds": rounds, "warmup": warmup, "max_steal_pct": max_steal,
+                              "machine": machine()}  # fmt: skip
     checkpoint_dir = folder
     if not skip_authors:
         report["authors"] = authors_way(checkpoint_dir, [s.prompt for s in samples], output_len, authors_dtype)
         print(f"  authors' way (generate, batches of 8): {report['authors']['tok_s']:.1f} tok/s", flush=True)
     report["formats"] = {
-        fmt: measure_format(checkpoint_dir, fmt, samples, concurrencies, rounds, warmup)
+        fmt: measure_format(checkpoint_dir, fmt, samples, concurrencies, rounds, warmup, max_steal)
         for fmt in weight_formats.split(",")
     }
     if llama_binary is not None and gguf is not None:
@@ -365,7 +397,7 @@ def print_report(report: dict[str, Any], concurrencies: list[int]) -> None:
         goals.append(f"served/in-process {ratios} (goal >= 0.95 at each)")
         if report.get("rounds", 1) > 1:
             each = "; ".join(
-                f"@{s['concurrency']} " + ", ".join(f"{a['tok_s'] / b['tok_s']:.2f}" for a, b in
+                f"@{s['concurrency']} " + ", ".join(f"{a['tok_s'] / b['tok_s']:.2f}" + _steals(a, b) for a, b in
                                                    zip(s["rounds"], p["rounds"], strict=True))
                 for s, p in zip(runs["served"], runs["in_process"], strict=True)
             )  # fmt: skip

@@ -29,6 +29,7 @@ from mentallama_bench.backends import Backend, TritonGrpcBackend, make_backend
 from mentallama_bench.records import RequestOutcome, RunResult, SampleRequest, SamplingParams
 from mentallama_bench.report import fixed_width
 from mentallama_bench.session import BenchOptions, plan_session
+from mentallama_bench.steal import CpuCounters, steal_percent
 
 __all__ = ["cpu_name", "paired_ttft", "run_study", "server_behind_front_door"]
 DIRECT = "triton-direct"
@@ -89,10 +90,14 @@ def run_study(model: str = "bench", data: Path | None = None, concurrency: str =
         )
         door = psutil.Process(front_pid)
         marks: list[tuple[str, float, float]] = []  # (run, front door CPU seconds so far, run seconds)
+        steal = [CpuCounters.now()]
+        steals: list[str] = []
 
         def mark(result: RunResult) -> None:
             times = door.cpu_times()
             marks.append((result.label, times.user + times.system, float(result.summary.get("duration_s") or 0)))
+            steal.append(CpuCounters.now())  # since the last run ended: its warm-up too
+            steals.append(f"{result.label} {_num(steal_percent(steal[-2], steal[-1]))}%")
 
         start = door.cpu_times()
         results = asyncio.run(plan.run(on_result=mark))
@@ -106,6 +111,8 @@ def run_study(model: str = "bench", data: Path | None = None, concurrency: str =
     header, rows = pooled_table([r.summary for r in results])
     print(fixed_width(header, rows))
     print("\n" + _door_cpu(marks, start.user + start.system))
+    print("CPU time the hypervisor stole during each run (a slow run beside a high share measured a busier host): "
+          + ", ".join(steals))  # fmt: skip
     if paired:
         print(f"\nTTFT added by the front door, paired within one load ({paired_requests} prompts, each sent once "
               "through the door and once direct, the two in turn, alternating which goes first; 95 % bootstrap "

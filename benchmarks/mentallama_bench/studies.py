@@ -93,6 +93,8 @@ def cpu_engine(
                                         "time, pooled (each round's ratio is printed too)")] = 1,  # fmt: skip
     warmup: Annotated[bool, typer.Option(help="a load per side at the highest concurrency first, not "
                                          "measured (a fresh engine's first load is slower)")] = True,  # fmt: skip
+    max_steal: Annotated[float, typer.Option(min=0, help="run again (at most twice) a run during which the "
+                                             "hypervisor stole more than this % of the CPUs; 100: never")] = 5.0,
 ) -> None:
     """Served vs in-process OpenVINO engine vs generate() (vs llama.cpp).
 
@@ -107,7 +109,7 @@ def cpu_engine(
     _run("cpu_engine_bench", checkpoint=checkpoint, imhi_dir=imhi_dir, concurrency=concurrency,
          output_len=output_len, weight_formats=weight_formats, skip_authors=skip_authors, authors_dtype=authors_dtype,
          with_footprint=footprint, output=output, llama_server=llama_server, gguf=gguf, rounds=rounds,
-         warmup=warmup)  # fmt: skip
+         warmup=warmup, max_steal=max_steal)  # fmt: skip
 
 
 def serving_overhead(

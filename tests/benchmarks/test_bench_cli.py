@@ -155,7 +155,7 @@ def test_plan_session_builds_the_session_the_flags_describe(tmp_path: Path) -> N
 STUDY_FLAGS = {
     "soak": ("--endpoint", "--metrics", "--minutes", "--concurrency", "--mix", "--json"),
     "cpu-engine": ("--checkpoint", "--imhi-dir", "--concurrency", "--weight-formats", "--footprint", "--output",
-                   "--llama-server", "--gguf", "--rounds", "--no-warmup"),
+                   "--llama-server", "--gguf", "--rounds", "--no-warmup", "--max-steal"),
     "serving-overhead": ("--checkpoint", "--concurrency", "--requests", "--input-len", "--output-len", "--output"),
     "front-door": ("--checkpoint", "--data", "--concurrency", "--requests", "--max-tokens", "--output",
                    "--paired-requests"),

@@ -105,3 +105,19 @@ def test_served_runs_go_through_the_front_door_and_alternate_with_in_process(
             assert len(r["rounds"]) == rounds
             assert r["errors"] == [] and r["tokens"] == rounds * 4 * 12 and r["tok_s"] > 0
             assert 0 < r["ttft_p50_ms"] < r["e2e_p50_ms"] and r["itl_p50_ms"] > 0 and r["responses_per_request"] >= 1
+
+
+@pytest.mark.server
+def test_a_run_the_hypervisor_slowed_is_set_aside_and_run_again(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mentallama_bench.cpu_engine_bench as bench
+
+    steals = iter([40.0, 1.0, 60.0, 70.0, 80.0])  # served: set aside once; in-process: twice, then kept as it is
+    monkeypatch.setattr(bench, "steal_percent", lambda before, after: next(steals))
+    samples = [SampleRequest(i, f"Post {i}: nothing helps anymore.", "DR", 6) for i in range(2)]
+    result = measure_format(tiny_checkpoint, "fp32", samples, [1], max_steal=5.0)
+    assert [(r["side"], r["steal_pct"]) for r in result["set_aside"]] == [("served", 40.0), ("in-process", 60.0),
+                                                                          ("in-process", 70.0)]  # fmt: skip
+    assert result["served"][0]["steal_pct"] == 1.0 and result["served"][0]["tokens"] == 2 * 6
+    assert result["in_process"][0]["steal_pct"] == 80.0  # the third try is kept, its steal in the report
