@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 import statistics
 from collections.abc import Iterator
@@ -118,6 +119,9 @@ def run_study(model: str = "bench", data: Path | None = None, concurrency: str =
               "through the door and once direct, the two in turn, alternating which goes first; 95 % bootstrap "
               "intervals):")  # fmt: skip
         print(fixed_width(*paired_table(paired)))
+        if output is not None:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "paired_ttft.json").write_text(json.dumps(paired, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
