@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import random
 import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
 from mentallama_bench.backends import Backend, TritonGrpcBackend, make_backend
@@ -174,17 +174,14 @@ def paired_statistics(door: list[float], direct: list[float], resamples: int = 2
     if not door:
         return {"door_p50_ms": None, "direct_p50_ms": None, "added_p50_ms": None, "added_ci_ms": None,
                 "paired_median_ms": None, "paired_ci_ms": None}  # fmt: skip
-    n = len(door)
-    rng = random.Random(0)
-    added, per_pair = [], []
-    for _ in range(resamples):
-        picks = [rng.randrange(n) for _ in range(n)]
-        added.append(statistics.median(door[k] for k in picks) - statistics.median(direct[k] for k in picks))
-        per_pair.append(statistics.median(door[k] - direct[k] for k in picks))
+    door_ms, direct_ms = np.asarray(door, dtype=float), np.asarray(direct, dtype=float)
+    picks = np.random.default_rng(0).integers(0, len(door), size=(resamples, len(door)))  # one resample per row
+    added = np.median(door_ms[picks], axis=1) - np.median(direct_ms[picks], axis=1)
+    per_pair = np.median((door_ms - direct_ms)[picks], axis=1)
 
-    def interval(values: list[float]) -> tuple[float, float]:
-        values = sorted(values)
-        return values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
+    def interval(values: np.ndarray) -> tuple[float, float]:
+        low, high = np.percentile(values, [2.5, 97.5])
+        return float(low), float(high)
 
     return {
         "door_p50_ms": statistics.median(door),
