@@ -91,14 +91,15 @@ def run_study(model: str = "bench", data: Path | None = None, concurrency: str =
         )
         door = psutil.Process(front_pid)
         marks: list[tuple[str, float, float]] = []  # (run, front door CPU seconds so far, run seconds)
-        steal = [CpuCounters.now()]
+        counters = CpuCounters.now()
         steals: list[str] = []
 
         def mark(result: RunResult) -> None:
+            nonlocal counters
             times = door.cpu_times()
             marks.append((result.label, times.user + times.system, float(result.summary.get("duration_s") or 0)))
-            steal.append(CpuCounters.now())  # since the last run ended: its warm-up too
-            steals.append(f"{result.label} {_num(steal_percent(steal[-2], steal[-1]))}%")
+            before, counters = counters, CpuCounters.now()  # since the last run ended: its warm-up too
+            steals.append(f"{result.label} {_num(steal_percent(before, counters))}%")
 
         start = door.cpu_times()
         results = asyncio.run(plan.run(on_result=mark))
