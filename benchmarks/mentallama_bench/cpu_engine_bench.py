@@ -47,7 +47,7 @@ from typing import Any
 
 from mentallama.evaluation import imhi_part
 from mentallama_bench.backends import Backend, TritonGrpcBackend
-from mentallama_bench.engine_backend import EngineBackend
+from mentallama_bench.engine_backend import EngineBackend, engine_settings
 from mentallama_bench.records import SampleRequest, SamplingParams
 from mentallama_bench.steal import CpuCounters, steal_percent
 from mentallama_server.launch.cpu_profile import CpuSettings
@@ -165,7 +165,7 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def measure_format(
     checkpoint: Path, weight_format: str, samples: list[SampleRequest], concurrencies: list[int], rounds: int = 1,
-    warmup: bool = False, max_steal: float | None = None,
+    warmup: bool = False, max_steal: float | None = None, engine_options: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Served (through the front door) and in-process runs of one weight format, alternating load by load; with
     `rounds` > 1, each concurrency is run that many times per side, the order flipping each time (served,
@@ -173,8 +173,10 @@ def measure_format(
     concurrency that is not measured: a fresh engine's first load was up to a third slower on both sides (its
     first inferences of each shape, memory first touched), which weighed on whichever side the first round
     measured first. A run during which the hypervisor stole more than `max_steal` % of the CPUs is run again, at
-    most twice (the runs set aside are kept under "set_aside")."""
-    settings = CpuSettings(weight_format=weight_format, max_queue_size=256)
+    most twice (the runs set aside are kept under "set_aside"). `engine_options` (KEY=VALUE as mentallama-serve
+    names the settings) apply to both sides."""
+    settings = engine_settings(engine_options)
+    settings.weight_format, settings.max_queue_size = weight_format, 256
     public = ServerOptions.on_free_ports()
     upstream = upstream_options(public)
     served: list[dict[str, Any]] = []
@@ -224,7 +226,8 @@ def measure_format(
         server.stop()
     # getattr: the same benchmark measures server code from before the hold existed (the before/after of issue 23)
     return {"served": served, "in_process": in_process, "warm_up_tok_s": warmed, "set_aside": set_aside,
-            "stream_hold_ms": getattr(settings, "stream_hold_ms", None)}  # fmt: skip
+            "stream_hold_ms": getattr(settings, "stream_hold_ms", None),
+            "release_gil": getattr(settings, "release_gil", None)}  # fmt: skip
 
 
 def _ms(value: float | None) -> str:
@@ -311,7 +314,7 @@ def run_study(checkpoint: str = "bench", imhi_dir: Path = Path("MentalLLaMA"), c
               authors_dtype: str = "auto", with_footprint: bool = False,
               output: Path = Path("results/cpu_engine_bench.json"), llama_server: Path | None = None,
               gguf: Path | None = None, rounds: int = 1, warmup: bool = True,
-              max_steal: float | None = 5.0) -> int:  # fmt: skip
+              max_steal: float | None = 5.0, engine_options: dict[str, str] | None = None) -> int:  # fmt: skip
     """`mentallama-bench cpu-engine`: measure, print the table and write the report to ``output``."""
     llama_binary = None
     if gguf is not None or llama_server is not None:  # checked before an hour of measuring, not after
@@ -333,13 +336,13 @@ def run_study(checkpoint: str = "bench", imhi_dir: Path = Path("MentalLLaMA"), c
     print(f"{len(samples)} IMHI queries, {output_len} new tokens each, {folder.name}", flush=True)
     report: dict[str, Any] = {"model": folder.name, "queries": len(samples), "output_len": output_len,
                               "rounds": rounds, "warmup": warmup, "max_steal_pct": max_steal,
-                              "machine": machine()}  # fmt: skip
+                              "engine_options": engine_options or {}, "machine": machine()}  # fmt: skip
     checkpoint_dir = folder
     if not skip_authors:
         report["authors"] = authors_way(checkpoint_dir, [s.prompt for s in samples], output_len, authors_dtype)
         print(f"  authors' way (generate, batches of 8): {report['authors']['tok_s']:.1f} tok/s", flush=True)
     report["formats"] = {
-        fmt: measure_format(checkpoint_dir, fmt, samples, concurrencies, rounds, warmup, max_steal)
+        fmt: measure_format(checkpoint_dir, fmt, samples, concurrencies, rounds, warmup, max_steal, engine_options)
         for fmt in weight_formats.split(",")
     }
     if llama_binary is not None and gguf is not None:

@@ -95,6 +95,9 @@ def cpu_engine(
                                          "measured (a fresh engine's first load is slower)")] = True,  # fmt: skip
     max_steal: Annotated[float, typer.Option(min=0, help="run again (at most twice) a run during which the "
                                              "hypervisor stole more than this % of the CPUs; 100: never")] = 5.0,
+    engine_option: Annotated[list[str] | None, typer.Option(
+        help="a setting both sides run with, KEY=VALUE as mentallama-serve names it (stream_hold_ms, release_gil, "
+             "...); repeatable", show_default=False)] = None,  # fmt: skip
 ) -> None:
     """Served vs in-process OpenVINO engine vs generate() (vs llama.cpp).
 
@@ -106,10 +109,27 @@ def cpu_engine(
         mentallama-bench cpu-engine --checkpoint bench --imhi-dir MentalLLaMA --weight-formats int8,fp16
     """
     _ints(concurrency, "--concurrency")
+    options = _engine_options(engine_option or [])
     _run("cpu_engine_bench", checkpoint=checkpoint, imhi_dir=imhi_dir, concurrency=concurrency,
          output_len=output_len, weight_formats=weight_formats, skip_authors=skip_authors, authors_dtype=authors_dtype,
          with_footprint=footprint, output=output, llama_server=llama_server, gguf=gguf, rounds=rounds,
-         warmup=warmup, max_steal=max_steal)  # fmt: skip
+         warmup=warmup, max_steal=max_steal, engine_options=options)  # fmt: skip
+
+
+def _engine_options(pairs: list[str]) -> dict[str, str]:
+    """`--engine-option KEY=VALUE`s, checked against the settings the engine takes before anything runs."""
+    from mentallama_bench.engine_backend import engine_settings
+
+    options = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+    if len(options) != len(pairs):
+        raise typer.BadParameter("--engine-option takes KEY=VALUE")
+    if "weight_format" in options:
+        raise typer.BadParameter("--engine-option weight_format: give --weight-formats instead")
+    try:
+        engine_settings(options)
+    except ValueError as exc:  # an unknown key, or a value of the wrong type
+        raise typer.BadParameter(f"--engine-option: {exc}") from None
+    return options
 
 
 def serving_overhead(

@@ -155,7 +155,7 @@ def test_plan_session_builds_the_session_the_flags_describe(tmp_path: Path) -> N
 STUDY_FLAGS = {
     "soak": ("--endpoint", "--metrics", "--minutes", "--concurrency", "--mix", "--json"),
     "cpu-engine": ("--checkpoint", "--imhi-dir", "--concurrency", "--weight-formats", "--footprint", "--output",
-                   "--llama-server", "--gguf", "--rounds", "--no-warmup", "--max-steal"),
+                   "--llama-server", "--gguf", "--rounds", "--no-warmup", "--max-steal", "--engine-option"),
     "serving-overhead": ("--checkpoint", "--concurrency", "--requests", "--input-len", "--output-len", "--output"),
     "front-door": ("--checkpoint", "--data", "--concurrency", "--requests", "--max-tokens", "--output",
                    "--paired-requests"),
@@ -186,6 +186,10 @@ def test_a_study_gets_its_arguments_and_returns_its_exit_code(tmp_path: Path) ->
         (["sdk-overhead", "--concurrency", "1 16"], "--concurrency takes comma-separated integers"),
         (["front-door", "--repeats", "3"], "--repeats"),
         (["label-parsing"], "--imhi"),
+        (["cpu-engine", "--engine-option", "stream_hold_ms"], "--engine-option takes KEY=VALUE"),
+        (["cpu-engine", "--engine-option", "no_such_setting=1"], "unknown engine setting 'no_such_setting'"),
+        (["cpu-engine", "--engine-option", "stream_hold_ms=soon"], "invalid literal"),
+        (["cpu-engine", "--engine-option", "weight_format=int8"], "give --weight-formats instead"),
     ],
 )
 def test_a_study_refuses_bad_flags_before_it_starts(args: list[str], words: str) -> None:

@@ -1,0 +1,181 @@
+"""The GIL-free engine step (mentallama_server.engine.ov_step) on the tiny checkpoint's real OpenVINO pipeline:
+other Python threads run while it steps (they do not under the binding's own `step()`), a C++ exception becomes a
+Python error, and without a C++ compiler the engine keeps the binding's step and still serves."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mentallama_server.engine.ov_engine import OpenVinoEngine
+from mentallama_server.engine.ov_step import StepError, Unavailable, gil_free_step
+from mentallama_server.engine.types import GenerationRequest
+
+STEPS = 40
+
+
+@pytest.fixture
+def busy_pipe(tiny_engine: Path) -> Iterator[Any]:
+    """A pipeline with eight long requests running, so that every step has work (about a millisecond each)."""
+    import openvino as ov
+    import openvino_genai as og
+
+    scheduler = og.SchedulerConfig()
+    scheduler.max_num_seqs, scheduler.num_kv_blocks, scheduler.max_num_batched_tokens = 8, 256, 1024
+    pipe = og.ContinuousBatchingPipeline(str(tiny_engine), scheduler, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    config = og.GenerationConfig()
+    config.max_new_tokens, config.ignore_eos = 300, True
+    prompt = ov.Tensor(np.asarray([list(range(5, 485))], dtype=np.int64))
+    handles = [pipe.add_request(i, prompt, config) for i in range(8)]  # a dropped handle drops its request
+    yield pipe
+    for handle in handles:
+        handle.cancel()
+    pipe.step()  # frees the cancelled requests' blocks
+
+
+def _other_thread_ran_during(step: Callable[[], None]) -> int:
+    """How often another Python thread got the GIL while `STEPS` steps ran. The switch interval is made so long
+    that the GIL changes hands only when a thread gives it up: the other thread gives it up after every count
+    (`time.sleep(0)`), the stepping thread only where a step releases it."""
+    counted = [0]
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def count() -> None:
+        while not stop.is_set():
+            counted[0] += 1
+            time.sleep(0)
+
+    def run_steps() -> None:
+        before = counted[0]
+        for _ in range(STEPS):
+            step()
+        seen.append(counted[0] - before)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(100.0)
+    try:
+        counter = threading.Thread(target=count)
+        stepper = threading.Thread(target=run_steps)
+        counter.start()
+        stepper.start()
+        stepper.join(60)
+        stop.set()
+        counter.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert seen, "the steps did not finish"
+    return seen[0]
+
+
+def test_other_threads_run_while_the_engine_steps(busy_pipe: Any) -> None:
+    step = gil_free_step(busy_pipe)
+    assert _other_thread_ran_during(busy_pipe.step) == 0  # the binding holds the GIL for the whole step
+    assert _other_thread_ran_during(step) >= STEPS  # ours lets the other thread in during every step
+
+
+def test_the_gil_free_step_generates_what_the_binding_does(tiny_engine: Path) -> None:
+    outputs = {}
+    for release in (True, False):
+        with OpenVinoEngine(tiny_engine, max_num_seqs=4, num_kv_blocks=64, release_gil=release) as engine:
+            assert engine.steps_release_gil is release
+            done = threading.Event()
+            tokens: list[int] = []
+
+            def collect(event: Any, tokens: list[int] = tokens, done: threading.Event = done) -> None:
+                tokens.extend(event.new_token_ids)
+                if event.finished:
+                    done.set()
+
+            engine.submit(GenerationRequest("r", list(range(5, 40)), max_new_tokens=24, end_id=-1), collect)
+            assert done.wait(60)
+            outputs[release] = tokens
+    assert len(outputs[True]) == 24 and outputs[True] == outputs[False]
+
+
+def _pipe_whose_step_throws(engine: Path) -> tuple[Any, Any]:
+    """The pipeline and the request's handle (a dropped handle drops its request). A prompt longer than a step's
+    token budget, with chunked prefill off: OpenVINO GenAI's scheduler throws inside `step()` (its own check,
+    "Sequence length (64) is longer than max number of tokens in batch (16)")."""
+    import openvino as ov
+    import openvino_genai as og
+
+    scheduler = og.SchedulerConfig()
+    scheduler.max_num_seqs, scheduler.num_kv_blocks, scheduler.max_num_batched_tokens = 4, 64, 16
+    scheduler.dynamic_split_fuse = False
+    pipe = og.ContinuousBatchingPipeline(str(engine), scheduler, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    config = og.GenerationConfig()
+    config.max_new_tokens = 4
+    return pipe, pipe.add_request(0, ov.Tensor(np.asarray([list(range(5, 69))], dtype=np.int64)), config)
+
+
+def test_a_cpp_exception_in_the_step_is_a_python_error(tiny_engine: Path) -> None:
+    """Through ctypes alone a C++ exception would abort the process; the shim hands its message back."""
+    pipe, _handle = _pipe_whose_step_throws(tiny_engine)
+    with pytest.raises(StepError) as raised:
+        gil_free_step(pipe)()
+    other, _other_handle = _pipe_whose_step_throws(tiny_engine)
+    with pytest.raises(Exception) as binding:  # the binding's step raises the same error, as its own type
+        other.step()
+    ours = str(raised.value)
+    assert "longer than max number of tokens in batch" in ours and ours.strip() in str(binding.value)
+
+
+def test_the_engine_fails_the_requests_of_a_failed_step_and_goes_on(tiny_engine: Path) -> None:
+    engine = OpenVinoEngine(tiny_engine, max_num_seqs=4, num_kv_blocks=64, max_num_batched_tokens=16,
+                            dynamic_split_fuse=False)  # fmt: skip
+    with engine:
+        assert engine.steps_release_gil
+        finals: dict[str, Any] = {}
+        done = {"long": threading.Event(), "short": threading.Event()}
+
+        def on_event(name: str) -> Callable[[Any], None]:
+            def record(event: Any) -> None:
+                if event.finished:
+                    finals[name] = event
+                    done[name].set()
+
+            return record
+
+        engine.submit(GenerationRequest("long", list(range(5, 69)), max_new_tokens=4), on_event("long"))
+        assert done["long"].wait(60)
+        assert finals["long"].finish_reason == "error"
+        assert "StepError" in finals["long"].error and "max number of tokens in batch" in finals["long"].error
+        engine.submit(GenerationRequest("short", list(range(5, 15)), max_new_tokens=4, end_id=-1), on_event("short"))
+        assert done["short"].wait(60)
+        assert finals["short"].finish_reason == "length"
+
+
+def test_without_a_compiler_the_engine_keeps_the_bindings_step(
+    tiny_engine: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no c++, no g++
+    with caplog.at_level(logging.WARNING, logger="mentallama_server.engine.ov_engine"):
+        engine = OpenVinoEngine(tiny_engine, max_num_seqs=4, num_kv_blocks=64)
+        with engine:
+            assert engine.steps_release_gil is False
+            assert engine.gil_held_reason == "no C++ compiler (c++ or g++) on PATH"
+            with pytest.raises(Unavailable, match="no C\\+\\+ compiler"):
+                gil_free_step(engine._pipe)
+            done = threading.Event()
+            engine.submit(GenerationRequest("r", [5, 6, 7], max_new_tokens=3), lambda e: e.finished and done.set())
+            assert done.wait(60)
+    assert "engine steps hold the GIL" in caplog.text and "no C++ compiler" in caplog.text
+
+
+@pytest.mark.server
+def test_the_served_engine_steps_without_the_gil(cpu_server: Any) -> None:
+    """The real server's engine step built the GIL-free step in its stub (else it logs that its steps hold it)."""
+    config = (cpu_server.run_dir / "model_repository" / "tensorrt_llm" / "config.pbtxt").read_text(encoding="utf-8")
+    assert 'key: "release_gil" value: { string_value: "true" }' in config
+    log = cpu_server.log_path.read_text(encoding="utf-8", errors="replace")
+    assert "TritonPythonModel" in log or "tensorrt_llm" in log  # the log is the server's, with the model in it
+    assert "engine steps hold the GIL" not in log
