@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mentallama_server.engine import ov_step
 from mentallama_server.engine.ov_engine import OpenVinoEngine
 from mentallama_server.engine.ov_step import StepError, Unavailable, gil_free_step
 from mentallama_server.engine.types import GenerationRequest
@@ -158,6 +159,7 @@ def test_without_a_compiler_the_engine_keeps_the_bindings_step(
     tiny_engine: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no c++, no g++
+    ov_step._build_shim.cache_clear()  # built by an earlier engine of this process: build it again, without
     with caplog.at_level(logging.WARNING, logger="mentallama_server.engine.ov_engine"):
         engine = OpenVinoEngine(tiny_engine, max_num_seqs=4, num_kv_blocks=64)
         with engine:

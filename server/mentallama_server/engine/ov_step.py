@@ -16,6 +16,7 @@ library without the exported symbols) it raises `Unavailable` saying why, and th
 from __future__ import annotations
 
 import ctypes
+import functools
 import shutil
 import subprocess
 import tempfile
@@ -71,6 +72,8 @@ def gil_free_step(pipe: Any) -> Callable[[], None]:
 
 
 class _GilFreeStep:
+    """`step()` of one pipeline through the shim."""
+
     def __init__(self, pipe: Any, this: int, function: Any) -> None:
         self._pipe = pipe  # kept alive while this object is: `this` points into it
         self._this = this
@@ -127,6 +130,7 @@ def _pybind11_abi_ids() -> list[bytes]:
     return ids
 
 
+@functools.cache  # once per process: every engine of the process shares it
 def _build_shim(library: Path) -> ctypes.CDLL:
     compiler = shutil.which("c++") or shutil.which("g++")
     if compiler is None:
