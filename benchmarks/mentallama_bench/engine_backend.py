@@ -20,7 +20,7 @@ from typing import Any
 from mentallama_bench.backends import Backend
 from mentallama_bench.records import RequestOutcome, SampleRequest, SamplingParams
 
-__all__ = ["EngineBackend", "engine_kwargs", "engine_settings"]
+__all__ = ["EngineBackend", "engine_kwargs", "engine_options", "engine_settings"]
 
 # CpuSettings field -> OpenVinoEngine keyword (the served profile renders these same settings).
 _SETTING_TO_ENGINE = {
@@ -35,6 +35,14 @@ _SETTING_TO_ENGINE = {
     "stream_hold_ms": "stream_hold_ms",
 }
 _BUILD_SETTINGS = ("weight_format",)
+
+
+def engine_options(pairs: list[str]) -> dict[str, str]:
+    """`--engine-option KEY=VALUE` flags as a dict; ValueError for one without `=`."""
+    options = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+    if len(options) != len(pairs):
+        raise ValueError("--engine-option takes KEY=VALUE")
+    return options
 
 
 def engine_settings(overrides: dict[str, str] | None = None) -> Any:

@@ -153,12 +153,9 @@ def engine_backend(checkpoint: Path | None, options: list[str], request_timeout:
     if checkpoint is None:
         raise ValueError("--compare-engine needs --checkpoint (or --tokenizer): the folder the server serves")
     # Imported here: the engine needs the server extra, which a benchmark of a remote server does without.
-    from mentallama_bench.engine_backend import EngineBackend, engine_settings
+    from mentallama_bench.engine_backend import EngineBackend, engine_options, engine_settings
 
-    pairs = dict(o.split("=", 1) for o in options if "=" in o)
-    if len(pairs) != len(options):
-        raise ValueError("--engine-option takes KEY=VALUE")
-    return EngineBackend(checkpoint, engine_settings(pairs), request_timeout)
+    return EngineBackend(checkpoint, engine_settings(engine_options(options)), request_timeout)
 
 
 def endpoint_problems(kinds: list[str], grpc_endpoints: list[str], http_endpoints: list[str], model: str,

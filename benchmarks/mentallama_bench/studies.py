@@ -118,11 +118,12 @@ def cpu_engine(
 
 def _engine_options(pairs: list[str]) -> dict[str, str]:
     """`--engine-option KEY=VALUE`s, checked against the settings the engine takes before anything runs."""
-    from mentallama_bench.engine_backend import engine_settings
+    from mentallama_bench.engine_backend import engine_options, engine_settings
 
-    options = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
-    if len(options) != len(pairs):
-        raise typer.BadParameter("--engine-option takes KEY=VALUE")
+    try:
+        options = engine_options(pairs)
+    except ValueError as exc:  # a flag without `=`
+        raise typer.BadParameter(str(exc)) from None
     if "weight_format" in options:
         raise typer.BadParameter("--engine-option weight_format: give --weight-formats instead")
     try:
