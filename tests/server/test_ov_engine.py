@@ -416,6 +416,56 @@ def test_engine_starts_fast_and_shutdown_finishes_every_request(
     engine.shutdown()  # idempotent
 
 
+_SIGNAL_AFTER_ENGINE = """
+import ctypes, gc, os, signal, sys, threading
+from mentallama_server.engine.ov_engine import OpenVinoEngine
+from mentallama_server.engine.types import GenerationRequest
+
+class Stack(ctypes.Structure):
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+def alternate_stack():
+    stack = Stack()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+    return stack.sp, stack.size
+
+before = alternate_stack()
+engine = OpenVinoEngine(sys.argv[1], max_num_seqs=4, num_kv_blocks=32, inference_precision="f32")
+engine.start()
+done = threading.Event()
+engine.submit(GenerationRequest("r", [1, 5, 9, 13], 4, end_id=-1), lambda e: e.finished and done.set())
+assert done.wait(60)
+print("during", alternate_stack() == before)
+engine.shutdown()
+holder = [engine]
+del engine
+freer = threading.Thread(target=holder.clear)  # the last reference goes on another thread
+freer.start()
+freer.join()
+gc.collect()
+print("after", alternate_stack() == before)
+handled = []
+signal.signal(signal.SIGTERM, lambda *_: handled.append(1))
+for _ in range(3):
+    os.kill(os.getpid(), signal.SIGTERM)
+print("signals", len(handled))
+"""
+
+
+def test_the_callers_signal_handling_survives_an_engine(tiny_engine: Path) -> None:
+    """Making an OpenVINO GenAI pipeline replaces the calling thread's alternate signal stack, and freeing it puts
+    the old one back on the freeing thread: the engine keeps both on its generation thread, so a caller that
+    starts an engine, lets it go on another thread and then takes a signal (Python's handlers run on that stack)
+    is unharmed. It killed the test suite once (SIGSEGV at a SIGTERM test)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_ENGINE, str(tiny_engine)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["during", "True", "after", "True", "signals", "3"]
+
+
 def test_stats_report_the_cache_and_counters(cpu_engine: OpenVinoEngine, engine_kwargs: dict[str, Any]) -> None:
     before = cpu_engine.stats()
     run(cpu_engine, request(prompt(5, seed=21), 7, end_id=-1))

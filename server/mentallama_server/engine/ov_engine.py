@@ -184,18 +184,20 @@ class OpenVinoEngine:
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        import openvino_genai as og
-
-        scheduler = og.SchedulerConfig()
-        for name, value in self.scheduler.items():
-            setattr(scheduler, name, value)
-        self._pipe = og.ContinuousBatchingPipeline(str(self.engine_dir), scheduler, "CPU", self.plugin_config)
-        self._threads = [
-            threading.Thread(target=self._generate_loop, name="ov-generate", daemon=True),
-            threading.Thread(target=self._dispatch_loop, name="ov-dispatch", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        """Make the pipeline and start the threads; the pipeline's own error (a bad engine folder) is raised here."""
+        ready = threading.Event()
+        failure: list[Exception] = []
+        generate = threading.Thread(
+            target=self._generate_thread, args=(ready, failure), name="ov-generate", daemon=True
+        )
+        generate.start()
+        ready.wait()
+        if failure:
+            generate.join()
+            raise failure[0]
+        dispatch = threading.Thread(target=self._dispatch_loop, name="ov-dispatch", daemon=True)
+        dispatch.start()
+        self._threads = [generate, dispatch]
 
     def shutdown(self, timeout: float = 10.0) -> None:
         with self._wake:
@@ -266,6 +268,29 @@ class OpenVinoEngine:
         )
 
     # -- generation thread -----------------------------------------------------------------------------
+
+    def _generate_thread(self, ready: threading.Event, failure: list[Exception]) -> None:
+        """The pipeline is made, used and freed on this thread only. Making one replaces the calling thread's
+        alternate signal stack and freeing it puts back the stack it found, on whichever thread frees it
+        (OpenVINO GenAI 2025.x; checked with `sigaltstack`): a pipeline made on one thread and freed on another
+        left the first thread's alternate stack in freed memory, and the next signal handled there (Python's
+        handlers run on it) killed the process. This was the test suite's segfault at a SIGTERM test."""
+        import openvino_genai as og
+
+        try:
+            scheduler = og.SchedulerConfig()
+            for name, value in self.scheduler.items():
+                setattr(scheduler, name, value)
+            self._pipe = og.ContinuousBatchingPipeline(str(self.engine_dir), scheduler, "CPU", self.plugin_config)
+        except Exception as exc:
+            failure.append(exc)
+            return
+        finally:
+            ready.set()
+        try:
+            self._generate_loop()
+        finally:
+            self._pipe = None  # every request's handle is gone by now (`_finish`), so this frees the pipeline here
 
     def _generate_loop(self) -> None:
         stale_metrics = False
@@ -484,6 +509,7 @@ class OpenVinoEngine:
                 return
             self._finished[reason] = self._finished.get(reason, 0) + 1
             self._tokens_generated += len(tracked.output) + sum(len(q.token_ids) for q in tracked.sequences or ())
+        tracked.handle = None  # released on this (the generation) thread, like the pipeline it belongs to
         self._publish(tracked, (reason, error))
 
     def _fail_all(self, message: str) -> None:
