@@ -226,7 +226,8 @@ def measure_format(
         server.stop()
     # getattr: the same benchmark measures server code from before the hold existed (the before/after of issue 23)
     return {"served": served, "in_process": in_process, "warm_up_tok_s": warmed, "set_aside": set_aside,
-            "stream_hold_ms": getattr(settings, "stream_hold_ms", None)}  # fmt: skip
+            "stream_hold_ms": getattr(settings, "stream_hold_ms", None),
+            "release_gil": getattr(settings, "release_gil", None)}  # fmt: skip
 
 
 def _ms(value: float | None) -> str:

@@ -33,6 +33,7 @@ _SETTING_TO_ENGINE = {
     "inference_precision": "inference_precision",
     "num_threads": "num_threads",
     "stream_hold_ms": "stream_hold_ms",
+    "release_gil": "release_gil",
 }
 _BUILD_SETTINGS = ("weight_format",)
 

@@ -96,8 +96,8 @@ def cpu_engine(
     max_steal: Annotated[float, typer.Option(min=0, help="run again (at most twice) a run during which the "
                                              "hypervisor stole more than this % of the CPUs; 100: never")] = 5.0,
     engine_option: Annotated[list[str] | None, typer.Option(
-        help="a setting both sides run with, KEY=VALUE as mentallama-serve names it (stream_hold_ms, "
-             "engine_max_batch_size, ...); repeatable", show_default=False)] = None,  # fmt: skip
+        help="a setting both sides run with, KEY=VALUE as mentallama-serve names it (stream_hold_ms, release_gil, "
+             "...); repeatable", show_default=False)] = None,  # fmt: skip
 ) -> None:
     """Served vs in-process OpenVINO engine vs generate() (vs llama.cpp).
 

@@ -123,11 +123,11 @@ def test_a_run_the_hypervisor_slowed_is_set_aside_and_run_again(
     monkeypatch.setattr(bench, "EngineBackend", lambda c, s: settings.setdefault("in-process", s) and real_engine(c, s))
     samples = [SampleRequest(i, f"Post {i}: nothing helps anymore.", "DR", 6) for i in range(2)]
     result = measure_format(tiny_checkpoint, "fp32", samples, [1], max_steal=5.0,
-                            engine_options={"engine_max_batch_size": "4", "stream_hold_ms": "0"})  # fmt: skip
+                            engine_options={"release_gil": "false", "stream_hold_ms": "0"})  # fmt: skip
     for side in ("served", "in-process"):
-        assert settings[side].engine_max_batch_size == 4 and settings[side].stream_hold_ms == 0
+        assert settings[side].release_gil is False and settings[side].stream_hold_ms == 0
         assert settings[side].weight_format == "fp32"
-    assert result["stream_hold_ms"] == 0
+    assert result["release_gil"] is False and result["stream_hold_ms"] == 0
     assert [(r["side"], r["steal_pct"]) for r in result["set_aside"]] == [("served", 40.0), ("in-process", 60.0),
                                                                           ("in-process", 70.0)]  # fmt: skip
     assert result["served"][0]["steal_pct"] == 1.0 and result["served"][0]["tokens"] == 2 * 6

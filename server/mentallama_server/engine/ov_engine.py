@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from .ov_step import Unavailable, gil_free_step
 from .types import (
     EngineStats,
     FinishReason,
@@ -129,6 +130,10 @@ class OpenVinoEngine:
             door, the client) about the same whatever it carries, so the engine sends about
             `max_num_seqs / stream_hold_ms` events per second at any load. First tokens and final events never
             wait, and a step longer than the hold is never waited for.
+        release_gil: run each step with the GIL released (`ov_step.gil_free_step`), so other threads of the
+            process (Triton's `execute()` taking requests, the dispatcher sending responses) run while the engine
+            steps; where that is unavailable the binding's own `step()` is used (`steps_release_gil` says which,
+            `gil_held_reason` why).
     """
 
     def __init__(
@@ -144,6 +149,7 @@ class OpenVinoEngine:
         inference_precision: str = "f32",
         num_threads: int = 0,
         stream_hold_ms: float = 0.0,
+        release_gil: bool = True,
     ) -> None:
         self.engine_dir = Path(engine_dir)
         config = json.loads((self.engine_dir / "config.json").read_text(encoding="utf-8"))
@@ -180,6 +186,10 @@ class OpenVinoEngine:
         self._queued = 0  # of which the dispatcher has yet to take (under the lock)
         self._delivered = threading.Condition(self._lock)
         self._step_s = 0.0  # how long the last step took: the expected wait for the next one's tokens
+        self._release_gil = release_gil
+        self._step: Any = None  # the pipeline's step, GIL-free where possible; set on the generation thread
+        self.steps_release_gil = False
+        self.gil_held_reason = "" if release_gil else "release_gil is off"
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -282,7 +292,16 @@ class OpenVinoEngine:
             for name, value in self.scheduler.items():
                 setattr(scheduler, name, value)
             self._pipe = og.ContinuousBatchingPipeline(str(self.engine_dir), scheduler, "CPU", self.plugin_config)
+            self._step = self._pipe.step
+            if self._release_gil:
+                try:
+                    self._step = gil_free_step(self._pipe)
+                    self.steps_release_gil = True
+                except Unavailable as exc:
+                    self.gil_held_reason = str(exc)
+                    logger.warning("engine steps hold the GIL: the GIL-free step is unavailable (%s)", exc)
         except Exception as exc:
+            self._step = self._pipe = None
             failure.append(exc)
             return
         finally:
@@ -290,7 +309,8 @@ class OpenVinoEngine:
         try:
             self._generate_loop()
         finally:
-            self._pipe = None  # every request's handle is gone by now (`_finish`), so this frees the pipeline here
+            # Every request's handle is gone by now (`_finish`): this frees the pipeline here.
+            self._step = self._pipe = None
 
     def _generate_loop(self) -> None:
         stale_metrics = False
@@ -307,7 +327,7 @@ class OpenVinoEngine:
             step_started = time.monotonic()
             try:
                 # An idle step refreshes the metrics after the last request left (they lag one step).
-                self._pipe.step()
+                self._step()
             except Exception as exc:  # a failed step fails every request in it, with the reason
                 logger.error("engine step failed: %s", type(exc).__name__)
                 self._fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
@@ -318,12 +338,13 @@ class OpenVinoEngine:
                 self._metrics = (int(metrics.requests), int(metrics.scheduled_requests), float(metrics.cache_usage))
             requests, _, usage = self._metrics
             stale_metrics = (requests > 0 or usage > 0) and not self._pipe_busy()
-            self._await_delivery()
+            if not self.steps_release_gil:
+                self._await_delivery()
         self._fail_all(_SHUTDOWN_MESSAGE)
 
     def _await_delivery(self) -> None:
-        """Let the dispatcher deliver what this step produced before the next step starts, for at most as long as
-        a step takes. `step()` holds the GIL throughout (OpenVINO GenAI's binding does not release it), so a
+        """Where steps hold the GIL: let the dispatcher deliver what this step produced before the next step
+        starts, for at most as long as a step takes. The binding's `step()` holds the GIL throughout, so a
         dispatcher whose consumer waits outside the GIL (a Triton response is a round trip to tritonserver) would
         otherwise deliver one event per step: at 32 requests in flight a request's tokens then came in three or
         four chunks, its first token seconds late, and its final response late enough to leave its place in the

@@ -66,6 +66,12 @@ class CpuSettings:
     millisecond of CPU whatever it carries, and on a CPU node that time is taken from the engine: the engine then
     sends about 50 responses per second at any load (measured: docs/SERVING_PROFILE.md). First tokens and final
     responses never wait; a step longer than the hold is never waited for."""
+    release_gil: bool = _flag(True, "run engine steps with the GIL released (built at start with the system C++ "
+                              "compiler; without one, steps hold the GIL)")
+    """OpenVINO GenAI's Python `step()` holds the GIL for the whole step, so Triton's `execute()` could hand the
+    engine a new request only between steps and the request's place in the batch stayed empty meanwhile; the
+    GIL-free step (mentallama_server.engine.ov_step) calls the same C++ step through a few lines of C++ compiled
+    at start. Measured: docs/SERVING_PROFILE.md."""
     max_input_len: int = _flag(2048, "longest prompt in tokens (fitted to the model's context with --max-output-len)")
     """Longest prompt in tokens (fitted to the model's context together with max_output_len)."""
     max_output_len: int = _flag(1024, "largest max_tokens a request may ask for")
@@ -118,4 +124,5 @@ class CpuSettings:
         values["max_pending_requests"] = str(self.engine_max_batch_size + self.max_queue_size)
         values["dynamic_split_fuse"] = str(self.dynamic_split_fuse).lower()
         values["prefix_caching"] = str(self.prefix_caching).lower()
+        values["release_gil"] = str(self.release_gil).lower()
         return values

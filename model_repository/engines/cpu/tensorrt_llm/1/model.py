@@ -49,8 +49,12 @@ class TritonPythonModel(DecoupledModel):
             inference_precision=get_parameter(config, "inference_precision", str, "f32"),
             num_threads=get_parameter(config, "num_threads", int, 0),
             stream_hold_ms=get_parameter(config, "stream_hold_ms", float, 0.0),
+            release_gil=get_parameter(config, "release_gil", bool, True),
         )
         self.engine.start()
+        if not self.engine.steps_release_gil:
+            self.log(f"engine steps hold the GIL, so requests reach the engine only between steps: "
+                     f"{self.engine.gil_held_reason}")  # fmt: skip
         self.step = CpuStep(
             self.engine,
             Utf8Boundary(TextTokenizer.from_folder(engine_dir)),
