@@ -466,6 +466,36 @@ def test_the_callers_signal_handling_survives_an_engine(tiny_engine: Path) -> No
     assert done.stdout.split() == ["during", "True", "after", "True", "signals", "3"]
 
 
+def test_a_pipeline_that_cannot_be_made_fails_start_with_its_error(tiny_engine: Path, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text((tiny_engine / "config.json").read_text())  # no model files
+    engine = OpenVinoEngine(tmp_path, max_num_seqs=2, num_kv_blocks=16)
+    with pytest.raises(RuntimeError) as raised:
+        engine.start()
+    assert "openvino_model" in str(raised.value) or "xml" in str(raised.value), str(raised.value)[:300]
+    assert not any(t.name in ("ov-generate", "ov-dispatch") and t.is_alive() for t in threading.enumerate())
+    with pytest.raises(RuntimeError, match="not running"):
+        engine.submit(request([1, 2], 2), Collector())
+
+
+def test_a_failure_outside_a_step_fails_every_request_and_stops_the_engine(
+    tiny_engine: Path, engine_kwargs: dict[str, Any]
+) -> None:
+    engine = OpenVinoEngine(tiny_engine, **engine_kwargs)
+
+    def broken_read() -> None:  # stands in for an unexpected error in the generation loop, outside `step()`
+        raise RuntimeError("reading outputs broke")
+
+    engine._read_outputs = broken_read  # type: ignore[method-assign]
+    engine.start()
+    try:
+        final = run(engine, request(prompt(8, seed=3), 5, end_id=-1)).final
+        assert final.finish_reason == "error" and "RuntimeError: reading outputs broke" in (final.error or "")
+        with pytest.raises(RuntimeError, match="not running"):
+            engine.submit(request([1, 2], 2), Collector())
+    finally:
+        engine.shutdown()
+
+
 def test_stats_report_the_cache_and_counters(cpu_engine: OpenVinoEngine, engine_kwargs: dict[str, Any]) -> None:
     before = cpu_engine.stats()
     run(cpu_engine, request(prompt(5, seed=21), 7, end_id=-1))

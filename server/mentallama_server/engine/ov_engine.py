@@ -38,6 +38,7 @@ import queue
 import secrets
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,9 +286,9 @@ class OpenVinoEngine:
         (OpenVINO GenAI 2025.x; checked with `sigaltstack`): a pipeline made on one thread and freed on another
         left the first thread's alternate stack in freed memory, and the next signal handled there (Python's
         handlers run on it) killed the process. This was the test suite's segfault at a SIGTERM test."""
-        import openvino_genai as og
-
         try:
+            import openvino_genai as og
+
             scheduler = og.SchedulerConfig()
             for name, value in self.scheduler.items():
                 setattr(scheduler, name, value)
@@ -299,15 +300,21 @@ class OpenVinoEngine:
                     self.steps_release_gil = True
                 except Unavailable as exc:
                     self.gil_held_reason = str(exc)
-                    logger.warning("engine steps hold the GIL: the GIL-free step is unavailable (%s)", exc)
+                    logger.warning("engine steps hold the GIL: the GIL-free step is unavailable (%s)", exc.args[0])
         except Exception as exc:
             self._step = self._pipe = None
+            traceback.clear_frames(exc.__traceback__)  # re-raised by start(): no frame of it may hold the pipeline
             failure.append(exc)
             return
         finally:
             ready.set()
         try:
             self._generate_loop()
+        except Exception as exc:  # outside a step (a step's own failure is handled there): fail all, stop taking more
+            logger.error("engine generation thread failed: %s", type(exc).__name__)
+            with self._wake:
+                self._stopping = True
+            self._fail_all(f"engine failed: {type(exc).__name__}: {exc}")
         finally:
             # Every request's handle is gone by now (`_finish`): this frees the pipeline here.
             self._step = self._pipe = None

@@ -66,9 +66,13 @@ def gil_free_step(pipe: Any) -> Callable[[], None]:
         library = next(module.parent.glob("libopenvino_genai.so*"))
         this = _cpp_pointer(pipe, ctypes.CDLL(str(module)))
         shim = _build_shim(library)
+        return _GilFreeStep(pipe, this, shim.mentallama_ov_step)
     except Exception as exc:  # any failure keeps the binding's step: slower under load, never wrong
-        raise Unavailable(str(exc) or type(exc).__name__) from exc
-    return _GilFreeStep(pipe, this, shim.mentallama_ov_step)
+        reason = str(exc) or type(exc).__name__
+    # Raised outside the handler, with the pipeline gone from this frame: the error (which a caller may log or keep)
+    # holds no reference to it, and a pipeline must be freed on the thread that made it (ov_engine).
+    del pipe
+    raise Unavailable(reason)
 
 
 class _GilFreeStep:
