@@ -283,7 +283,7 @@ class OpenVinoEngine:
     def _generate_thread(self, ready: threading.Event, failure: list[Exception]) -> None:
         """The pipeline is made, used and freed on this thread only. Making one replaces the calling thread's
         alternate signal stack and freeing it puts back the stack it found, on whichever thread frees it
-        (OpenVINO GenAI 2025.x; checked with `sigaltstack`): a pipeline made on one thread and freed on another
+        (OpenVINO GenAI 2026.4; checked with `sigaltstack`): a pipeline made on one thread and freed on another
         left the first thread's alternate stack in freed memory, and the next signal handled there (Python's
         handlers run on it) killed the process. This was the test suite's segfault at a SIGTERM test."""
         try:
