@@ -497,6 +497,27 @@ def test_a_failure_outside_a_step_fails_every_request_and_stops_the_engine(
         engine.shutdown()
 
 
+def test_a_shutdown_that_times_out_still_ends_every_request(tiny_engine: Path, engine_kwargs: dict[str, Any]) -> None:
+    """`shutdown(timeout)` returns while a step still runs; the requests it leaves still get their final event."""
+    engine = OpenVinoEngine(tiny_engine, **engine_kwargs)
+    engine.start()
+    fast_step = engine._step
+
+    def slow_step() -> None:  # stands in for a step longer than the shutdown's timeout
+        time.sleep(0.5)
+        fast_step()
+
+    engine._step = slow_step
+    collector = Collector()
+    engine.submit(request(prompt(8, seed=5), 50, end_id=-1), collector)
+    time.sleep(0.1)  # the first slow step is under way
+    started = time.monotonic()
+    engine.shutdown(timeout=0.05)
+    assert time.monotonic() - started < 0.4  # it did not wait for the step
+    final = collector.wait().final
+    assert final.finish_reason == "error" and final.error
+
+
 def test_stats_report_the_cache_and_counters(cpu_engine: OpenVinoEngine, engine_kwargs: dict[str, Any]) -> None:
     before = cpu_engine.stats()
     run(cpu_engine, request(prompt(5, seed=21), 7, end_id=-1))

@@ -214,10 +214,9 @@ class OpenVinoEngine:
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
-        for thread in self._threads[:1]:
-            thread.join(timeout)
-        self._flushes.put(None)
-        for thread in self._threads[1:]:
+        # The generation thread stops the dispatcher once it has failed what was left (`_generate_thread`), so
+        # those final events go out even when a step outlasts `timeout` and this returns first.
+        for thread in self._threads:
             thread.join(timeout)
         self._threads = []
 
@@ -318,6 +317,7 @@ class OpenVinoEngine:
         finally:
             # Every request's handle is gone by now (`_finish`): this frees the pipeline here.
             self._step = self._pipe = None
+            self._flushes.put(None)  # after every final event: the dispatcher delivers them, then stops
 
     def _generate_loop(self) -> None:
         stale_metrics = False
