@@ -65,8 +65,7 @@ def gil_free_step(pipe: Any) -> Callable[[], None]:
         module = Path(og.py_openvino_genai.__file__)
         library = next(module.parent.glob("libopenvino_genai.so*"))
         this = _cpp_pointer(pipe, ctypes.CDLL(str(module)))
-        shim = _build_shim(library)
-        return _GilFreeStep(pipe, this, shim.mentallama_ov_step)
+        return _GilFreeStep(pipe, this, _build_shim(library))
     except Exception as exc:  # any failure keeps the binding's step: slower under load, never wrong
         reason = str(exc) or type(exc).__name__
     # Raised outside the handler, with the pipeline gone from this frame: the error (which a caller may log or keep)
@@ -82,8 +81,6 @@ class _GilFreeStep:
         self._pipe = pipe  # kept alive while this object is: `this` points into it
         self._this = this
         self._function = function
-        function.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_ulong]
-        function.restype = ctypes.c_int
         self._error = ctypes.create_string_buffer(_ERROR_BYTES)
 
     def __call__(self) -> None:
@@ -135,7 +132,8 @@ def _pybind11_abi_ids() -> list[bytes]:
 
 
 @functools.cache  # once per process: every engine of the process shares it
-def _build_shim(library: Path) -> ctypes.CDLL:
+def _build_shim(library: Path) -> Any:
+    """The shim's `mentallama_ov_step`, compiled against `library` and typed."""
     compiler = shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise RuntimeError("no C++ compiler (c++ or g++) on PATH")
@@ -147,4 +145,7 @@ def _build_shim(library: Path) -> ctypes.CDLL:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{Path(compiler).name} failed: {done.stderr.strip()[-300:]}")
-        return ctypes.CDLL(str(shared))  # mapped now; the file may go
+        function = ctypes.CDLL(str(shared)).mentallama_ov_step  # mapped now; the file may go
+    function.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_ulong]
+    function.restype = ctypes.c_int
+    return function
