@@ -54,15 +54,24 @@ def on_a_thread_of_its_own(body: Callable[[], T]) -> T:
     return results[0]
 
 
+def _pipe(engine: Path, max_num_seqs: int, num_kv_blocks: int, max_num_batched_tokens: int,
+          dynamic_split_fuse: bool = True) -> Any:  # fmt: skip
+    """A pipeline on the tiny engine with these scheduler settings, f32 inference."""
+    import openvino_genai as og
+
+    scheduler = og.SchedulerConfig()
+    scheduler.max_num_seqs, scheduler.num_kv_blocks = max_num_seqs, num_kv_blocks
+    scheduler.max_num_batched_tokens, scheduler.dynamic_split_fuse = max_num_batched_tokens, dynamic_split_fuse
+    return og.ContinuousBatchingPipeline(str(engine), scheduler, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+
 def _busy_pipe(tiny_engine: Path) -> tuple[Any, list[Any]]:
     """A pipeline with eight long requests running, so that every step has work (about a millisecond each), and
     the requests' handles (a dropped handle drops its request)."""
     import openvino as ov
     import openvino_genai as og
 
-    scheduler = og.SchedulerConfig()
-    scheduler.max_num_seqs, scheduler.num_kv_blocks, scheduler.max_num_batched_tokens = 8, 256, 1024
-    pipe = og.ContinuousBatchingPipeline(str(tiny_engine), scheduler, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    pipe = _pipe(tiny_engine, max_num_seqs=8, num_kv_blocks=256, max_num_batched_tokens=1024)
     config = og.GenerationConfig()
     config.max_new_tokens, config.ignore_eos = 300, True
     prompt = ov.Tensor(np.asarray([list(range(5, 485))], dtype=np.int64))
@@ -140,10 +149,7 @@ def _pipe_whose_step_throws(engine: Path) -> tuple[Any, Any]:
     import openvino as ov
     import openvino_genai as og
 
-    scheduler = og.SchedulerConfig()
-    scheduler.max_num_seqs, scheduler.num_kv_blocks, scheduler.max_num_batched_tokens = 4, 64, 16
-    scheduler.dynamic_split_fuse = False
-    pipe = og.ContinuousBatchingPipeline(str(engine), scheduler, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    pipe = _pipe(engine, max_num_seqs=4, num_kv_blocks=64, max_num_batched_tokens=16, dynamic_split_fuse=False)
     config = og.GenerationConfig()
     config.max_new_tokens = 4
     return pipe, pipe.add_request(0, ov.Tensor(np.asarray([list(range(5, 69))], dtype=np.int64)), config)
